@@ -1,0 +1,20 @@
+//! Why a job could not run or failed.
+
+use cutpoint_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    #[error("no restorable checkpoint of job {job} in storage{detail}")]
+    NoCheckpoint { job: String, detail: String },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("job failed: {reason}")]
+    Failed { reason: String },
+    #[error("job was cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,22 @@
+//! The checkpoint coordinator and the job runner around it.
+//!
+//! - [`tracker`]: the functional core. A state machine over facts (trigger,
+//!   ack, decline, timeout, completion, task finished) that decides what
+//!   happens — which checkpoint id to use, when one is complete, which fail,
+//!   which completed ones are subsumed by retention, when failures exceed the
+//!   tolerable count. No I/O; unit-tested directly.
+//! - [`job`]: the imperative shell. Runs one job: starts executions, feeds
+//!   task events and timers into the tracker, and carries out its decisions
+//!   against storage (write `_metadata` last, delete aborted and subsumed
+//!   checkpoints) and the execution (trigger, abort, notify, restart).
+//! - [`restore`]: picking the checkpoint to restore from storage.
+
+pub mod error;
+pub mod job;
+pub mod restore;
+pub mod tracker;
+
+pub use error::JobError;
+pub use job::{spawn_job, JobConfig, JobHandle, JobOutcome, JobStatus};
+pub use restore::RestoreFrom;
+pub use tracker::{CheckpointTracker, TriggerRefusal};

@@ -1,0 +1,30 @@
+//! Core vocabulary of cutpoint, shared by every other crate.
+//!
+//! What lives here: validated id newtypes ([`JobId`], [`OperatorId`],
+//! [`CheckpointId`], [`SubtaskIndex`]), key groups, the job specification,
+//! checkpoint options, state handles and the versioned checkpoint metadata.
+//! Nothing here does I/O; everything is plain data with serde support, so the
+//! storage, runtime and coordinator crates agree on one set of types.
+
+pub mod checksum;
+pub mod error;
+pub mod ids;
+pub mod keygroup;
+pub mod metadata;
+pub mod record;
+pub mod spec;
+
+pub use error::CoreError;
+pub use ids::{CheckpointId, JobId, OperatorId, SubtaskIndex, TaskId};
+pub use keygroup::KeyGroupRange;
+pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};
+pub use record::{Key, Record};
+pub use spec::{CheckpointConfig, CheckpointType, JobSpec};
+
+/// Milliseconds since the Unix epoch (wall clock), as used in metadata and stats.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,181 @@
+//! Checkpoint metadata (`chk-{n}/_metadata`): versioned JSON that lists
+//! everything needed to restore checkpoint `n` — source offsets, every
+//! subtask's state files with size and CRC32C, key-group ranges — so that
+//! restoring a checkpoint needs its metadata alone.
+//!
+//! Invariants checked by [`CheckpointMetadata::verify`]: known version, ids
+//! match where the file was found, every state file path lies under this
+//! checkpoint's folder or the job's `shared/` folder with no `..` segment.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CheckpointId, CheckpointType, CoreError, JobId, KeyGroupRange, TaskId};
+
+/// The metadata format this build writes and reads.
+pub const METADATA_VERSION: u32 = 1;
+
+/// A file of a subtask's state, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Path relative to the job's folder: `chk-{n}/{op}/{subtask}/{name}` or
+    /// `shared/{op}/{subtask}/{name}`.
+    pub path: String,
+    /// Name of the file inside the restored RocksDB directory.
+    pub local_name: String,
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// The offset a source partition had reached when it injected the barrier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOffset {
+    pub partition: u32,
+    /// Next position to read (event index, or byte position in a file).
+    pub offset: u64,
+    /// Bad input lines skipped before `offset`.
+    #[serde(default)]
+    pub bad_records: u64,
+}
+
+/// What one subtask acknowledged for a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskState {
+    pub task: TaskId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_offset: Option<SourceOffset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_group_range: Option<KeyGroupRange>,
+    #[serde(default)]
+    pub files: Vec<StateFile>,
+    /// Size of all the state this subtask needs for a restore.
+    pub state_size: u64,
+    /// Bytes this subtask uploaded for this checkpoint.
+    pub checkpointed_size: u64,
+    pub sync_duration_ms: u64,
+    pub async_duration_ms: u64,
+    /// Time from trigger to the barrier reaching (all inputs of) this subtask.
+    #[serde(default)]
+    pub alignment_duration_ms: u64,
+    pub ack_timestamp: u64,
+}
+
+/// The complete record of one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMetadata {
+    pub version: u32,
+    pub job_id: JobId,
+    pub checkpoint_id: CheckpointId,
+    pub checkpoint_type: CheckpointType,
+    pub trigger_timestamp: u64,
+    pub complete_timestamp: u64,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub subtasks: Vec<SubtaskState>,
+}
+
+impl CheckpointMetadata {
+    /// Sum of the subtasks' state sizes.
+    pub fn state_size(&self) -> u64 {
+        self.subtasks.iter().map(|s| s.state_size).sum()
+    }
+
+    /// Sum of the bytes uploaded for this checkpoint.
+    pub fn checkpointed_size(&self) -> u64 {
+        self.subtasks.iter().map(|s| s.checkpointed_size).sum()
+    }
+
+    /// Checks version, ids and that every file lies where it may.
+    pub fn verify(&self, job: &JobId, id: CheckpointId) -> Result<(), CoreError> {
+        if self.version != METADATA_VERSION {
+            return Err(CoreError::UnsupportedMetadataVersion {
+                found: self.version,
+                supported: METADATA_VERSION,
+            });
+        }
+        if &self.job_id != job || self.checkpoint_id != id {
+            return Err(CoreError::InconsistentMetadata(format!(
+                "found job {} checkpoint {} where job {job} checkpoint {id} belongs",
+                self.job_id, self.checkpoint_id
+            )));
+        }
+        let own = format!("chk-{}/", id.0);
+        for file in self.subtasks.iter().flat_map(|s| &s.files) {
+            let under = file.path.starts_with(&own) || file.path.starts_with("shared/");
+            let clean = file
+                .path
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+            let name_ok = !file.local_name.is_empty()
+                && !file.local_name.contains('/')
+                && file.local_name != ".."
+                && file.local_name != ".";
+            if !under || !clean || !name_ok {
+                return Err(CoreError::InconsistentMetadata(format!(
+                    "state file {:?} ({:?}) lies outside {own} and shared/",
+                    file.path, file.local_name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OperatorId;
+
+    fn meta(path: &str) -> CheckpointMetadata {
+        CheckpointMetadata {
+            version: METADATA_VERSION,
+            job_id: JobId::new("j").unwrap(),
+            checkpoint_id: CheckpointId(3),
+            checkpoint_type: CheckpointType::Full,
+            trigger_timestamp: 1,
+            complete_timestamp: 2,
+            parallelism: 1,
+            max_parallelism: 128,
+            subtasks: vec![SubtaskState {
+                task: TaskId::new(&OperatorId::new("agg").unwrap(), 0),
+                source_offset: None,
+                key_group_range: None,
+                files: vec![StateFile {
+                    path: path.into(),
+                    local_name: "x.sst".into(),
+                    size: 1,
+                    crc32c: 0,
+                }],
+                state_size: 1,
+                checkpointed_size: 1,
+                sync_duration_ms: 0,
+                async_duration_ms: 0,
+                alignment_duration_ms: 0,
+                ack_timestamp: 2,
+            }],
+        }
+    }
+
+    #[test]
+    fn verify_checks_paths_and_ids() {
+        let job = JobId::new("j").unwrap();
+        assert!(meta("chk-3/agg/0/x.sst")
+            .verify(&job, CheckpointId(3))
+            .is_ok());
+        assert!(meta("shared/agg/0/x.sst")
+            .verify(&job, CheckpointId(3))
+            .is_ok());
+        assert!(meta("chk-2/agg/0/x.sst")
+            .verify(&job, CheckpointId(3))
+            .is_err());
+        assert!(meta("chk-3/../x").verify(&job, CheckpointId(3)).is_err());
+        assert!(meta("chk-3/agg/0/x.sst")
+            .verify(&job, CheckpointId(4))
+            .is_err());
+        let mut m = meta("chk-3/a");
+        m.version = 99;
+        assert!(matches!(
+            m.verify(&job, CheckpointId(3)),
+            Err(CoreError::UnsupportedMetadataVersion { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! The job specification (`examples/pv.json` is one) and checkpoint options.
+//!
+//! A spec is plain JSON with unknown fields rejected, so a typo is an error
+//! and never a silently ignored option. [`JobSpec::validate`] checks what
+//! serde cannot (ranges, field names the source can produce).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CoreError, JobId};
+
+/// What to run and how to checkpoint it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub job_id: JobId,
+    /// Parallelism of the keyed aggregate (and its chained sink).
+    #[serde(default = "default_parallelism")]
+    pub parallelism: u32,
+    /// Number of key groups; the upper bound for any future parallelism.
+    #[serde(default = "default_max_parallelism")]
+    pub max_parallelism: u32,
+    pub source: SourceSpec,
+    /// Field of the input events to group by.
+    pub key_by: String,
+    pub aggregate: AggregateSpec,
+    #[serde(default)]
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub restart: RestartConfig,
+    /// Fault injection for demos and tests; absent in production specs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_failure: Option<InjectFailure>,
+}
+
+fn default_parallelism() -> u32 {
+    2
+}
+fn default_max_parallelism() -> u32 {
+    128
+}
+
+/// Where events come from. Each partition is one source subtask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// Deterministic events: event `i` has
+    /// `app_id = splitmix64(seed + i * 0x9E3779B97F4A7C15) % keys` and
+    /// `value = 1`. Partition `p` of `P` reads the indices
+    /// `[p*events/P, (p+1)*events/P)`; the offset is the index.
+    Generator {
+        #[serde(default = "default_partitions")]
+        partitions: u32,
+        events: u64,
+        keys: u64,
+        #[serde(default = "default_seed")]
+        seed: u64,
+        /// Total events per second over all partitions; unlimited if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_per_s: Option<u64>,
+    },
+    /// One newline-delimited JSON file per partition (like a Kafka
+    /// partition); the offset is the byte position of the next line.
+    Files {
+        paths: Vec<PathBuf>,
+        #[serde(default)]
+        on_bad_line: BadLinePolicy,
+    },
+}
+
+fn default_partitions() -> u32 {
+    2
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// What the files source does with a line that is not a JSON object with
+/// the needed fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadLinePolicy {
+    /// Count it, log it with its position, and go on.
+    #[default]
+    Skip,
+    /// Fail the task (the job restarts and fails again: fix the input).
+    Fail,
+}
+
+/// The keyed aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AggregateSpec {
+    /// Number of events per key (the PV job).
+    Count,
+    /// Sum of an integer field per key.
+    Sum { field: String },
+}
+
+/// Where each aggregate update goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SinkSpec {
+    #[default]
+    Discard,
+    /// One JSON line per update on standard output.
+    Stdout,
+    /// One JSON line per update, in `{dir}/part-{subtask}.jsonl` (appended;
+    /// not transactional, so a restore can repeat updates).
+    File { dir: PathBuf },
+}
+
+/// Incremental uploads only what changed; full is self-contained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointType {
+    #[default]
+    Incremental,
+    Full,
+}
+
+impl CheckpointType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointType::Incremental => "incremental",
+            CheckpointType::Full => "full",
+        }
+    }
+}
+
+/// Checkpointing options (Flink's `execution.checkpointing.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointConfig {
+    /// Periodic trigger interval; `null` disables periodic checkpoints
+    /// (on-demand triggers still work).
+    pub interval_ms: Option<u64>,
+    /// A checkpoint not complete after this long fails and is deleted.
+    pub timeout_ms: u64,
+    /// Minimum time between the end of one checkpoint and the next trigger.
+    pub min_pause_ms: u64,
+    /// Checkpoints in flight at once.
+    pub max_concurrent: u32,
+    /// Consecutive failed checkpoints tolerated; one more fails the job.
+    pub tolerable_failures: u32,
+    /// Completed checkpoints kept; older ones are deleted when subsumed.
+    pub retention: u32,
+    /// Type of the periodic checkpoints.
+    #[serde(rename = "type")]
+    pub checkpoint_type: CheckpointType,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: Some(1000),
+            timeout_ms: 60_000,
+            min_pause_ms: 0,
+            max_concurrent: 1,
+            tolerable_failures: 3,
+            retention: 3,
+            checkpoint_type: CheckpointType::Incremental,
+        }
+    }
+}
+
+/// Fixed-delay restart strategy after a task failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    pub max_attempts: u32,
+    pub delay_ms: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            delay_ms: 100,
+        }
+    }
+}
+
+/// Makes one aggregate subtask fail once (first attempt only) after it has
+/// processed `after_records` records and at least one checkpoint completed,
+/// so recovery always has a checkpoint to restore from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectFailure {
+    #[serde(default)]
+    pub subtask: u32,
+    pub after_records: u64,
+}
+
+impl JobSpec {
+    /// Parses and validates a JSON spec.
+    pub fn from_json(text: &str) -> Result<Self, CoreError> {
+        let spec: JobSpec =
+            serde_json::from_str(text).map_err(|e| CoreError::InvalidSpec(e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks ranges and field names.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let bad = |m: String| Err(CoreError::InvalidSpec(m));
+        if self.parallelism == 0 || self.parallelism > self.max_parallelism {
+            return bad(format!(
+                "parallelism must be in 1..={} (max_parallelism), got {}",
+                self.max_parallelism, self.parallelism
+            ));
+        }
+        if self.max_parallelism == 0 || self.max_parallelism > 32_768 {
+            return bad("max_parallelism must be in 1..=32768".into());
+        }
+        match &self.source {
+            SourceSpec::Generator {
+                partitions, keys, ..
+            } => {
+                if *partitions == 0 || *partitions > 1024 {
+                    return bad("source.partitions must be in 1..=1024".into());
+                }
+                if *keys == 0 {
+                    return bad("source.keys must be at least 1".into());
+                }
+                if self.key_by != "app_id" {
+                    return bad(format!(
+                        "key_by: the generator produces the fields app_id and value, not {:?}",
+                        self.key_by
+                    ));
+                }
+                if let AggregateSpec::Sum { field } = &self.aggregate {
+                    if field != "value" && field != "app_id" {
+                        return bad(format!(
+                            "aggregate.field: the generator produces app_id and value, not {field:?}"
+                        ));
+                    }
+                }
+            }
+            SourceSpec::Files { paths, .. } => {
+                if paths.is_empty() || paths.len() > 1024 {
+                    return bad("source.paths must name 1..=1024 files".into());
+                }
+            }
+        }
+        if self.key_by.is_empty() {
+            return bad("key_by must name a field".into());
+        }
+        let c = &self.checkpoint;
+        if c.interval_ms == Some(0) {
+            return bad("checkpoint.interval_ms must be positive (or null)".into());
+        }
+        if c.timeout_ms == 0 {
+            return bad("checkpoint.timeout_ms must be positive".into());
+        }
+        if c.max_concurrent == 0 {
+            return bad("checkpoint.max_concurrent must be at least 1".into());
+        }
+        if c.retention == 0 {
+            return bad("checkpoint.retention must be at least 1".into());
+        }
+        if let Some(f) = &self.inject_failure {
+            if f.subtask >= self.parallelism {
+                return bad("inject_failure.subtask must be below parallelism".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of source subtasks (one per partition).
+    pub fn source_parallelism(&self) -> u32 {
+        match &self.source {
+            SourceSpec::Generator { partitions, .. } => *partitions,
+            SourceSpec::Files { paths, .. } => paths.len() as u32,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PV: &str = r#"{"job_id":"pv","source":{"type":"generator","events":10,"keys":3},
+        "key_by":"app_id","aggregate":{"type":"count"}}"#;
+
+    #[test]
+    fn defaults_apply() {
+        let s = JobSpec::from_json(PV).unwrap();
+        assert_eq!(s.parallelism, 2);
+        assert_eq!(s.checkpoint.retention, 3);
+        assert_eq!(s.source_parallelism(), 2);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        let typo = PV.replace("\"key_by\"", "\"keyby\"");
+        assert!(JobSpec::from_json(&typo).is_err());
+        let bad_field = PV.replace("app_id", "user");
+        let e = JobSpec::from_json(&bad_field).unwrap_err().to_string();
+        assert!(e.contains("key_by"), "{e}");
+        let zero = PV.replace("\"keys\":3", "\"keys\":0");
+        assert!(JobSpec::from_json(&zero).is_err());
+    }
+}

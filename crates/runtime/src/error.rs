@@ -1,0 +1,48 @@
+//! Runtime errors: why a task or an execution failed.
+
+use cutpoint_state::StateError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    #[error("source partition {partition} ({path}): {reason}")]
+    Source {
+        partition: u32,
+        path: String,
+        reason: String,
+    },
+    #[error("bad input line in {path} at byte {offset}: {reason}")]
+    BadLine {
+        path: String,
+        offset: u64,
+        reason: String,
+    },
+    #[error("sink: {0}")]
+    Sink(String),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error("cannot restore: {0}")]
+    Restore(String),
+    #[error("downstream task is gone")]
+    Disconnected,
+    #[error("cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("injected failure (inject_failure in the job spec)")]
+    Injected,
+}
+
+impl RuntimeError {
+    /// True if restarting the job cannot help: the state or input to
+    /// restore from is bad (corrupt or missing checkpoint files, an offset
+    /// that no longer fits the input).
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            RuntimeError::Restore(_) => true,
+            RuntimeError::State(StateError::Storage(e)) => e.is_data_error(),
+            RuntimeError::State(StateError::CorruptState { .. }) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! One attempt of a job: wiring channels, restoring state, spawning tasks,
+//! and the [`Execution`] handle the coordinator drives it with.
+//!
+//! Restoring happens inside each task thread, in parallel; a task reports
+//! [`TaskEvent::Started`] once its state is loaded. Any task failure (an
+//! error or a panic) is reported as [`TaskEvent::Failed`]; the coordinator
+//! then cancels the execution, joins it, and decides whether to restart.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use cutpoint_core::{CheckpointId, CheckpointMetadata, JobSpec, KeyGroupRange, OperatorId, TaskId};
+use cutpoint_state::snapshot::LocalDirs;
+use cutpoint_storage::CheckpointStorage;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{Message, CHANNEL_CAPACITY};
+use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext};
+use crate::worker::AbortRegistry;
+use crate::{Barrier, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
+
+/// Everything needed to start one attempt.
+pub struct ExecutionConfig {
+    pub spec: Arc<JobSpec>,
+    pub storage: CheckpointStorage,
+    /// Checkpoint to restore from; `None` starts from the beginning.
+    pub restore: Option<Arc<CheckpointMetadata>>,
+    pub attempt: u32,
+    /// Local working directory of this attempt (RocksDB instances); the
+    /// caller removes it after joining the execution.
+    pub local_dir: PathBuf,
+    pub events: tokio::sync::mpsc::UnboundedSender<TaskEvent>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// A running attempt of a job.
+pub struct Execution {
+    sources: Vec<Sender<SourceControl>>,
+    aborts: Arc<AbortRegistry>,
+    cancel: CancellationToken,
+    any_completed: Arc<AtomicBool>,
+    tasks: Vec<TaskId>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn operator(name: &str) -> OperatorId {
+    OperatorId::new(name).expect("static operator id")
+}
+
+impl Execution {
+    /// Wires and starts every task. Fails only on what can be checked
+    /// before any thread runs (a checkpoint that does not fit the job).
+    pub fn start(cfg: ExecutionConfig) -> Result<Self, RuntimeError> {
+        let spec = cfg.spec.clone();
+        let sources_n = spec.source_parallelism();
+        let aggs_n = spec.parallelism;
+        let src_op = operator(SOURCE_OPERATOR);
+        let agg_op = operator(AGGREGATE_OPERATOR);
+
+        let mut source_offsets = vec![None; sources_n as usize];
+        let mut agg_states = Vec::new();
+        if let Some(meta) = &cfg.restore {
+            if meta.max_parallelism != spec.max_parallelism {
+                return Err(RuntimeError::Restore(format!(
+                    "checkpoint {} has max_parallelism {}, the job {}: key groups cannot be remapped",
+                    meta.checkpoint_id, meta.max_parallelism, spec.max_parallelism
+                )));
+            }
+            for s in &meta.subtasks {
+                if s.task.operator == src_op {
+                    let o = s.source_offset.ok_or_else(|| {
+                        RuntimeError::Restore(format!("source {} has no offset", s.task))
+                    })?;
+                    let slot = source_offsets
+                        .get_mut(o.partition as usize)
+                        .ok_or_else(|| {
+                            RuntimeError::Restore(format!(
+                            "checkpoint {} has partition {}, the job has {sources_n} partitions",
+                            meta.checkpoint_id, o.partition
+                        ))
+                        })?;
+                    *slot = Some(o);
+                } else if s.task.operator == agg_op {
+                    agg_states.push(s.clone());
+                }
+            }
+            if let Some(p) = source_offsets.iter().position(|o| o.is_none()) {
+                return Err(RuntimeError::Restore(format!(
+                    "checkpoint {} has no offset for partition {p}",
+                    meta.checkpoint_id
+                )));
+            }
+        }
+
+        let cancel = CancellationToken::new();
+        let ctx = Arc::new(TaskContext {
+            spec: spec.clone(),
+            storage: cfg.storage.clone(),
+            events: cfg.events.clone(),
+            cancel: cancel.clone(),
+            rt: cfg.runtime.clone(),
+            aborts: Arc::new(AbortRegistry::new(cancel.clone())),
+            attempt: cfg.attempt,
+            any_completed: Arc::new(AtomicBool::new(false)),
+        });
+
+        // channel[s][a]: source s -> aggregate a.
+        let mut agg_inputs: Vec<Vec<_>> = (0..aggs_n).map(|_| Vec::new()).collect();
+        let mut source_outputs = Vec::new();
+        for _ in 0..sources_n {
+            let mut outs = Vec::new();
+            for inputs in agg_inputs.iter_mut() {
+                let (tx, rx) = crossbeam_channel::bounded::<Message>(CHANNEL_CAPACITY);
+                outs.push(tx);
+                inputs.push(rx);
+            }
+            source_outputs.push(outs);
+        }
+
+        let mut threads = Vec::new();
+        let mut tasks = Vec::new();
+        let mut controls = Vec::new();
+        for (s, outputs) in source_outputs.into_iter().enumerate() {
+            let task = TaskId::new(&src_op, s as u32);
+            let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
+            controls.push(ctl_tx);
+            let t = SourceTask {
+                ctx: ctx.clone(),
+                task: task.clone(),
+                from: source_offsets[s],
+                outputs,
+                control: ctl_rx,
+            };
+            threads.push(spawn(&ctx, task.clone(), move || t.run()));
+            tasks.push(task);
+        }
+        for (a, inputs) in agg_inputs.into_iter().enumerate() {
+            let task = TaskId::new(&agg_op, a as u32);
+            let base = cfg.local_dir.join(format!("agg-{a}"));
+            let t = AggregateTask {
+                ctx: ctx.clone(),
+                task: task.clone(),
+                range: KeyGroupRange::for_subtask(spec.max_parallelism, aggs_n, a as u32),
+                restore: agg_states.clone(),
+                dirs: LocalDirs {
+                    db: base.join("db"),
+                    scratch: base.join("scratch"),
+                },
+                inputs,
+            };
+            let events = ctx.events.clone();
+            let id = task.clone();
+            threads.push(spawn(&ctx, task.clone(), move || {
+                let state = t.open_state().map_err(|e| {
+                    // A failed restore is reported as such, with the file named.
+                    let fatal = e.is_fatal();
+                    let _ = events.send(TaskEvent::Failed {
+                        task: id,
+                        error: format!("restore failed: {e}"),
+                        fatal,
+                    });
+                    RuntimeError::Cancelled
+                })?;
+                t.run(state)
+            }));
+            tasks.push(task);
+        }
+        Ok(Self {
+            sources: controls,
+            aborts: ctx.aborts.clone(),
+            cancel,
+            any_completed: ctx.any_completed.clone(),
+            tasks,
+            threads,
+        })
+    }
+
+    /// Every task that must acknowledge a checkpoint.
+    pub fn tasks(&self) -> &[TaskId] {
+        &self.tasks
+    }
+
+    /// Tells every source to inject `barrier`. False if a source is gone.
+    pub fn trigger(&self, barrier: Barrier) -> bool {
+        self.sources
+            .iter()
+            .all(|s| s.send(SourceControl::Trigger(barrier)).is_ok())
+    }
+
+    /// Stops the uploads of checkpoint `id` wherever they are.
+    pub fn abort(&self, id: CheckpointId) {
+        self.aborts.abort(id);
+    }
+
+    /// Checkpoint `id` completed.
+    pub fn notify_complete(&self, id: CheckpointId) {
+        self.any_completed.store(true, Ordering::SeqCst);
+        self.aborts.forget_below(id);
+    }
+
+    /// Asks every task to stop; [`Execution::join`] waits for them.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for every thread (blocking: call from a blocking context).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(
+    ctx: &Arc<TaskContext>,
+    task: TaskId,
+    body: impl FnOnce() -> Result<(), RuntimeError> + Send + 'static,
+) -> JoinHandle<()> {
+    let events = ctx.events.clone();
+    let cancel = ctx.cancel.clone();
+    std::thread::Builder::new()
+        .name(format!("task-{task}"))
+        .spawn(move || {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(body));
+            let failure = match outcome {
+                Ok(Ok(())) | Ok(Err(RuntimeError::Cancelled)) => None,
+                Ok(Err(e)) if cancel.is_cancelled() => {
+                    tracing::debug!(%task, error = %e, "task stopped after cancellation");
+                    None
+                }
+                Ok(Err(e)) => Some((e.to_string(), e.is_fatal())),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into());
+                    Some((format!("task panicked: {msg}"), false))
+                }
+            };
+            if let Some((error, fatal)) = failure {
+                let _ = events.send(TaskEvent::Failed { task, error, fatal });
+            }
+        })
+        .expect("spawn task thread")
+}

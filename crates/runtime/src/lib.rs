@@ -1,0 +1,40 @@
+//! The in-process operator DAG and its barrier handling.
+//!
+//! Shape of a job: `source[p] --key_by (hash exchange)--> aggregate[q] -> sink`
+//! with the sink chained into the aggregate task (one thread per task, as
+//! Flink chains operators). Every source partition is one source task; every
+//! aggregate subtask has one bounded input channel per source task, so a
+//! barrier must be *aligned* across them (exactly-once).
+//!
+//! - [`source`]: replayable partition readers (generator, NDJSON files).
+//! - [`channel`]: the messages on the wire between tasks (batches of records,
+//!   barriers, end of stream) and back-pressured sends.
+//! - [`sink`]: where aggregate updates go.
+//! - [`task`]: the source and aggregate task loops (barrier injection,
+//!   alignment, the synchronous snapshot phase).
+//! - [`worker`]: the per-subtask snapshot worker that runs the asynchronous
+//!   phase (RocksDB write, checkpoint, upload, ack) off the task thread.
+//! - [`execution`]: starting one attempt of a job (restoring state if asked)
+//!   and the handle the coordinator drives it with.
+//!
+//! Tasks and workers are plain threads: RocksDB and file I/O never run on
+//! the async runtime. They report to the coordinator through [`TaskEvent`]s
+//! and stop when the execution's cancellation token fires.
+
+pub mod channel;
+mod error;
+pub mod events;
+pub mod execution;
+pub mod sink;
+pub mod source;
+mod task;
+mod worker;
+
+pub use error::RuntimeError;
+pub use events::{Barrier, TaskEvent};
+pub use execution::{Execution, ExecutionConfig};
+
+/// Operator id of the source tasks.
+pub const SOURCE_OPERATOR: &str = "source";
+/// Operator id of the keyed aggregate (with its chained sink).
+pub const AGGREGATE_OPERATOR: &str = "agg";

@@ -1,0 +1,333 @@
+//! Task loops: sources inject barriers; aggregate tasks align them, take
+//! the synchronous snapshot and hand the rest to their snapshot worker.
+//!
+//! Aligned (exactly-once) barrier handling: once barrier `n` arrived on an
+//! input channel, that channel is not read until barrier `n` arrived on every
+//! input that has not ended; then the task snapshots "everything before
+//! barrier n" and unblocks all inputs. A task with one input never blocks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender};
+use cutpoint_core::metadata::SourceOffset;
+use cutpoint_core::spec::SourceSpec;
+use cutpoint_core::{
+    keygroup, now_millis, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
+};
+use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
+use cutpoint_storage::CheckpointStorage;
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{self, Message, BATCH_SIZE};
+use crate::sink::Sink;
+use crate::source::open_reader;
+use crate::worker::{AbortRegistry, SnapshotJob, Worker};
+use crate::{Barrier, RuntimeError, TaskEvent};
+
+/// What every task of one execution shares.
+pub(crate) struct TaskContext {
+    pub spec: Arc<JobSpec>,
+    pub storage: CheckpointStorage,
+    pub events: tokio::sync::mpsc::UnboundedSender<TaskEvent>,
+    pub cancel: CancellationToken,
+    pub rt: tokio::runtime::Handle,
+    pub aborts: Arc<AbortRegistry>,
+    pub attempt: u32,
+    pub any_completed: Arc<AtomicBool>,
+}
+
+/// Commands to a source task.
+#[derive(Debug)]
+pub(crate) enum SourceControl {
+    Trigger(Barrier),
+}
+
+pub(crate) struct SourceTask {
+    pub ctx: Arc<TaskContext>,
+    pub task: TaskId,
+    pub from: Option<SourceOffset>,
+    pub outputs: Vec<Sender<Message>>,
+    pub control: Receiver<SourceControl>,
+}
+
+impl SourceTask {
+    pub(crate) fn run(self) -> Result<(), RuntimeError> {
+        let ctx = &self.ctx;
+        let spec = &ctx.spec;
+        let partition = self.task.subtask.0;
+        let mut reader = open_reader(spec, partition, self.from)?;
+        let _ = ctx.events.send(TaskEvent::Started {
+            task: self.task.clone(),
+            at: Instant::now(),
+        });
+        let targets = self.outputs.len() as u32;
+        let maxp = spec.max_parallelism;
+        let mut batches: Vec<Vec<Record>> = (0..targets)
+            .map(|_| Vec::with_capacity(BATCH_SIZE))
+            .collect();
+        let mut buf = Vec::with_capacity(BATCH_SIZE);
+        let mut records: u64 = 0;
+        let (read_size, pace) = match &spec.source {
+            SourceSpec::Generator {
+                rate_per_s: Some(r),
+                partitions,
+                ..
+            } => {
+                let per = (*r / *partitions as u64).max(1);
+                ((per / 100).clamp(1, BATCH_SIZE as u64) as usize, Some(per))
+            }
+            _ => (BATCH_SIZE, None),
+        };
+        let started = Instant::now();
+        loop {
+            while let Ok(SourceControl::Trigger(barrier)) = self.control.try_recv() {
+                for (t, batch) in batches.iter_mut().enumerate() {
+                    if !batch.is_empty() {
+                        let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
+                        channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
+                    }
+                }
+                let _ = ctx.events.send(TaskEvent::Ack {
+                    checkpoint: barrier.id,
+                    state: Box::new(SubtaskState {
+                        task: self.task.clone(),
+                        source_offset: Some(reader.offset()),
+                        key_group_range: None,
+                        files: Vec::new(),
+                        state_size: 0,
+                        checkpointed_size: 0,
+                        sync_duration_ms: 0,
+                        async_duration_ms: 0,
+                        alignment_duration_ms: 0,
+                        ack_timestamp: now_millis(),
+                    }),
+                });
+                for out in &self.outputs {
+                    channel::send(out, Message::Barrier(barrier), &ctx.cancel)?;
+                }
+            }
+            if ctx.cancel.is_cancelled() {
+                return Err(RuntimeError::Cancelled);
+            }
+            buf.clear();
+            let more = reader.read_batch(&mut buf, read_size)?;
+            records += buf.len() as u64;
+            for record in buf.drain(..) {
+                let group = keygroup::key_group(record.key.stable_hash(), maxp);
+                let t = keygroup::subtask_for_group(group, maxp, targets) as usize;
+                let batch = &mut batches[t];
+                batch.push(record);
+                if batch.len() == BATCH_SIZE {
+                    let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
+                    channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
+                }
+            }
+            if !more {
+                break;
+            }
+            if let Some(per_s) = pace {
+                let due = Duration::from_secs_f64(records as f64 / per_s as f64);
+                let elapsed = started.elapsed();
+                if due > elapsed {
+                    std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
+                }
+            }
+        }
+        for (t, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                channel::send(&self.outputs[t], Message::Records(batch), &ctx.cancel)?;
+            }
+            channel::send(&self.outputs[t], Message::EndOfStream, &ctx.cancel)?;
+        }
+        let _ = ctx.events.send(TaskEvent::Finished {
+            task: self.task,
+            records,
+            table: None,
+        });
+        Ok(())
+    }
+}
+
+pub(crate) struct AggregateTask {
+    pub ctx: Arc<TaskContext>,
+    pub task: TaskId,
+    pub range: KeyGroupRange,
+    /// State of the old aggregate subtasks to restore from (empty: fresh).
+    pub restore: Vec<SubtaskState>,
+    pub dirs: LocalDirs,
+    pub inputs: Vec<Receiver<Message>>,
+}
+
+/// Alignment bookkeeping for the barrier in progress.
+struct Alignment {
+    barrier: Option<Barrier>,
+    first_arrival: Option<Instant>,
+    blocked: Vec<bool>,
+}
+
+impl AggregateTask {
+    /// Restores (or opens empty) state; errors here are restore failures.
+    pub(crate) fn open_state(&self) -> Result<RestoredState, RuntimeError> {
+        let maxp = self.ctx.spec.max_parallelism;
+        let state = if self.restore.is_empty() {
+            snapshot::open_empty(&self.dirs, maxp)?
+        } else {
+            snapshot::restore(
+                &self.ctx.rt,
+                &self.ctx.storage,
+                &self.ctx.spec.job_id,
+                &self.restore,
+                self.range,
+                &self.dirs,
+                maxp,
+            )?
+        };
+        Ok(state)
+    }
+
+    pub(crate) fn run(self, state: RestoredState) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
+        let RestoredState { store, mut table } = state;
+        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0)?;
+        let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
+        let worker = Worker {
+            ctx: ctx.clone(),
+            task: self.task.clone(),
+            range: self.range,
+            store,
+            job: JobId::clone(&ctx.spec.job_id),
+        };
+        let worker_thread = std::thread::Builder::new()
+            .name(format!("snap-{}", self.task))
+            .spawn(move || worker.run(snap_rx))
+            .expect("spawn snapshot worker");
+        let _ = ctx.events.send(TaskEvent::Started {
+            task: self.task.clone(),
+            at: Instant::now(),
+        });
+
+        let n = self.inputs.len();
+        let mut ended = vec![false; n];
+        let mut align = Alignment {
+            barrier: None,
+            first_arrival: None,
+            blocked: vec![false; n],
+        };
+        let inject = ctx
+            .spec
+            .inject_failure
+            .as_ref()
+            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
+            .map(|f| f.after_records);
+        let mut records: u64 = 0;
+        let result = loop {
+            if ended.iter().all(|e| *e) {
+                break Ok(());
+            }
+            let mut sel = Select::new();
+            let mut index = Vec::with_capacity(n);
+            for (i, rx) in self.inputs.iter().enumerate() {
+                if !ended[i] && !align.blocked[i] {
+                    sel.recv(rx);
+                    index.push(i);
+                }
+            }
+            let op = match sel.select_timeout(Duration::from_millis(50)) {
+                Ok(op) => op,
+                Err(_) => {
+                    if ctx.cancel.is_cancelled() {
+                        break Err(RuntimeError::Cancelled);
+                    }
+                    continue;
+                }
+            };
+            let i = index[op.index()];
+            let msg = match op.recv(&self.inputs[i]) {
+                Ok(m) => m,
+                Err(_) => {
+                    break Err(if ctx.cancel.is_cancelled() {
+                        RuntimeError::Cancelled
+                    } else {
+                        RuntimeError::Disconnected
+                    })
+                }
+            };
+            match msg {
+                Message::Records(batch) => {
+                    records += batch.len() as u64;
+                    let mut failed = None;
+                    for r in batch {
+                        let v = table.add(r.key.clone(), r.value);
+                        if let Err(e) = sink.emit(&r.key, v) {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                    if let Some(after) = inject {
+                        if records >= after && ctx.any_completed.load(Ordering::SeqCst) {
+                            break Err(RuntimeError::Injected);
+                        }
+                    }
+                }
+                Message::Barrier(b) => {
+                    if let Some(cur) = align.barrier {
+                        if cur.id != b.id {
+                            break Err(RuntimeError::Internal(format!(
+                                "barrier {} arrived while aligning barrier {}",
+                                b.id, cur.id
+                            )));
+                        }
+                    } else {
+                        align.barrier = Some(b);
+                        align.first_arrival = Some(Instant::now());
+                    }
+                    align.blocked[i] = true;
+                }
+                Message::EndOfStream => ended[i] = true,
+            }
+            // Aligned: snapshot once every live input delivered the barrier.
+            if let Some(barrier) = align.barrier {
+                if (0..n).all(|j| align.blocked[j] || ended[j]) {
+                    let alignment = align.first_arrival.map(|t| t.elapsed()).unwrap_or_default();
+                    let t0 = Instant::now();
+                    let delta = table.freeze();
+                    if let Err(e) = sink.flush() {
+                        break Err(e);
+                    }
+                    let job = SnapshotJob {
+                        barrier,
+                        delta,
+                        sync_duration: t0.elapsed(),
+                        alignment_duration: alignment,
+                    };
+                    if snap_tx.send(job).is_err() {
+                        break Err(RuntimeError::Internal("snapshot worker stopped".into()));
+                    }
+                    align.barrier = None;
+                    align.first_arrival = None;
+                    align.blocked.iter_mut().for_each(|b| *b = false);
+                }
+            }
+        };
+        drop(snap_tx);
+        let worker_result = worker_thread.join();
+        result?;
+        sink.flush()?;
+        match worker_result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
+        }
+        let _ = ctx.events.send(TaskEvent::Finished {
+            task: self.task,
+            records,
+            table: Some(Box::new(table)),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,147 @@
+//! The snapshot worker: one thread per keyed subtask that runs the
+//! asynchronous phase of each snapshot in checkpoint order.
+//!
+//! For barrier `n` it writes the frozen delta into RocksDB (always — later
+//! checkpoints build on it even if `n` is aborted), takes a RocksDB
+//! checkpoint, uploads it unless `n` was aborted, and acks or declines.
+//! It owns the subtask's RocksDB instance; the task thread never touches it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, SubtaskState, TaskId};
+use cutpoint_state::snapshot::{upload_dir, SnapshotTarget};
+use cutpoint_state::{FrozenDelta, RocksStore, StateError};
+use tokio_util::sync::CancellationToken;
+
+use crate::task::TaskContext;
+use crate::{Barrier, TaskEvent};
+
+/// Cancellation tokens per checkpoint, children of the execution's token:
+/// aborting checkpoint `n` cancels its uploads everywhere.
+#[derive(Debug)]
+pub(crate) struct AbortRegistry {
+    parent: CancellationToken,
+    tokens: Mutex<BTreeMap<CheckpointId, CancellationToken>>,
+}
+
+impl AbortRegistry {
+    pub(crate) fn new(parent: CancellationToken) -> Self {
+        Self {
+            parent,
+            tokens: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn token(&self, id: CheckpointId) -> CancellationToken {
+        self.tokens
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_insert_with(|| self.parent.child_token())
+            .clone()
+    }
+
+    pub(crate) fn abort(&self, id: CheckpointId) {
+        self.token(id).cancel();
+    }
+
+    /// Drops tokens of checkpoints older than `id` (they are settled).
+    pub(crate) fn forget_below(&self, id: CheckpointId) {
+        self.tokens.lock().unwrap().retain(|k, _| *k >= id);
+    }
+}
+
+/// Work handed from the task thread (synchronous phase) to the worker.
+pub(crate) struct SnapshotJob {
+    pub barrier: Barrier,
+    pub delta: FrozenDelta,
+    pub sync_duration: Duration,
+    pub alignment_duration: Duration,
+}
+
+pub(crate) struct Worker {
+    pub ctx: Arc<TaskContext>,
+    pub task: TaskId,
+    pub range: KeyGroupRange,
+    pub store: RocksStore,
+    pub job: JobId,
+}
+
+impl Worker {
+    /// Runs until the task drops its sender (after finishing queued jobs)
+    /// or the execution is cancelled. An error here means local state is
+    /// broken (RocksDB write failed): the task must fail.
+    pub(crate) fn run(mut self, rx: Receiver<SnapshotJob>) -> Result<(), StateError> {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(job) => {
+                    if let Err(e) = self.snapshot(job) {
+                        let _ = self.ctx.events.send(TaskEvent::Failed {
+                            task: self.task.clone(),
+                            error: format!("snapshot worker: {e}"),
+                            fatal: false,
+                        });
+                        return Err(e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.ctx.cancel.is_cancelled() {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    }
+
+    fn snapshot(&mut self, job: SnapshotJob) -> Result<(), StateError> {
+        let started = Instant::now();
+        let id = job.barrier.id;
+        let token = self.ctx.aborts.token(id);
+        self.store.apply(job.delta)?;
+        if token.is_cancelled() {
+            return Ok(());
+        }
+        let dir = self.store.checkpoint(&format!("chk-{}", id.0))?;
+        let target = SnapshotTarget {
+            storage: &self.ctx.storage,
+            job: &self.job,
+            operator: &self.task.operator,
+            subtask: self.task.subtask,
+            checkpoint: id,
+        };
+        let uploaded = self.ctx.rt.block_on(upload_dir(&target, &dir, &token));
+        let _ = std::fs::remove_dir_all(&dir);
+        let event = match uploaded {
+            Ok(files) => {
+                let size: u64 = files.iter().map(|f| f.size).sum();
+                TaskEvent::Ack {
+                    checkpoint: id,
+                    state: Box::new(SubtaskState {
+                        task: self.task.clone(),
+                        source_offset: None,
+                        key_group_range: Some(self.range),
+                        files,
+                        state_size: size,
+                        checkpointed_size: size,
+                        sync_duration_ms: job.sync_duration.as_millis() as u64,
+                        async_duration_ms: started.elapsed().as_millis() as u64,
+                        alignment_duration_ms: job.alignment_duration.as_millis() as u64,
+                        ack_timestamp: now_millis(),
+                    }),
+                }
+            }
+            Err(StateError::Cancelled) => return Ok(()),
+            Err(e) => TaskEvent::Decline {
+                checkpoint: id,
+                task: self.task.clone(),
+                reason: e.to_string(),
+            },
+        };
+        let _ = self.ctx.events.send(event);
+        Ok(())
+    }
+}

@@ -1,0 +1,36 @@
+//! State backend errors.
+
+use cutpoint_storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("rocksdb {op} in {dir}: {source}")]
+    Rocks {
+        op: &'static str,
+        dir: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("local state directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state in {dir} holds an undecodable entry: {reason}")]
+    CorruptState { dir: String, reason: String },
+    #[error("snapshot cancelled (checkpoint aborted)")]
+    Cancelled,
+}
+
+impl StateError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! [`RocksStore`]: the RocksDB instance behind a keyed subtask.
+//!
+//! Only the snapshot worker thread of its subtask touches it, never the
+//! async runtime. Writes go exclusively through ingested SST files, so the
+//! WAL and memtable stay empty and a RocksDB checkpoint is hard links only.
+
+use std::path::{Path, PathBuf};
+
+use cutpoint_core::{keygroup, Key, KeyGroupRange};
+use rocksdb::{
+    checkpoint::Checkpoint, DBCompressionType, Direction, IngestExternalFileOptions, IteratorMode,
+    Options, SstFileWriter, DB,
+};
+
+use crate::{FrozenDelta, StateError};
+
+/// One RocksDB instance plus a scratch directory for SST files.
+pub struct RocksStore {
+    db: DB,
+    dir: PathBuf,
+    scratch: PathBuf,
+    max_parallelism: u32,
+    next_sst: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_max_background_jobs(1);
+    o
+}
+
+/// The RocksDB key of a state entry.
+pub fn encode_key(key: &Key, max_parallelism: u32, out: &mut Vec<u8>) {
+    let group = keygroup::key_group(key.stable_hash(), max_parallelism);
+    out.clear();
+    out.extend_from_slice(&(group as u16).to_be_bytes());
+    key.encode_into(out);
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database in `dir`; `scratch` holds temporary
+    /// SST files and local checkpoints.
+    pub fn open(dir: &Path, scratch: &Path, max_parallelism: u32) -> Result<Self, StateError> {
+        std::fs::create_dir_all(scratch).map_err(|e| StateError::io(scratch, e))?;
+        let db = DB::open(&options(), dir).map_err(|source| StateError::Rocks {
+            op: "open",
+            dir: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            db,
+            dir: dir.to_path_buf(),
+            scratch: scratch.to_path_buf(),
+            max_parallelism,
+            next_sst: 0,
+        })
+    }
+
+    fn rocks_err(&self, op: &'static str) -> impl Fn(rocksdb::Error) -> StateError + '_ {
+        move |source| StateError::Rocks {
+            op,
+            dir: self.dir.display().to_string(),
+            source,
+        }
+    }
+
+    /// Writes a frozen delta: sort, one SST file, ingest (moved, no copy).
+    /// Returns the number of entries written.
+    pub fn apply(&mut self, delta: FrozenDelta) -> Result<usize, StateError> {
+        if delta.entries.is_empty() {
+            return Ok(0);
+        }
+        let mut rows: Vec<(Vec<u8>, i64)> = Vec::with_capacity(delta.entries.len());
+        for (key, value) in delta.entries {
+            let mut k = Vec::with_capacity(12);
+            encode_key(&key, self.max_parallelism, &mut k);
+            rows.push((k, value));
+        }
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.next_sst += 1;
+        let sst = self.scratch.join(format!("ingest-{}.sst", self.next_sst));
+        let opts = options();
+        let mut writer = SstFileWriter::create(&opts);
+        writer.open(&sst).map_err(self.rocks_err("sst open"))?;
+        for (k, v) in &rows {
+            writer
+                .put(k, v.to_le_bytes())
+                .map_err(self.rocks_err("sst put"))?;
+        }
+        writer.finish().map_err(self.rocks_err("sst finish"))?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_opts(&ingest, vec![&sst])
+            .map_err(self.rocks_err("ingest"))?;
+        Ok(rows.len())
+    }
+
+    /// Creates a RocksDB checkpoint (hard links) in a new directory under the
+    /// scratch folder and returns it; the caller removes it after uploading.
+    pub fn checkpoint(&self, name: &str) -> Result<PathBuf, StateError> {
+        let target = self.scratch.join(name);
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(|e| StateError::io(&target, e))?;
+        }
+        Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&target))
+            .map_err(self.rocks_err("checkpoint"))?;
+        Ok(target)
+    }
+
+    /// Reads every entry whose key group lies in `range`.
+    pub fn scan(
+        &self,
+        range: KeyGroupRange,
+        mut f: impl FnMut(Key, i64),
+    ) -> Result<(), StateError> {
+        let start = (range.start as u16).to_be_bytes();
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(self.rocks_err("scan"))?;
+            let group = u16::from_be_bytes([k[0], k[1]]) as u32;
+            if group > range.end {
+                break;
+            }
+            let corrupt = |reason: &str| StateError::CorruptState {
+                dir: self.dir.display().to_string(),
+                reason: reason.to_string(),
+            };
+            let key = Key::decode(&k[2..]).ok_or_else(|| corrupt("bad key"))?;
+            let value: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt("bad value"))?;
+            f(key, i64::from_le_bytes(value));
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

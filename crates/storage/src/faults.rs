@@ -1,0 +1,207 @@
+//! [`FaultyStore`]: an `ObjectStore` decorator that injects failures and
+//! delays on chosen operations and paths — how tests make an upload hang past
+//! the checkpoint timeout or a subtask's snapshot fail, without touching the
+//! production code paths. Rules can be changed while a job runs.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::{
+    path::Path, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+};
+
+/// Operations a rule can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultOp {
+    Put,
+    Get,
+    Delete,
+    List,
+    Any,
+}
+
+/// What happens to a matched operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Fail with a generic store error.
+    Fail,
+    /// Wait, then run the operation (a long delay is a hang; dropping the
+    /// future during the wait means the operation never happens).
+    Delay(Duration),
+}
+
+/// One injection rule.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    pub op: FaultOp,
+    /// Matches paths containing this string.
+    pub path_contains: String,
+    pub action: FaultAction,
+    /// How many more times the rule fires; `None` = always.
+    pub remaining: Option<u32>,
+}
+
+/// The decorator. Clone the `Arc` to keep a handle for changing rules.
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    rules: Mutex<Vec<FaultRule>>,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            rules: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn add_rule(&self, rule: FaultRule) {
+        self.rules.lock().unwrap().push(rule);
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    fn matching(&self, op: FaultOp, path: &str) -> Option<FaultAction> {
+        let mut rules = self.rules.lock().unwrap();
+        let rule = rules.iter_mut().find(|r| {
+            (r.op == op || r.op == FaultOp::Any)
+                && path.contains(&r.path_contains)
+                && r.remaining != Some(0)
+        })?;
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+        }
+        Some(rule.action)
+    }
+
+    async fn inject(&self, op: FaultOp, path: &Path) -> Result<()> {
+        match self.matching(op, path.as_ref()) {
+            None => Ok(()),
+            Some(FaultAction::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                Ok(())
+            }
+            Some(FaultAction::Fail) => Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: format!("injected {op:?} failure on {path}").into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.inject(FaultOp::Put, location).await?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inject(FaultOp::Put, location).await?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        self.inject(FaultOp::Get, location).await?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.inject(FaultOp::Get, location).await?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    async fn head(&self, location: &Path) -> Result<ObjectMeta> {
+        self.inject(FaultOp::Get, location).await?;
+        self.inner.head(location).await
+    }
+
+    async fn delete(&self, location: &Path) -> Result<()> {
+        self.inject(FaultOp::Delete, location).await?;
+        self.inner.delete(location).await
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        let fail = prefix
+            .map(|p| self.matching(FaultOp::List, p.as_ref()) == Some(FaultAction::Fail))
+            .unwrap_or(false);
+        if fail {
+            let err = object_store::Error::Generic {
+                store: "FaultyStore",
+                source: "injected List failure".into(),
+            };
+            return Box::pin(futures::stream::once(async move { Err(err) }));
+        }
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        if let Some(p) = prefix {
+            self.inject(FaultOp::List, p).await?;
+        }
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        self.inject(FaultOp::Put, to).await?;
+        self.inner.copy(from, to).await
+    }
+
+    async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
+        self.inject(FaultOp::Put, to).await?;
+        self.inner.copy_if_not_exists(from, to).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn rules_fire_the_given_number_of_times() {
+        let store = FaultyStore::new(Arc::new(InMemory::new()));
+        store.add_rule(FaultRule {
+            op: FaultOp::Put,
+            path_contains: "chk-1/".into(),
+            action: FaultAction::Fail,
+            remaining: Some(1),
+        });
+        let p = Path::from("a/chk-1/x");
+        assert!(store.put(&p, PutPayload::from_static(b"1")).await.is_err());
+        assert!(store.put(&p, PutPayload::from_static(b"1")).await.is_ok());
+        assert!(store
+            .put(&Path::from("b"), PutPayload::from_static(b"1"))
+            .await
+            .is_ok());
+    }
+}

@@ -1,0 +1,366 @@
+//! [`CheckpointStorage`]: the operations on the layout of [`crate::paths`].
+//!
+//! Invariants kept here:
+//! - State files and `_metadata` are written create-only (`PutMode::Create`):
+//!   an immutable object is never overwritten.
+//! - A checkpoint is restorable iff its `_metadata` exists and verifies.
+//! - Deleting a checkpoint removes `_metadata` first, so a crash half-way
+//!   leaves a non-restorable folder (swept later), never a restorable
+//!   checkpoint with missing files.
+//! - Downloads check size and CRC32C of every file against the metadata.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cutpoint_core::{
+    checksum, CheckpointId, CheckpointMetadata, JobId, JobSpec, OperatorId, StateFile, SubtaskIndex,
+};
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::paths::{parse_checkpoint_dir, JobPaths, StateScope, METADATA_NAME};
+use crate::{StorageError, StorageLocation};
+
+/// A checkpoint folder found in storage and what its metadata says.
+#[derive(Debug)]
+pub struct CheckpointListing {
+    pub checkpoint_id: CheckpointId,
+    /// `Ok` if restorable; the error says why not.
+    pub metadata: Result<CheckpointMetadata, StorageError>,
+    pub external_path: String,
+}
+
+/// Checkpoint storage of one location (all jobs under one root).
+#[derive(Debug, Clone)]
+pub struct CheckpointStorage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    url: String,
+}
+
+impl CheckpointStorage {
+    pub fn new(location: StorageLocation) -> Self {
+        Self {
+            store: location.store,
+            root: location.root,
+            url: location.url,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn paths(&self, job: &JobId) -> JobPaths {
+        JobPaths::new(&self.root, job)
+    }
+
+    /// User-facing location of a checkpoint folder (Flink's `external_path`).
+    pub fn external_path(&self, job: &JobId, id: CheckpointId) -> String {
+        format!("{}/jobs/{job}/chk-{}", self.url, id.0)
+    }
+
+    // ---- job spec -------------------------------------------------------
+
+    /// Stores the job spec beside its checkpoints (mutable: replaced when a
+    /// job with the same id is run again).
+    pub async fn write_job_spec(&self, spec: &JobSpec) -> Result<(), StorageError> {
+        let path = self.paths(&spec.job_id).job_spec();
+        let body = serde_json::to_vec_pretty(spec).expect("spec serializes");
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| StorageError::store("put", &path, e))?;
+        Ok(())
+    }
+
+    pub async fn read_job_spec(&self, job: &JobId) -> Result<JobSpec, StorageError> {
+        let path = self.paths(job).job_spec();
+        let bytes = match self.get(&path).await {
+            Err(StorageError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(StorageError::JobSpecMissing {
+                    job: job.to_string(),
+                });
+            }
+            other => other?,
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|e| StorageError::CorruptJobSpec {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        JobSpec::from_json(text).map_err(|e| StorageError::CorruptJobSpec {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Job ids that have a folder in storage.
+    pub async fn list_jobs(&self) -> Result<Vec<JobId>, StorageError> {
+        let prefix = JobPaths::jobs_root(&self.root);
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| StorageError::store("list", &prefix, e))?;
+        let mut jobs: Vec<JobId> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| JobId::new(n).ok()))
+            .collect();
+        jobs.sort();
+        Ok(jobs)
+    }
+
+    // ---- state files ----------------------------------------------------
+
+    /// Uploads bytes as a state file, create-only, and returns its handle.
+    pub async fn put_state_file(
+        &self,
+        job: &JobId,
+        scope: StateScope,
+        operator: &OperatorId,
+        subtask: SubtaskIndex,
+        name: &str,
+        data: Bytes,
+    ) -> Result<StateFile, StorageError> {
+        let relative = JobPaths::state_file_relative(scope, operator, subtask, name);
+        let path = self.paths(job).resolve(&relative);
+        let handle = StateFile {
+            path: relative,
+            local_name: name.to_string(),
+            size: data.len() as u64,
+            crc32c: checksum::crc32c(&data),
+        };
+        self.put_create(&path, data).await?;
+        Ok(handle)
+    }
+
+    /// Uploads a local file as a state file (see [`Self::put_state_file`]).
+    pub async fn upload_file(
+        &self,
+        job: &JobId,
+        scope: StateScope,
+        operator: &OperatorId,
+        subtask: SubtaskIndex,
+        local: &FsPath,
+    ) -> Result<StateFile, StorageError> {
+        let io = |source| StorageError::Io {
+            path: local.display().to_string(),
+            source,
+        };
+        let name = local
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io(std::io::Error::other("file name is not UTF-8")))?
+            .to_string();
+        let data = tokio::fs::read(local).await.map_err(io)?;
+        self.put_state_file(job, scope, operator, subtask, &name, Bytes::from(data))
+            .await
+    }
+
+    /// Downloads a state file into `dir/{local_name}`, verifying size and
+    /// CRC32C. A missing or corrupt file is a named error naming the file.
+    pub async fn download_verified(
+        &self,
+        job: &JobId,
+        file: &StateFile,
+        dir: &FsPath,
+    ) -> Result<(), StorageError> {
+        let path = self.paths(job).resolve(&file.path);
+        let data = match self.get(&path).await {
+            Err(StorageError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(StorageError::StateFileMissing {
+                    path: path.to_string(),
+                });
+            }
+            other => other?,
+        };
+        let crc = checksum::crc32c(&data);
+        if data.len() as u64 != file.size || crc != file.crc32c {
+            return Err(StorageError::ChecksumMismatch {
+                path: path.to_string(),
+                expected_size: file.size,
+                expected_crc: file.crc32c,
+                actual_size: data.len() as u64,
+                actual_crc: crc,
+            });
+        }
+        let target = dir.join(&file.local_name);
+        tokio::fs::write(&target, &data)
+            .await
+            .map_err(|source| StorageError::Io {
+                path: target.display().to_string(),
+                source,
+            })
+    }
+
+    // ---- metadata -------------------------------------------------------
+
+    /// Publishes a checkpoint: writes `_metadata`, create-only. This is the
+    /// commit point; everything the metadata names must already be stored.
+    pub async fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), StorageError> {
+        let path = self.paths(&meta.job_id).metadata(meta.checkpoint_id);
+        let body = serde_json::to_vec_pretty(meta).expect("metadata serializes");
+        self.put_create(&path, Bytes::from(body)).await
+    }
+
+    /// Reads and verifies a checkpoint's metadata.
+    pub async fn read_metadata(
+        &self,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> Result<CheckpointMetadata, StorageError> {
+        let path = self.paths(job).metadata(id);
+        let bytes = match self.get(&path).await {
+            Err(StorageError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => {
+                return Err(StorageError::MetadataMissing {
+                    job: job.to_string(),
+                    checkpoint: id.0,
+                });
+            }
+            other => other?,
+        };
+        let corrupt = |reason: String| StorageError::CorruptMetadata {
+            path: path.to_string(),
+            reason,
+        };
+        let meta: CheckpointMetadata =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        meta.verify(job, id).map_err(|e| corrupt(e.to_string()))?;
+        Ok(meta)
+    }
+
+    /// Ids of every `chk-{n}` folder of a job, complete or not, ascending.
+    pub async fn checkpoint_dirs(&self, job: &JobId) -> Result<Vec<CheckpointId>, StorageError> {
+        let prefix = self.paths(job).job_root().clone();
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| StorageError::store("list", &prefix, e))?;
+        let mut ids: Vec<_> = listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(parse_checkpoint_dir))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Every checkpoint folder that has a `_metadata` object, newest first,
+    /// with the metadata read and verified (or the reason it is unusable).
+    pub async fn list_checkpoints(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<CheckpointListing>, StorageError> {
+        let paths = self.paths(job);
+        let mut out = Vec::new();
+        for id in self.checkpoint_dirs(job).await?.into_iter().rev() {
+            let meta_path = paths.metadata(id);
+            match self.store.head(&meta_path).await {
+                Ok(_) => {}
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(StorageError::store("head", &meta_path, e)),
+            }
+            out.push(CheckpointListing {
+                checkpoint_id: id,
+                metadata: self.read_metadata(job, id).await,
+                external_path: self.external_path(job, id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every object path under a checkpoint folder.
+    pub async fn list_checkpoint_objects(
+        &self,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> Result<Vec<Path>, StorageError> {
+        let prefix = self.paths(job).checkpoint_dir(id);
+        self.list_prefix(&prefix).await
+    }
+
+    /// Every object path under a prefix (recursive).
+    pub async fn list_prefix(&self, prefix: &Path) -> Result<Vec<Path>, StorageError> {
+        self.store
+            .list(Some(prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store("list", prefix, e))
+    }
+
+    /// Every object of a job (recursive), relative to the job folder.
+    pub async fn list_job_objects(&self, job: &JobId) -> Result<Vec<String>, StorageError> {
+        let paths = self.paths(job);
+        let all = self.list_prefix(paths.job_root()).await?;
+        Ok(all.iter().filter_map(|p| paths.relative(p)).collect())
+    }
+
+    /// Deletes a checkpoint folder: `_metadata` first, then the rest.
+    /// Deleting what is already gone succeeds.
+    pub async fn delete_checkpoint(
+        &self,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> Result<(), StorageError> {
+        let meta = self.paths(job).metadata(id);
+        self.delete(&meta).await?;
+        for path in self.list_checkpoint_objects(job, id).await? {
+            if path.filename() != Some(METADATA_NAME) {
+                self.delete(&path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes one state file by its relative path (missing is fine).
+    pub async fn delete_state_file(&self, job: &JobId, relative: &str) -> Result<(), StorageError> {
+        let path = self.paths(job).resolve(relative);
+        self.delete(&path).await
+    }
+
+    // ---- primitives -----------------------------------------------------
+
+    async fn put_create(&self, path: &Path, data: Bytes) -> Result<(), StorageError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(path, PutPayload::from(data), opts)
+            .await
+            .map_err(|e| StorageError::store("put", path, e))?;
+        Ok(())
+    }
+
+    async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
+        let result = self
+            .store
+            .get(path)
+            .await
+            .map_err(|e| StorageError::store("get", path, e))?;
+        result
+            .bytes()
+            .await
+            .map_err(|e| StorageError::store("get", path, e))
+    }
+
+    async fn delete(&self, path: &Path) -> Result<(), StorageError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StorageError::store("delete", path, e)),
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Command-line definitions and the commands that act on storage directly.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
+use cutpoint_core::{JobId, JobSpec, Key};
+use cutpoint_storage::{CheckpointStorage, StorageLocation};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cutpoint",
+    version,
+    about = "Checkpointing engine for stateful stream processing"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a job from a JSON job spec until its input ends.
+    Run {
+        /// The job spec (see examples/pv.json).
+        #[arg(long)]
+        job: PathBuf,
+        /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
+        #[arg(long)]
+        checkpoint_dir: String,
+        /// Restore from `latest` or a checkpoint id before running.
+        #[arg(long)]
+        restore_from: Option<RestoreFrom>,
+        /// Local working directory for RocksDB (default: a temporary one).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Write the final keyed state here as JSON lines, sorted by key.
+        #[arg(long)]
+        final_state: Option<PathBuf>,
+    },
+    /// Inspect checkpoints in storage.
+    Checkpoints {
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
+    /// Run the PV demo: failure injection, recovery, exact-count check.
+    Demo {
+        /// Checkpoint storage (default: a temporary directory).
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
+        /// Number of events.
+        #[arg(long, default_value_t = 6_000_000)]
+        events: u64,
+        /// Number of distinct keys (app ids).
+        #[arg(long, default_value_t = 100_000)]
+        keys: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CheckpointsCommand {
+    /// List the restorable checkpoints storage holds (newest first).
+    List {
+        #[arg(long)]
+        checkpoint_dir: String,
+        /// Only this job (default: every job in storage).
+        #[arg(long)]
+        job: Option<JobId>,
+        /// Print `{"checkpoints": [...]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn execute(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            job,
+            checkpoint_dir,
+            restore_from,
+            work_dir,
+            final_state,
+        } => {
+            let text = std::fs::read_to_string(&job)
+                .with_context(|| format!("reading {}", job.display()))?;
+            let spec =
+                JobSpec::from_json(&text).with_context(|| format!("job spec {}", job.display()))?;
+            let storage = open_storage(&checkpoint_dir)?;
+            let outcome = run_job(spec.clone(), storage, restore_from, work_dir).await?;
+            if let Some(path) = final_state {
+                write_final_state(&outcome, &path)?;
+            }
+            println!("{}", summary(&spec, &outcome));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoints {
+            command:
+                CheckpointsCommand::List {
+                    checkpoint_dir,
+                    job,
+                    json,
+                },
+        } => {
+            let storage = open_storage(&checkpoint_dir)?;
+            list_checkpoints(&storage, job, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            checkpoint_dir,
+            events,
+            keys,
+        } => crate::demo::run(checkpoint_dir, events, keys).await,
+    }
+}
+
+pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
+    Ok(CheckpointStorage::new(StorageLocation::parse(location)?))
+}
+
+/// Runs a job to its end with a temporary work dir unless one is given.
+pub async fn run_job(
+    spec: JobSpec,
+    storage: CheckpointStorage,
+    restore_from: Option<RestoreFrom>,
+    work_dir: Option<PathBuf>,
+) -> Result<JobOutcome> {
+    let tmp;
+    let local_dir = match work_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("cutpoint-work-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let handle = spawn_job(JobConfig {
+        spec,
+        storage,
+        restore_from,
+        local_dir,
+    });
+    let cancel = handle.canceller();
+    let ctrl_c = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("interrupted: stopping the job");
+            cancel.cancel();
+        }
+    });
+    let outcome = handle.join().await;
+    ctrl_c.abort();
+    Ok(outcome?)
+}
+
+/// The final state, merged over subtasks, sorted by key.
+pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
+    outcome
+        .final_state
+        .iter()
+        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), *v)))
+        .collect()
+}
+
+fn write_final_state(outcome: &JobOutcome, path: &PathBuf) -> Result<()> {
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (k, v) in final_counts(outcome) {
+        writeln!(w, "{}", json!({"key": k, "value": v}))?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn summary(spec: &JobSpec, o: &JobOutcome) -> serde_json::Value {
+    let secs = o.duration.as_secs_f64().max(1e-9);
+    json!({
+        "job_id": spec.job_id,
+        "events": o.records_read,
+        "events_per_s": (o.records_read as f64 / secs).round(),
+        "duration_ms": o.duration.as_millis() as u64,
+        "checkpoints_completed": o.checkpoints_completed,
+        "checkpoints_failed": o.checkpoints_failed,
+        "restarts": o.restarts,
+        "restored_from": o.restored_from,
+        "restore_ms": o.restore_ms,
+        "keys": o.final_state.iter().map(|t| t.len()).sum::<usize>(),
+    })
+}
+
+async fn list_checkpoints(
+    storage: &CheckpointStorage,
+    job: Option<JobId>,
+    as_json: bool,
+) -> Result<()> {
+    let jobs = match job {
+        Some(j) => vec![j],
+        None => storage.list_jobs().await?,
+    };
+    let mut rows = Vec::new();
+    for job in &jobs {
+        for l in storage.list_checkpoints(job).await? {
+            let mut row = json!({
+                "checkpoint_id": l.checkpoint_id,
+                "job_id": job,
+                "external_path": l.external_path,
+            });
+            match &l.metadata {
+                Ok(m) => {
+                    let extra = json!({
+                        "status": "COMPLETED",
+                        "restorable": true,
+                        "checkpoint_type": m.checkpoint_type.as_str(),
+                        "trigger_timestamp": m.trigger_timestamp,
+                        "latest_ack_timestamp": m.subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0),
+                        "end_to_end_duration": m.complete_timestamp.saturating_sub(m.trigger_timestamp),
+                        "state_size": m.state_size(),
+                        "checkpointed_size": m.checkpointed_size(),
+                        "num_subtasks": m.subtasks.len(),
+                    });
+                    merge(&mut row, extra);
+                }
+                Err(e) => merge(
+                    &mut row,
+                    json!({"status": "CORRUPT", "restorable": false, "failure_message": e.to_string()}),
+                ),
+            }
+            rows.push(row);
+        }
+    }
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "checkpoints": rows }))?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        if jobs.is_empty() {
+            bail!("no jobs in storage");
+        }
+        println!("no checkpoints");
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:>6} {:<11} {:<10} {:>10} {:>12} {:>12}  PATH",
+        "JOB", "ID", "TYPE", "STATUS", "DURATION", "STATE", "UPLOADED"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let n = |k: &str| {
+            r[k].as_u64()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<16} {:>6} {:<11} {:<10} {:>10} {:>12} {:>12}  {}",
+            s("job_id"),
+            n("checkpoint_id"),
+            s("checkpoint_type"),
+            s("status"),
+            r["end_to_end_duration"]
+                .as_u64()
+                .map(|d| format!("{d} ms"))
+                .unwrap_or_else(|| "-".into()),
+            n("state_size"),
+            n("checkpointed_size"),
+            s("external_path"),
+        );
+        if let Some(m) = r["failure_message"].as_str() {
+            println!("{:>24} {m}", "");
+        }
+    }
+    Ok(())
+}
+
+fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
+    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+}

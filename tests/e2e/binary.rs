@@ -1,0 +1,258 @@
+//! The real binary: SIGKILL mid-run, restore from `latest` and from a chosen
+//! older checkpoint id, clear errors for missing checkpoints, and the demo.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cutpoint_core::Key;
+
+use crate::common::{assert_exact, expected_counts};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cutpoint");
+const EVENTS: u64 = 1_500_000;
+const KEYS: u64 = 20_000;
+
+fn write_spec(dir: &Path, job: &str, rate: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("{job}.json"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"job_id":"{job}","parallelism":2,
+                "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"seed":42,"rate_per_s":{rate}}},
+                "key_by":"app_id","aggregate":{{"type":"count"}},
+                "checkpoint":{{"interval_ms":200,"retention":3}}}}"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn completed_checkpoints(chk: &Path, job: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(chk.join("jobs").join(job)) else {
+        return 0;
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.path().join("_metadata").exists())
+        .count()
+}
+
+fn read_state(path: &Path) -> BTreeMap<Key, i64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                Key::Int(v["key"].as_i64().unwrap()),
+                v["value"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Runs `cutpoint run` to the end; returns the summary line.
+fn run_to_end(spec: &Path, chk: &Path, restore: Option<&str>, out: &Path) -> serde_json::Value {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--job"])
+        .arg(spec)
+        .arg("--checkpoint-dir")
+        .arg(chk);
+    cmd.arg("--final-state").arg(out);
+    if let Some(r) = restore {
+        cmd.args(["--restore-from", r]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn sigkill_then_restore_latest_and_an_older_checkpoint_give_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let spec = write_spec(dir.path(), "pv-kill", 300_000);
+    let mut child = Command::new(BIN)
+        .args(["run", "--job"])
+        .arg(&spec)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed_checkpoints(&chk, "pv-kill") < 2 {
+        assert!(Instant::now() < deadline, "no checkpoints completed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let expected = expected_counts(42, KEYS, EVENTS);
+    let out = dir.path().join("final.jsonl");
+    let summary = run_to_end(&spec, &chk, Some("latest"), &out);
+    let restored = summary["restored_from"].as_array().unwrap();
+    assert_eq!(restored.len(), 1, "{summary}");
+    assert!(
+        (summary["events"].as_u64().unwrap()) < EVENTS,
+        "resumed, not restarted: {summary}"
+    );
+    assert_exact(&read_state(&out), &expected);
+
+    // Now restore a chosen older checkpoint id, listed from storage alone.
+    let list = Command::new(BIN)
+        .args([
+            "checkpoints",
+            "list",
+            "--json",
+            "--job",
+            "pv-kill",
+            "--checkpoint-dir",
+        ])
+        .arg(&chk)
+        .output()
+        .unwrap();
+    assert!(list.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let ids: Vec<u64> = listed["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["restorable"] == true)
+        .map(|c| c["checkpoint_id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.len() >= 2, "{listed}");
+    for c in listed["checkpoints"].as_array().unwrap() {
+        for field in [
+            "checkpoint_type",
+            "trigger_timestamp",
+            "end_to_end_duration",
+            "state_size",
+            "checkpointed_size",
+            "external_path",
+        ] {
+            assert!(!c[field].is_null(), "{field} missing in {c}");
+        }
+    }
+    let oldest = *ids.iter().min().unwrap();
+    let out2 = dir.path().join("final2.jsonl");
+    let summary = run_to_end(&spec, &chk, Some(&oldest.to_string()), &out2);
+    assert_eq!(
+        summary["restored_from"],
+        serde_json::json!([oldest]),
+        "{summary}"
+    );
+    assert_exact(&read_state(&out2), &expected);
+}
+
+#[test]
+fn restoring_a_missing_or_corrupt_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let spec = write_spec(dir.path(), "pv-missing", 1_000_000);
+    let run = |from: &str| {
+        Command::new(BIN)
+            .args(["run", "--job"])
+            .arg(&spec)
+            .arg("--checkpoint-dir")
+            .arg(&chk)
+            .args(["--restore-from", from])
+            .output()
+            .unwrap()
+    };
+    let o = run("latest");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no restorable checkpoint of job pv-missing"),
+        "{err}"
+    );
+
+    // A full run leaves checkpoints; corrupt the newest metadata.
+    let out = dir.path().join("f.jsonl");
+    run_to_end(&spec, &chk, None, &out);
+    let o = run("999");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("checkpoint 999") && err.contains("no _metadata"),
+        "{err}"
+    );
+
+    let job_dir = chk.join("jobs/pv-missing");
+    let mut ids: Vec<u64> = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    ids.sort();
+    let newest = *ids.last().expect("checkpoints were written");
+    std::fs::write(
+        job_dir.join(format!("chk-{newest}/_metadata")),
+        b"{ not json",
+    )
+    .unwrap();
+    let o = run(&newest.to_string());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("corrupt checkpoint metadata")
+            && err.contains(&format!("chk-{newest}/_metadata")),
+        "{err}"
+    );
+
+    // Corrupt a state file of an older checkpoint: restore names the file.
+    if ids.len() >= 2 {
+        let older = ids[ids.len() - 2];
+        let sst = std::fs::read_dir(job_dir.join(format!("chk-{older}/agg/0")))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "sst"))
+            .expect("an sst file");
+        let mut bytes = std::fs::read(&sst).unwrap();
+        bytes[10] ^= 0xff;
+        std::fs::write(&sst, bytes).unwrap();
+        let o = run(&older.to_string());
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        let name = sst.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains("is corrupt") && err.contains(name), "{err}");
+    }
+}
+
+#[test]
+fn demo_is_exact() {
+    let o = Command::new(BIN)
+        .args(["demo", "--events", "4000000", "--keys", "100000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "demo failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["exact"], true, "{summary}");
+    assert_eq!(summary["restarts"], 1, "{summary}");
+    assert!(summary["checkpoints_completed"].as_u64().unwrap() >= 1);
+}

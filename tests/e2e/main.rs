@@ -1,0 +1,7 @@
+//! End-to-end tests: whole jobs through the coordinator, and the real
+//! `cutpoint` binary killed with SIGKILL and restored from storage.
+//! One test binary on purpose (the workspace links RocksDB once).
+
+mod binary;
+mod common;
+mod pipeline;

@@ -1,0 +1,179 @@
+//! Jobs driven through the library API: failure + restore, hanging uploads,
+//! declining tasks.
+
+use std::time::Duration;
+
+use cutpoint_coordinator::{spawn_job, JobConfig};
+use cutpoint_core::{CheckpointId, CheckpointType, JobId};
+use cutpoint_storage::faults::{FaultAction, FaultOp, FaultRule};
+
+use crate::common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pv_job_recovers_from_task_failure_with_exact_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, _faults) = faulty_storage(&dir.path().join("chk"));
+    let (events, keys) = (2_000_000, 20_000);
+    let spec = pv_spec(
+        "pv-fail",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100},"inject_failure":{"subtask":0,"after_records":500000}"#,
+    );
+    let job = spawn_job(JobConfig {
+        spec,
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    let outcome = job.join().await.expect("job finishes");
+    assert_eq!(
+        outcome.restarts, 1,
+        "exactly one injected failure: {:?}",
+        outcome.failures
+    );
+    assert!(
+        outcome.failures[0].contains("injected failure"),
+        "{:?}",
+        outcome.failures
+    );
+    assert_eq!(
+        outcome.restored_from.len(),
+        1,
+        "restored from a completed checkpoint"
+    );
+    assert!(outcome.restored_from[0] >= CheckpointId(1));
+    assert!(
+        outcome.records_read < events,
+        "the last attempt resumed from the checkpoint's offsets, not from the start"
+    );
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_upload_times_out_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/chk-1/agg/".into(),
+        action: FaultAction::Delay(Duration::from_secs(3600)),
+        remaining: None,
+    });
+    let spec = pv_spec(
+        "pv-hang",
+        3_000_000,
+        10_000,
+        Some(500_000),
+        r#","checkpoint":{"interval_ms":null,"timeout_ms":1500}"#,
+    );
+    let job_id = spec.job_id.clone();
+    let mut job = spawn_job(JobConfig {
+        spec,
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::job::JobState::Running)
+        .await;
+    let first = job
+        .trigger_checkpoint(CheckpointType::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(first, CheckpointId(1));
+    let s = job.wait_for(|s| s.checkpoints_failed >= 1).await;
+    let msg = s.last_checkpoint_failure.unwrap_or_default();
+    assert!(
+        msg.contains("checkpoint 1") && msg.contains("timeout"),
+        "{msg}"
+    );
+    assert!(storage
+        .list_checkpoint_objects(&job_id, first)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let second = job
+        .trigger_checkpoint(CheckpointType::Incremental)
+        .await
+        .unwrap();
+    let s = job
+        .wait_for(|s| {
+            s.checkpoints_completed >= 1 || s.state != cutpoint_coordinator::job::JobState::Running
+        })
+        .await;
+    assert_eq!(s.latest_completed, Some(second), "{s:?}");
+    // After the next completion nothing of checkpoint 1 is left anywhere.
+    assert!(storage
+        .list_checkpoint_objects(&job_id, first)
+        .await
+        .unwrap()
+        .is_empty());
+    let objects = storage.list_job_objects(&job_id).await.unwrap();
+    assert!(
+        objects.iter().all(|p| !p.starts_with("chk-1/")),
+        "{objects:?}"
+    );
+    assert!(
+        objects.contains(&"chk-2/_metadata".to_string()),
+        "{objects:?}"
+    );
+    job.cancel();
+    assert!(matches!(
+        job.join().await,
+        Err(cutpoint_coordinator::JobError::Cancelled)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_declining_task_fails_the_whole_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/chk-1/agg/1/".into(),
+        action: FaultAction::Fail,
+        remaining: None,
+    });
+    let spec = pv_spec(
+        "pv-decline",
+        3_000_000,
+        10_000,
+        Some(500_000),
+        r#","checkpoint":{"interval_ms":null}"#,
+    );
+    let job_id: JobId = spec.job_id.clone();
+    let mut job = spawn_job(JobConfig {
+        spec,
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::job::JobState::Running)
+        .await;
+    let first = job.trigger_checkpoint(CheckpointType::Full).await.unwrap();
+    let s = job.wait_for(|s| s.checkpoints_failed >= 1).await;
+    let msg = s.last_checkpoint_failure.unwrap_or_default();
+    assert!(msg.contains("declined by agg[1]"), "{msg}");
+    assert_eq!(
+        s.checkpoints_completed, 0,
+        "agg[0] acked, yet the checkpoint must not complete"
+    );
+    let second = job.trigger_checkpoint(CheckpointType::Full).await.unwrap();
+    let s = job.wait_for(|s| s.checkpoints_completed >= 1).await;
+    assert_eq!(s.latest_completed, Some(second));
+    let objects = storage.list_job_objects(&job_id).await.unwrap();
+    assert!(
+        objects
+            .iter()
+            .all(|p| !p.starts_with(&format!("chk-{}/", first.0))),
+        "{objects:?}"
+    );
+    // The completed checkpoint restores: list it from storage and verify.
+    let listed = storage.list_checkpoints(&job_id).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].metadata.is_ok());
+    job.cancel();
+    let _ = job.join().await;
+}
