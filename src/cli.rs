@@ -56,6 +56,10 @@ enum Command {
         /// Number of events.
         #[arg(long, default_value_t = 6_000_000)]
         events: u64,
+        /// Source rate limit in events/s over both partitions (0: unlimited).
+        /// Paced so that 1 s checkpoints complete before the failure.
+        #[arg(long, default_value_t = 2_000_000)]
+        rate: u64,
         /// Number of distinct keys (app ids).
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
@@ -113,8 +117,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
         Command::Demo {
             checkpoint_dir,
             events,
+            rate,
             keys,
-        } => crate::demo::run(checkpoint_dir, events, keys).await,
+        } => crate::demo::run(checkpoint_dir, events, rate, keys).await,
     }
 }
 

@@ -14,7 +14,12 @@ use crate::cli::{final_counts, open_storage, run_job};
 
 const SEED: u64 = 42;
 
-pub async fn run(checkpoint_dir: Option<String>, events: u64, keys: u64) -> Result<ExitCode> {
+pub async fn run(
+    checkpoint_dir: Option<String>,
+    events: u64,
+    rate: u64,
+    keys: u64,
+) -> Result<ExitCode> {
     let tmp = tempfile::Builder::new()
         .prefix("cutpoint-demo-")
         .tempdir()?;
@@ -30,7 +35,7 @@ pub async fn run(checkpoint_dir: Option<String>, events: u64, keys: u64) -> Resu
             events,
             keys,
             seed: SEED,
-            rate_per_s: None,
+            rate_per_s: (rate > 0).then_some(rate),
         },
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
@@ -47,8 +52,8 @@ pub async fn run(checkpoint_dir: Option<String>, events: u64, keys: u64) -> Resu
     };
     spec.validate()?;
     eprintln!(
-        "cutpoint demo: PV job, {events} events over {keys} keys, 2 partitions, parallelism {parallelism}, \
-         1 s checkpoints to {location}; one task fails half-way"
+        "cutpoint demo: PV job, {events} events over {keys} keys (source limited to {rate} events/s), \
+         2 partitions, parallelism {parallelism}, 1 s checkpoints to {location}; one task fails half-way"
     );
     let storage = open_storage(&location)?;
     let outcome = run_job(spec, storage, None, Some(tmp.path().join("work")))
@@ -72,6 +77,7 @@ pub async fn run(checkpoint_dir: Option<String>, events: u64, keys: u64) -> Resu
     let secs = outcome.duration.as_secs_f64().max(1e-9);
     let summary = json!({
         "events": events,
+        "rate_limit": rate,
         "events_per_s": (events as f64 / secs).round(),
         "checkpoints_completed": outcome.checkpoints_completed,
         "checkpoints_failed": outcome.checkpoints_failed,
