@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
 use cutpoint_core::{JobId, JobSpec, Key};
+use cutpoint_storage::faults::{FaultRule, FaultyStore};
 use cutpoint_storage::{CheckpointStorage, StorageLocation};
 use serde_json::json;
 
@@ -123,8 +124,20 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
+/// store in a fault injector (see `FaultRule::parse_list`).
 pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
-    Ok(CheckpointStorage::new(StorageLocation::parse(location)?))
+    let mut loc = StorageLocation::parse(location)?;
+    if let Ok(rules) = std::env::var("CUTPOINT_FAULTS") {
+        let rules = FaultRule::parse_list(&rules).map_err(anyhow::Error::msg)?;
+        tracing::warn!(?rules, "CUTPOINT_FAULTS: injecting storage faults");
+        let faulty = FaultyStore::new(loc.store.clone());
+        for r in rules {
+            faulty.add_rule(r);
+        }
+        loc = loc.with_store(faulty);
+    }
+    Ok(CheckpointStorage::new(loc))
 }
 
 /// Runs a job to its end with a temporary work dir unless one is given.

@@ -202,9 +202,41 @@ fn restoring_a_missing_or_corrupt_checkpoint_is_a_clear_error() {
                 .parse()
                 .ok()
         })
+        .filter(|id: &u64| job_dir.join(format!("chk-{id}/_metadata")).exists())
         .collect();
     ids.sort();
-    let newest = *ids.last().expect("checkpoints were written");
+    assert!(ids.len() >= 2, "retention keeps 3 checkpoints: {ids:?}");
+    let (oldest, newest) = (ids[0], *ids.last().unwrap());
+    let meta = |id: u64| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(job_dir.join(format!("chk-{id}/_metadata"))).unwrap())
+            .unwrap()
+    };
+    let files = |m: &serde_json::Value| -> Vec<String> {
+        m["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["files"].as_array().unwrap().iter())
+            .map(|f| f["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let old_files = files(&meta(oldest));
+    let victim = files(&meta(newest))
+        .into_iter()
+        .find(|p| p.starts_with("shared/") && p.ends_with(".sst") && !old_files.contains(p))
+        .expect("the newest checkpoint has an SST the oldest does not");
+
+    // A bit flip in a shared SST: restoring the newest fails naming the file.
+    let path = job_dir.join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let o = run(&newest.to_string());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is corrupt") && err.contains(&victim), "{err}");
+
+    // Corrupt metadata is a named error naming the object.
     std::fs::write(
         job_dir.join(format!("chk-{newest}/_metadata")),
         b"{ not json",
@@ -219,24 +251,11 @@ fn restoring_a_missing_or_corrupt_checkpoint_is_a_clear_error() {
         "{err}"
     );
 
-    // Corrupt a state file of an older checkpoint: restore names the file.
-    if ids.len() >= 2 {
-        let older = ids[ids.len() - 2];
-        let sst = std::fs::read_dir(job_dir.join(format!("chk-{older}/agg/0")))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "sst"))
-            .expect("an sst file");
-        let mut bytes = std::fs::read(&sst).unwrap();
-        bytes[10] ^= 0xff;
-        std::fs::write(&sst, bytes).unwrap();
-        let o = run(&older.to_string());
-        assert!(!o.status.success());
-        let err = String::from_utf8_lossy(&o.stderr);
-        let name = sst.file_name().unwrap().to_str().unwrap();
-        assert!(err.contains("is corrupt") && err.contains(name), "{err}");
-    }
+    // The older, intact checkpoint still restores, with exact counts.
+    let out = dir.path().join("from-oldest.jsonl");
+    let summary = run_to_end(&spec, &chk, Some(&oldest.to_string()), &out);
+    assert_eq!(summary["restored_from"], serde_json::json!([oldest]));
+    assert_exact(&read_state(&out), &expected_counts(42, KEYS, EVENTS));
 }
 
 #[test]

@@ -59,3 +59,125 @@ pub fn faulty_storage(dir: &Path) -> (CheckpointStorage, Arc<FaultyStore>) {
     let storage = CheckpointStorage::new(loc.with_store(faulty.clone()));
     (storage, faulty)
 }
+
+/// An S3 location for a test, when the test S3 server's environment is set
+/// (`scripts/test.sh` starts it). In CI its absence is an error; elsewhere
+/// the S3 variant is skipped, loudly.
+pub fn s3_location(name: &str) -> Option<String> {
+    match (
+        std::env::var("AWS_ENDPOINT_URL"),
+        std::env::var("S3_BUCKET"),
+    ) {
+        (Ok(_), Ok(bucket)) => Some(format!(
+            "s3://{bucket}/{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        )),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CI must run the S3 tests: AWS_ENDPOINT_URL and S3_BUCKET are not set (scripts/test.sh starts the server)")
+        }
+        _ => {
+            eprintln!("SKIPPED the S3 variant of {name}: AWS_ENDPOINT_URL / S3_BUCKET not set (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+/// Local storage always; S3 as well where the test server runs.
+pub fn locations(dir: &Path, name: &str) -> Vec<String> {
+    let mut v = vec![dir.join(name).display().to_string()];
+    v.extend(s3_location(name));
+    v
+}
+
+pub fn storage_at(location: &str) -> CheckpointStorage {
+    CheckpointStorage::new(StorageLocation::parse(location).unwrap())
+}
+
+/// Storage holds exactly `job.json` plus, for every completed checkpoint,
+/// its `_metadata` and the files it references. Returns the metadata.
+pub async fn assert_storage_is_exactly_referenced(
+    storage: &CheckpointStorage,
+    job: &cutpoint_core::JobId,
+) -> Vec<cutpoint_core::CheckpointMetadata> {
+    let mut metas = Vec::new();
+    let mut expected = std::collections::BTreeSet::from(["job.json".to_string()]);
+    for l in storage.list_checkpoints(job).await.unwrap() {
+        let m = l.metadata.expect("every listed checkpoint verifies");
+        expected.insert(format!("chk-{}/_metadata", m.checkpoint_id));
+        expected.extend(m.files().map(|f| f.path.clone()));
+        metas.push(m);
+    }
+    let actual: std::collections::BTreeSet<String> = storage
+        .list_job_objects(job)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let leaked: Vec<_> = actual.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&actual).collect();
+    assert!(
+        leaked.is_empty() && missing.is_empty(),
+        "leaked: {leaked:?}\nmissing: {missing:?}"
+    );
+    metas
+}
+
+/// Restores every aggregate subtask of `meta` from storage into fresh
+/// directories and checks the state equals the generator's counts up to the
+/// checkpoint's source offsets.
+pub async fn assert_checkpoint_state(
+    storage: &CheckpointStorage,
+    meta: &cutpoint_core::CheckpointMetadata,
+    keys: u64,
+    events: u64,
+) {
+    use cutpoint_core::metadata::SourceOffset;
+    let offsets: Vec<SourceOffset> = meta
+        .subtasks
+        .iter()
+        .filter_map(|s| s.source_offset)
+        .collect();
+    let partitions = offsets.len() as u32;
+    let mut expected = BTreeMap::new();
+    for o in &offsets {
+        let (start, _) = cutpoint_runtime::source::generator_range(events, partitions, o.partition);
+        for i in start..o.offset {
+            *expected
+                .entry(Key::Int(generator_app_id(42, keys, i) as i64))
+                .or_insert(0i64) += 1;
+        }
+    }
+    let aggs: Vec<_> = meta
+        .subtasks
+        .iter()
+        .filter(|s| s.key_group_range.is_some())
+        .cloned()
+        .collect();
+    let (storage, job, maxp) = (storage.clone(), meta.job_id.clone(), meta.max_parallelism);
+    let rt = tokio::runtime::Handle::current();
+    let actual = tokio::task::spawn_blocking(move || {
+        let mut all = BTreeMap::new();
+        for s in &aggs {
+            let dir = tempfile::tempdir().unwrap();
+            let dirs = cutpoint_state::snapshot::LocalDirs {
+                db: dir.path().join("db"),
+                scratch: dir.path().join("scratch"),
+            };
+            let restored = cutpoint_state::snapshot::restore(
+                &rt,
+                &storage,
+                &job,
+                &aggs,
+                s.key_group_range.unwrap(),
+                &dirs,
+                maxp,
+            )
+            .expect("restore");
+            all.extend(restored.table.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        all
+    })
+    .await
+    .unwrap();
+    assert_exact(&actual, &expected);
+}

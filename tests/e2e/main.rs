@@ -4,4 +4,5 @@
 
 mod binary;
 mod common;
+mod incremental;
 mod pipeline;

@@ -12,7 +12,13 @@ use crate::common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pv_job_recovers_from_task_failure_with_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
-    let (storage, _faults) = faulty_storage(&dir.path().join("chk"));
+    for location in locations(dir.path(), "pv-fail") {
+        pv_failure_run(&location, dir.path()).await;
+    }
+}
+
+async fn pv_failure_run(location: &str, dir: &std::path::Path) {
+    let storage = storage_at(location);
     let (events, keys) = (2_000_000, 20_000);
     let spec = pv_spec(
         "pv-fail",
@@ -25,7 +31,7 @@ async fn pv_job_recovers_from_task_failure_with_exact_counts() {
         spec,
         storage: storage.clone(),
         restore_from: None,
-        local_dir: dir.path().join("work"),
+        local_dir: dir.join("work"),
     });
     let outcome = job.join().await.expect("job finishes");
     assert_eq!(
@@ -49,6 +55,8 @@ async fn pv_job_recovers_from_task_failure_with_exact_counts() {
         "the last attempt resumed from the checkpoint's offsets, not from the start"
     );
     assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    let job_id = JobId::new("pv-fail").unwrap();
+    assert_storage_is_exactly_referenced(&storage, &job_id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,8 +28,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::SharedRegistry;
 use crate::restore::{self, RestoreFrom};
-use crate::tracker::{Abort, AbortReason, AckOutcome, CheckpointTracker, Retained, TriggerRefusal};
+use crate::sweep::{orphans, SweepFacts};
+use crate::tracker::{
+    Abort, AbortReason, AckOutcome, CheckpointTracker, PendingCheckpoint, Retained, TriggerRefusal,
+};
 use crate::JobError;
 
 /// How to run a job.
@@ -153,6 +157,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let (status_tx, status) = watch::channel(JobStatus::default());
     let cancel = CancellationToken::new();
     let runner = Runner {
+        registry: SharedRegistry::new(),
         spec: Arc::new(cfg.spec),
         storage: cfg.storage,
         local_dir: cfg.local_dir,
@@ -170,6 +175,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
 }
 
 struct Runner {
+    registry: SharedRegistry,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,
     local_dir: PathBuf,
@@ -229,20 +235,26 @@ impl Runner {
             None => None,
         };
         let existing_max = self.storage.checkpoint_dirs(&job).await?.last().copied();
-        let mut retained: Vec<Retained> = self
-            .storage
-            .list_checkpoints(&job)
-            .await?
-            .into_iter()
-            .filter_map(|l| l.metadata.ok())
-            .map(|m| Retained {
-                id: m.checkpoint_id,
-                complete_timestamp: m.complete_timestamp,
-            })
-            .collect();
-        retained.reverse(); // oldest first
+        // Every completed checkpoint in storage is retained (oldest first);
+        // the registry counts the shared files they reference.
+        let mut retained = Vec::new();
+        for l in self.storage.list_checkpoints(&job).await?.into_iter().rev() {
+            match l.metadata {
+                Ok(m) => {
+                    self.registry.register(&m);
+                    retained.push(Retained {
+                        id: m.checkpoint_id,
+                        complete_timestamp: m.complete_timestamp,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = %l.checkpoint_id, error = %e, "unusable checkpoint in storage")
+                }
+            }
+        }
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), existing_max, retained);
+        self.sweep_orphans(&tracker).await;
 
         let mut outcome = JobOutcome {
             final_state: Vec::new(),
@@ -365,6 +377,14 @@ impl Runner {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // the first tick is immediate; start one interval in
         let mut sweep = tokio::time::interval(Duration::from_millis(50));
+        let orphan_every = tracker
+            .config()
+            .orphan_sweep_interval_ms
+            .map(Duration::from_millis);
+        let mut orphan_sweep =
+            tokio::time::interval(orphan_every.unwrap_or(Duration::from_secs(3600)));
+        orphan_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        orphan_sweep.tick().await;
         loop {
             tokio::select! {
                 ev = events.recv() => {
@@ -389,6 +409,12 @@ impl Runner {
                                 }
                                 AckOutcome::Pending => {}
                                 AckOutcome::Ignored(why) => tracing::debug!(%why, "ack ignored"),
+                                AckOutcome::Stale(state) => {
+                                    if !tracker.is_retained(checkpoint) {
+                                        // A late ack of an aborted checkpoint: its uploads go.
+                                        self.clean_up(tracker, checkpoint, &state.files).await;
+                                    }
+                                }
                             }
                         }
                         TaskEvent::Decline { checkpoint, task, reason } => {
@@ -431,6 +457,9 @@ impl Runner {
                         let _ = reply.send(self.trigger(tracker, attempt, false, checkpoint_type));
                     }
                 }
+                _ = orphan_sweep.tick(), if orphan_every.is_some() => {
+                    self.sweep_orphans(tracker).await;
+                }
                 _ = sweep.tick() => {
                     for a in tracker.expire(now_millis()) {
                         if let Some(reason) = self.discard(tracker, attempt, a).await {
@@ -442,7 +471,7 @@ impl Runner {
                     let aborted = tracker.abort_all(AbortReason::JobFailing);
                     self.join(attempt).await;
                     for a in aborted {
-                        self.delete_checkpoint(a.id).await;
+                        self.clean_up(tracker, a.id, &a.files).await;
                     }
                     return AttemptEnd::Cancelled;
                 }
@@ -479,12 +508,12 @@ impl Runner {
     /// Writes `_metadata` for an all-acked checkpoint and applies retention.
     /// Returns a job-failure reason if failures exceeded the tolerable count.
     async fn publish(
-        &self,
+        &mut self,
         tracker: &mut CheckpointTracker,
         attempt: &mut Attempt,
-        p: crate::tracker::PendingCheckpoint,
+        p: PendingCheckpoint,
     ) -> Option<String> {
-        let job = &self.spec.job_id;
+        let job = self.spec.job_id.clone();
         let now = now_millis();
         let meta = CheckpointMetadata {
             version: METADATA_VERSION,
@@ -495,12 +524,13 @@ impl Runner {
             complete_timestamp: now,
             parallelism: self.spec.parallelism,
             max_parallelism: self.spec.max_parallelism,
-            subtasks: p.acks.into_values().collect(),
+            subtasks: p.acks.values().cloned().collect(),
         };
         if let Err(e) = self.storage.write_metadata(&meta).await {
-            let a = tracker.publish_failed(p.id, e.to_string());
+            let a = tracker.publish_failed(p, e.to_string());
             return self.discard(tracker, attempt, a).await;
         }
+        self.registry.register(&meta);
         let done = tracker.completed(p.id, now);
         if let Some(exec) = &attempt.exec {
             exec.notify_complete(p.id);
@@ -508,6 +538,7 @@ impl Runner {
         tracing::info!(
             job = %job,
             checkpoint = %p.id,
+            checkpoint_type = p.checkpoint_type.as_str(),
             duration_ms = now.saturating_sub(p.trigger_timestamp),
             state_size = meta.state_size(),
             checkpointed_size = meta.checkpointed_size(),
@@ -517,23 +548,26 @@ impl Runner {
             s.checkpoints_completed = tracker.completed_count;
             s.latest_completed = Some(p.id);
         });
-        for old in done.aborted {
-            if let Some(exec) = &attempt.exec {
-                exec.abort(old);
-            }
-            self.delete_checkpoint(old).await;
+        for a in done.aborted {
+            let _ = self.discard(tracker, attempt, a).await;
         }
         for old in done.subsumed {
+            // Metadata first (inside delete_checkpoint), then what only it used.
             self.delete_checkpoint(old).await;
+            let free =
+                self.registry
+                    .release(old, tracker.highest_pending(), tracker.lowest_pending());
+            self.delete_shared(&free).await;
         }
         self.sweep_abandoned(tracker, p.id).await;
         None
     }
 
-    /// Aborts a checkpoint: cancel its uploads and delete its folder.
-    /// Returns a job-failure reason if this exceeded the tolerable failures.
+    /// Aborts a checkpoint: cancel its uploads, delete its folder and the
+    /// shared files only it uploaded. Returns a job-failure reason if this
+    /// exceeded the tolerable failures.
     async fn discard(
-        &self,
+        &mut self,
         tracker: &CheckpointTracker,
         attempt: &Attempt,
         a: Abort,
@@ -547,7 +581,7 @@ impl Runner {
         } else {
             tracing::debug!(checkpoint = %a.id, reason = %message, "checkpoint aborted");
         }
-        self.delete_checkpoint(a.id).await;
+        self.clean_up(tracker, a.id, &a.files).await;
         self.status.send_modify(|s| {
             s.checkpoints_failed = tracker.failed_count;
             if a.reason.counts_as_failure() {
@@ -562,6 +596,79 @@ impl Runner {
                 tracker.config().tolerable_failures
             )
         })
+    }
+
+    /// Deletes a checkpoint that will never complete: its folder, and the
+    /// shared files among `files` that nothing retained protects (new
+    /// uploads have unique names, so only this checkpoint knew them).
+    /// Then collects deferred shared files that became free.
+    async fn clean_up(
+        &mut self,
+        tracker: &CheckpointTracker,
+        id: CheckpointId,
+        files: &[cutpoint_core::StateFile],
+    ) {
+        self.delete_checkpoint(id).await;
+        let own: Vec<String> = files
+            .iter()
+            .filter(|f| f.path.starts_with("shared/") && !self.registry.is_protected(&f.path))
+            .map(|f| f.path.clone())
+            .collect();
+        self.delete_shared(&own).await;
+        let free = self.registry.collect(tracker.lowest_pending());
+        self.delete_shared(&free).await;
+    }
+
+    async fn delete_shared(&self, paths: &[String]) {
+        if paths.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .storage
+            .delete_state_files(&self.spec.job_id, paths)
+            .await
+        {
+            tracing::warn!(error = %e, "deleting shared files failed; the orphan sweep retries");
+        }
+    }
+
+    /// Deletes what no retained or pending checkpoint needs and is older
+    /// than the checkpoint timeout (see [`crate::sweep`]).
+    async fn sweep_orphans(&self, tracker: &CheckpointTracker) {
+        let job = &self.spec.job_id;
+        let objects = match self.storage.list_job_objects_detailed(job).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan sweep: listing failed");
+                return;
+            }
+        };
+        let retained = tracker.retained().map(|r| r.id).collect();
+        let pending = tracker.pending().map(|p| p.id).collect();
+        let pending_files = tracker.pending_files().map(|f| f.path.clone()).collect();
+        let doomed = orphans(&SweepFacts {
+            objects: &objects,
+            retained: &retained,
+            pending: &pending,
+            pending_files: &pending_files,
+            registry: &self.registry,
+            now_ms: now_millis(),
+            min_age_ms: tracker.config().timeout_ms,
+        });
+        if doomed.is_empty() {
+            return;
+        }
+        tracing::info!(job = %job, objects = doomed.len(), "orphan sweep: deleting leftovers");
+        // `_metadata` objects come first; delete them before the rest.
+        let (metas, rest): (Vec<_>, Vec<_>) =
+            doomed.into_iter().partition(|p| p.ends_with("/_metadata"));
+        for m in &metas {
+            if let Err(e) = self.storage.delete_state_file(job, m).await {
+                tracing::warn!(error = %e, "orphan sweep failed");
+                return;
+            }
+        }
+        self.delete_shared(&rest).await;
     }
 
     /// Deletes checkpoint folders below `below` that are neither retained
@@ -593,7 +700,7 @@ impl Runner {
     /// Cancels the execution, waits for all its threads, then deletes the
     /// folders of the checkpoints that were pending.
     async fn end_failed(
-        &self,
+        &mut self,
         tracker: &mut CheckpointTracker,
         attempt: &mut Attempt,
         error: String,
@@ -604,7 +711,7 @@ impl Runner {
         tracker.stop("restarting");
         self.join(attempt).await;
         for a in aborted {
-            self.delete_checkpoint(a.id).await;
+            self.clean_up(tracker, a.id, &a.files).await;
         }
         AttemptEnd::Failed { error, fatal, at }
     }

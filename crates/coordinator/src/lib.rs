@@ -9,11 +9,16 @@
 //!   task events and timers into the tracker, and carries out its decisions
 //!   against storage (write `_metadata` last, delete aborted and subsumed
 //!   checkpoints) and the execution (trigger, abort, notify, restart).
+//! - [`registry`]: reference counts of shared (incremental) state files,
+//!   with deferred release while checkpoints are pending.
+//! - [`sweep`]: classifying orphans (what crashed writers left) for deletion.
 //! - [`restore`]: picking the checkpoint to restore from storage.
 
 pub mod error;
 pub mod job;
+pub mod registry;
 pub mod restore;
+pub mod sweep;
 pub mod tracker;
 
 pub use error::JobError;

@@ -13,7 +13,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use cutpoint_core::{CheckpointConfig, CheckpointId, CheckpointType, SubtaskState, TaskId};
+use cutpoint_core::{
+    CheckpointConfig, CheckpointId, CheckpointType, StateFile, SubtaskState, TaskId,
+};
 
 /// A checkpoint in flight.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +45,11 @@ pub enum AckOutcome {
     Pending,
     /// Every task acked: write the metadata, then call `completed`.
     AllAcked(Box<PendingCheckpoint>),
-    /// Not applied (unknown/finished checkpoint, unexpected or duplicate task).
+    /// Not applied: unexpected or duplicate task.
     Ignored(String),
+    /// The checkpoint is not pending (aborted, or already settled): the
+    /// caller cleans up what this late ack uploaded unless it is retained.
+    Stale(Box<SubtaskState>),
 }
 
 /// Why a checkpoint stopped without completing.
@@ -91,6 +96,8 @@ pub struct Abort {
     pub reason: AbortReason,
     /// True when this failure exceeded `tolerable_failures`: fail the job.
     pub fail_job: bool,
+    /// Files the tasks that did ack had stored for it (to clean up).
+    pub files: Vec<StateFile>,
 }
 
 /// What completing a checkpoint implies.
@@ -98,8 +105,8 @@ pub struct Abort {
 pub struct Completion {
     /// Retained checkpoints to delete now (retention).
     pub subsumed: Vec<CheckpointId>,
-    /// Older pending checkpoints to abort (a newer one completed).
-    pub aborted: Vec<CheckpointId>,
+    /// Older pending checkpoints, aborted (a newer one completed).
+    pub aborted: Vec<Abort>,
 }
 
 /// A completed checkpoint the tracker retains.
@@ -206,7 +213,7 @@ impl CheckpointTracker {
     /// Records a task's acknowledgement.
     pub fn ack(&mut self, id: CheckpointId, state: SubtaskState) -> AckOutcome {
         let Some(p) = self.pending.get_mut(&id) else {
-            return AckOutcome::Ignored(format!("checkpoint {id} is not pending"));
+            return AckOutcome::Stale(Box::new(state));
         };
         if !p.expected.contains(&state.task) {
             return AckOutcome::Ignored(format!(
@@ -231,16 +238,18 @@ impl CheckpointTracker {
 
     /// Fails a pending checkpoint; `None` if it is not pending.
     pub fn abort(&mut self, id: CheckpointId, reason: AbortReason) -> Option<Abort> {
-        self.pending.remove(&id)?;
-        Some(self.failed(id, reason))
+        let p = self.pending.remove(&id)?;
+        Some(self.failed(p, reason))
     }
 
     /// The metadata write of an all-acked checkpoint failed.
-    pub fn publish_failed(&mut self, id: CheckpointId, error: String) -> Abort {
-        self.failed(id, AbortReason::MetadataWriteFailed(error))
+    pub fn publish_failed(&mut self, p: PendingCheckpoint, error: String) -> Abort {
+        self.failed(p, AbortReason::MetadataWriteFailed(error))
     }
 
-    fn failed(&mut self, id: CheckpointId, reason: AbortReason) -> Abort {
+    fn failed(&mut self, p: PendingCheckpoint, reason: AbortReason) -> Abort {
+        let id = p.id;
+        let files = p.acks.into_values().flat_map(|s| s.files).collect();
         let mut fail_job = false;
         if reason.counts_as_failure() {
             self.failed_count += 1;
@@ -251,7 +260,28 @@ impl CheckpointTracker {
             id,
             reason,
             fail_job,
+            files,
         }
+    }
+
+    pub fn lowest_pending(&self) -> Option<CheckpointId> {
+        self.pending.keys().next().copied()
+    }
+
+    pub fn highest_pending(&self) -> Option<CheckpointId> {
+        self.pending.keys().next_back().copied()
+    }
+
+    pub fn is_retained(&self, id: CheckpointId) -> bool {
+        self.retained.iter().any(|r| r.id == id)
+    }
+
+    /// Shared files referenced by acks of pending checkpoints.
+    pub fn pending_files(&self) -> impl Iterator<Item = &StateFile> {
+        self.pending
+            .values()
+            .flat_map(|p| p.acks.values())
+            .flat_map(|s| &s.files)
     }
 
     /// Pending checkpoints older than the timeout, aborted.
@@ -285,8 +315,7 @@ impl CheckpointTracker {
         }
         let older: Vec<_> = self.pending.range(..id).map(|(k, _)| *k).collect();
         for old in older {
-            self.pending.remove(&old);
-            out.aborted.push(old);
+            out.aborted.extend(self.abort(old, AbortReason::Subsumed));
         }
         out
     }
@@ -353,6 +382,8 @@ mod tests {
             files: vec![],
             state_size: 0,
             checkpointed_size: 0,
+            files_uploaded: 0,
+            files_reused: 0,
             sync_duration_ms: 0,
             async_duration_ms: 0,
             alignment_duration_ms: 0,
@@ -379,7 +410,7 @@ mod tests {
         assert_eq!(tr.ack(id, ack(&t[0])), AckOutcome::Pending);
         assert!(matches!(tr.ack(id, ack(&t[0])), AckOutcome::Ignored(_)));
         assert!(matches!(tr.ack(id, ack(&t[1])), AckOutcome::AllAcked(_)));
-        assert!(matches!(tr.ack(id, ack(&t[1])), AckOutcome::Ignored(_)));
+        assert!(matches!(tr.ack(id, ack(&t[1])), AckOutcome::Stale(_)));
     }
 
     #[test]
@@ -488,7 +519,7 @@ mod tests {
         tr.ack(b, ack(&t[0]));
         tr.ack(b, ack(&t[1]));
         let c = tr.completed(b, 5);
-        assert_eq!(c.aborted, vec![a]);
+        assert_eq!(c.aborted.iter().map(|x| x.id).collect::<Vec<_>>(), vec![a]);
         assert_eq!(tr.pending().count(), 0);
     }
 }

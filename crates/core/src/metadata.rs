@@ -51,6 +51,12 @@ pub struct SubtaskState {
     pub state_size: u64,
     /// Bytes this subtask uploaded for this checkpoint.
     pub checkpointed_size: u64,
+    /// Files uploaded for this checkpoint.
+    #[serde(default)]
+    pub files_uploaded: u32,
+    /// Shared files referenced from earlier checkpoints (not uploaded).
+    #[serde(default)]
+    pub files_reused: u32,
     pub sync_duration_ms: u64,
     pub async_duration_ms: u64,
     /// Time from trigger to the barrier reaching (all inputs of) this subtask.
@@ -82,6 +88,16 @@ impl CheckpointMetadata {
     /// Sum of the bytes uploaded for this checkpoint.
     pub fn checkpointed_size(&self) -> u64 {
         self.subtasks.iter().map(|s| s.checkpointed_size).sum()
+    }
+
+    /// Every state file this checkpoint needs.
+    pub fn files(&self) -> impl Iterator<Item = &StateFile> {
+        self.subtasks.iter().flat_map(|s| &s.files)
+    }
+
+    /// The shared files (under `shared/`) this checkpoint references.
+    pub fn shared_files(&self) -> impl Iterator<Item = &StateFile> {
+        self.files().filter(|f| f.path.starts_with("shared/"))
     }
 
     /// Checks version, ids and that every file lies where it may.
@@ -147,6 +163,8 @@ mod tests {
                 }],
                 state_size: 1,
                 checkpointed_size: 1,
+                files_uploaded: 1,
+                files_reused: 0,
                 sync_duration_ms: 0,
                 async_duration_ms: 0,
                 alignment_duration_ms: 0,

@@ -151,6 +151,10 @@ pub struct CheckpointConfig {
     /// Type of the periodic checkpoints.
     #[serde(rename = "type")]
     pub checkpoint_type: CheckpointType,
+    /// How often to delete what crashed writers left behind (also done at
+    /// start); `null` = only at start. Objects younger than `timeout_ms`
+    /// are always spared.
+    pub orphan_sweep_interval_ms: Option<u64>,
 }
 
 impl Default for CheckpointConfig {
@@ -163,6 +167,7 @@ impl Default for CheckpointConfig {
             tolerable_failures: 3,
             retention: 3,
             checkpoint_type: CheckpointType::Incremental,
+            orphan_sweep_interval_ms: Some(60_000),
         }
     }
 }
@@ -258,6 +263,9 @@ impl JobSpec {
         }
         if c.max_concurrent == 0 {
             return bad("checkpoint.max_concurrent must be at least 1".into());
+        }
+        if c.orphan_sweep_interval_ms == Some(0) {
+            return bad("checkpoint.orphan_sweep_interval_ms must be positive (or null)".into());
         }
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext};
-use crate::worker::AbortRegistry;
+use crate::worker::{AbortRegistry, WorkerSignal};
 use crate::{Barrier, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
 
 /// Everything needed to start one attempt.
@@ -40,6 +40,7 @@ pub struct ExecutionConfig {
 /// A running attempt of a job.
 pub struct Execution {
     sources: Vec<Sender<SourceControl>>,
+    workers: Vec<Sender<WorkerSignal>>,
     aborts: Arc<AbortRegistry>,
     cancel: CancellationToken,
     any_completed: Arc<AtomicBool>,
@@ -138,8 +139,11 @@ impl Execution {
             threads.push(spawn(&ctx, task.clone(), move || t.run()));
             tasks.push(task);
         }
+        let mut workers = Vec::new();
         for (a, inputs) in agg_inputs.into_iter().enumerate() {
             let task = TaskId::new(&agg_op, a as u32);
+            let (signal_tx, signals) = crossbeam_channel::unbounded();
+            workers.push(signal_tx);
             let base = cfg.local_dir.join(format!("agg-{a}"));
             let t = AggregateTask {
                 ctx: ctx.clone(),
@@ -151,6 +155,7 @@ impl Execution {
                     scratch: base.join("scratch"),
                 },
                 inputs,
+                signals,
             };
             let events = ctx.events.clone();
             let id = task.clone();
@@ -171,6 +176,7 @@ impl Execution {
         }
         Ok(Self {
             sources: controls,
+            workers,
             aborts: ctx.aborts.clone(),
             cancel,
             any_completed: ctx.any_completed.clone(),
@@ -196,10 +202,15 @@ impl Execution {
         self.aborts.abort(id);
     }
 
-    /// Checkpoint `id` completed.
+    /// Checkpoint `id` completed. Call before triggering any later
+    /// checkpoint: snapshot workers rely on seeing this first (it decides
+    /// which shared files they may reuse).
     pub fn notify_complete(&self, id: CheckpointId) {
         self.any_completed.store(true, Ordering::SeqCst);
         self.aborts.forget_below(id);
+        for w in &self.workers {
+            let _ = w.send(WorkerSignal::Completed(id));
+        }
     }
 
     /// Asks every task to stop; [`Execution::join`] waits for them.

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{self, Message, BATCH_SIZE};
 use crate::sink::Sink;
 use crate::source::open_reader;
-use crate::worker::{AbortRegistry, SnapshotJob, Worker};
+use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerSignal};
 use crate::{Barrier, RuntimeError, TaskEvent};
 
 /// What every task of one execution shares.
@@ -98,6 +98,8 @@ impl SourceTask {
                         files: Vec::new(),
                         state_size: 0,
                         checkpointed_size: 0,
+                        files_uploaded: 0,
+                        files_reused: 0,
                         sync_duration_ms: 0,
                         async_duration_ms: 0,
                         alignment_duration_ms: 0,
@@ -158,6 +160,7 @@ pub(crate) struct AggregateTask {
     pub restore: Vec<SubtaskState>,
     pub dirs: LocalDirs,
     pub inputs: Vec<Receiver<Message>>,
+    pub signals: Receiver<WorkerSignal>,
 }
 
 /// Alignment bookkeeping for the barrier in progress.
@@ -189,7 +192,11 @@ impl AggregateTask {
 
     pub(crate) fn run(self, state: RestoredState) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
-        let RestoredState { store, mut table } = state;
+        let RestoredState {
+            store,
+            mut table,
+            confirmed,
+        } = state;
         let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0)?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
         let worker = Worker {
@@ -198,6 +205,9 @@ impl AggregateTask {
             range: self.range,
             store,
             job: JobId::clone(&ctx.spec.job_id),
+            signals: self.signals.clone(),
+            confirmed,
+            pending: Default::default(),
         };
         let worker_thread = std::thread::Builder::new()
             .name(format!("snap-{}", self.task))

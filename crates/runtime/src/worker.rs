@@ -11,8 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, SubtaskState, TaskId};
-use cutpoint_state::snapshot::{upload_dir, SnapshotTarget};
+use cutpoint_core::{
+    now_millis, CheckpointId, JobId, KeyGroupRange, StateFile, SubtaskState, TaskId,
+};
+use cutpoint_state::snapshot::{shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget};
 use cutpoint_state::{FrozenDelta, RocksStore, StateError};
 use tokio_util::sync::CancellationToken;
 
@@ -62,12 +64,24 @@ pub(crate) struct SnapshotJob {
     pub alignment_duration: Duration,
 }
 
+/// Coordinator notifications to a worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WorkerSignal {
+    /// Checkpoint `n` completed: its shared files may be reused.
+    Completed(CheckpointId),
+}
+
 pub(crate) struct Worker {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
     pub range: KeyGroupRange,
     pub store: RocksStore,
     pub job: JobId,
+    pub signals: Receiver<WorkerSignal>,
+    /// Shared files of the newest completed checkpoint this worker knows.
+    pub confirmed: ConfirmedFiles,
+    /// Files of snapshots acked but not yet known to be complete.
+    pub pending: BTreeMap<CheckpointId, Vec<StateFile>>,
 }
 
 impl Worker {
@@ -97,9 +111,23 @@ impl Worker {
         }
     }
 
+    /// Applies completion notifications. The coordinator sends
+    /// `Completed(n)` before it triggers any later checkpoint, so a snapshot
+    /// started after that sees it here and reuses only files that the
+    /// retained checkpoint `n` references.
+    fn drain_signals(&mut self) {
+        while let Ok(WorkerSignal::Completed(id)) = self.signals.try_recv() {
+            if let Some(files) = self.pending.remove(&id) {
+                self.confirmed = shared_files(&files);
+            }
+            self.pending.retain(|k, _| *k > id);
+        }
+    }
+
     fn snapshot(&mut self, job: SnapshotJob) -> Result<(), StateError> {
         let started = Instant::now();
         let id = job.barrier.id;
+        self.drain_signals();
         let token = self.ctx.aborts.token(id);
         self.store.apply(job.delta)?;
         if token.is_cancelled() {
@@ -113,20 +141,28 @@ impl Worker {
             subtask: self.task.subtask,
             checkpoint: id,
         };
-        let uploaded = self.ctx.rt.block_on(upload_dir(&target, &dir, &token));
+        let uploaded = self.ctx.rt.block_on(upload_snapshot(
+            &target,
+            &dir,
+            job.barrier.checkpoint_type,
+            &self.confirmed,
+            &token,
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let event = match uploaded {
-            Ok(files) => {
-                let size: u64 = files.iter().map(|f| f.size).sum();
+            Ok(up) => {
+                self.pending.insert(id, up.files.clone());
                 TaskEvent::Ack {
                     checkpoint: id,
                     state: Box::new(SubtaskState {
                         task: self.task.clone(),
                         source_offset: None,
                         key_group_range: Some(self.range),
-                        files,
-                        state_size: size,
-                        checkpointed_size: size,
+                        state_size: up.state_size(),
+                        checkpointed_size: up.uploaded_bytes,
+                        files_uploaded: up.uploaded_files,
+                        files_reused: up.reused_files,
+                        files: up.files,
                         sync_duration_ms: job.sync_duration.as_millis() as u64,
                         async_duration_ms: started.elapsed().as_millis() as u64,
                         alignment_duration_ms: job.alignment_duration.as_millis() as u64,

@@ -1,10 +1,12 @@
 //! Moving RocksDB checkpoints to and from checkpoint storage.
 //!
-//! Upload: every file of a local RocksDB checkpoint goes, create-only, under
-//! `chk-{n}/{operator}/{subtask}/`; uploads run in parallel (bounded) and
+//! Upload ([`upload_snapshot`]): incremental snapshots upload only the SST
+//! files no completed checkpoint holds yet (to `shared/`), and reference the
+//! rest; small mutable files (MANIFEST, CURRENT, OPTIONS) go under
+//! `chk-{n}/{operator}/{subtask}/`. Uploads run in parallel (bounded) and
 //! stop when the checkpoint is aborted. If the upload fails or is cancelled,
 //! the files it may have written are deleted before returning, so an aborted
-//! snapshot leaves nothing behind.
+//! snapshot leaves nothing behind (a crash is handled by the orphan sweep).
 //!
 //! Restore: a subtask's files are downloaded into a fresh directory and
 //! verified (size + CRC32C) before RocksDB opens them; the working table is
@@ -12,12 +14,14 @@
 //! different parallelism merges the ranges of every old subtask that
 //! intersects the new range.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use cutpoint_core::{
-    CheckpointId, JobId, KeyGroupRange, OperatorId, StateFile, SubtaskIndex, SubtaskState,
+    CheckpointId, CheckpointType, JobId, KeyGroupRange, OperatorId, StateFile, SubtaskIndex,
+    SubtaskState,
 };
-use cutpoint_storage::{CheckpointStorage, StateScope};
+use cutpoint_storage::{CheckpointStorage, JobPaths, StateScope};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +29,8 @@ use crate::{FrozenDelta, RocksStore, StateError, StateTable};
 
 /// Parallel uploads per subtask snapshot.
 pub const UPLOAD_CONCURRENCY: usize = 4;
+/// How long a cancelled upload waits for puts already under way.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Parallel downloads per subtask restore.
 pub const DOWNLOAD_CONCURRENCY: usize = 8;
 
@@ -38,14 +44,59 @@ pub struct SnapshotTarget<'a> {
     pub checkpoint: CheckpointId,
 }
 
-/// Uploads every file of `dir` (a local RocksDB checkpoint) and returns
-/// their handles, sorted by path.
-pub async fn upload_dir(
+/// Shared files that completed checkpoints already hold, by the name of the
+/// local SST file they were uploaded from. Only these may be reused.
+pub type ConfirmedFiles = HashMap<String, StateFile>;
+
+/// What an upload stored for one subtask snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct UploadedSnapshot {
+    /// Every file a restore of this snapshot needs, sorted by path.
+    pub files: Vec<StateFile>,
+    pub uploaded_bytes: u64,
+    pub uploaded_files: u32,
+    pub reused_files: u32,
+}
+
+impl UploadedSnapshot {
+    pub fn state_size(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// The shared files among `files`, keyed by local name.
+pub fn shared_files(files: &[StateFile]) -> ConfirmedFiles {
+    files
+        .iter()
+        .filter(|f| f.path.starts_with("shared/"))
+        .map(|f| (f.local_name.clone(), f.clone()))
+        .collect()
+}
+
+enum Plan {
+    Reuse(StateFile),
+    Upload {
+        local: PathBuf,
+        scope: StateScope,
+        remote: String,
+    },
+}
+
+/// Stores the local RocksDB checkpoint in `dir`.
+///
+/// Incremental: SST files already held by a completed checkpoint
+/// (`confirmed`, same name and size) are referenced, not uploaded; new SST
+/// files go to `shared/{op}/{subtask}/{name}-{uuid}.sst`; everything else
+/// (MANIFEST, CURRENT, OPTIONS) to `chk-{n}/{op}/{subtask}/`. Full: every
+/// file under `chk-{n}/`, so the checkpoint references no shared file.
+pub async fn upload_snapshot(
     target: &SnapshotTarget<'_>,
     dir: &Path,
+    checkpoint_type: CheckpointType,
+    confirmed: &ConfirmedFiles,
     cancel: &CancellationToken,
-) -> Result<Vec<StateFile>, StateError> {
-    let mut files = Vec::new();
+) -> Result<UploadedSnapshot, StateError> {
+    let mut names = Vec::new();
     let mut entries = tokio::fs::read_dir(dir)
         .await
         .map_err(|e| StateError::io(dir, e))?;
@@ -54,39 +105,101 @@ pub async fn upload_dir(
         .await
         .map_err(|e| StateError::io(dir, e))?
     {
-        files.push(entry.path());
+        let size = entry
+            .metadata()
+            .await
+            .map_err(|e| StateError::io(dir, e))?
+            .len();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        names.push((name, entry.path(), size));
     }
-    files.sort();
-    let scope = StateScope::Checkpoint(target.checkpoint);
-    let uploads = futures::stream::iter(files.iter().map(|path| {
-        target
-            .storage
-            .upload_file(target.job, scope, target.operator, target.subtask, path)
-    }))
-    .buffer_unordered(UPLOAD_CONCURRENCY)
-    .try_collect::<Vec<_>>();
+    names.sort();
+    let own = StateScope::Checkpoint(target.checkpoint);
+    let plans: Vec<Plan> = names
+        .into_iter()
+        .map(|(name, local, size)| {
+            let is_sst = name.ends_with(".sst");
+            if checkpoint_type == CheckpointType::Incremental && is_sst {
+                match confirmed.get(&name) {
+                    Some(h) if h.size == size => Plan::Reuse(h.clone()),
+                    _ => {
+                        let stem = name.trim_end_matches(".sst");
+                        let remote = format!("{stem}-{}.sst", uuid::Uuid::new_v4().simple());
+                        Plan::Upload {
+                            local,
+                            scope: StateScope::Shared,
+                            remote,
+                        }
+                    }
+                }
+            } else {
+                Plan::Upload {
+                    local,
+                    scope: own,
+                    remote: name,
+                }
+            }
+        })
+        .collect();
+    let mut out = UploadedSnapshot::default();
+    let mut planned = Vec::new();
+    let mut uploads = Vec::new();
+    for plan in &plans {
+        match plan {
+            Plan::Reuse(h) => {
+                out.reused_files += 1;
+                out.files.push(h.clone());
+            }
+            Plan::Upload {
+                local,
+                scope,
+                remote,
+            } => {
+                planned.push(JobPaths::state_file_relative(
+                    *scope,
+                    target.operator,
+                    target.subtask,
+                    remote,
+                ));
+                uploads.push(target.storage.upload_file(
+                    target.job,
+                    *scope,
+                    target.operator,
+                    target.subtask,
+                    local,
+                    remote,
+                ));
+            }
+        }
+    }
+    let mut all = std::pin::pin!(futures::stream::iter(uploads)
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<Vec<_>>());
     let result = tokio::select! {
-        r = uploads => r.map_err(StateError::from),
-        _ = cancel.cancelled() => Err(StateError::Cancelled),
+        r = &mut all => r.map_err(StateError::from),
+        _ = cancel.cancelled() => {
+            // Let puts already under way land (briefly) so the cleanup below
+            // deletes them, instead of racing a write we can no longer see.
+            let _ = tokio::time::timeout(CANCEL_GRACE, &mut all).await;
+            Err(StateError::Cancelled)
+        }
     };
     match result {
-        Ok(mut handles) => {
-            handles.sort_by(|a, b| a.path.cmp(&b.path));
-            Ok(handles)
+        Ok(handles) => {
+            for h in handles {
+                out.uploaded_files += 1;
+                out.uploaded_bytes += h.size;
+                out.files.push(h);
+            }
+            out.files.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
         }
         Err(e) => {
             // Remove whatever may have landed; the orphan sweep catches the rest.
-            for path in &files {
-                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                    let rel = cutpoint_storage::JobPaths::state_file_relative(
-                        scope,
-                        target.operator,
-                        target.subtask,
-                        name,
-                    );
-                    let _ = target.storage.delete_state_file(target.job, &rel).await;
-                }
-            }
+            let _ = target
+                .storage
+                .delete_state_files(target.job, &planned)
+                .await;
             Err(e)
         }
     }
@@ -102,17 +215,24 @@ pub async fn download_files(
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| StateError::io(dir, e))?;
-    futures::stream::iter(files.iter().map(|f| storage.download_verified(job, f, dir)))
+    let downloads: Vec<_> = files
+        .iter()
+        .map(|f| storage.download_verified(job, f, dir))
+        .collect();
+    futures::stream::iter(downloads)
         .buffer_unordered(DOWNLOAD_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
     Ok(())
 }
 
-/// A restored keyed subtask: its RocksDB instance and its loaded table.
+/// A restored keyed subtask: its RocksDB instance, its loaded table, and
+/// the shared files its RocksDB files came from (reusable by the next
+/// incremental snapshot).
 pub struct RestoredState {
     pub store: RocksStore,
     pub table: StateTable,
+    pub confirmed: ConfirmedFiles,
 }
 
 /// Where a keyed subtask keeps its local files.
@@ -127,6 +247,7 @@ pub fn open_empty(dirs: &LocalDirs, max_parallelism: u32) -> Result<RestoredStat
     Ok(RestoredState {
         store: RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?,
         table: StateTable::new(),
+        confirmed: ConfirmedFiles::new(),
     })
 }
 
@@ -146,6 +267,7 @@ pub fn restore(
         .filter(|s| s.key_group_range.is_some_and(|r| r.intersects(&range)))
         .collect();
     let exact = intersecting.len() == 1 && intersecting[0].key_group_range == Some(range);
+    let mut confirmed = ConfirmedFiles::new();
     let store = if exact {
         rt.block_on(download_files(
             storage,
@@ -153,6 +275,7 @@ pub fn restore(
             &intersecting[0].files,
             &dirs.db,
         ))?;
+        confirmed = shared_files(&intersecting[0].files);
         RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?
     } else {
         let mut store = RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?;
@@ -176,5 +299,9 @@ pub fn restore(
     };
     let mut table = StateTable::new();
     store.scan(range, |k, v| table.load(k, v))?;
-    Ok(RestoredState { store, table })
+    Ok(RestoredState {
+        store,
+        table,
+        confirmed,
+    })
 }

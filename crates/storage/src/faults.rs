@@ -47,6 +47,50 @@ pub struct FaultRule {
     pub remaining: Option<u32>,
 }
 
+impl FaultRule {
+    /// Parses rules written as `op:path_contains:action[*times]`, separated
+    /// by `;` — e.g. `put:/chk-3/agg/0/MANIFEST:delay=600000` or
+    /// `get:shared/:fail*2`. Ops: put, get, delete, list, any; actions:
+    /// `fail`, `delay=MS`. (The `CUTPOINT_FAULTS` variable of the binary.)
+    pub fn parse_list(text: &str) -> Result<Vec<FaultRule>, String> {
+        text.split(';')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|rule| {
+                let err = |why: &str| format!("fault rule {rule:?}: {why}");
+                let mut parts = rule.splitn(3, ':');
+                let op = match parts.next().unwrap_or("") {
+                    "put" => FaultOp::Put,
+                    "get" => FaultOp::Get,
+                    "delete" => FaultOp::Delete,
+                    "list" => FaultOp::List,
+                    "any" => FaultOp::Any,
+                    _ => return Err(err("op must be put, get, delete, list or any")),
+                };
+                let path_contains = parts.next().ok_or_else(|| err("missing path"))?.to_string();
+                let action = parts.next().ok_or_else(|| err("missing action"))?;
+                let (action, remaining) = match action.split_once('*') {
+                    Some((a, n)) => (a, Some(n.parse().map_err(|_| err("bad count"))?)),
+                    None => (action, None),
+                };
+                let action = match action {
+                    "fail" => FaultAction::Fail,
+                    a => match a.strip_prefix("delay=").map(str::parse::<u64>) {
+                        Some(Ok(ms)) => FaultAction::Delay(Duration::from_millis(ms)),
+                        _ => return Err(err("action must be fail or delay=MS")),
+                    },
+                };
+                Ok(FaultRule {
+                    op,
+                    path_contains,
+                    action,
+                    remaining,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The decorator. Clone the `Arc` to keep a handle for changing rules.
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
@@ -186,6 +230,16 @@ impl ObjectStore for FaultyStore {
 mod tests {
     use super::*;
     use object_store::memory::InMemory;
+
+    #[test]
+    fn rules_parse() {
+        let r = FaultRule::parse_list("put:/chk-3/:delay=50; get:shared/:fail*2").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].action, FaultAction::Delay(Duration::from_millis(50)));
+        assert_eq!((r[1].op, r[1].remaining), (FaultOp::Get, Some(2)));
+        assert!(FaultRule::parse_list("zap:x:fail").is_err());
+        assert!(FaultRule::parse_list("put:x:boom").is_err());
+    }
 
     #[tokio::test]
     async fn rules_fire_the_given_number_of_times() {

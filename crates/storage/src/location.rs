@@ -3,13 +3,38 @@
 //! - a plain path or `file:///path`: `LocalFileSystem` rooted there (the
 //!   directory is created), with empty folders cleaned up on delete;
 //! - `s3://bucket/prefix`: `AmazonS3Builder::from_env()` — the standard
-//!   `AWS_*` variables, `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for MinIO.
+//!   `AWS_*` variables, `AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP` for MinIO —
+//!   with tuned retries ([`s3_retry`]) behind a `LimitStore` capping
+//!   concurrent requests ([`S3_MAX_REQUESTS`]).
 
 use std::sync::Arc;
 
-use object_store::{local::LocalFileSystem, path::Path, ObjectStore};
+use std::time::Duration;
+
+use object_store::{
+    limit::LimitStore, local::LocalFileSystem, path::Path, BackoffConfig, ObjectStore, RetryConfig,
+};
 
 use crate::StorageError;
+
+/// Concurrent requests to S3 per process (uploads, downloads, deletes).
+pub const S3_MAX_REQUESTS: usize = 32;
+
+/// Retries of transient S3 errors (5xx, `SlowDown`, connection resets):
+/// exponential backoff from 100 ms up to 5 s, at most 8 retries and 60 s
+/// per request — well inside a checkpoint timeout, so a request that still
+/// fails makes its checkpoint fail cleanly rather than hang it.
+pub fn s3_retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            base: 2.0,
+        },
+        max_retries: 8,
+        retry_timeout: Duration::from_secs(60),
+    }
+}
 
 /// A store and the root path of the cutpoint layout inside it.
 #[derive(Debug, Clone)]
@@ -35,8 +60,10 @@ impl StorageLocation {
                 .map_err(|e| invalid(&format!("bad prefix: {e}")))?;
             let store = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(s3_retry())
                 .build()
                 .map_err(|e| invalid(&e.to_string()))?;
+            let store = LimitStore::new(store, S3_MAX_REQUESTS);
             let url = if root.as_ref().is_empty() {
                 format!("s3://{bucket}")
             } else {

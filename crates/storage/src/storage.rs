@@ -16,11 +16,29 @@ use bytes::Bytes;
 use cutpoint_core::{
     checksum, CheckpointId, CheckpointMetadata, JobId, JobSpec, OperatorId, StateFile, SubtaskIndex,
 };
-use futures::TryStreamExt;
-use object_store::{path::Path, ObjectStore, PutMode, PutOptions, PutPayload};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{path::Path, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
 
 use crate::paths::{parse_checkpoint_dir, JobPaths, StateScope, METADATA_NAME};
 use crate::{StorageError, StorageLocation};
+
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_THRESHOLD: u64 = 16 * 1024 * 1024;
+const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
+const MULTIPART_CONCURRENCY: usize = 4;
+/// Parallel deletes.
+const DELETE_CONCURRENCY: usize = 8;
+
+/// An object of a job, for the orphan sweep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobObject {
+    /// Path relative to the job folder.
+    pub path: String,
+    /// Last modification, ms since the epoch.
+    pub last_modified_ms: u64,
+    pub size: u64,
+}
 
 /// A checkpoint folder found in storage and what its metadata says.
 #[derive(Debug)]
@@ -139,7 +157,12 @@ impl CheckpointStorage {
         Ok(handle)
     }
 
-    /// Uploads a local file as a state file (see [`Self::put_state_file`]).
+    /// Uploads a local file as `remote_name` in `scope` and returns its
+    /// handle (`local_name` is the local file's name). Files up to
+    /// [`MULTIPART_THRESHOLD`] go in one create-only put; larger ones as a
+    /// multipart upload (object stores offer no create-only multipart
+    /// completion through `object_store`; names are unique per checkpoint or
+    /// random, so nothing is overwritten either way).
     pub async fn upload_file(
         &self,
         job: &JobId,
@@ -147,19 +170,60 @@ impl CheckpointStorage {
         operator: &OperatorId,
         subtask: SubtaskIndex,
         local: &FsPath,
+        remote_name: &str,
     ) -> Result<StateFile, StorageError> {
         let io = |source| StorageError::Io {
             path: local.display().to_string(),
             source,
         };
-        let name = local
+        let local_name = local
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| io(std::io::Error::other("file name is not UTF-8")))?
             .to_string();
-        let data = tokio::fs::read(local).await.map_err(io)?;
-        self.put_state_file(job, scope, operator, subtask, &name, Bytes::from(data))
-            .await
+        let relative = JobPaths::state_file_relative(scope, operator, subtask, remote_name);
+        let path = self.paths(job).resolve(&relative);
+        let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let size = file.metadata().await.map_err(io)?.len();
+        let crc = if size <= MULTIPART_THRESHOLD {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data).await.map_err(io)?;
+            let crc = checksum::crc32c(&data);
+            self.put_create(&path, Bytes::from(data)).await?;
+            crc
+        } else {
+            let upload = self
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(|e| StorageError::store("put", &path, e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
+            let mut crc = 0u32;
+            let mut buf = vec![0u8; MULTIPART_CHUNK];
+            loop {
+                let n = file.read(&mut buf).await.map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                crc = checksum::crc32c_append(crc, &buf[..n]);
+                writer
+                    .wait_for_capacity(MULTIPART_CONCURRENCY)
+                    .await
+                    .map_err(|e| StorageError::store("put", &path, e))?;
+                writer.write(&buf[..n]);
+            }
+            writer
+                .finish()
+                .await
+                .map_err(|e| StorageError::store("put", &path, e))?;
+            crc
+        };
+        Ok(StateFile {
+            path: relative,
+            local_name,
+            size,
+            crc32c: crc,
+        })
     }
 
     /// Downloads a state file into `dir/{local_name}`, verifying size and
@@ -329,6 +393,48 @@ impl CheckpointStorage {
     pub async fn delete_state_file(&self, job: &JobId, relative: &str) -> Result<(), StorageError> {
         let path = self.paths(job).resolve(relative);
         self.delete(&path).await
+    }
+
+    /// Deletes state files by relative path, in parallel; missing is fine.
+    pub async fn delete_state_files(
+        &self,
+        job: &JobId,
+        relative: &[String],
+    ) -> Result<(), StorageError> {
+        let deletes: Vec<_> = relative
+            .iter()
+            .map(|r| self.delete_state_file(job, r))
+            .collect();
+        futures::stream::iter(deletes)
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Every object of a job with its age and size (for the orphan sweep).
+    pub async fn list_job_objects_detailed(
+        &self,
+        job: &JobId,
+    ) -> Result<Vec<JobObject>, StorageError> {
+        let paths = self.paths(job);
+        let prefix = paths.job_root().clone();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::store("list", &prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                Some(JobObject {
+                    path: paths.relative(&m.location)?,
+                    last_modified_ms: m.last_modified.timestamp_millis().max(0) as u64,
+                    size: m.size,
+                })
+            })
+            .collect())
     }
 
     // ---- primitives -----------------------------------------------------
