@@ -272,3 +272,110 @@ fn demo_is_exact() {
     assert_eq!(summary["restarts"], 1, "{summary}");
     assert!(summary["checkpoints_completed"].as_u64().unwrap() >= 1);
 }
+
+/// Relative paths of every object under a job folder (local storage).
+fn job_objects(job_dir: &Path) -> std::collections::BTreeSet<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.insert(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(job_dir, job_dir, &mut out);
+    out
+}
+
+/// Files every completed checkpoint references, plus their metadata and job.json.
+fn referenced(job_dir: &Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::from(["job.json".to_string()]);
+    for e in std::fs::read_dir(job_dir).unwrap().flatten() {
+        let meta = e.path().join("_metadata");
+        if let Ok(bytes) = std::fs::read(&meta) {
+            let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            out.insert(format!("{}/_metadata", e.file_name().to_string_lossy()));
+            for s in m["subtasks"].as_array().unwrap() {
+                for f in s["files"].as_array().unwrap() {
+                    out.insert(f["path"].as_str().unwrap().to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn crash_mid_upload_leftovers_are_removed_by_the_orphan_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let spec = dir.path().join("crash.json");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{{"job_id":"pv-crash","parallelism":2,
+                "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"seed":42,"rate_per_s":300000}},
+                "key_by":"app_id","aggregate":{{"type":"count"}},
+                "checkpoint":{{"interval_ms":200,"timeout_ms":1500,"retention":2}}}}"#
+        ),
+    )
+    .unwrap();
+    // Checkpoint 3's SST files reach shared/, its MANIFEST never does.
+    let mut child = Command::new(BIN)
+        .args(["run", "--job"])
+        .arg(&spec)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .env("CUTPOINT_FAULTS", "put:/chk-3/agg/0/MANIFEST:delay=600000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let job_dir = chk.join("jobs/pv-crash");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !job_dir.join("chk-3/agg/0/CURRENT").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoint 3 never started uploading"
+        );
+        assert!(child.try_wait().unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    child.kill().unwrap(); // SIGKILL mid-upload
+    child.wait().unwrap();
+
+    let before = job_objects(&job_dir);
+    let leftovers: Vec<_> = before.difference(&referenced(&job_dir)).cloned().collect();
+    assert!(
+        leftovers.iter().any(|p| p.starts_with("chk-3/")),
+        "{leftovers:?}"
+    );
+    assert!(
+        leftovers.iter().any(|p| p.starts_with("shared/")),
+        "{leftovers:?}"
+    );
+
+    // Leftovers are spared while younger than the checkpoint timeout.
+    std::thread::sleep(Duration::from_millis(1600));
+    let out = dir.path().join("final.jsonl");
+    let summary = run_to_end(&spec, &chk, Some("latest"), &out);
+    assert_eq!(
+        summary["restored_from"].as_array().unwrap().len(),
+        1,
+        "{summary}"
+    );
+    assert_exact(&read_state(&out), &expected_counts(42, KEYS, EVENTS));
+    let after = job_objects(&job_dir);
+    assert_eq!(
+        after,
+        referenced(&job_dir),
+        "storage holds exactly what retained checkpoints reference"
+    );
+    for l in &leftovers {
+        assert!(!after.contains(l), "{l} survived");
+    }
+}

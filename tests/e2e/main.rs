@@ -6,3 +6,4 @@ mod binary;
 mod common;
 mod incremental;
 mod pipeline;
+mod storage;
