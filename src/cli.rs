@@ -44,6 +44,21 @@ enum Command {
         #[arg(long)]
         final_state: Option<PathBuf>,
     },
+    /// Run the coordinator service with the REST admin API.
+    Serve {
+        /// Address to listen on; a non-loopback address needs a token.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
+        #[arg(long)]
+        checkpoint_dir: String,
+        /// Local working directory for RocksDB (default: a temporary one).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// File holding the bearer token (else the CUTPOINT_TOKEN variable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Inspect checkpoints in storage.
     Checkpoints {
         #[command(subcommand)]
@@ -103,6 +118,15 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             println!("{}", summary(&spec, &outcome));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve {
+            listen,
+            checkpoint_dir,
+            work_dir,
+            token_file,
+        } => {
+            serve(listen, &checkpoint_dir, work_dir, token_file).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Checkpoints {
             command:
                 CheckpointsCommand::List {
@@ -126,6 +150,60 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
 
 /// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
 /// store in a fault injector (see `FaultRule::parse_list`).
+async fn serve(
+    listen: std::net::SocketAddr,
+    checkpoint_dir: &str,
+    work_dir: Option<PathBuf>,
+    token_file: Option<PathBuf>,
+) -> Result<()> {
+    let token = match token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("CUTPOINT_TOKEN").ok(),
+    }
+    .filter(|t| !t.is_empty());
+    let tmp;
+    let work_dir = match work_dir {
+        Some(d) => d,
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("cutpoint-serve-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    let config = cutpoint_server::ServerConfig {
+        listen,
+        storage: open_storage(checkpoint_dir)?,
+        work_dir,
+        token,
+        body_limit: cutpoint_server::ServerConfig::DEFAULT_BODY_LIMIT,
+        request_timeout: cutpoint_server::ServerConfig::DEFAULT_TIMEOUT,
+    };
+    cutpoint_server::serve(config, shutdown, |addr| {
+        println!("{}", json!({ "listening": addr.to_string() }));
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(())
+}
+
 pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
     let mut loc = StorageLocation::parse(location)?;
     if let Ok(rules) = std::env::var("CUTPOINT_FAULTS") {
@@ -221,32 +299,7 @@ async fn list_checkpoints(
     let mut rows = Vec::new();
     for job in &jobs {
         for l in storage.list_checkpoints(job).await? {
-            let mut row = json!({
-                "checkpoint_id": l.checkpoint_id,
-                "job_id": job,
-                "external_path": l.external_path,
-            });
-            match &l.metadata {
-                Ok(m) => {
-                    let extra = json!({
-                        "status": "COMPLETED",
-                        "restorable": true,
-                        "checkpoint_type": m.checkpoint_type.as_str(),
-                        "trigger_timestamp": m.trigger_timestamp,
-                        "latest_ack_timestamp": m.subtasks.iter().map(|s| s.ack_timestamp).max().unwrap_or(0),
-                        "end_to_end_duration": m.complete_timestamp.saturating_sub(m.trigger_timestamp),
-                        "state_size": m.state_size(),
-                        "checkpointed_size": m.checkpointed_size(),
-                        "num_subtasks": m.subtasks.len(),
-                    });
-                    merge(&mut row, extra);
-                }
-                Err(e) => merge(
-                    &mut row,
-                    json!({"status": "CORRUPT", "restorable": false, "failure_message": e.to_string()}),
-                ),
-            }
-            rows.push(row);
+            rows.push(cutpoint_server::views::listing(job, &l));
         }
     }
     if as_json {
@@ -293,10 +346,4 @@ async fn list_checkpoints(
         }
     }
     Ok(())
-}
-
-fn merge(a: &mut serde_json::Value, b: serde_json::Value) {
-    if let (Some(a), serde_json::Value::Object(b)) = (a.as_object_mut(), b) {
-        a.extend(b);
-    }
 }

@@ -45,6 +45,7 @@ pub async fn run(
             ..Default::default()
         },
         restart: Default::default(),
+        external_tasks: Vec::new(),
         inject_failure: Some(InjectFailure {
             subtask: 0,
             after_records: events / 2 / parallelism as u64,

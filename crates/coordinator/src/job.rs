@@ -15,11 +15,12 @@
 //! retained checkpoint (fixed delay, bounded attempts).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cutpoint_core::{
-    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, TaskId, METADATA_VERSION,
+    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SubtaskState, TaskId,
+    METADATA_VERSION,
 };
 use cutpoint_runtime::{Barrier, Execution, ExecutionConfig, RuntimeError, TaskEvent};
 use cutpoint_state::StateTable;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::SharedRegistry;
 use crate::restore::{self, RestoreFrom};
+use crate::stats::StatsBook;
 use crate::sweep::{orphans, SweepFacts};
 use crate::tracker::{
     Abort, AbortReason, AckOutcome, CheckpointTracker, PendingCheckpoint, Retained, TriggerRefusal,
@@ -57,6 +59,16 @@ pub enum JobState {
     Finished,
     Failed,
     Cancelled,
+}
+
+impl JobState {
+    /// Finished, failed or cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Finished | JobState::Failed | JobState::Cancelled
+        )
+    }
 }
 
 /// A snapshot of a running job, for callers polling it.
@@ -95,32 +107,121 @@ enum Command {
         checkpoint_type: CheckpointType,
         reply: oneshot::Sender<Result<CheckpointId, TriggerRefusal>>,
     },
+    ExternalAck {
+        checkpoint: CheckpointId,
+        state: Box<SubtaskState>,
+        reply: oneshot::Sender<Result<(), AckRejection>>,
+    },
+    ExternalDecline {
+        checkpoint: CheckpointId,
+        task: TaskId,
+        reason: String,
+        reply: oneshot::Sender<Result<(), AckRejection>>,
+    },
+    DeleteCheckpoint {
+        id: CheckpointId,
+        force: bool,
+        reply: oneshot::Sender<Result<(), DeleteRefusal>>,
+    },
 }
 
-/// Handle to a job running on the tokio runtime.
-pub struct JobHandle {
+/// Why an external task's ack or decline was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckRejection {
+    #[error("checkpoint {0} was never triggered")]
+    UnknownCheckpoint(CheckpointId),
+    #[error("checkpoint {0} is not in progress (it completed or was aborted)")]
+    NotPending(CheckpointId),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the job is not running")]
+    NotRunning,
+}
+
+/// Why a retained checkpoint was not deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefusal {
+    #[error("checkpoint {0} is not a retained checkpoint of this job")]
+    NotFound(CheckpointId),
+    #[error("checkpoint {0} is the only restorable checkpoint; pass force to delete it anyway")]
+    OnlyRestorable(CheckpointId),
+    #[error("checkpoint {0} is the newest completed checkpoint, the base of the next incremental one; delete it after a newer one completes")]
+    Newest(CheckpointId),
+    #[error("the job is not running")]
+    NotRunning,
+}
+
+/// A cloneable handle to control and observe a running job.
+#[derive(Clone)]
+pub struct JobControl {
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<JobStatus>,
     cancel: CancellationToken,
-    join: tokio::task::JoinHandle<Result<JobOutcome, JobError>>,
+    stats: Arc<Mutex<StatsBook>>,
+    spec: Arc<JobSpec>,
 }
 
-impl JobHandle {
+impl JobControl {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(make(reply)).await.ok()?;
+        rx.await.ok()
+    }
+
     /// Triggers a checkpoint now; returns its id.
     pub async fn trigger_checkpoint(
         &self,
         checkpoint_type: CheckpointType,
     ) -> Result<CheckpointId, TriggerRefusal> {
-        let (reply, rx) = oneshot::channel();
-        let gone = || TriggerRefusal::NotRunning("job ended".into());
-        self.commands
-            .send(Command::Trigger {
-                checkpoint_type,
-                reply,
-            })
+        self.ask(|reply| Command::Trigger {
+            checkpoint_type,
+            reply,
+        })
+        .await
+        .unwrap_or_else(|| Err(TriggerRefusal::NotRunning("the job ended".into())))
+    }
+
+    /// An external task acknowledges a checkpoint with its state.
+    pub async fn external_ack(
+        &self,
+        checkpoint: CheckpointId,
+        state: SubtaskState,
+    ) -> Result<(), AckRejection> {
+        self.ask(|reply| Command::ExternalAck {
+            checkpoint,
+            state: Box::new(state),
+            reply,
+        })
+        .await
+        .unwrap_or(Err(AckRejection::NotRunning))
+    }
+
+    /// An external task declines a checkpoint (the checkpoint fails).
+    pub async fn external_decline(
+        &self,
+        checkpoint: CheckpointId,
+        task: TaskId,
+        reason: String,
+    ) -> Result<(), AckRejection> {
+        self.ask(|reply| Command::ExternalDecline {
+            checkpoint,
+            task,
+            reason,
+            reply,
+        })
+        .await
+        .unwrap_or(Err(AckRejection::NotRunning))
+    }
+
+    /// Deletes a retained checkpoint (and the shared files only it used).
+    pub async fn delete_checkpoint(
+        &self,
+        id: CheckpointId,
+        force: bool,
+    ) -> Result<(), DeleteRefusal> {
+        self.ask(|reply| Command::DeleteCheckpoint { id, force, reply })
             .await
-            .map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+            .unwrap_or(Err(DeleteRefusal::NotRunning))
     }
 
     pub fn status(&self) -> JobStatus {
@@ -135,6 +236,20 @@ impl JobHandle {
         self.status.borrow().clone()
     }
 
+    /// Waits for any status change (false once the job is gone).
+    pub async fn changed(&mut self) -> bool {
+        self.status.changed().await.is_ok()
+    }
+
+    /// A copy of the job's checkpoint statistics.
+    pub fn stats(&self) -> StatsBook {
+        self.stats.lock().expect("stats lock").clone()
+    }
+
+    pub fn spec(&self) -> &JobSpec {
+        &self.spec
+    }
+
     pub fn cancel(&self) {
         self.cancel.cancel();
     }
@@ -143,7 +258,33 @@ impl JobHandle {
     pub fn canceller(&self) -> CancellationToken {
         self.cancel.clone()
     }
+}
 
+/// A running job: its control handle and its result.
+pub struct JobHandle {
+    control: JobControl,
+    join: tokio::task::JoinHandle<Result<JobOutcome, JobError>>,
+}
+
+impl std::ops::Deref for JobHandle {
+    type Target = JobControl;
+    fn deref(&self) -> &JobControl {
+        &self.control
+    }
+}
+
+impl std::ops::DerefMut for JobHandle {
+    fn deref_mut(&mut self) -> &mut JobControl {
+        &mut self.control
+    }
+}
+
+impl JobHandle {
+    pub fn control(&self) -> JobControl {
+        self.control.clone()
+    }
+
+    /// Waits for the job to end.
     pub async fn join(self) -> Result<JobOutcome, JobError> {
         self.join
             .await
@@ -156,20 +297,27 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let (commands, command_rx) = mpsc::channel(16);
     let (status_tx, status) = watch::channel(JobStatus::default());
     let cancel = CancellationToken::new();
+    let stats = Arc::new(Mutex::new(StatsBook::default()));
+    let spec = Arc::new(cfg.spec);
     let runner = Runner {
         registry: SharedRegistry::new(),
-        spec: Arc::new(cfg.spec),
+        spec: spec.clone(),
         storage: cfg.storage,
         local_dir: cfg.local_dir,
         commands: command_rx,
         status: status_tx,
         cancel: cancel.clone(),
+        stats: stats.clone(),
     };
     let join = tokio::spawn(runner.run(cfg.restore_from));
     JobHandle {
-        commands,
-        status,
-        cancel,
+        control: JobControl {
+            commands,
+            status,
+            cancel,
+            stats,
+            spec,
+        },
         join,
     }
 }
@@ -182,6 +330,7 @@ struct Runner {
     commands: mpsc::Receiver<Command>,
     status: watch::Sender<JobStatus>,
     cancel: CancellationToken,
+    stats: Arc<Mutex<StatsBook>>,
 }
 
 /// How one attempt ended.
@@ -199,6 +348,8 @@ enum AttemptEnd {
 struct Attempt {
     /// Local working directory of this attempt.
     dir: PathBuf,
+    /// Tasks of this process (the rest of `tasks` are external).
+    internal: usize,
     exec: Option<Execution>,
     tasks: Vec<TaskId>,
     started: usize,
@@ -272,6 +423,11 @@ impl Runner {
         loop {
             if let Some(meta) = &restore {
                 outcome.restored_from.push(meta.checkpoint_id);
+                self.stats_mut().restored(
+                    meta.checkpoint_id,
+                    now_millis(),
+                    self.storage.external_path(&job, meta.checkpoint_id),
+                );
                 tracing::info!(job = %job, checkpoint = %meta.checkpoint_id, attempt = attempt_no, "restoring");
             }
             let (events_tx, events) = mpsc::unbounded_channel();
@@ -295,9 +451,13 @@ impl Runner {
                 s.attempt = attempt_no;
                 s.restored_from = outcome.restored_from.clone();
             });
+            let internal = exec.tasks().len();
+            let mut tasks = exec.tasks().to_vec();
+            tasks.extend(self.spec.external_tasks.iter().map(|t| TaskId::new(t, 0)));
             let mut attempt = Attempt {
                 dir: attempt_dir,
-                tasks: exec.tasks().to_vec(),
+                internal,
+                tasks,
                 exec: Some(exec),
                 started: 0,
                 finished: 0,
@@ -335,6 +495,8 @@ impl Runner {
                         });
                     }
                     outcome.restarts += 1;
+                    metrics::counter!("cutpoint_job_restarts_total", "job" => job.to_string())
+                        .increment(1);
                     attempt_no += 1;
                     failure_at = Some(at);
                     tokio::select! {
@@ -394,34 +556,22 @@ impl Runner {
                     match ev {
                         TaskEvent::Started { at, .. } => {
                             attempt.started += 1;
-                            if attempt.started == attempt.tasks.len() {
+                            if attempt.started == attempt.internal {
                                 if let Some(f) = attempt.failure_at.take() {
                                     outcome.restore_ms.push(at.saturating_duration_since(f).as_millis() as u64);
                                 }
                             }
                         }
                         TaskEvent::Ack { checkpoint, state } => {
-                            match tracker.ack(checkpoint, *state) {
-                                AckOutcome::AllAcked(p) => {
-                                    if let Some(reason) = self.publish(tracker, attempt, *p).await {
-                                        return self.end_failed(tracker, attempt, reason, false).await;
-                                    }
-                                }
-                                AckOutcome::Pending => {}
-                                AckOutcome::Ignored(why) => tracing::debug!(%why, "ack ignored"),
-                                AckOutcome::Stale(state) => {
-                                    if !tracker.is_retained(checkpoint) {
-                                        // A late ack of an aborted checkpoint: its uploads go.
-                                        self.clean_up(tracker, checkpoint, &state.files).await;
-                                    }
-                                }
+                            match self.ack(tracker, attempt, checkpoint, *state).await {
+                                Ok(Some(reason)) => return self.end_failed(tracker, attempt, reason, false).await,
+                                Ok(None) => {}
+                                Err(why) => tracing::debug!(%why, "ack not applied"),
                             }
                         }
                         TaskEvent::Decline { checkpoint, task, reason } => {
-                            if let Some(a) = tracker.abort(checkpoint, AbortReason::Declined { task, reason }) {
-                                if let Some(reason) = self.discard(tracker, attempt, a).await {
-                                    return self.end_failed(tracker, attempt, reason, false).await;
-                                }
+                            if let Ok(Some(reason)) = self.decline(tracker, attempt, checkpoint, task, reason).await {
+                                return self.end_failed(tracker, attempt, reason, false).await;
                             }
                         }
                         TaskEvent::Failed { task, error, fatal } => {
@@ -431,6 +581,8 @@ impl Runner {
                             attempt.finished += 1;
                             if table.is_none() {
                                 outcome.records_read += records;
+                                metrics::counter!("cutpoint_records_read_total", "job" => self.spec.job_id.to_string())
+                                    .increment(records);
                             }
                             if let Some(t) = table {
                                 attempt.tables.push(*t);
@@ -438,7 +590,7 @@ impl Runner {
                             for a in tracker.task_finished(&task) {
                                 let _ = self.discard(tracker, attempt, a).await;
                             }
-                            if attempt.finished == attempt.tasks.len() {
+                            if attempt.finished == attempt.internal {
                                 for a in tracker.abort_all(AbortReason::JobFinishing) {
                                     let _ = self.discard(tracker, attempt, a).await;
                                 }
@@ -452,9 +604,37 @@ impl Runner {
                     let t = tracker.config().checkpoint_type;
                     let _ = self.trigger(tracker, attempt, true, t);
                 }
-                cmd = self.commands.recv() => {
-                    if let Some(Command::Trigger { checkpoint_type, reply }) = cmd {
-                        let _ = reply.send(self.trigger(tracker, attempt, false, checkpoint_type));
+                Some(cmd) = self.commands.recv() => {
+                    let fail = match cmd {
+                        Command::Trigger { checkpoint_type, reply } => {
+                            let _ = reply.send(self.trigger(tracker, attempt, false, checkpoint_type));
+                            None
+                        }
+                        Command::ExternalAck { checkpoint, state, reply } => {
+                            let r = self.ack(tracker, attempt, checkpoint, *state).await;
+                            let (answer, fail) = match r {
+                                Ok(fail) => (Ok(()), fail),
+                                Err(e) => (Err(e), None),
+                            };
+                            let _ = reply.send(answer);
+                            fail
+                        }
+                        Command::ExternalDecline { checkpoint, task, reason, reply } => {
+                            let r = self.decline(tracker, attempt, checkpoint, task, reason).await;
+                            let (answer, fail) = match r {
+                                Ok(fail) => (Ok(()), fail),
+                                Err(e) => (Err(e), None),
+                            };
+                            let _ = reply.send(answer);
+                            fail
+                        }
+                        Command::DeleteCheckpoint { id, force, reply } => {
+                            let _ = reply.send(self.delete_retained(tracker, id, force).await);
+                            None
+                        }
+                    };
+                    if let Some(reason) = fail {
+                        return self.end_failed(tracker, attempt, reason, false).await;
                     }
                 }
                 _ = orphan_sweep.tick(), if orphan_every.is_some() => {
@@ -492,6 +672,8 @@ impl Runner {
             .ok_or_else(|| TriggerRefusal::NotRunning("restarting".into()))?;
         let now = now_millis();
         let id = tracker.trigger(now, periodic, checkpoint_type, &attempt.tasks)?;
+        self.stats_mut()
+            .triggered(id, checkpoint_type, now, attempt.tasks.len());
         let barrier = Barrier {
             id,
             checkpoint_type,
@@ -503,6 +685,99 @@ impl Runner {
         }
         tracing::debug!(checkpoint = %id, periodic, "triggered");
         Ok(id)
+    }
+
+    fn stats_mut(&self) -> std::sync::MutexGuard<'_, StatsBook> {
+        self.stats.lock().expect("stats lock")
+    }
+
+    /// Applies an acknowledgement; publishes the checkpoint when it was the
+    /// last one. `Ok(Some(reason))`: the job must fail (tolerable failures
+    /// exceeded). `Err`: the ack was not applied.
+    async fn ack(
+        &mut self,
+        tracker: &mut CheckpointTracker,
+        attempt: &mut Attempt,
+        checkpoint: CheckpointId,
+        state: SubtaskState,
+    ) -> Result<Option<String>, AckRejection> {
+        let copy = state.clone();
+        match tracker.ack(checkpoint, state) {
+            AckOutcome::Pending => {
+                self.stats_mut().acked(checkpoint, &copy);
+                Ok(None)
+            }
+            AckOutcome::AllAcked(p) => {
+                self.stats_mut().acked(checkpoint, &copy);
+                Ok(self.publish(tracker, attempt, *p).await)
+            }
+            AckOutcome::Ignored(why) => Err(AckRejection::Rejected(why)),
+            AckOutcome::Stale(state) => {
+                if !tracker.was_triggered(checkpoint) {
+                    return Err(AckRejection::UnknownCheckpoint(checkpoint));
+                }
+                if !tracker.is_retained(checkpoint) {
+                    // A late ack of an aborted checkpoint: its uploads go.
+                    self.clean_up(tracker, checkpoint, &state.files).await;
+                }
+                Err(AckRejection::NotPending(checkpoint))
+            }
+        }
+    }
+
+    /// A task declines a checkpoint: the checkpoint fails.
+    async fn decline(
+        &mut self,
+        tracker: &mut CheckpointTracker,
+        attempt: &mut Attempt,
+        checkpoint: CheckpointId,
+        task: TaskId,
+        reason: String,
+    ) -> Result<Option<String>, AckRejection> {
+        match tracker.expects(checkpoint, &task) {
+            None if !tracker.was_triggered(checkpoint) => {
+                Err(AckRejection::UnknownCheckpoint(checkpoint))
+            }
+            None => Err(AckRejection::NotPending(checkpoint)),
+            Some(false) => Err(AckRejection::Rejected(format!(
+                "task {task} is not part of checkpoint {checkpoint} or already acknowledged it"
+            ))),
+            Some(true) => {
+                let a = tracker
+                    .abort(checkpoint, AbortReason::Declined { task, reason })
+                    .expect("pending");
+                Ok(self.discard(tracker, attempt, a).await)
+            }
+        }
+    }
+
+    /// Deletes a retained checkpoint on a user's request.
+    async fn delete_retained(
+        &mut self,
+        tracker: &mut CheckpointTracker,
+        id: CheckpointId,
+        force: bool,
+    ) -> Result<(), DeleteRefusal> {
+        if !tracker.is_retained(id) {
+            return Err(DeleteRefusal::NotFound(id));
+        }
+        if tracker.latest_retained().map(|r| r.id) == Some(id) {
+            // The next incremental checkpoint reuses its files.
+            return Err(if tracker.retained().count() == 1 && !force {
+                DeleteRefusal::OnlyRestorable(id)
+            } else {
+                DeleteRefusal::Newest(id)
+            });
+        }
+        tracker.remove_retained(id);
+        self.stats_mut().discarded(id);
+        self.delete_checkpoint(id).await;
+        let free = self
+            .registry
+            .release(id, tracker.highest_pending(), tracker.lowest_pending());
+        self.delete_shared(&free).await;
+        tracing::info!(checkpoint = %id, "checkpoint deleted on request");
+        Ok(())
     }
 
     /// Writes `_metadata` for an all-acked checkpoint and applies retention.
@@ -532,6 +807,24 @@ impl Runner {
         }
         self.registry.register(&meta);
         let done = tracker.completed(p.id, now);
+        self.stats_mut()
+            .completed(p.id, now, self.storage.external_path(&job, p.id));
+        let labels = [("job", job.to_string())];
+        metrics::counter!("cutpoint_checkpoints_completed_total", &labels).increment(1);
+        metrics::histogram!("cutpoint_checkpoint_duration_seconds", &labels)
+            .record(now.saturating_sub(p.trigger_timestamp) as f64 / 1000.0);
+        metrics::histogram!("cutpoint_checkpoint_state_size_bytes", &labels)
+            .record(meta.state_size() as f64);
+        metrics::histogram!("cutpoint_checkpoint_checkpointed_size_bytes", &labels)
+            .record(meta.checkpointed_size() as f64);
+        let alignment = meta
+            .subtasks
+            .iter()
+            .map(|s| s.alignment_duration_ms)
+            .max()
+            .unwrap_or(0);
+        metrics::histogram!("cutpoint_checkpoint_alignment_seconds", &labels)
+            .record(alignment as f64 / 1000.0);
         if let Some(exec) = &attempt.exec {
             exec.notify_complete(p.id);
         }
@@ -552,6 +845,7 @@ impl Runner {
             let _ = self.discard(tracker, attempt, a).await;
         }
         for old in done.subsumed {
+            self.stats_mut().discarded(old);
             // Metadata first (inside delete_checkpoint), then what only it used.
             self.delete_checkpoint(old).await;
             let free =
@@ -577,11 +871,14 @@ impl Runner {
         }
         let message = a.reason.message();
         if a.reason.counts_as_failure() {
+            metrics::counter!("cutpoint_checkpoints_failed_total", "job" => self.spec.job_id.to_string())
+                .increment(1);
             tracing::warn!(checkpoint = %a.id, reason = %message, "checkpoint failed");
         } else {
             tracing::debug!(checkpoint = %a.id, reason = %message, "checkpoint aborted");
         }
         self.clean_up(tracker, a.id, &a.files).await;
+        self.stats_mut().failed(a.id, now_millis(), message.clone());
         self.status.send_modify(|s| {
             s.checkpoints_failed = tracker.failed_count;
             if a.reason.counts_as_failure() {
@@ -609,9 +906,15 @@ impl Runner {
         files: &[cutpoint_core::StateFile],
     ) {
         self.delete_checkpoint(id).await;
+        let pending: std::collections::HashSet<&str> =
+            tracker.pending_files().map(|f| f.path.as_str()).collect();
         let own: Vec<String> = files
             .iter()
-            .filter(|f| f.path.starts_with("shared/") && !self.registry.is_protected(&f.path))
+            .filter(|f| {
+                f.path.starts_with("shared/")
+                    && !self.registry.is_protected(&f.path)
+                    && !pending.contains(f.path.as_str())
+            })
             .map(|f| f.path.clone())
             .collect();
         self.delete_shared(&own).await;

@@ -11,6 +11,7 @@
 //!   checkpoints) and the execution (trigger, abort, notify, restart).
 //! - [`registry`]: reference counts of shared (incremental) state files,
 //!   with deferred release while checkpoints are pending.
+//! - [`stats`]: checkpoint statistics in Flink's shape, for the API.
 //! - [`sweep`]: classifying orphans (what crashed writers left) for deletion.
 //! - [`restore`]: picking the checkpoint to restore from storage.
 
@@ -18,10 +19,14 @@ pub mod error;
 pub mod job;
 pub mod registry;
 pub mod restore;
+pub mod stats;
 pub mod sweep;
 pub mod tracker;
 
 pub use error::JobError;
-pub use job::{spawn_job, JobConfig, JobHandle, JobOutcome, JobStatus};
+pub use job::{
+    spawn_job, AckRejection, DeleteRefusal, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
+    JobStatus,
+};
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

@@ -264,6 +264,17 @@ impl CheckpointTracker {
         }
     }
 
+    /// Whether `id` was ever handed out by this tracker (or lies below).
+    pub fn was_triggered(&self, id: CheckpointId) -> bool {
+        id < self.next_id
+    }
+
+    /// `None` if `id` is not pending; else whether `task` still owes an ack.
+    pub fn expects(&self, id: CheckpointId, task: &TaskId) -> Option<bool> {
+        let p = self.pending.get(&id)?;
+        Some(p.expected.contains(task) && !p.acks.contains_key(task))
+    }
+
     pub fn lowest_pending(&self) -> Option<CheckpointId> {
         self.pending.keys().next().copied()
     }

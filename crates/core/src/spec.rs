@@ -31,6 +31,11 @@ pub struct JobSpec {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub restart: RestartConfig,
+    /// Tasks outside this process that take part in every checkpoint: each
+    /// must acknowledge (with its state handles) or decline through the REST
+    /// API. Each is one task, `{name}[0]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_tasks: Vec<crate::OperatorId>,
     /// Fault injection for demos and tests; absent in production specs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_failure: Option<InjectFailure>,
@@ -269,6 +274,14 @@ impl JobSpec {
         }
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.external_tasks {
+            if t.as_str() == "source" || t.as_str() == "agg" || !seen.insert(t) {
+                return bad(format!(
+                    "external_tasks: {t:?} is taken (names must be unique and not source or agg)"
+                ));
+            }
         }
         if let Some(f) = &self.inject_failure {
             if f.subtask >= self.parallelism {

@@ -36,7 +36,8 @@ pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
     name.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()
 }
 
-fn valid_file_name(name: &str) -> bool {
+/// A state file name: 1–255 characters of `[A-Za-z0-9._-]`, not `.`/`..`.
+pub fn valid_file_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name != "."

@@ -395,6 +395,20 @@ impl CheckpointStorage {
         self.delete(&path).await
     }
 
+    /// Size of a state file by relative path; `None` if it does not exist.
+    pub async fn object_size(
+        &self,
+        job: &JobId,
+        relative: &str,
+    ) -> Result<Option<u64>, StorageError> {
+        let path = self.paths(job).resolve(relative);
+        match self.store.head(&path).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StorageError::store("head", &path, e)),
+        }
+    }
+
     /// Deletes state files by relative path, in parallel; missing is fine.
     pub async fn delete_state_files(
         &self,

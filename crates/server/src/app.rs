@@ -1,0 +1,192 @@
+//! Shared state of the server: checkpoint storage and the jobs it runs.
+//!
+//! A job id runs at most once at a time in a server. Finished jobs stay
+//! listed with their result until the server stops; after a restart, their
+//! checkpoints are found through storage (`/v1/storage/...`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cutpoint_coordinator::{restore, spawn_job, JobConfig, JobControl, RestoreFrom};
+use cutpoint_core::{now_millis, JobId, JobSpec};
+use cutpoint_storage::CheckpointStorage;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+/// How a job that is no longer running ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub state: &'static str,
+    pub records_read: u64,
+    pub restarts: u32,
+    pub duration_ms: u64,
+    pub keys: usize,
+    pub failures: Vec<String>,
+    pub error: Option<String>,
+    pub end_timestamp: u64,
+}
+
+/// A job this server started.
+#[derive(Clone)]
+pub struct JobEntry {
+    pub control: JobControl,
+    pub start_timestamp: u64,
+    pub result: Arc<Mutex<Option<JobResult>>>,
+}
+
+impl JobEntry {
+    pub fn result(&self) -> Option<JobResult> {
+        self.result.lock().expect("result lock").clone()
+    }
+}
+
+pub struct AppState {
+    pub storage: CheckpointStorage,
+    pub work_dir: PathBuf,
+    pub token: Option<String>,
+    pub metrics: Option<PrometheusHandle>,
+    jobs: Mutex<BTreeMap<JobId, JobEntry>>,
+}
+
+impl AppState {
+    pub fn new(
+        storage: CheckpointStorage,
+        work_dir: PathBuf,
+        token: Option<String>,
+        metrics: Option<PrometheusHandle>,
+    ) -> Self {
+        Self {
+            storage,
+            work_dir,
+            token,
+            metrics,
+            jobs: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn job(&self, id: &JobId) -> Option<JobEntry> {
+        self.jobs.lock().expect("jobs lock").get(id).cloned()
+    }
+
+    pub fn jobs(&self) -> Vec<(JobId, JobEntry)> {
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The entry of a job this server runs now, or 404/409.
+    pub fn running(&self, id: &JobId) -> Result<JobEntry, ApiError> {
+        let entry = self.job(id).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "job {id} is not running on this server (see /v1/storage/jobs/{id}/checkpoints)"
+            ))
+        })?;
+        if entry.result().is_some() {
+            return Err(ApiError::conflict(format!(
+                "job {id} is not running (it ended)"
+            )));
+        }
+        Ok(entry)
+    }
+
+    /// Starts a job, after checking that what it restores from exists.
+    pub async fn start_job(
+        self: &Arc<Self>,
+        spec: JobSpec,
+        restore_from: Option<RestoreFrom>,
+    ) -> Result<JobEntry, ApiError> {
+        let id = spec.job_id.clone();
+        if let Some(e) = self.job(&id) {
+            if e.result().is_none() {
+                return Err(ApiError::conflict(format!(
+                    "job {id} is already running; cancel it first"
+                )));
+            }
+        }
+        if let Some(from) = restore_from {
+            restore::resolve(&self.storage, &id, from).await?;
+        }
+        let local_dir = self
+            .work_dir
+            .join(id.as_str())
+            .join(format!("run-{}", now_millis()));
+        let handle = spawn_job(JobConfig {
+            spec,
+            storage: self.storage.clone(),
+            restore_from,
+            local_dir: local_dir.clone(),
+        });
+        let entry = JobEntry {
+            control: handle.control(),
+            start_timestamp: now_millis(),
+            result: Arc::new(Mutex::new(None)),
+        };
+        {
+            let mut jobs = self.jobs.lock().expect("jobs lock");
+            if let Some(e) = jobs.get(&id) {
+                if e.result().is_none() {
+                    handle.cancel();
+                    return Err(ApiError::conflict(format!("job {id} is already running")));
+                }
+            }
+            jobs.insert(id.clone(), entry.clone());
+        }
+        let result = entry.result.clone();
+        tokio::spawn(async move {
+            let r = match handle.join().await {
+                Ok(o) => JobResult {
+                    state: "FINISHED",
+                    records_read: o.records_read,
+                    restarts: o.restarts,
+                    duration_ms: o.duration.as_millis() as u64,
+                    keys: o.final_state.iter().map(|t| t.len()).sum(),
+                    failures: o.failures,
+                    error: None,
+                    end_timestamp: now_millis(),
+                },
+                Err(e) => JobResult {
+                    state: if matches!(e, cutpoint_coordinator::JobError::Cancelled) {
+                        "CANCELLED"
+                    } else {
+                        "FAILED"
+                    },
+                    records_read: 0,
+                    restarts: 0,
+                    duration_ms: 0,
+                    keys: 0,
+                    failures: Vec::new(),
+                    error: Some(e.to_string()),
+                    end_timestamp: now_millis(),
+                },
+            };
+            tracing::info!(job = %id, state = r.state, error = ?r.error, "job ended");
+            *result.lock().expect("result lock") = Some(r);
+            if let Err(e) = tokio::fs::remove_dir_all(&local_dir).await {
+                tracing::debug!(error = %e, "removing the job's work dir");
+            }
+        });
+        Ok(entry)
+    }
+
+    /// Cancels a running job and waits until it ended.
+    pub async fn stop_job(&self, id: &JobId) -> Result<(), ApiError> {
+        let entry = self.running(id)?;
+        let mut control = entry.control.clone();
+        control.cancel();
+        control.wait_for(|s| s.state.is_final()).await;
+        // The monitor stores the result right after; wait for it briefly.
+        for _ in 0..200 {
+            if entry.result().is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}

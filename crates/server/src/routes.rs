@@ -1,0 +1,523 @@
+//! Handlers of the v1 API. Every error is an [`ApiError`]; every id is
+//! validated by an extractor before anything touches storage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cutpoint_coordinator::registry::SharedRegistry;
+use cutpoint_coordinator::stats::CheckpointStatus;
+use cutpoint_coordinator::RestoreFrom;
+use cutpoint_core::{
+    now_millis, CheckpointId, CheckpointType, JobId, JobSpec, OperatorId, StateFile, SubtaskState,
+    TaskId,
+};
+use cutpoint_storage::{JobPaths, StateScope};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::extract::{ApiJson, CheckpointPath, JobPath, OptionalJson};
+use crate::{views, AppState};
+
+type S = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, ApiError>;
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::invalid(e.body_text()))
+}
+
+// ---- ops ------------------------------------------------------------------
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(st): S) -> Response {
+    match st.storage.list_jobs().await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => ApiError::new(ErrorKind::Unavailable, format!("checkpoint storage: {e}"))
+            .into_response(),
+    }
+}
+
+pub async fn metrics(State(st): S) -> Response {
+    let body = st.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+pub const OPENAPI_YAML: &str = include_str!("../../../api/openapi.yaml");
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint (see /v1/openapi.yaml)")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+}
+
+// ---- jobs -----------------------------------------------------------------
+
+fn parse_restore(v: &Value) -> ApiResult<RestoreFrom> {
+    match v {
+        Value::String(s) => s.parse().map_err(ApiError::invalid),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|n| RestoreFrom::Checkpoint(CheckpointId(n)))
+            .ok_or_else(|| {
+                ApiError::invalid("restore_from must be a non-negative checkpoint id or \"latest\"")
+            }),
+        _ => Err(ApiError::invalid(
+            "restore_from must be a checkpoint id or \"latest\"",
+        )),
+    }
+}
+
+/// `POST /v1/jobs`: the body is a job spec, plus optional `restore_from`.
+pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::invalid(
+            "the body must be a JSON object (a job spec)",
+        ));
+    };
+    let restore = obj
+        .remove("restore_from")
+        .map(|v| parse_restore(&v))
+        .transpose()?;
+    let spec: JobSpec = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| ApiError::invalid(format!("invalid job spec: {e}")))?;
+    spec.validate()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let id = spec.job_id.clone();
+    let entry = st.start_job(spec, restore).await?;
+    let mut resp = (StatusCode::CREATED, Json(views::job(&entry))).into_response();
+    if let Ok(v) = format!("/v1/jobs/{id}").parse() {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub async fn list_jobs(State(st): S) -> Json<Value> {
+    let jobs: Vec<Value> = st.jobs().iter().map(|(_, e)| views::job(e)).collect();
+    Json(json!({ "jobs": jobs }))
+}
+
+fn known(st: &AppState, job: &JobId) -> ApiResult<crate::app::JobEntry> {
+    st.job(job).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "job {job} is not known to this server (stored checkpoints: /v1/storage/jobs/{job}/checkpoints)"
+        ))
+    })
+}
+
+pub async fn get_job(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+    Ok(Json(views::job(&known(&st, &job)?)))
+}
+
+pub async fn cancel_job(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+    st.stop_job(&job).await?;
+    Ok(Json(views::job(&known(&st, &job)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    checkpoint_id: Value,
+}
+
+/// `POST /v1/jobs/{id}/restore`: (re)start the job from a checkpoint, with
+/// the spec of the running job or, on a fresh server, from storage.
+pub async fn restore_job(
+    State(st): S,
+    JobPath(job): JobPath,
+    ApiJson(req): ApiJson<RestoreRequest>,
+) -> ApiResult<Response> {
+    let from = parse_restore(&req.checkpoint_id)?;
+    cutpoint_coordinator::restore::resolve(&st.storage, &job, from).await?;
+    let spec = match st.job(&job) {
+        Some(e) => e.control.spec().clone(),
+        None => st.storage.read_job_spec(&job).await?,
+    };
+    if st.job(&job).is_some_and(|e| e.result().is_none()) {
+        st.stop_job(&job).await?;
+    }
+    let entry = st.start_job(spec, Some(from)).await?;
+    Ok((StatusCode::ACCEPTED, Json(views::job(&entry))).into_response())
+}
+
+// ---- checkpoints ------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    #[serde(rename = "type")]
+    checkpoint_type: Option<CheckpointType>,
+}
+
+pub async fn trigger_checkpoint(
+    State(st): S,
+    JobPath(job): JobPath,
+    OptionalJson(req): OptionalJson<TriggerRequest>,
+) -> ApiResult<Response> {
+    let entry = st.running(&job)?;
+    let t = req
+        .and_then(|r| r.checkpoint_type)
+        .unwrap_or(entry.control.spec().checkpoint.checkpoint_type);
+    let id = entry.control.trigger_checkpoint(t).await?;
+    let location = format!("/v1/jobs/{job}/checkpoints/{id}");
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"checkpoint_id": id, "checkpoint_type": t.as_str(), "location": location})),
+    )
+        .into_response();
+    if let Ok(v) = location.parse() {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+pub async fn list_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+    Ok(Json(views::overview(&known(&st, &job)?.control.stats())))
+}
+
+pub async fn checkpoint_config(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+    let spec = match st.job(&job) {
+        Some(e) => e.control.spec().clone(),
+        None => st.storage.read_job_spec(&job).await?,
+    };
+    Ok(Json(views::config(&spec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatestQuery {
+    status: Option<String>,
+}
+
+/// `GET .../checkpoints/latest?status=completed|failed`: cheap, no history.
+pub async fn latest_checkpoint(
+    State(st): S,
+    JobPath(job): JobPath,
+    q: Result<Query<LatestQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let status = query(q)?.status.unwrap_or_else(|| "completed".into());
+    if status != "completed" && status != "failed" {
+        return Err(ApiError::invalid("status must be completed or failed"));
+    }
+    if let Some(e) = st.job(&job) {
+        let stats = e.control.stats();
+        let c = if status == "completed" {
+            stats.latest_completed
+        } else {
+            stats.latest_failed
+        };
+        return c
+            .map(|c| Json(views::checkpoint(&c, false)))
+            .ok_or_else(|| {
+                ApiError::not_found(format!("job {job} has no {status} checkpoint yet"))
+            });
+    }
+    if status == "failed" {
+        return Err(ApiError::not_found(format!(
+            "job {job} is not running here; storage keeps no failed checkpoints"
+        )));
+    }
+    let listing = st.storage.list_checkpoints(&job).await?;
+    let newest = listing.iter().find(|l| l.metadata.is_ok()).ok_or_else(|| {
+        ApiError::not_found(format!("no completed checkpoint of job {job} in storage"))
+    })?;
+    Ok(Json(views::listing(&job, newest)))
+}
+
+pub async fn get_checkpoint(
+    State(st): S,
+    CheckpointPath(job, id): CheckpointPath,
+) -> ApiResult<Json<Value>> {
+    if let Some(e) = st.job(&job) {
+        if let Some(c) = e.control.stats().get(id) {
+            return Ok(Json(views::checkpoint(c, true)));
+        }
+    }
+    match st.storage.read_metadata(&job, id).await {
+        Ok(m) => Ok(Json(views::stored(&m, &st.storage.external_path(&job, id)))),
+        Err(cutpoint_storage::StorageError::MetadataMissing { .. }) => Err(ApiError::not_found(
+            format!("checkpoint {id} of job {job} not found"),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Deletes a retained checkpoint and the shared files only it referenced.
+pub async fn delete_checkpoint(
+    State(st): S,
+    CheckpointPath(job, id): CheckpointPath,
+    q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<StatusCode> {
+    let force = query(q)?.force;
+    if let Ok(e) = st.running(&job) {
+        e.control.delete_checkpoint(id, force).await?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // The job does not run here: work on storage alone.
+    let listing = st.storage.list_checkpoints(&job).await?;
+    let metas: Vec<_> = listing
+        .into_iter()
+        .filter_map(|l| l.metadata.ok())
+        .collect();
+    if !metas.iter().any(|m| m.checkpoint_id == id) {
+        return Err(ApiError::not_found(format!(
+            "checkpoint {id} of job {job} is not a restorable checkpoint in storage"
+        )));
+    }
+    if metas.len() == 1 && !force {
+        return Err(ApiError::conflict(format!("checkpoint {id} is the only restorable checkpoint of job {job}; pass ?force=true to delete it")));
+    }
+    let mut registry = SharedRegistry::new();
+    for m in &metas {
+        registry.register(m);
+    }
+    let free = registry.release(id, None, None);
+    st.storage.delete_checkpoint(&job, id).await?;
+    st.storage.delete_state_files(&job, &free).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- external tasks -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+    task: Option<String>,
+}
+
+/// Longest a long-poll waits.
+pub const MAX_WAIT_MS: u64 = 20_000;
+
+fn external_task(spec: &JobSpec, name: &str) -> ApiResult<OperatorId> {
+    spec.external_tasks
+        .iter()
+        .find(|t| t.as_str() == name)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{name:?} is not an external task of job {}",
+                spec.job_id
+            ))
+        })
+}
+
+/// `GET .../checkpoints/pending?after=N&wait_ms=M&task=T`: checkpoints in
+/// progress newer than `after`, waiting up to `wait_ms` for one to appear.
+pub async fn pending_checkpoints(
+    State(st): S,
+    JobPath(job): JobPath,
+    q: Result<Query<PendingQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = query(q)?;
+    let entry = st.running(&job)?;
+    let task = q
+        .task
+        .as_deref()
+        .map(|t| external_task(entry.control.spec(), t))
+        .transpose()?;
+    let after = q.after.unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    loop {
+        let stats = entry.control.stats();
+        let pending: Vec<Value> = stats
+            .history
+            .iter()
+            .filter(|c| c.status == CheckpointStatus::InProgress && c.id.0 > after)
+            .map(|c| {
+                let mut v = json!({
+                    "checkpoint_id": c.id,
+                    "checkpoint_type": c.checkpoint_type.as_str(),
+                    "trigger_timestamp": c.trigger_timestamp,
+                    "ack_url": format!("/v1/jobs/{job}/checkpoints/{}/acks", c.id),
+                    "decline_url": format!("/v1/jobs/{job}/checkpoints/{}/declines", c.id),
+                });
+                if let Some(t) = &task {
+                    v["upload_prefix"] = json!(format!("chk-{}/{t}/0/", c.id));
+                    v["shared_prefix"] = json!(format!("shared/{t}/0/"));
+                }
+                v
+            })
+            .collect();
+        if !pending.is_empty() || Instant::now() >= deadline || entry.result().is_some() {
+            return Ok(Json(json!({ "checkpoints": pending })));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHandle {
+    path: String,
+    size: u64,
+    crc32c: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    task: String,
+    #[serde(default)]
+    files: Vec<FileHandle>,
+}
+
+/// Checks a handle lies under `chk-{n}/{task}/0/` or `shared/{task}/0/`
+/// (one valid file name, no `..`) and exists in storage with that size.
+async fn validate_handle(
+    st: &AppState,
+    job: &JobId,
+    id: CheckpointId,
+    task: &OperatorId,
+    h: FileHandle,
+) -> ApiResult<StateFile> {
+    let name = h
+        .path
+        .strip_prefix(&format!("chk-{}/{task}/0/", id.0))
+        .or_else(|| h.path.strip_prefix(&format!("shared/{task}/0/")))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{:?} lies outside chk-{id}/{task}/0/ and shared/{task}/0/",
+                h.path
+            ))
+        })?;
+    if !cutpoint_storage::paths::valid_file_name(name) {
+        return Err(ApiError::invalid(format!(
+            "{:?}: file names may only contain [A-Za-z0-9._-]",
+            h.path
+        )));
+    }
+    let scope = if h.path.starts_with("shared/") {
+        StateScope::Shared
+    } else {
+        StateScope::Checkpoint(id)
+    };
+    let relative = JobPaths::state_file_relative(scope, task, cutpoint_core::SubtaskIndex(0), name);
+    let size = st
+        .storage
+        .object_size(job, &relative)
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "{relative} does not exist in checkpoint storage: upload it before acknowledging"
+            ))
+        })?;
+    if size != h.size {
+        return Err(ApiError::invalid(format!(
+            "{relative} has {size} bytes in storage, the ack says {}",
+            h.size
+        )));
+    }
+    Ok(StateFile {
+        path: relative,
+        local_name: name.to_string(),
+        size: h.size,
+        crc32c: h.crc32c,
+    })
+}
+
+pub async fn ack_checkpoint(
+    State(st): S,
+    CheckpointPath(job, id): CheckpointPath,
+    ApiJson(req): ApiJson<AckRequest>,
+) -> ApiResult<Json<Value>> {
+    let entry = st.running(&job)?;
+    let task = external_task(entry.control.spec(), &req.task)?;
+    let mut files = Vec::with_capacity(req.files.len());
+    for h in req.files {
+        files.push(validate_handle(&st, &job, id, &task, h).await?);
+    }
+    let size: u64 = files.iter().map(|f| f.size).sum();
+    let uploaded: u64 = files
+        .iter()
+        .filter(|f| !f.path.starts_with("shared/"))
+        .map(|f| f.size)
+        .sum();
+    let state = SubtaskState {
+        task: TaskId::new(&task, 0),
+        source_offset: None,
+        key_group_range: None,
+        files_uploaded: files.len() as u32,
+        files_reused: 0,
+        files,
+        state_size: size,
+        checkpointed_size: uploaded,
+        sync_duration_ms: 0,
+        async_duration_ms: 0,
+        alignment_duration_ms: 0,
+        ack_timestamp: now_millis(),
+    };
+    entry.control.external_ack(id, state).await?;
+    Ok(Json(
+        json!({"checkpoint_id": id, "task": format!("{task}[0]"), "accepted": true}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclineRequest {
+    task: String,
+    reason: String,
+}
+
+pub async fn decline_checkpoint(
+    State(st): S,
+    CheckpointPath(job, id): CheckpointPath,
+    ApiJson(req): ApiJson<DeclineRequest>,
+) -> ApiResult<Json<Value>> {
+    let entry = st.running(&job)?;
+    let task = external_task(entry.control.spec(), &req.task)?;
+    let reason: String = req.reason.chars().take(1000).collect();
+    entry
+        .control
+        .external_decline(id, TaskId::new(&task, 0), reason)
+        .await?;
+    Ok(Json(
+        json!({"checkpoint_id": id, "task": format!("{task}[0]"), "declined": true}),
+    ))
+}
+
+// ---- storage browsing -------------------------------------------------------------
+
+pub async fn storage_jobs(State(st): S) -> ApiResult<Json<Value>> {
+    Ok(Json(json!({ "jobs": st.storage.list_jobs().await? })))
+}
+
+/// Restorable checkpoints storage holds for a job, running or not.
+pub async fn storage_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+    let listing = st.storage.list_checkpoints(&job).await?;
+    let spec_stored = st.storage.read_job_spec(&job).await.is_ok();
+    if listing.is_empty() && !spec_stored {
+        return Err(ApiError::not_found(format!(
+            "storage holds nothing for job {job}"
+        )));
+    }
+    let rows: Vec<Value> = listing.iter().map(|l| views::listing(&job, l)).collect();
+    Ok(Json(
+        json!({"job_id": job, "job_spec_stored": spec_stored, "checkpoints": rows}),
+    ))
+}
