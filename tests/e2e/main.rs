@@ -2,6 +2,7 @@
 //! `cutpoint` binary killed with SIGKILL and restored from storage.
 //! One test binary on purpose (the workspace links RocksDB once).
 
+mod api;
 mod binary;
 mod common;
 mod incremental;

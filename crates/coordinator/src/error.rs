@@ -7,6 +7,10 @@ use cutpoint_storage::StorageError;
 pub enum JobError {
     #[error("cannot restore: {0}")]
     Restore(String),
+    #[error(
+        "checkpoint {checkpoint} of job {job} has no _metadata: it never completed or was deleted"
+    )]
+    CheckpointNotFound { job: String, checkpoint: u64 },
     #[error("no restorable checkpoint of job {job} in storage{detail}")]
     NoCheckpoint { job: String, detail: String },
     #[error(transparent)]

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use cutpoint_core::{CheckpointId, CheckpointMetadata, JobId};
-use cutpoint_storage::CheckpointStorage;
+use cutpoint_storage::{CheckpointStorage, StorageError};
 
 use crate::JobError;
 
@@ -46,7 +46,12 @@ pub async fn resolve(
 ) -> Result<CheckpointMetadata, JobError> {
     match from {
         RestoreFrom::Checkpoint(id) => storage.read_metadata(job, id).await.map_err(|e| {
-            if e.is_data_error() {
+            if let StorageError::MetadataMissing { .. } = e {
+                JobError::CheckpointNotFound {
+                    job: job.to_string(),
+                    checkpoint: id.0,
+                }
+            } else if e.is_data_error() {
                 JobError::Restore(format!("checkpoint {id} of job {job}: {e}"))
             } else {
                 JobError::Storage(e)

@@ -141,7 +141,9 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::Storage(s) => s.into(),
-            JobError::NoCheckpoint { .. } => ApiError::not_found(e.to_string()),
+            JobError::NoCheckpoint { .. } | JobError::CheckpointNotFound { .. } => {
+                ApiError::not_found(e.to_string())
+            }
             JobError::Restore(_) => ApiError::new(ErrorKind::Data, e.to_string()),
             JobError::Cancelled | JobError::Failed { .. } => ApiError::conflict(e.to_string()),
             _ => ApiError::new(ErrorKind::Internal, e.to_string()),
