@@ -458,7 +458,7 @@ async fn bad_requests_get_problems_and_change_nothing() {
         ),
         (
             reqwest::Method::GET,
-            &"/v1/jobs/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "/v1/jobs/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             None,
             StatusCode::BAD_REQUEST,
         ),

@@ -124,7 +124,7 @@ async fn second_checkpoint_uploads_only_the_changed_fraction_and_both_restore() 
                     &rt,
                     &storage,
                     &job,
-                    &[state.clone()],
+                    std::slice::from_ref(&state),
                     state.key_group_range.unwrap(),
                     &dirs,
                     128,

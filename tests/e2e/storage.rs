@@ -188,7 +188,7 @@ async fn conformance(storage: &CheckpointStorage, location: &str, scratch: &std:
         .await
         .unwrap();
     storage
-        .delete_state_files(&job, &[h.path.clone()])
+        .delete_state_files(&job, std::slice::from_ref(&h.path))
         .await
         .unwrap();
     assert!(
