@@ -82,6 +82,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(body_limit, reject_oversized))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -96,6 +97,36 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Bodies read and discarded before a 413, so the client receives the
+/// answer instead of a connection reset (beyond this the connection drops).
+const DRAIN_CAP: usize = 16 * 1024 * 1024;
+
+/// Answers 413 (problem+json) to a request whose declared length exceeds
+/// the limit, after draining its body.
+async fn reject_oversized(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(n) if n > limit => {
+            let _ = axum::body::to_bytes(req.into_body(), DRAIN_CAP).await;
+            crate::ApiError::new(
+                crate::ErrorKind::TooLarge,
+                format!("request body of {n} bytes exceeds the limit of {limit} bytes"),
+            )
+            .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// Binds, reports the bound address through `bound`, and serves until
