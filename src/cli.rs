@@ -5,10 +5,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
-use cutpoint_core::{JobId, JobSpec, Key};
+use cutpoint_core::{CheckpointId, JobId, JobSpec, Key};
+
+use crate::client::{self, Client};
 use cutpoint_storage::faults::{FaultRule, FaultyStore};
 use cutpoint_storage::{CheckpointStorage, StorageLocation};
 use serde_json::json;
@@ -59,10 +61,23 @@ enum Command {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
-    /// Inspect checkpoints in storage.
+    /// Manage jobs on a server.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Inspect and manage checkpoints.
     Checkpoints {
         #[command(subcommand)]
         command: CheckpointsCommand,
+    },
+    /// Restart a job on a server from a checkpoint id (or `latest`).
+    Restore {
+        job: JobId,
+        #[arg(long)]
+        checkpoint: String,
+        #[command(flatten)]
+        server: ServerArgs,
     },
     /// Run the PV demo: failure injection, recovery, exact-count check.
     Demo {
@@ -82,18 +97,89 @@ enum Command {
     },
 }
 
+/// Where a client command finds the server.
+#[derive(clap::Args, Debug)]
+struct ServerArgs {
+    /// The server's URL (token from CUTPOINT_TOKEN).
+    #[arg(long, env = "CUTPOINT_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobsCommand {
+    /// Submit a job spec to the server.
+    Submit {
+        spec: PathBuf,
+        /// Restore from `latest` or a checkpoint id.
+        #[arg(long)]
+        restore_from: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// List the server's jobs.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one job.
+    Show {
+        job: JobId,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Cancel a running job.
+    Cancel {
+        job: JobId,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 enum CheckpointsCommand {
-    /// List the restorable checkpoints storage holds (newest first).
+    /// List the restorable checkpoints storage holds (newest first), from
+    /// storage directly (--checkpoint-dir) or through a server.
     List {
+        /// Read storage directly instead of asking a server.
         #[arg(long)]
-        checkpoint_dir: String,
+        checkpoint_dir: Option<String>,
         /// Only this job (default: every job in storage).
         #[arg(long)]
         job: Option<JobId>,
-        /// Print `{"checkpoints": [...]}` instead of a table.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Trigger a checkpoint of a running job.
+    Trigger {
+        job: JobId,
+        /// incremental or full (default: the job's).
+        #[arg(long = "type")]
+        checkpoint_type: Option<String>,
+        /// Wait until it completed or failed.
         #[arg(long)]
-        json: bool,
+        wait: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show one checkpoint with per-subtask detail.
+    Show {
+        job: JobId,
+        checkpoint: CheckpointId,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Delete a retained checkpoint.
+    Delete {
+        job: JobId,
+        checkpoint: CheckpointId,
+        /// Also when it is the only restorable one (stopped jobs).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -127,16 +213,111 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             serve(listen, &checkpoint_dir, work_dir, token_file).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Checkpoints {
-            command:
+        Command::Jobs { command } => {
+            match command {
+                JobsCommand::Submit {
+                    spec,
+                    restore_from,
+                    server,
+                } => {
+                    client::submit(
+                        &Client::new(&server.server)?,
+                        &spec,
+                        restore_from,
+                        server.json,
+                    )
+                    .await?
+                }
+                JobsCommand::List { server } => {
+                    client::jobs_list(&Client::new(&server.server)?, server.json).await?
+                }
+                JobsCommand::Show { job, server } => {
+                    client::job_show(&Client::new(&server.server)?, job.as_str(), server.json)
+                        .await?
+                }
+                JobsCommand::Cancel { job, server } => {
+                    client::job_cancel(&Client::new(&server.server)?, job.as_str(), server.json)
+                        .await?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Checkpoints { command } => {
+            match command {
                 CheckpointsCommand::List {
                     checkpoint_dir,
                     job,
-                    json,
-                },
+                    server,
+                } => {
+                    let rows = match checkpoint_dir {
+                        Some(dir) => storage_rows(&open_storage(&dir)?, job).await?,
+                        None => {
+                            client::storage_rows(
+                                &Client::new(&server.server)?,
+                                job.as_ref().map(|j| j.as_str()),
+                            )
+                            .await?
+                        }
+                    };
+                    print_checkpoint_rows(&rows, server.json)?;
+                }
+                CheckpointsCommand::Trigger {
+                    job,
+                    checkpoint_type,
+                    wait,
+                    server,
+                } => {
+                    client::trigger(
+                        &Client::new(&server.server)?,
+                        job.as_str(),
+                        checkpoint_type,
+                        wait,
+                        server.json,
+                    )
+                    .await?
+                }
+                CheckpointsCommand::Show {
+                    job,
+                    checkpoint,
+                    server,
+                } => {
+                    client::checkpoint_show(
+                        &Client::new(&server.server)?,
+                        job.as_str(),
+                        checkpoint.0,
+                        server.json,
+                    )
+                    .await?
+                }
+                CheckpointsCommand::Delete {
+                    job,
+                    checkpoint,
+                    force,
+                    server,
+                } => {
+                    client::checkpoint_delete(
+                        &Client::new(&server.server)?,
+                        job.as_str(),
+                        checkpoint.0,
+                        force,
+                    )
+                    .await?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            job,
+            checkpoint,
+            server,
         } => {
-            let storage = open_storage(&checkpoint_dir)?;
-            list_checkpoints(&storage, job, json).await?;
+            client::restore(
+                &Client::new(&server.server)?,
+                job.as_str(),
+                &checkpoint,
+                server.json,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo {
@@ -287,11 +468,11 @@ fn summary(spec: &JobSpec, o: &JobOutcome) -> serde_json::Value {
     })
 }
 
-async fn list_checkpoints(
+/// Storage listing rows for one job or every job in storage.
+async fn storage_rows(
     storage: &CheckpointStorage,
     job: Option<JobId>,
-    as_json: bool,
-) -> Result<()> {
+) -> Result<Vec<serde_json::Value>> {
     let jobs = match job {
         Some(j) => vec![j],
         None => storage.list_jobs().await?,
@@ -302,6 +483,10 @@ async fn list_checkpoints(
             rows.push(cutpoint_server::views::listing(job, &l));
         }
     }
+    Ok(rows)
+}
+
+fn print_checkpoint_rows(rows: &[serde_json::Value], as_json: bool) -> Result<()> {
     if as_json {
         println!(
             "{}",
@@ -310,9 +495,6 @@ async fn list_checkpoints(
         return Ok(());
     }
     if rows.is_empty() {
-        if jobs.is_empty() {
-            bail!("no jobs in storage");
-        }
         println!("no checkpoints");
         return Ok(());
     }

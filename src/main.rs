@@ -1,6 +1,7 @@
 //! The `cutpoint` command line: run a job, list its checkpoints, run the demo.
 
 mod cli;
+mod client;
 mod demo;
 
 use clap::Parser;

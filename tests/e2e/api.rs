@@ -566,3 +566,70 @@ fn non_loopback_bind_without_token_is_refused() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("without a token"));
 }
+
+#[test]
+fn cli_client_drives_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Server::start(&chk, Some("cli-token"));
+    let spec = dir.path().join("pv.json");
+    std::fs::write(
+        &spec,
+        pv("pv-cli", 50_000_000, 1_000, 200_000, json!({})).to_string(),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let o = Command::new(BIN)
+            .args(args)
+            .args(["--server", &server.url])
+            .env("CUTPOINT_TOKEN", "cli-token")
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["jobs", "submit", spec.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("submitted job pv-cli"), "{out}");
+    let (ok, out, err) = cli(&[
+        "checkpoints",
+        "trigger",
+        "pv-cli",
+        "--type",
+        "full",
+        "--wait",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("checkpoint 1: COMPLETED"), "{out}");
+    let (ok, out, _) = cli(&["checkpoints", "list", "--job", "pv-cli", "--json"]);
+    assert!(ok);
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows["checkpoints"][0]["checkpoint_id"], 1, "{rows}");
+    let (ok, out, _) = cli(&["checkpoints", "show", "pv-cli", "1"]);
+    assert!(ok);
+    assert!(out.contains("agg") && out.contains("COMPLETED"), "{out}");
+    let (ok, out, _) = cli(&["jobs", "list"]);
+    assert!(
+        ok && out.contains("pv-cli") && out.contains("RUNNING"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["restore", "pv-cli", "--checkpoint", "1"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("restarted from checkpoint 1"), "{out}");
+    let (ok, _, err) = cli(&["checkpoints", "show", "pv-cli", "999"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, out, err) = cli(&["jobs", "cancel", "pv-cli"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("CANCELLED"), "{out}");
+    // A wrong token is an error with the server's reason.
+    let o = Command::new(BIN)
+        .args(["jobs", "list", "--server", &server.url])
+        .env("CUTPOINT_TOKEN", "nope")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("401"));
+}

@@ -153,7 +153,12 @@ pub async fn restore_job(
         st.stop_job(&job).await?;
     }
     let entry = st.start_job(spec, Some(from)).await?;
-    Ok((StatusCode::ACCEPTED, Json(views::job(&entry))).into_response())
+    let mut body = views::job(&entry);
+    body["restoring_from"] = match from {
+        RestoreFrom::Latest => json!("latest"),
+        RestoreFrom::Checkpoint(id) => json!(id),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 // ---- checkpoints ------------------------------------------------------------
