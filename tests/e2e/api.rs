@@ -15,15 +15,15 @@ use crate::common::{assert_exact, expected_counts};
 const BIN: &str = env!("CARGO_BIN_EXE_cutpoint");
 
 /// A `cutpoint serve` process; killed (SIGKILL) when dropped.
-struct Server {
+pub struct Server {
     child: Child,
-    url: String,
+    pub url: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Server {
-    fn start(chk: &Path, token: Option<&str>) -> Server {
+    pub fn start(chk: &Path, token: Option<&str>) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--checkpoint-dir"])
             .arg(chk)
@@ -46,7 +46,7 @@ impl Server {
         }
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.url));
         match &self.token {
             Some(t) => r.bearer_auth(t),
@@ -72,7 +72,7 @@ impl Server {
     }
 
     /// Polls `path` until `pred` holds on the body.
-    async fn wait(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait(&self, path: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (s, v) = self.get(path).await;
@@ -100,7 +100,7 @@ impl Drop for Server {
     }
 }
 
-fn pv(job: &str, events: u64, keys: u64, rate: u64, extra: Value) -> Value {
+pub fn pv(job: &str, events: u64, keys: u64, rate: u64, extra: Value) -> Value {
     let mut v = json!({
         "job_id": job,
         "source": {"type": "generator", "partitions": 2, "events": events, "keys": keys, "seed": 42, "rate_per_s": rate},

@@ -5,6 +5,7 @@
 mod api;
 mod binary;
 mod common;
+mod contract;
 mod incremental;
 mod pipeline;
 mod storage;

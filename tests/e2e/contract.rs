@@ -1,0 +1,369 @@
+//! The OpenAPI document is the contract: every documented operation is
+//! exercised against the real server, and every response's status, content
+//! type and body must be documented for that operation (bodies validated
+//! against the schemas of `api/openapi.yaml` with a JSON Schema validator).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::api::{pv, Server};
+
+const DOC: &str = include_str!("../../api/openapi.yaml");
+
+struct Contract {
+    doc: Value,
+    seen: BTreeSet<(String, String)>,
+}
+
+impl Contract {
+    fn load() -> Self {
+        Self {
+            doc: serde_norway::from_str(DOC).expect("openapi.yaml parses"),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    fn resolve<'a>(&'a self, v: &'a Value) -> &'a Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => self
+                .doc
+                .pointer(r.trim_start_matches('#'))
+                .expect("$ref resolves"),
+            None => v,
+        }
+    }
+
+    /// Checks one response against the documented operation.
+    fn check(
+        &mut self,
+        method: &Method,
+        template: &str,
+        status: u16,
+        content_type: &str,
+        body: &str,
+    ) {
+        let op = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        assert!(op.is_object(), "{method} {template} is not documented");
+        self.seen
+            .insert((template.to_string(), method.as_str().to_lowercase()));
+        let resp = op["responses"].get(status.to_string()).unwrap_or_else(|| {
+            panic!("{method} {template}: status {status} is not documented: {body}")
+        });
+        let resp = self.resolve(resp);
+        let Some(content) = resp.get("content").and_then(Value::as_object) else {
+            assert!(
+                body.is_empty(),
+                "{method} {template} {status}: undocumented body {body}"
+            );
+            return;
+        };
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        let media = content.get(ct).unwrap_or_else(|| {
+            panic!("{method} {template} {status}: content type {ct} not documented")
+        });
+        if !ct.ends_with("json") {
+            return;
+        }
+        let instance: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{method} {template}: {e}: {body}"));
+        let schema = json!({ "components": self.doc["components"], "allOf": [media["schema"]] });
+        let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status}: {errors:?}\n{body}"
+        );
+    }
+
+    /// Every operation of the document was exercised.
+    fn assert_complete(&self) {
+        let mut missing = Vec::new();
+        for (path, ops) in self.doc["paths"].as_object().unwrap() {
+            for method in ops
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+            {
+                if !self.seen.contains(&(path.clone(), method.clone())) {
+                    missing.push(format!("{method} {path}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "operations never exercised: {missing:?}"
+        );
+    }
+}
+
+struct Driver<'a> {
+    server: &'a Server,
+    contract: Contract,
+}
+
+impl Driver<'_> {
+    async fn call(
+        &mut self,
+        method: Method,
+        template: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.server.req(method.clone(), path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap();
+        self.contract.check(&method, template, status, &ct, &text);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_matches_the_openapi_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Server::start(&chk, Some("contract"));
+    let mut d = Driver {
+        server: &server,
+        contract: Contract::load(),
+    };
+    let job = "/v1/jobs/{job_id}";
+    let cps = "/v1/jobs/{job_id}/checkpoints";
+    let one = "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}";
+
+    d.call(Method::GET, "/healthz", "/healthz", None).await;
+    d.call(Method::GET, "/readyz", "/readyz", None).await;
+    d.call(Method::GET, "/v1/openapi.yaml", "/v1/openapi.yaml", None)
+        .await;
+    let spec = pv(
+        "pv-c",
+        50_000_000,
+        1_000,
+        200_000,
+        json!({"external_tasks": ["ext"]}),
+    );
+    assert_eq!(
+        d.call(Method::POST, "/v1/jobs", "/v1/jobs", Some(spec.clone()))
+            .await
+            .0,
+        201
+    );
+    assert_eq!(
+        d.call(Method::POST, "/v1/jobs", "/v1/jobs", Some(spec))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        d.call(
+            Method::POST,
+            "/v1/jobs",
+            "/v1/jobs",
+            Some(json!({"job_id": 1}))
+        )
+        .await
+        .0,
+        400
+    );
+    d.call(Method::GET, "/v1/jobs", "/v1/jobs", None).await;
+    d.call(Method::GET, job, "/v1/jobs/pv-c", None).await;
+    assert_eq!(d.call(Method::GET, job, "/v1/jobs/none", None).await.0, 404);
+    d.call(
+        Method::GET,
+        "/v1/jobs/{job_id}/checkpoints/config",
+        "/v1/jobs/pv-c/checkpoints/config",
+        None,
+    )
+    .await;
+
+    // Three checkpoints: acked, declined, acked.
+    let job_dir = chk.join("jobs/pv-c");
+    let mut completed = Vec::new();
+    for (n, decline) in [(1u64, false), (2, true), (3, false)] {
+        let (s, t) = d
+            .call(
+                Method::POST,
+                cps,
+                "/v1/jobs/pv-c/checkpoints",
+                Some(json!({"type": "incremental"})),
+            )
+            .await;
+        assert_eq!((s, t["checkpoint_id"].as_u64()), (202, Some(n)), "{t}");
+        let (_, p) = d
+            .call(
+                Method::GET,
+                "/v1/jobs/{job_id}/checkpoints/pending",
+                &format!(
+                    "/v1/jobs/pv-c/checkpoints/pending?after={}&wait_ms=5000&task=ext",
+                    n - 1
+                ),
+                None,
+            )
+            .await;
+        let prefix = p["checkpoints"][0]["upload_prefix"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = format!("/v1/jobs/pv-c/checkpoints/{n}");
+        if decline {
+            let (s, _) = d
+                .call(
+                    Method::POST,
+                    "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/declines",
+                    &format!("{path}/declines"),
+                    Some(json!({"task": "ext", "reason": "test"})),
+                )
+                .await;
+            assert_eq!(s, 200);
+        } else {
+            std::fs::create_dir_all(job_dir.join(&prefix)).unwrap();
+            std::fs::write(job_dir.join(&prefix).join("s.bin"), b"x").unwrap();
+            let ack = json!({"task": "ext", "files": [{"path": format!("{prefix}s.bin"), "size": 1, "crc32c": 0}]});
+            let (s, _) = d
+                .call(
+                    Method::POST,
+                    "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/acks",
+                    &format!("{path}/acks"),
+                    Some(ack),
+                )
+                .await;
+            assert_eq!(s, 200);
+            completed.push(n);
+        }
+        server.wait(&path, |c| c["status"] != "IN_PROGRESS").await;
+        d.call(Method::GET, one, &path, None).await;
+    }
+    let bad_ack = json!({"task": "ext", "files": [{"path": "../x", "size": 1, "crc32c": 0}]});
+    assert_eq!(
+        d.call(
+            Method::POST,
+            "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/acks",
+            "/v1/jobs/pv-c/checkpoints/3/acks",
+            Some(bad_ack)
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        d.call(Method::GET, one, "/v1/jobs/pv-c/checkpoints/99", None)
+            .await
+            .0,
+        404
+    );
+    d.call(Method::GET, cps, "/v1/jobs/pv-c/checkpoints", None)
+        .await;
+    d.call(
+        Method::GET,
+        "/v1/jobs/{job_id}/checkpoints/latest",
+        "/v1/jobs/pv-c/checkpoints/latest",
+        None,
+    )
+    .await;
+    d.call(
+        Method::GET,
+        "/v1/jobs/{job_id}/checkpoints/latest",
+        "/v1/jobs/pv-c/checkpoints/latest?status=failed",
+        None,
+    )
+    .await;
+    d.call(Method::GET, "/metrics", "/metrics", None).await;
+
+    // Delete the older completed one; the newest is refused while running.
+    assert_eq!(
+        d.call(Method::DELETE, one, "/v1/jobs/pv-c/checkpoints/3", None)
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        d.call(Method::DELETE, one, "/v1/jobs/pv-c/checkpoints/1", None)
+            .await
+            .0,
+        204
+    );
+    d.call(Method::GET, "/v1/storage/jobs", "/v1/storage/jobs", None)
+        .await;
+    let (_, stored) = d
+        .call(
+            Method::GET,
+            "/v1/storage/jobs/{job_id}/checkpoints",
+            "/v1/storage/jobs/pv-c/checkpoints",
+            None,
+        )
+        .await;
+    assert_eq!(
+        stored["checkpoints"].as_array().unwrap().len(),
+        1,
+        "{stored}"
+    );
+
+    let (s, _) = d
+        .call(
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-c/restore",
+            Some(json!({"checkpoint_id": 3})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        d.call(
+            Method::POST,
+            "/v1/jobs/{job_id}/cancel",
+            "/v1/jobs/pv-c/cancel",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        d.call(
+            Method::POST,
+            "/v1/jobs/{job_id}/cancel",
+            "/v1/jobs/pv-c/cancel",
+            None
+        )
+        .await
+        .0,
+        409
+    );
+    d.contract.assert_complete();
+}
+
+#[test]
+#[should_panic(expected = "/v1/jobs 200")]
+fn contract_check_rejects_a_body_that_breaks_the_schema() {
+    let mut c = Contract::load();
+    c.check(
+        &Method::GET,
+        "/v1/jobs",
+        200,
+        "application/json",
+        r#"{"jobs": [{"job_id": "x", "state": "DANCING"}]}"#,
+    );
+}
+
+#[test]
+#[should_panic(expected = "not documented")]
+fn contract_check_rejects_an_undocumented_status() {
+    let mut c = Contract::load();
+    c.check(&Method::GET, "/healthz", 418, "application/json", "{}");
+}
