@@ -78,16 +78,14 @@ fn s(v: &Value) -> String {
 
 /// `key: value` lines for the scalar fields of an object.
 fn print_fields(v: &Value) {
+    let nested = |val: &Value| match val {
+        Value::Object(_) => true,
+        Value::Array(a) => a.iter().any(Value::is_object),
+        _ => false,
+    };
     if let Some(o) = v.as_object() {
-        for (k, val) in o {
-            if !val.is_object()
-                && !(val.is_array()
-                    && val
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|x| x.is_object())))
-            {
-                println!("{k:<28} {}", s(val));
-            }
+        for (k, val) in o.iter().filter(|(_, val)| !nested(val)) {
+            println!("{k:<28} {}", s(val));
         }
     }
 }
