@@ -22,7 +22,9 @@ use cutpoint_core::{
     now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SubtaskState, TaskId,
     METADATA_VERSION,
 };
-use cutpoint_runtime::{Barrier, Execution, ExecutionConfig, RuntimeError, TaskEvent};
+use cutpoint_runtime::{
+    Barrier, Execution, ExecutionConfig, RuntimeError, TaskCounters, TaskEvent,
+};
 use cutpoint_state::StateTable;
 use cutpoint_storage::CheckpointStorage;
 use serde::Serialize;
@@ -151,9 +153,23 @@ pub enum DeleteRefusal {
     NotRunning,
 }
 
+/// Live counters of the running attempt's tasks.
+type LiveCounters = Arc<Mutex<Option<Arc<[(TaskId, Arc<TaskCounters>)]>>>>;
+
+/// Records and offsets of one task of the running attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskProgress {
+    pub task: TaskId,
+    pub records: u64,
+    /// A source's current offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
 /// A cloneable handle to control and observe a running job.
 #[derive(Clone)]
 pub struct JobControl {
+    live: LiveCounters,
     commands: mpsc::Sender<Command>,
     status: watch::Receiver<JobStatus>,
     cancel: CancellationToken,
@@ -241,6 +257,23 @@ impl JobControl {
         self.status.changed().await.is_ok()
     }
 
+    /// Records and offsets of the running attempt's tasks (empty while
+    /// restarting or after the end).
+    pub fn progress(&self) -> Vec<TaskProgress> {
+        let live = self.live.lock().expect("live lock").clone();
+        live.map(|c| {
+            c.iter()
+                .map(|(task, c)| TaskProgress {
+                    task: task.clone(),
+                    records: c.records(),
+                    offset: (task.operator.as_str() == cutpoint_runtime::SOURCE_OPERATOR)
+                        .then(|| c.offset()),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     /// A copy of the job's checkpoint statistics.
     pub fn stats(&self) -> StatsBook {
         self.stats.lock().expect("stats lock").clone()
@@ -298,6 +331,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let (status_tx, status) = watch::channel(JobStatus::default());
     let cancel = CancellationToken::new();
     let stats = Arc::new(Mutex::new(StatsBook::default()));
+    let live: LiveCounters = Arc::new(Mutex::new(None));
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
         registry: SharedRegistry::new(),
@@ -308,10 +342,12 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         status: status_tx,
         cancel: cancel.clone(),
         stats: stats.clone(),
+        live: live.clone(),
     };
     let join = tokio::spawn(runner.run(cfg.restore_from));
     JobHandle {
         control: JobControl {
+            live,
             commands,
             status,
             cancel,
@@ -331,6 +367,7 @@ struct Runner {
     status: watch::Sender<JobStatus>,
     cancel: CancellationToken,
     stats: Arc<Mutex<StatsBook>>,
+    live: LiveCounters,
 }
 
 /// How one attempt ended.
@@ -446,6 +483,7 @@ impl Runner {
                 e => JobError::Internal(e.to_string()),
             })?;
             tracker.resume();
+            *self.live.lock().expect("live lock") = Some(exec.counters());
             self.status.send_modify(|s| {
                 s.state = JobState::Running;
                 s.attempt = attempt_no;
@@ -467,6 +505,7 @@ impl Runner {
             let end = self
                 .drive(&mut tracker, &mut attempt, events, &mut outcome)
                 .await;
+            *self.live.lock().expect("live lock") = None;
             outcome.checkpoints_completed = tracker.completed_count;
             outcome.checkpoints_failed = tracker.failed_count;
             match end {

@@ -26,7 +26,7 @@ pub mod tracker;
 pub use error::JobError;
 pub use job::{
     spawn_job, AckRejection, DeleteRefusal, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
-    JobStatus,
+    JobStatus, TaskProgress,
 };
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

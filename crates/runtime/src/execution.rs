@@ -19,7 +19,7 @@ use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Message, CHANNEL_CAPACITY};
-use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext};
+use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext, TaskCounters};
 use crate::worker::{AbortRegistry, WorkerSignal};
 use crate::{Barrier, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
 
@@ -45,6 +45,7 @@ pub struct Execution {
     cancel: CancellationToken,
     any_completed: Arc<AtomicBool>,
     tasks: Vec<TaskId>,
+    counters: Arc<[(TaskId, Arc<TaskCounters>)]>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -124,14 +125,18 @@ impl Execution {
 
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
+        let mut counters = Vec::new();
         let mut controls = Vec::new();
         for (s, outputs) in source_outputs.into_iter().enumerate() {
             let task = TaskId::new(&src_op, s as u32);
             let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
             controls.push(ctl_tx);
+            let c = Arc::new(TaskCounters::default());
+            counters.push((task.clone(), c.clone()));
             let t = SourceTask {
                 ctx: ctx.clone(),
                 task: task.clone(),
+                counters: c,
                 from: source_offsets[s],
                 outputs,
                 control: ctl_rx,
@@ -145,9 +150,12 @@ impl Execution {
             let (signal_tx, signals) = crossbeam_channel::unbounded();
             workers.push(signal_tx);
             let base = cfg.local_dir.join(format!("agg-{a}"));
+            let c = Arc::new(TaskCounters::default());
+            counters.push((task.clone(), c.clone()));
             let t = AggregateTask {
                 ctx: ctx.clone(),
                 task: task.clone(),
+                counters: c,
                 range: KeyGroupRange::for_subtask(spec.max_parallelism, aggs_n, a as u32),
                 restore: agg_states.clone(),
                 dirs: LocalDirs {
@@ -181,8 +189,14 @@ impl Execution {
             cancel,
             any_completed: ctx.any_completed.clone(),
             tasks,
+            counters: counters.into(),
             threads,
         })
+    }
+
+    /// Live counters of every task of this attempt.
+    pub fn counters(&self) -> Arc<[(TaskId, Arc<TaskCounters>)]> {
+        self.counters.clone()
     }
 
     /// Every task that must acknowledge a checkpoint.

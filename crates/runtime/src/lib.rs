@@ -33,6 +33,7 @@ mod worker;
 pub use error::RuntimeError;
 pub use events::{Barrier, TaskEvent};
 pub use execution::{Execution, ExecutionConfig};
+pub use task::TaskCounters;
 
 /// Operator id of the source tasks.
 pub const SOURCE_OPERATOR: &str = "source";

@@ -6,7 +6,7 @@
 //! input that has not ended; then the task snapshots "everything before
 //! barrier n" and unblocks all inputs. A task with one input never blocks.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,33 @@ pub(crate) struct TaskContext {
     pub any_completed: Arc<AtomicBool>,
 }
 
+/// Live counters of one task, read by the API while the job runs (one
+/// atomic update per batch, not per record).
+#[derive(Debug, Default)]
+pub struct TaskCounters {
+    records: AtomicU64,
+    offset: AtomicU64,
+}
+
+impl TaskCounters {
+    fn add(&self, records: u64, offset: Option<u64>) {
+        self.records.fetch_add(records, Ordering::Relaxed);
+        if let Some(o) = offset {
+            self.offset.store(o, Ordering::Relaxed);
+        }
+    }
+
+    /// Records read (sources) or processed (aggregates) by this attempt.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// A source's current offset (0 for other tasks).
+    pub fn offset(&self) -> u64 {
+        self.offset.load(Ordering::Relaxed)
+    }
+}
+
 /// Commands to a source task.
 #[derive(Debug)]
 pub(crate) enum SourceControl {
@@ -47,6 +74,7 @@ pub(crate) enum SourceControl {
 pub(crate) struct SourceTask {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
+    pub counters: Arc<TaskCounters>,
     pub from: Option<SourceOffset>,
     pub outputs: Vec<Sender<Message>>,
     pub control: Receiver<SourceControl>,
@@ -116,6 +144,8 @@ impl SourceTask {
             buf.clear();
             let more = reader.read_batch(&mut buf, read_size)?;
             records += buf.len() as u64;
+            self.counters
+                .add(buf.len() as u64, Some(reader.offset().offset));
             for record in buf.drain(..) {
                 let group = keygroup::key_group(record.key.stable_hash(), maxp);
                 let t = keygroup::subtask_for_group(group, maxp, targets) as usize;
@@ -155,6 +185,7 @@ impl SourceTask {
 pub(crate) struct AggregateTask {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
+    pub counters: Arc<TaskCounters>,
     pub range: KeyGroupRange,
     /// State of the old aggregate subtasks to restore from (empty: fresh).
     pub restore: Vec<SubtaskState>,
@@ -267,6 +298,7 @@ impl AggregateTask {
             match msg {
                 Message::Records(batch) => {
                     records += batch.len() as u64;
+                    self.counters.add(batch.len() as u64, None);
                     let mut failed = None;
                     for r in batch {
                         let v = table.add(r.key.clone(), r.value);

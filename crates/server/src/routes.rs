@@ -125,9 +125,60 @@ pub async fn get_job(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Valu
     Ok(Json(views::job(&known(&st, &job)?)))
 }
 
-pub async fn cancel_job(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRequest {
+    /// Take a final checkpoint first; if it fails the job keeps running.
+    #[serde(default)]
+    checkpoint: bool,
+    #[serde(rename = "type")]
+    checkpoint_type: Option<CheckpointType>,
+}
+
+pub async fn cancel_job(
+    State(st): S,
+    JobPath(job): JobPath,
+    OptionalJson(req): OptionalJson<CancelRequest>,
+) -> ApiResult<Json<Value>> {
+    let mut final_checkpoint = None;
+    if let Some(req) = req.filter(|r| r.checkpoint) {
+        let entry = st.running(&job)?;
+        let spec = entry.control.spec();
+        let t = req
+            .checkpoint_type
+            .unwrap_or(spec.checkpoint.checkpoint_type);
+        let deadline = Instant::now()
+            + Duration::from_millis(spec.checkpoint.timeout_ms)
+            + Duration::from_secs(1);
+        let id = entry.control.trigger_checkpoint(t).await?;
+        loop {
+            match entry
+                .control
+                .stats()
+                .get(id)
+                .map(|c| (c.status, c.failure_message.clone()))
+            {
+                Some((CheckpointStatus::Completed, _)) => break,
+                Some((CheckpointStatus::Failed, why)) => {
+                    return Err(ApiError::conflict(format!(
+                        "final checkpoint {id} failed ({}); the job keeps running",
+                        why.unwrap_or_default()
+                    )))
+                }
+                _ if Instant::now() > deadline => {
+                    return Err(ApiError::conflict(format!(
+                        "final checkpoint {id} did not complete; the job keeps running"
+                    )))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        final_checkpoint = Some(id);
+    }
     st.stop_job(&job).await?;
-    Ok(Json(views::job(&known(&st, &job)?)))
+    let mut body = views::job(&known(&st, &job)?);
+    body["final_checkpoint"] = json!(final_checkpoint);
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]

@@ -25,9 +25,28 @@ pub fn job(entry: &JobEntry) -> Value {
         .collect();
     tasks.extend((0..spec.parallelism).map(|i| format!("agg[{i}]")));
     tasks.extend(spec.external_tasks.iter().map(|t| format!("{t}[0]")));
+    let progress = entry.control.progress();
+    let sum = |op: &str| -> u64 {
+        progress
+            .iter()
+            .filter(|p| p.task.operator.as_str() == op)
+            .map(|p| p.records)
+            .sum()
+    };
+    let offsets: Vec<Value> = progress
+        .iter()
+        .filter_map(|p| {
+            p.offset
+                .map(|o| json!({"partition": p.task.subtask, "offset": o}))
+        })
+        .collect();
     json!({
         "job_id": spec.job_id,
         "state": state,
+        "records_in": sum("source"),
+        "records_out": sum("agg"),
+        "current_offsets": offsets,
+        "task_progress": progress,
         "start_timestamp": entry.start_timestamp,
         "parallelism": spec.parallelism,
         "max_parallelism": spec.max_parallelism,
