@@ -79,6 +79,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Benchmarks (see docs/benchmarks.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Run the PV demo: failure injection, recovery, exact-count check.
     Demo {
         /// Checkpoint storage (default: a temporary directory).
@@ -94,6 +99,21 @@ enum Command {
         /// Number of distinct keys (app ids).
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// The PV workload (K = 1M keys, N = 20M events; --quick: 100k / 2M).
+    Pv {
+        /// One variant (default: all, each in its own process).
+        #[arg(long, value_enum)]
+        variant: Option<crate::bench::Variant>,
+        #[arg(long)]
+        quick: bool,
+        /// Checkpoint interval (the reference runs use 1000).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
     },
 }
 
@@ -320,6 +340,14 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench {
+            command:
+                BenchCommand::Pv {
+                    variant,
+                    quick,
+                    interval_ms,
+                },
+        } => crate::bench::run(variant, quick, interval_ms).await,
         Command::Demo {
             checkpoint_dir,
             events,

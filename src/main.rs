@@ -1,5 +1,6 @@
 //! The `cutpoint` command line: run a job, list its checkpoints, run the demo.
 
+mod bench;
 mod cli;
 mod client;
 mod demo;

@@ -1,0 +1,208 @@
+//! `cutpoint bench pv`: the PV workload of the Flink reference runs, through
+//! the real job path, one JSON line per variant.
+//!
+//! Workload: generator with 2 partitions (event `i`: `app_id =
+//! splitmix64(42 + i·0x9E3779B97F4A7C15) mod K`), `key_by(app_id)`, keyed
+//! count, discard sink, parallelism 2, checkpoint every 1 s, retention 1;
+//! K = 1,000,000 and N = 20,000,000 (`--quick`: 100,000 and 2,000,000).
+//! Every key's final count is checked against a direct computation.
+//! Each variant runs in its own process so peak RSS is its own.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use cutpoint_coordinator::stats::CheckpointStats;
+use cutpoint_coordinator::{spawn_job, JobConfig};
+use cutpoint_core::spec::{AggregateSpec, InjectFailure, RestartConfig, SinkSpec, SourceSpec};
+use cutpoint_core::{CheckpointConfig, CheckpointType, JobId, JobSpec, Key};
+use cutpoint_runtime::source::generator_app_id;
+use serde_json::json;
+
+use crate::cli::{final_counts, open_storage};
+
+/// The benchmark variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// No checkpointing.
+    None,
+    /// Aligned exactly-once, incremental (the headline).
+    Aligned,
+    /// Aligned, full snapshots every time.
+    Full,
+    /// Aligned incremental to S3 (needs AWS_ENDPOINT_URL and S3_BUCKET).
+    S3,
+    /// Aligned incremental with a task failure at N/2; reports recovery.
+    Recovery,
+}
+
+impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant::None,
+        Variant::Aligned,
+        Variant::Full,
+        Variant::Recovery,
+        Variant::S3,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::None => "none",
+            Variant::Aligned => "aligned",
+            Variant::Full => "full",
+            Variant::S3 => "s3",
+            Variant::Recovery => "recovery",
+        }
+    }
+}
+
+/// Runs one variant here, or every variant in child processes.
+pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Result<ExitCode> {
+    let Some(variant) = variant else {
+        let exe = std::env::current_exe()?;
+        let mut ok = true;
+        for v in Variant::ALL {
+            if v == Variant::S3 && std::env::var("AWS_ENDPOINT_URL").is_err() {
+                eprintln!("bench: skipping s3 (AWS_ENDPOINT_URL not set)");
+                continue;
+            }
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args([
+                "bench",
+                "pv",
+                "--variant",
+                v.name(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+            ]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            ok &= cmd.status()?.success();
+        }
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
+    };
+    let (keys, events) = if quick {
+        (100_000, 2_000_000)
+    } else {
+        (1_000_000, 20_000_000)
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("cutpoint-bench-")
+        .tempdir()?;
+    let location = match variant {
+        Variant::S3 => {
+            let bucket = std::env::var("S3_BUCKET").context("S3_BUCKET is not set")?;
+            format!("s3://{bucket}/bench-{}", std::process::id())
+        }
+        _ => tmp.path().join("chk").display().to_string(),
+    };
+    let spec = JobSpec {
+        job_id: JobId::new(format!("bench-{}", variant.name()))?,
+        parallelism: 2,
+        max_parallelism: 128,
+        source: SourceSpec::Generator {
+            partitions: 2,
+            events,
+            keys,
+            seed: 42,
+            rate_per_s: None,
+        },
+        key_by: "app_id".into(),
+        aggregate: AggregateSpec::Count,
+        sink: SinkSpec::Discard,
+        checkpoint: CheckpointConfig {
+            interval_ms: (variant != Variant::None).then_some(interval_ms),
+            retention: 1,
+            checkpoint_type: if variant == Variant::Full {
+                CheckpointType::Full
+            } else {
+                CheckpointType::Incremental
+            },
+            ..Default::default()
+        },
+        restart: RestartConfig {
+            max_attempts: 1,
+            delay_ms: 0,
+        },
+        external_tasks: Vec::new(),
+        inject_failure: (variant == Variant::Recovery).then_some(InjectFailure {
+            subtask: 0,
+            after_records: events / 4,
+        }),
+    };
+    let handle = spawn_job(JobConfig {
+        spec,
+        storage: open_storage(&location)?,
+        restore_from: None,
+        local_dir: tmp.path().join("work"),
+    });
+    let control = handle.control();
+    let outcome = handle.join().await?;
+    let stats = control.stats();
+
+    let mut expected = vec![0i64; keys as usize];
+    for i in 0..events {
+        expected[generator_app_id(42, keys, i) as usize] += 1;
+    }
+    let actual = final_counts(&outcome);
+    let exact = actual.len() == expected.iter().filter(|c| **c > 0).count()
+        && expected
+            .iter()
+            .enumerate()
+            .all(|(k, c)| *c == 0 || actual.get(&Key::Int(k as i64)) == Some(c));
+    if variant == Variant::Recovery && outcome.restored_from.is_empty() {
+        bail!("the recovery variant did not restore from a checkpoint");
+    }
+
+    let done: Vec<&CheckpointStats> = stats.completed_entries().collect();
+    let pct = |f: fn(&CheckpointStats) -> u64, p: f64| -> Option<u64> {
+        let mut v: Vec<u64> = done.iter().map(|c| f(c)).collect();
+        v.sort_unstable();
+        (!v.is_empty()).then(|| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1])
+    };
+    let secs = outcome.duration.as_secs_f64();
+    let line = json!({
+        "variant": variant.name(),
+        "interval_ms": interval_ms,
+        "keys": keys,
+        "events": events,
+        "events_per_s": (events as f64 / secs).round(),
+        "duration_ms": outcome.duration.as_millis() as u64,
+        "checkpoints_completed": outcome.checkpoints_completed,
+        "checkpoints_failed": outcome.checkpoints_failed,
+        "e2e_duration_p50_ms": pct(|c| c.end_to_end_duration, 0.5),
+        "e2e_duration_p99_ms": pct(|c| c.end_to_end_duration, 0.99),
+        "e2e_duration_max_ms": pct(|c| c.end_to_end_duration, 1.0),
+        "sync_p50_ms": pct(|c| c.sync_duration, 0.5),
+        "sync_max_ms": pct(|c| c.sync_duration, 1.0),
+        "alignment_p50_ms": pct(|c| c.alignment_duration, 0.5),
+        "checkpointed_size_p50": pct(|c| c.checkpointed_size, 0.5),
+        "state_size_last": done.last().map(|c| c.state_size),
+        "restore_ms": outcome.restore_ms.first(),
+        "peak_rss_mb": peak_rss_mb(),
+        "exact": exact,
+    });
+    println!("{line}");
+    Ok(if exact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
