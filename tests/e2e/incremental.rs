@@ -16,18 +16,9 @@ use crate::common::*;
 
 fn agg_state(files: Vec<cutpoint_core::StateFile>) -> SubtaskState {
     SubtaskState {
-        task: TaskId::new(&OperatorId::new("agg").unwrap(), 0),
-        source_offset: None,
         key_group_range: Some(cutpoint_core::KeyGroupRange { start: 0, end: 127 }),
         files,
-        state_size: 0,
-        checkpointed_size: 0,
-        files_uploaded: 0,
-        files_reused: 0,
-        sync_duration_ms: 0,
-        async_duration_ms: 0,
-        alignment_duration_ms: 0,
-        ack_timestamp: 0,
+        ..SubtaskState::empty(TaskId::new(&OperatorId::new("agg").unwrap(), 0))
     }
 }
 

@@ -110,9 +110,6 @@ mod tests {
             parallelism: 1,
             max_parallelism: 128,
             subtasks: vec![SubtaskState {
-                task: TaskId::new(&OperatorId::new("agg").unwrap(), 0),
-                source_offset: None,
-                key_group_range: None,
                 files: shared
                     .iter()
                     .map(|s| StateFile {
@@ -128,14 +125,7 @@ mod tests {
                         crc32c: 0,
                     }))
                     .collect(),
-                state_size: 0,
-                checkpointed_size: 0,
-                files_uploaded: 0,
-                files_reused: 0,
-                sync_duration_ms: 0,
-                async_duration_ms: 0,
-                alignment_duration_ms: 0,
-                ack_timestamp: 0,
+                ..SubtaskState::empty(TaskId::new(&OperatorId::new("agg").unwrap(), 0))
             }],
         }
     }

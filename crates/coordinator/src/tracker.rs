@@ -386,20 +386,7 @@ mod tests {
     }
 
     fn ack(task: &TaskId) -> SubtaskState {
-        SubtaskState {
-            task: task.clone(),
-            source_offset: None,
-            key_group_range: None,
-            files: vec![],
-            state_size: 0,
-            checkpointed_size: 0,
-            files_uploaded: 0,
-            files_reused: 0,
-            sync_duration_ms: 0,
-            async_duration_ms: 0,
-            alignment_duration_ms: 0,
-            ack_timestamp: 0,
-        }
+        SubtaskState::empty(task.clone())
     }
 
     fn config() -> CheckpointConfig {

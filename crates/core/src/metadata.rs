@@ -65,6 +65,27 @@ pub struct SubtaskState {
     pub ack_timestamp: u64,
 }
 
+impl SubtaskState {
+    /// An acknowledgement of `task` with no state and zero statistics; fill
+    /// in what applies with struct update syntax.
+    pub fn empty(task: TaskId) -> Self {
+        Self {
+            task,
+            source_offset: None,
+            key_group_range: None,
+            files: Vec::new(),
+            state_size: 0,
+            checkpointed_size: 0,
+            files_uploaded: 0,
+            files_reused: 0,
+            sync_duration_ms: 0,
+            async_duration_ms: 0,
+            alignment_duration_ms: 0,
+            ack_timestamp: 0,
+        }
+    }
+}
+
 /// The complete record of one checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointMetadata {
@@ -152,9 +173,6 @@ mod tests {
             parallelism: 1,
             max_parallelism: 128,
             subtasks: vec![SubtaskState {
-                task: TaskId::new(&OperatorId::new("agg").unwrap(), 0),
-                source_offset: None,
-                key_group_range: None,
                 files: vec![StateFile {
                     path: path.into(),
                     local_name: "x.sst".into(),
@@ -164,11 +182,8 @@ mod tests {
                 state_size: 1,
                 checkpointed_size: 1,
                 files_uploaded: 1,
-                files_reused: 0,
-                sync_duration_ms: 0,
-                async_duration_ms: 0,
-                alignment_duration_ms: 0,
                 ack_timestamp: 2,
+                ..SubtaskState::empty(TaskId::new(&OperatorId::new("agg").unwrap(), 0))
             }],
         }
     }

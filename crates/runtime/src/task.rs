@@ -120,18 +120,9 @@ impl SourceTask {
                 let _ = ctx.events.send(TaskEvent::Ack {
                     checkpoint: barrier.id,
                     state: Box::new(SubtaskState {
-                        task: self.task.clone(),
                         source_offset: Some(reader.offset()),
-                        key_group_range: None,
-                        files: Vec::new(),
-                        state_size: 0,
-                        checkpointed_size: 0,
-                        files_uploaded: 0,
-                        files_reused: 0,
-                        sync_duration_ms: 0,
-                        async_duration_ms: 0,
-                        alignment_duration_ms: 0,
                         ack_timestamp: now_millis(),
+                        ..SubtaskState::empty(self.task.clone())
                     }),
                 });
                 for out in &self.outputs {

@@ -155,8 +155,6 @@ impl Worker {
                 TaskEvent::Ack {
                     checkpoint: id,
                     state: Box::new(SubtaskState {
-                        task: self.task.clone(),
-                        source_offset: None,
                         key_group_range: Some(self.range),
                         state_size: up.state_size(),
                         checkpointed_size: up.uploaded_bytes,
@@ -167,6 +165,7 @@ impl Worker {
                         async_duration_ms: started.elapsed().as_millis() as u64,
                         alignment_duration_ms: job.alignment_duration.as_millis() as u64,
                         ack_timestamp: now_millis(),
+                        ..SubtaskState::empty(self.task.clone())
                     }),
                 }
             }

@@ -514,18 +514,12 @@ pub async fn ack_checkpoint(
         .map(|f| f.size)
         .sum();
     let state = SubtaskState {
-        task: TaskId::new(&task, 0),
-        source_offset: None,
-        key_group_range: None,
         files_uploaded: files.len() as u32,
-        files_reused: 0,
         files,
         state_size: size,
         checkpointed_size: uploaded,
-        sync_duration_ms: 0,
-        async_duration_ms: 0,
-        alignment_duration_ms: 0,
         ack_timestamp: now_millis(),
+        ..SubtaskState::empty(TaskId::new(&task, 0))
     };
     entry.control.external_ack(id, state).await?;
     Ok(Json(
