@@ -46,6 +46,7 @@ pub async fn run(
         },
         restart: Default::default(),
         external_tasks: Vec::new(),
+        inject_barrier_delay: None,
         inject_failure: Some(InjectFailure {
             subtask: 0,
             after_records: events / 2 / parallelism as u64,

@@ -185,3 +185,83 @@ async fn one_declining_task_fails_the_whole_checkpoint() {
     job.cancel();
     let _ = job.join().await;
 }
+
+/// The source article's example: two partitions, two PV tasks, the barrier
+/// of partition 1 late. Returns (final counts, expected counts, records the
+/// restored checkpoint processed beyond the barrier).
+async fn article_scenario(
+    mode: &str,
+) -> (
+    std::collections::BTreeMap<cutpoint_core::Key, i64>,
+    std::collections::BTreeMap<cutpoint_core::Key, i64>,
+    u64,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let (events, keys) = (2_000_000, 1_000);
+    let spec = pv_spec(
+        &format!("article-{}", mode.replace('_', "-")),
+        events,
+        keys,
+        Some(1_000_000),
+        &format!(
+            r#","checkpoint":{{"interval_ms":null,"retention":10,"mode":"{mode}"}},
+               "inject_barrier_delay":{{"partition":1,"delay_ms":300}},
+               "inject_failure":{{"subtask":0,"after_records":1}}"#
+        ),
+    );
+    let job_id = spec.job_id.clone();
+    let mut job = spawn_job(JobConfig {
+        spec,
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let id = job
+        .trigger_checkpoint(CheckpointType::Incremental)
+        .await
+        .unwrap();
+    let outcome = job.join().await.unwrap();
+    assert_eq!(outcome.restored_from, vec![id], "{outcome:?}");
+    let meta = storage.read_metadata(&job_id, id).await.unwrap();
+    let beyond: u64 = meta.subtasks.iter().map(|s| s.records_beyond_barrier).sum();
+    (
+        final_counts(&outcome),
+        expected_counts(42, keys, events),
+        beyond,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn article_example_at_least_once_overcounts_by_the_records_beyond_the_barrier() {
+    let (actual, expected, beyond) = article_scenario("at_least_once").await;
+    assert!(
+        beyond > 0,
+        "the late barrier let records of partition 0 through"
+    );
+    let mut over = 0i64;
+    for (k, want) in &expected {
+        let got = actual[k];
+        assert!(
+            got >= *want,
+            "key {k}: {got} < {want}: at-least-once must never lose records"
+        );
+        over += got - want;
+    }
+    assert_eq!(actual.len(), expected.len());
+    assert!(over > 0, "some app is over-counted");
+    assert_eq!(
+        over as u64, beyond,
+        "the over-count is exactly the records processed beyond the barrier"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn article_example_exactly_once_is_exact() {
+    let (actual, expected, beyond) = article_scenario("exactly_once").await;
+    assert_eq!(beyond, 0, "aligned: nothing passes the barrier");
+    assert_exact(&actual, &expected);
+}

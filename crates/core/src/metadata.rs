@@ -59,9 +59,14 @@ pub struct SubtaskState {
     pub files_reused: u32,
     pub sync_duration_ms: u64,
     pub async_duration_ms: u64,
-    /// Time from trigger to the barrier reaching (all inputs of) this subtask.
+    /// Time from the first barrier on an input to the snapshot.
     #[serde(default)]
     pub alignment_duration_ms: u64,
+    /// Records processed after the barrier arrived on an early input and
+    /// before the snapshot (at-least-once mode only; 0 when aligned). They
+    /// are in this snapshot and are replayed after a restore from it.
+    #[serde(default)]
+    pub records_beyond_barrier: u64,
     pub ack_timestamp: u64,
 }
 
@@ -81,6 +86,7 @@ impl SubtaskState {
             sync_duration_ms: 0,
             async_duration_ms: 0,
             alignment_duration_ms: 0,
+            records_beyond_barrier: 0,
             ack_timestamp: 0,
         }
     }

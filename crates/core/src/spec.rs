@@ -39,6 +39,33 @@ pub struct JobSpec {
     /// Fault injection for demos and tests; absent in production specs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_failure: Option<InjectFailure>,
+    /// Test knob: one source partition waits this long after a trigger
+    /// before it injects the barrier (makes alignment observable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_barrier_delay: Option<BarrierDelay>,
+}
+
+/// Delays barrier injection on one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BarrierDelay {
+    pub partition: u32,
+    pub delay_ms: u64,
+}
+
+/// How a task with several inputs treats barriers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointingMode {
+    /// Aligned barriers: an input that delivered barrier `n` is not read
+    /// until every input did. After a restore every record counts once.
+    #[default]
+    ExactlyOnce,
+    /// No alignment: every input is read on; the task snapshots when the
+    /// last barrier `n` arrives. Records that came after the barrier on an
+    /// early input are in the snapshot *and* replayed after a restore, so
+    /// results can be too high, never too low.
+    AtLeastOnce,
 }
 
 fn default_parallelism() -> u32 {
@@ -156,6 +183,8 @@ pub struct CheckpointConfig {
     /// Type of the periodic checkpoints.
     #[serde(rename = "type")]
     pub checkpoint_type: CheckpointType,
+    /// Barrier handling: `exactly_once` (aligned) or `at_least_once`.
+    pub mode: CheckpointingMode,
     /// How often to delete what crashed writers left behind (also done at
     /// start); `null` = only at start. Objects younger than `timeout_ms`
     /// are always spared.
@@ -172,6 +201,7 @@ impl Default for CheckpointConfig {
             tolerable_failures: 3,
             retention: 3,
             checkpoint_type: CheckpointType::Incremental,
+            mode: CheckpointingMode::ExactlyOnce,
             orphan_sweep_interval_ms: Some(60_000),
         }
     }
@@ -281,6 +311,11 @@ impl JobSpec {
                 return bad(format!(
                     "external_tasks: {t:?} is taken (names must be unique and not source or agg)"
                 ));
+            }
+        }
+        if let Some(d) = &self.inject_barrier_delay {
+            if d.partition >= self.source_parallelism() {
+                return bad("inject_barrier_delay.partition must be a source partition".into());
             }
         }
         if let Some(f) = &self.inject_failure {

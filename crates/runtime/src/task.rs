@@ -5,6 +5,11 @@
 //! input channel, that channel is not read until barrier `n` arrived on every
 //! input that has not ended; then the task snapshots "everything before
 //! barrier n" and unblocks all inputs. A task with one input never blocks.
+//!
+//! At-least-once: no input is ever blocked; the task snapshots when the last
+//! barrier `n` arrived. Records read from an early input in between are in
+//! the snapshot and are counted (`records_beyond_barrier`): after a restore
+//! they are replayed, so they count twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 use cutpoint_core::metadata::SourceOffset;
-use cutpoint_core::spec::SourceSpec;
+use cutpoint_core::spec::{CheckpointingMode, SourceSpec};
 use cutpoint_core::{
     keygroup, now_millis, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
@@ -111,6 +116,13 @@ impl SourceTask {
         let started = Instant::now();
         loop {
             while let Ok(SourceControl::Trigger(barrier)) = self.control.try_recv() {
+                if let Some(d) = spec
+                    .inject_barrier_delay
+                    .as_ref()
+                    .filter(|d| d.partition == partition)
+                {
+                    std::thread::sleep(Duration::from_millis(d.delay_ms));
+                }
                 for (t, batch) in batches.iter_mut().enumerate() {
                     if !batch.is_empty() {
                         let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
@@ -185,11 +197,22 @@ pub(crate) struct AggregateTask {
     pub signals: Receiver<WorkerSignal>,
 }
 
-/// Alignment bookkeeping for the barrier in progress.
+/// Bookkeeping for the barrier in progress.
 struct Alignment {
     barrier: Option<Barrier>,
     first_arrival: Option<Instant>,
-    blocked: Vec<bool>,
+    /// Inputs that delivered the barrier.
+    arrived: Vec<bool>,
+    /// Aligned mode: arrived inputs are not read until all arrived.
+    block: bool,
+    /// Records read from inputs after their barrier (at-least-once mode).
+    beyond: u64,
+}
+
+impl Alignment {
+    fn readable(&self, input: usize) -> bool {
+        !(self.block && self.arrived[input])
+    }
 }
 
 impl AggregateTask {
@@ -245,7 +268,9 @@ impl AggregateTask {
         let mut align = Alignment {
             barrier: None,
             first_arrival: None,
-            blocked: vec![false; n],
+            arrived: vec![false; n],
+            block: ctx.spec.checkpoint.mode == CheckpointingMode::ExactlyOnce,
+            beyond: 0,
         };
         let inject = ctx
             .spec
@@ -261,7 +286,7 @@ impl AggregateTask {
             let mut sel = Select::new();
             let mut index = Vec::with_capacity(n);
             for (i, rx) in self.inputs.iter().enumerate() {
-                if !ended[i] && !align.blocked[i] {
+                if !ended[i] && align.readable(i) {
                     sel.recv(rx);
                     index.push(i);
                 }
@@ -289,6 +314,10 @@ impl AggregateTask {
             match msg {
                 Message::Records(batch) => {
                     records += batch.len() as u64;
+                    if align.arrived[i] {
+                        // Read after this input's barrier: at-least-once only.
+                        align.beyond += batch.len() as u64;
+                    }
                     self.counters.add(batch.len() as u64, None);
                     let mut failed = None;
                     for r in batch {
@@ -319,13 +348,13 @@ impl AggregateTask {
                         align.barrier = Some(b);
                         align.first_arrival = Some(Instant::now());
                     }
-                    align.blocked[i] = true;
+                    align.arrived[i] = true;
                 }
                 Message::EndOfStream => ended[i] = true,
             }
-            // Aligned: snapshot once every live input delivered the barrier.
+            // Snapshot once every live input delivered the barrier.
             if let Some(barrier) = align.barrier {
-                if (0..n).all(|j| align.blocked[j] || ended[j]) {
+                if (0..n).all(|j| align.arrived[j] || ended[j]) {
                     let alignment = align.first_arrival.map(|t| t.elapsed()).unwrap_or_default();
                     let t0 = Instant::now();
                     let delta = table.freeze();
@@ -337,13 +366,15 @@ impl AggregateTask {
                         delta,
                         sync_duration: t0.elapsed(),
                         alignment_duration: alignment,
+                        records_beyond_barrier: align.beyond,
                     };
                     if snap_tx.send(job).is_err() {
                         break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                     }
                     align.barrier = None;
                     align.first_arrival = None;
-                    align.blocked.iter_mut().for_each(|b| *b = false);
+                    align.beyond = 0;
+                    align.arrived.iter_mut().for_each(|b| *b = false);
                 }
             }
         };

@@ -62,6 +62,7 @@ pub(crate) struct SnapshotJob {
     pub delta: FrozenDelta,
     pub sync_duration: Duration,
     pub alignment_duration: Duration,
+    pub records_beyond_barrier: u64,
 }
 
 /// Coordinator notifications to a worker.
@@ -164,6 +165,7 @@ impl Worker {
                         sync_duration_ms: job.sync_duration.as_millis() as u64,
                         async_duration_ms: started.elapsed().as_millis() as u64,
                         alignment_duration_ms: job.alignment_duration.as_millis() as u64,
+                        records_beyond_barrier: job.records_beyond_barrier,
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),

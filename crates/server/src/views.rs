@@ -171,7 +171,7 @@ pub fn latest(stats: &StatsBook) -> Value {
 pub fn config(spec: &JobSpec) -> Value {
     let c: &CheckpointConfig = &spec.checkpoint;
     json!({
-        "mode": "exactly_once",
+        "mode": c.mode,
         "interval": c.interval_ms,
         "timeout": c.timeout_ms,
         "min_pause": c.min_pause_ms,
