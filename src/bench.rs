@@ -143,6 +143,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         inject_failure: (variant == Variant::Recovery).then_some(InjectFailure {
             subtask: 0,
             after_records: events / 4,
+            after_completed_checkpoint: true,
         }),
     };
     let handle = spawn_job(JobConfig {

@@ -50,6 +50,7 @@ pub async fn run(
         inject_failure: Some(InjectFailure {
             subtask: 0,
             after_records: events / 2 / parallelism as u64,
+            after_completed_checkpoint: true,
         }),
     };
     spec.validate()?;

@@ -37,6 +37,16 @@ pub struct SourceOffset {
     pub bad_records: u64,
 }
 
+/// A sink transaction pre-committed on a barrier: committed when its
+/// checkpoint (or a later one) completes, or when a restore from a
+/// checkpoint that lists it recovers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTransaction {
+    pub checkpoint: CheckpointId,
+    /// The sink's handle for it (a staging file name).
+    pub handle: String,
+}
+
 /// What one subtask acknowledged for a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskState {
@@ -67,6 +77,9 @@ pub struct SubtaskState {
     /// are in this snapshot and are replayed after a restore from it.
     #[serde(default)]
     pub records_beyond_barrier: u64,
+    /// Sink transactions pre-committed and not yet known to be committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_transactions: Vec<PendingTransaction>,
     pub ack_timestamp: u64,
 }
 
@@ -87,6 +100,7 @@ impl SubtaskState {
             async_duration_ms: 0,
             alignment_duration_ms: 0,
             records_beyond_barrier: 0,
+            pending_transactions: Vec::new(),
             ack_timestamp: 0,
         }
     }

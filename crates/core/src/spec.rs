@@ -143,6 +143,11 @@ pub enum SinkSpec {
     /// One JSON line per update, in `{dir}/part-{subtask}.jsonl` (appended;
     /// not transactional, so a restore can repeat updates).
     File { dir: PathBuf },
+    /// Two-phase commit: updates of one checkpoint epoch go to a staging
+    /// file, pre-committed (flushed, fsynced, recorded in the snapshot) on
+    /// the barrier and committed (renamed to `part-{subtask}-{checkpoint}.jsonl`)
+    /// when the checkpoint completes. Output is exactly-once.
+    TransactionalFile { dir: PathBuf },
 }
 
 /// Incremental uploads only what changed; full is self-contained.
@@ -233,6 +238,15 @@ pub struct InjectFailure {
     #[serde(default)]
     pub subtask: u32,
     pub after_records: u64,
+    /// Wait for a completed checkpoint (default) or only for this task's
+    /// first snapshot (then the failure can fall between a sink's
+    /// pre-commit and its commit).
+    #[serde(default = "yes")]
+    pub after_completed_checkpoint: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl JobSpec {

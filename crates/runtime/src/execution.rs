@@ -41,6 +41,7 @@ pub struct ExecutionConfig {
 pub struct Execution {
     sources: Vec<Sender<SourceControl>>,
     workers: Vec<Sender<WorkerSignal>>,
+    commits: Vec<Sender<CheckpointId>>,
     aborts: Arc<AbortRegistry>,
     cancel: CancellationToken,
     any_completed: Arc<AtomicBool>,
@@ -145,10 +146,13 @@ impl Execution {
             tasks.push(task);
         }
         let mut workers = Vec::new();
+        let mut commit_senders = Vec::new();
         for (a, inputs) in agg_inputs.into_iter().enumerate() {
             let task = TaskId::new(&agg_op, a as u32);
             let (signal_tx, signals) = crossbeam_channel::unbounded();
             workers.push(signal_tx);
+            let (commit_tx, commits) = crossbeam_channel::unbounded();
+            commit_senders.push(commit_tx);
             let base = cfg.local_dir.join(format!("agg-{a}"));
             let c = Arc::new(TaskCounters::default());
             counters.push((task.clone(), c.clone()));
@@ -164,6 +168,7 @@ impl Execution {
                 },
                 inputs,
                 signals,
+                commits,
             };
             let events = ctx.events.clone();
             let id = task.clone();
@@ -185,6 +190,7 @@ impl Execution {
         Ok(Self {
             sources: controls,
             workers,
+            commits: commit_senders,
             aborts: ctx.aborts.clone(),
             cancel,
             any_completed: ctx.any_completed.clone(),
@@ -224,6 +230,9 @@ impl Execution {
         self.aborts.forget_below(id);
         for w in &self.workers {
             let _ = w.send(WorkerSignal::Completed(id));
+        }
+        for c in &self.commits {
+            let _ = c.send(id);
         }
     }
 

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
-use cutpoint_core::metadata::SourceOffset;
+use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
 use cutpoint_core::spec::{CheckpointingMode, SourceSpec};
 use cutpoint_core::{
-    keygroup, now_millis, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
+    keygroup, now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
 use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
 use cutpoint_storage::CheckpointStorage;
@@ -195,6 +195,8 @@ pub(crate) struct AggregateTask {
     pub dirs: LocalDirs,
     pub inputs: Vec<Receiver<Message>>,
     pub signals: Receiver<WorkerSignal>,
+    /// Completed checkpoints, for the sink's commits.
+    pub commits: Receiver<CheckpointId>,
 }
 
 /// Bookkeeping for the barrier in progress.
@@ -242,7 +244,13 @@ impl AggregateTask {
             mut table,
             confirmed,
         } = state;
-        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0)?;
+        let pending: &[PendingTransaction] = self
+            .restore
+            .iter()
+            .find(|s| s.task.subtask == self.task.subtask)
+            .map(|s| s.pending_transactions.as_slice())
+            .unwrap_or(&[]);
+        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, ctx.attempt, pending)?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
         let worker = Worker {
             ctx: ctx.clone(),
@@ -276,10 +284,17 @@ impl AggregateTask {
             .spec
             .inject_failure
             .as_ref()
-            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
-            .map(|f| f.after_records);
+            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
         let mut records: u64 = 0;
+        let mut snapshots: u64 = 0;
         let result = loop {
+            if let Err(e) = self
+                .commits
+                .try_iter()
+                .try_for_each(|id| sink.checkpoint_complete(id))
+            {
+                break Err(e);
+            }
             if ended.iter().all(|e| *e) {
                 break Ok(());
             }
@@ -330,8 +345,13 @@ impl AggregateTask {
                     if let Some(e) = failed {
                         break Err(e);
                     }
-                    if let Some(after) = inject {
-                        if records >= after && ctx.any_completed.load(Ordering::SeqCst) {
+                    if let Some(f) = inject {
+                        let ready = if f.after_completed_checkpoint {
+                            ctx.any_completed.load(Ordering::SeqCst)
+                        } else {
+                            snapshots > 0
+                        };
+                        if records >= f.after_records && ready {
                             break Err(RuntimeError::Injected);
                         }
                     }
@@ -358,15 +378,18 @@ impl AggregateTask {
                     let alignment = align.first_arrival.map(|t| t.elapsed()).unwrap_or_default();
                     let t0 = Instant::now();
                     let delta = table.freeze();
-                    if let Err(e) = sink.flush() {
-                        break Err(e);
-                    }
+                    let pending_transactions = match sink.snapshot(barrier.id) {
+                        Ok(p) => p,
+                        Err(e) => break Err(e),
+                    };
+                    snapshots += 1;
                     let job = SnapshotJob {
                         barrier,
                         delta,
                         sync_duration: t0.elapsed(),
                         alignment_duration: alignment,
                         records_beyond_barrier: align.beyond,
+                        pending_transactions,
                     };
                     if snap_tx.send(job).is_err() {
                         break Err(RuntimeError::Internal("snapshot worker stopped".into()));
@@ -381,7 +404,7 @@ impl AggregateTask {
         drop(snap_tx);
         let worker_result = worker_thread.join();
         result?;
-        sink.flush()?;
+        sink.finish()?;
         match worker_result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e.into()),

@@ -63,6 +63,7 @@ pub(crate) struct SnapshotJob {
     pub sync_duration: Duration,
     pub alignment_duration: Duration,
     pub records_beyond_barrier: u64,
+    pub pending_transactions: Vec<cutpoint_core::metadata::PendingTransaction>,
 }
 
 /// Coordinator notifications to a worker.
@@ -166,6 +167,7 @@ impl Worker {
                         async_duration_ms: started.elapsed().as_millis() as u64,
                         alignment_duration_ms: job.alignment_duration.as_millis() as u64,
                         records_beyond_barrier: job.records_beyond_barrier,
+                        pending_transactions: job.pending_transactions,
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),
