@@ -109,6 +109,45 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// Sends a request that waits for a checkpoint, acks that checkpoint as
+    /// the external task `ext` meanwhile, and returns the answer.
+    async fn concurrent_with_ext_ack(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        after: u64,
+    ) -> (u16, String) {
+        let mut r = self.server.req(method, path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let pending_request = tokio::spawn(r.send());
+        let (_, p) = self
+            .call(
+                Method::GET,
+                "/v1/jobs/{job_id}/checkpoints/pending",
+                &format!("/v1/jobs/pv-c/checkpoints/pending?after={after}&wait_ms=5000&task=ext"),
+                None,
+            )
+            .await;
+        let n = p["checkpoints"][0]["checkpoint_id"]
+            .as_u64()
+            .expect("a checkpoint is pending");
+        let (s, _) = self
+            .call(
+                Method::POST,
+                "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/acks",
+                &format!("/v1/jobs/pv-c/checkpoints/{n}/acks"),
+                Some(json!({"task": "ext", "files": []})),
+            )
+            .await;
+        assert_eq!(s, 200);
+        let resp = pending_request.await.unwrap().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap())
+    }
+
     async fn call(
         &mut self,
         method: Method,
@@ -283,7 +322,6 @@ async fn every_operation_matches_the_openapi_contract() {
     )
     .await;
     d.call(Method::GET, "/metrics", "/metrics", None).await;
-
     // Delete the older completed one; the newest is refused while running.
     assert_eq!(
         d.call(Method::DELETE, one, "/v1/jobs/pv-c/checkpoints/3", None)
@@ -323,17 +361,47 @@ async fn every_operation_matches_the_openapi_contract() {
         .await;
     assert_eq!(s, 202);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        d.call(
-            Method::POST,
-            "/v1/jobs/{job_id}/cancel",
-            "/v1/jobs/pv-c/cancel",
-            None
-        )
-        .await
-        .0,
-        200
+    let (_, j) = d.call(Method::GET, job, "/v1/jobs/pv-c", None).await;
+    assert!(j["records_in"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["current_offsets"].as_array().unwrap().len(), 2, "{j}");
+
+    // A savepoint (checkpoint 4, full); the external task acks it too.
+    let (status, text) = d
+        .concurrent_with_ext_ack(Method::POST, "/v1/jobs/pv-c/savepoints", None, 3)
+        .await;
+    d.contract.check(
+        &Method::POST,
+        "/v1/jobs/{job_id}/savepoints",
+        status,
+        "application/json",
+        &text,
     );
+    assert_eq!(status, 201, "{text}");
+    let (_, sps) = d
+        .call(Method::GET, "/v1/savepoints", "/v1/savepoints", None)
+        .await;
+    assert_eq!(sps["savepoints"][0]["savepoint_id"], "pv-c-4", "{sps}");
+
+    // Stop with a final checkpoint (5), acked by the external task as well.
+    let (status, text) = d
+        .concurrent_with_ext_ack(
+            Method::POST,
+            "/v1/jobs/pv-c/cancel",
+            Some(json!({"checkpoint": true, "type": "full"})),
+            4,
+        )
+        .await;
+    d.contract.check(
+        &Method::POST,
+        "/v1/jobs/{job_id}/cancel",
+        status,
+        "application/json",
+        &text,
+    );
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["final_checkpoint"], 5, "{body}");
+    assert_eq!(body["result"]["state"], "CANCELLED", "{body}");
     assert_eq!(
         d.call(
             Method::POST,

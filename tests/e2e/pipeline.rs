@@ -403,3 +403,71 @@ async fn plain_file_sink_repeats_updates_after_a_restore() {
         assert_eq!(updates[k].iter().max(), Some(want));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoint_outlives_retention_and_restores_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for location in locations(dir.path(), "savepoint") {
+        let storage = storage_at(&location);
+        let (events, keys) = (2_000_000, 10_000);
+        let spec = pv_spec(
+            "pv-sp",
+            events,
+            keys,
+            Some(1_000_000),
+            r#","checkpoint":{"interval_ms":100,"retention":1}"#,
+        );
+        let mut job = spawn_job(JobConfig {
+            spec: spec.clone(),
+            storage: storage.clone(),
+            restore_from: None,
+            local_dir: dir.path().join("work"),
+        });
+        job.wait_for(|s| s.checkpoints_completed >= 1).await;
+        let sp = job.trigger_savepoint().await.expect("savepoint");
+        // Retention 1: let several newer checkpoints subsume the one copied.
+        let after = sp.checkpoint_id.0 + 3;
+        job.wait_for(|s| s.latest_completed.is_some_and(|c| c.0 >= after))
+            .await;
+        job.cancel();
+        let _ = job.join().await;
+        let job_id = spec.job_id.clone();
+        let listed: Vec<_> = storage
+            .list_checkpoints(&job_id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| l.checkpoint_id)
+            .collect();
+        assert!(
+            !listed.contains(&sp.checkpoint_id),
+            "retention deleted the checkpoint: {listed:?}"
+        );
+        let stored = storage.list_savepoints().await.unwrap();
+        assert_eq!(stored.len(), 1, "{location}");
+        assert!(stored[0].1.is_ok());
+
+        let from: cutpoint_coordinator::RestoreFrom =
+            format!("savepoint:{}", sp.savepoint_id).parse().unwrap();
+        let outcome = spawn_job(JobConfig {
+            spec,
+            storage: storage.clone(),
+            restore_from: Some(from),
+            local_dir: dir.path().join("work2"),
+        })
+        .join()
+        .await
+        .unwrap();
+        assert_eq!(outcome.restored_from.len(), 1, "{location}");
+        assert!(
+            outcome.restored_from[0] > *listed.iter().max().unwrap(),
+            "imported as a new checkpoint id"
+        );
+        assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+        assert_eq!(
+            storage.list_savepoints().await.unwrap().len(),
+            1,
+            "the savepoint stays"
+        );
+    }
+}

@@ -11,6 +11,8 @@ pub enum JobError {
         "checkpoint {checkpoint} of job {job} has no _metadata: it never completed or was deleted"
     )]
     CheckpointNotFound { job: String, checkpoint: u64 },
+    #[error("savepoint {0} does not exist (no _metadata under savepoints/{0}/)")]
+    SavepointNotFound(String),
     #[error("no restorable checkpoint of job {job} in storage{detail}")]
     NoCheckpoint { job: String, detail: String },
     #[error(transparent)]

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cutpoint_core::{
-    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SubtaskState, TaskId,
-    METADATA_VERSION,
+    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SavepointId,
+    SubtaskState, TaskId, METADATA_VERSION,
 };
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, RuntimeError, TaskCounters, TaskEvent,
@@ -125,6 +125,18 @@ enum Command {
         force: bool,
         reply: oneshot::Sender<Result<(), DeleteRefusal>>,
     },
+    TriggerSavepoint {
+        reply: oneshot::Sender<Result<SavepointInfo, String>>,
+    },
+}
+
+/// A savepoint that was taken.
+#[derive(Debug, Clone, Serialize)]
+pub struct SavepointInfo {
+    pub savepoint_id: SavepointId,
+    /// The (full) checkpoint it was copied from.
+    pub checkpoint_id: CheckpointId,
+    pub external_path: String,
 }
 
 /// Why an external task's ack or decline was not applied.
@@ -227,6 +239,14 @@ impl JobControl {
         })
         .await
         .unwrap_or(Err(AckRejection::NotRunning))
+    }
+
+    /// Takes a savepoint: a full checkpoint, copied to `savepoints/` when it
+    /// completes (self-contained, never deleted by retention).
+    pub async fn trigger_savepoint(&self) -> Result<SavepointInfo, String> {
+        self.ask(|reply| Command::TriggerSavepoint { reply })
+            .await
+            .unwrap_or_else(|| Err("the job ended".into()))
     }
 
     /// Deletes a retained checkpoint (and the shared files only it used).
@@ -335,6 +355,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
         registry: SharedRegistry::new(),
+        savepoints: Default::default(),
         spec: spec.clone(),
         storage: cfg.storage,
         local_dir: cfg.local_dir,
@@ -360,6 +381,8 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
 
 struct Runner {
     registry: SharedRegistry,
+    savepoints:
+        std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,
     local_dir: PathBuf,
@@ -419,7 +442,7 @@ impl Runner {
         let started = Instant::now();
         self.storage.write_job_spec(&self.spec).await?;
         let mut restore = match restore_from {
-            Some(from) => Some(Arc::new(restore::resolve(&self.storage, &job, from).await?)),
+            Some(from) => Some(Arc::new(restore::prepare(&self.storage, &job, from).await?)),
             None => None,
         };
         let existing_max = self.storage.checkpoint_dirs(&job).await?.last().copied();
@@ -671,6 +694,17 @@ impl Runner {
                             let _ = reply.send(self.delete_retained(tracker, id, force).await);
                             None
                         }
+                        Command::TriggerSavepoint { reply } => {
+                            match self.trigger(tracker, attempt, false, CheckpointType::Full) {
+                                Ok(id) => {
+                                    self.savepoints.insert(id, reply);
+                                }
+                                Err(e) => {
+                                    let _ = reply.send(Err(e.to_string()));
+                                }
+                            }
+                            None
+                        }
                     };
                     if let Some(reason) = fail {
                         return self.end_failed(tracker, attempt, reason, false).await;
@@ -880,6 +914,22 @@ impl Runner {
             s.checkpoints_completed = tracker.completed_count;
             s.latest_completed = Some(p.id);
         });
+        if let Some(reply) = self.savepoints.remove(&p.id) {
+            // Copy before retention can subsume the checkpoint.
+            let sp = SavepointId::new(format!("{job}-{}", p.id.0)).expect("valid savepoint id");
+            let r = self
+                .storage
+                .create_savepoint(&meta, &sp)
+                .await
+                .map(|external_path| SavepointInfo {
+                    savepoint_id: sp.clone(),
+                    checkpoint_id: p.id,
+                    external_path,
+                })
+                .map_err(|e| format!("copying checkpoint {} to savepoint {sp}: {e}", p.id));
+            tracing::info!(job = %job, savepoint = %sp, ok = r.is_ok(), "savepoint");
+            let _ = reply.send(r);
+        }
         for a in done.aborted {
             let _ = self.discard(tracker, attempt, a).await;
         }
@@ -918,6 +968,9 @@ impl Runner {
         }
         self.clean_up(tracker, a.id, &a.files).await;
         self.stats_mut().failed(a.id, now_millis(), message.clone());
+        if let Some(reply) = self.savepoints.remove(&a.id) {
+            let _ = reply.send(Err(format!("checkpoint {} failed: {message}", a.id)));
+        }
         self.status.send_modify(|s| {
             s.checkpoints_failed = tracker.failed_count;
             if a.reason.counts_as_failure() {

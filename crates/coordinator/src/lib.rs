@@ -26,7 +26,7 @@ pub mod tracker;
 pub use error::JobError;
 pub use job::{
     spawn_job, AckRejection, DeleteRefusal, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
-    JobStatus, TaskProgress,
+    JobStatus, SavepointInfo, TaskProgress,
 };
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

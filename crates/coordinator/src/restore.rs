@@ -3,18 +3,20 @@
 use std::fmt;
 use std::str::FromStr;
 
-use cutpoint_core::{CheckpointId, CheckpointMetadata, JobId};
+use cutpoint_core::{CheckpointId, CheckpointMetadata, JobId, SavepointId};
 use cutpoint_storage::{CheckpointStorage, StorageError};
 
 use crate::JobError;
 
 /// Which checkpoint a restore starts from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestoreFrom {
     /// The newest checkpoint whose metadata verifies.
     Latest,
     /// Exactly this checkpoint (no fallback).
     Checkpoint(CheckpointId),
+    /// A savepoint (imported as a new checkpoint of the job first).
+    Savepoint(SavepointId),
 }
 
 impl FromStr for RestoreFrom {
@@ -23,9 +25,14 @@ impl FromStr for RestoreFrom {
         if s == "latest" {
             return Ok(RestoreFrom::Latest);
         }
+        if let Some(sp) = s.strip_prefix("savepoint:") {
+            return SavepointId::new(sp)
+                .map(RestoreFrom::Savepoint)
+                .map_err(|e| e.to_string());
+        }
         s.parse::<CheckpointId>()
             .map(RestoreFrom::Checkpoint)
-            .map_err(|_| format!("expected `latest` or a checkpoint id, got {s:?}"))
+            .map_err(|_| format!("expected `latest`, a checkpoint id or `savepoint:ID`, got {s:?}"))
     }
 }
 
@@ -34,11 +41,48 @@ impl fmt::Display for RestoreFrom {
         match self {
             RestoreFrom::Latest => f.write_str("latest"),
             RestoreFrom::Checkpoint(id) => write!(f, "{id}"),
+            RestoreFrom::Savepoint(id) => write!(f, "savepoint:{id}"),
         }
     }
 }
 
-/// Reads and verifies the metadata of the checkpoint to restore.
+/// Makes the restore point a checkpoint of `job` and returns its metadata:
+/// a savepoint is imported as checkpoint `max(existing) + 1`; checkpoints
+/// are resolved as by [`resolve`].
+pub async fn prepare(
+    storage: &CheckpointStorage,
+    job: &JobId,
+    from: RestoreFrom,
+) -> Result<CheckpointMetadata, JobError> {
+    match from {
+        RestoreFrom::Savepoint(sp) => {
+            let next = storage
+                .checkpoint_dirs(job)
+                .await?
+                .last()
+                .map(|id| id.next())
+                .unwrap_or(CheckpointId(1));
+            let meta = storage
+                .import_savepoint(&sp, job, next)
+                .await
+                .map_err(savepoint_error(&sp))?;
+            tracing::info!(job = %job, savepoint = %sp, checkpoint = %next, "imported savepoint");
+            Ok(meta)
+        }
+        other => resolve(storage, job, other).await,
+    }
+}
+
+fn savepoint_error(sp: &SavepointId) -> impl Fn(StorageError) -> JobError + '_ {
+    move |e| match e {
+        StorageError::SavepointMissing { .. } => JobError::SavepointNotFound(sp.to_string()),
+        e if e.is_data_error() => JobError::Restore(format!("savepoint {sp}: {e}")),
+        e => JobError::Storage(e),
+    }
+}
+
+/// Reads and verifies the metadata of the checkpoint (or savepoint) to
+/// restore, without changing storage.
 pub async fn resolve(
     storage: &CheckpointStorage,
     job: &JobId,
@@ -57,6 +101,10 @@ pub async fn resolve(
                 JobError::Storage(e)
             }
         }),
+        RestoreFrom::Savepoint(sp) => storage
+            .read_savepoint(&sp)
+            .await
+            .map_err(savepoint_error(&sp)),
         RestoreFrom::Latest => {
             let mut skipped = Vec::new();
             for listing in storage.list_checkpoints(job).await? {

@@ -89,6 +89,12 @@ name_id!(
     "operator id"
 );
 
+name_id!(
+    /// Identifies a savepoint; its folder name under `savepoints/`.
+    SavepointId,
+    "savepoint id"
+);
+
 /// Checkpoint number, increasing per job (never reused, even across restarts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -15,7 +15,7 @@ pub mod record;
 pub mod spec;
 
 pub use error::CoreError;
-pub use ids::{CheckpointId, JobId, OperatorId, SubtaskIndex, TaskId};
+pub use ids::{CheckpointId, JobId, OperatorId, SavepointId, SubtaskIndex, TaskId};
 pub use keygroup::KeyGroupRange;
 pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};
 pub use record::{Key, Record};

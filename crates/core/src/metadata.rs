@@ -143,12 +143,7 @@ impl CheckpointMetadata {
 
     /// Checks version, ids and that every file lies where it may.
     pub fn verify(&self, job: &JobId, id: CheckpointId) -> Result<(), CoreError> {
-        if self.version != METADATA_VERSION {
-            return Err(CoreError::UnsupportedMetadataVersion {
-                found: self.version,
-                supported: METADATA_VERSION,
-            });
-        }
+        self.check_version()?;
         if &self.job_id != job || self.checkpoint_id != id {
             return Err(CoreError::InconsistentMetadata(format!(
                 "found job {} checkpoint {} where job {job} checkpoint {id} belongs",
@@ -156,8 +151,29 @@ impl CheckpointMetadata {
             )));
         }
         let own = format!("chk-{}/", id.0);
-        for file in self.subtasks.iter().flat_map(|s| &s.files) {
-            let under = file.path.starts_with(&own) || file.path.starts_with("shared/");
+        self.check_files(&[&own, "shared/"])
+    }
+
+    /// Checks a savepoint's metadata: known version, and every file a clean
+    /// path relative to the savepoint's folder.
+    pub fn verify_savepoint(&self) -> Result<(), CoreError> {
+        self.check_version()?;
+        self.check_files(&[""])
+    }
+
+    fn check_version(&self) -> Result<(), CoreError> {
+        if self.version != METADATA_VERSION {
+            return Err(CoreError::UnsupportedMetadataVersion {
+                found: self.version,
+                supported: METADATA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_files(&self, prefixes: &[&str]) -> Result<(), CoreError> {
+        for file in self.files() {
+            let under = prefixes.iter().any(|p| file.path.starts_with(p));
             let clean = file
                 .path
                 .split('/')
@@ -168,8 +184,10 @@ impl CheckpointMetadata {
                 && file.local_name != ".";
             if !under || !clean || !name_ok {
                 return Err(CoreError::InconsistentMetadata(format!(
-                    "state file {:?} ({:?}) lies outside {own} and shared/",
-                    file.path, file.local_name
+                    "state file {:?} ({:?}) lies outside {}",
+                    file.path,
+                    file.local_name,
+                    prefixes.join(" and ")
                 )));
             }
         }

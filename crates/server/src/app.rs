@@ -109,8 +109,8 @@ impl AppState {
                 )));
             }
         }
-        if let Some(from) = restore_from {
-            restore::resolve(&self.storage, &id, from).await?;
+        if let Some(from) = &restore_from {
+            restore::resolve(&self.storage, &id, from.clone()).await?;
         }
         let local_dir = self
             .work_dir

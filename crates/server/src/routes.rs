@@ -131,6 +131,10 @@ pub struct CancelRequest {
     /// Take a final checkpoint first; if it fails the job keeps running.
     #[serde(default)]
     checkpoint: bool,
+    /// Take a savepoint first ("stop with savepoint"); if it fails the job
+    /// keeps running.
+    #[serde(default)]
+    savepoint: bool,
     #[serde(rename = "type")]
     checkpoint_type: Option<CheckpointType>,
 }
@@ -141,6 +145,14 @@ pub async fn cancel_job(
     OptionalJson(req): OptionalJson<CancelRequest>,
 ) -> ApiResult<Json<Value>> {
     let mut final_checkpoint = None;
+    let mut savepoint = None;
+    if req.as_ref().is_some_and(|r| r.savepoint) {
+        let entry = st.running(&job)?;
+        let sp = entry.control.trigger_savepoint().await.map_err(|e| {
+            ApiError::conflict(format!("savepoint failed ({e}); the job keeps running"))
+        })?;
+        savepoint = Some(sp);
+    }
     if let Some(req) = req.filter(|r| r.checkpoint) {
         let entry = st.running(&job)?;
         let spec = entry.control.spec();
@@ -178,13 +190,55 @@ pub async fn cancel_job(
     st.stop_job(&job).await?;
     let mut body = views::job(&known(&st, &job)?);
     body["final_checkpoint"] = json!(final_checkpoint);
+    body["savepoint"] = json!(savepoint);
     Ok(Json(body))
+}
+
+/// `POST /v1/jobs/{id}/savepoints`: take a savepoint (full, self-contained,
+/// never deleted by retention); answers when it is stored.
+pub async fn trigger_savepoint(State(st): S, JobPath(job): JobPath) -> ApiResult<Response> {
+    let entry = st.running(&job)?;
+    let sp = entry
+        .control
+        .trigger_savepoint()
+        .await
+        .map_err(ApiError::conflict)?;
+    Ok((StatusCode::CREATED, Json(json!(sp))).into_response())
+}
+
+/// `GET /v1/savepoints`: every savepoint in storage.
+pub async fn list_savepoints(State(st): S) -> ApiResult<Json<Value>> {
+    let rows: Vec<Value> = st
+        .storage
+        .list_savepoints()
+        .await?
+        .into_iter()
+        .map(|(id, meta)| match meta {
+            Ok(m) => json!({
+                "savepoint_id": id,
+                "job_id": m.job_id,
+                "checkpoint_id": m.checkpoint_id,
+                "trigger_timestamp": m.trigger_timestamp,
+                "state_size": m.state_size(),
+                "external_path": st.storage.savepoint_path(&id),
+                "restorable": true,
+            }),
+            Err(e) => json!({
+                "savepoint_id": id,
+                "external_path": st.storage.savepoint_path(&id),
+                "restorable": false,
+                "failure_message": e.to_string(),
+            }),
+        })
+        .collect();
+    Ok(Json(json!({ "savepoints": rows })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
-    checkpoint_id: Value,
+    checkpoint_id: Option<Value>,
+    savepoint_id: Option<String>,
 }
 
 /// `POST /v1/jobs/{id}/restore`: (re)start the job from a checkpoint, with
@@ -194,8 +248,19 @@ pub async fn restore_job(
     JobPath(job): JobPath,
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Response> {
-    let from = parse_restore(&req.checkpoint_id)?;
-    cutpoint_coordinator::restore::resolve(&st.storage, &job, from).await?;
+    let from = match (&req.checkpoint_id, &req.savepoint_id) {
+        (Some(c), None) => parse_restore(c)?,
+        (None, Some(sp)) => RestoreFrom::Savepoint(
+            cutpoint_core::SavepointId::new(sp.as_str())
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of checkpoint_id and savepoint_id",
+            ))
+        }
+    };
+    cutpoint_coordinator::restore::resolve(&st.storage, &job, from.clone()).await?;
     let spec = match st.job(&job) {
         Some(e) => e.control.spec().clone(),
         None => st.storage.read_job_spec(&job).await?,
@@ -203,11 +268,11 @@ pub async fn restore_job(
     if st.job(&job).is_some_and(|e| e.result().is_none()) {
         st.stop_job(&job).await?;
     }
-    let entry = st.start_job(spec, Some(from)).await?;
+    let entry = st.start_job(spec, Some(from.clone())).await?;
     let mut body = views::job(&entry);
     body["restoring_from"] = match from {
-        RestoreFrom::Latest => json!("latest"),
         RestoreFrom::Checkpoint(id) => json!(id),
+        other => json!(other.to_string()),
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }

@@ -76,6 +76,8 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
             "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/declines",
             post(routes::decline_checkpoint),
         )
+        .route("/v1/jobs/{job_id}/savepoints", post(routes::trigger_savepoint))
+        .route("/v1/savepoints", get(routes::list_savepoints))
         .route("/v1/storage/jobs", get(routes::storage_jobs))
         .route("/v1/storage/jobs/{job_id}/checkpoints", get(routes::storage_checkpoints))
         .fallback(routes::not_found)

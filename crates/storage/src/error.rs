@@ -21,6 +21,8 @@ pub enum StorageError {
     MetadataMissing { job: String, checkpoint: u64 },
     #[error("corrupt checkpoint metadata {path}: {reason}")]
     CorruptMetadata { path: String, reason: String },
+    #[error("savepoint {id} has no _metadata: it does not exist or was never completed")]
+    SavepointMissing { id: String },
     #[error("state file {path} is missing from storage")]
     StateFileMissing { path: String },
     #[error("state file {path} is corrupt: expected {expected_size} bytes with crc32c {expected_crc:08x}, found {actual_size} bytes with crc32c {actual_crc:08x}")]
@@ -67,6 +69,7 @@ impl StorageError {
         matches!(
             self,
             StorageError::MetadataMissing { .. }
+                | StorageError::SavepointMissing { .. }
                 | StorageError::CorruptMetadata { .. }
                 | StorageError::StateFileMissing { .. }
                 | StorageError::ChecksumMismatch { .. }

@@ -54,6 +54,11 @@ impl JobPaths {
         }
     }
 
+    /// `{root}/savepoints/{id}` — a savepoint's folder.
+    pub fn savepoint_root(root: &Path, id: &cutpoint_core::SavepointId) -> Path {
+        root.child("savepoints").child(id.as_str())
+    }
+
     /// `{root}/jobs` — parent of every job folder.
     pub fn jobs_root(root: &Path) -> Path {
         root.child("jobs")

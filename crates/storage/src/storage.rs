@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cutpoint_core::{
-    checksum, CheckpointId, CheckpointMetadata, JobId, JobSpec, OperatorId, StateFile, SubtaskIndex,
+    checksum, CheckpointId, CheckpointMetadata, JobId, JobSpec, OperatorId, SavepointId, StateFile,
+    SubtaskIndex,
 };
 use futures::{StreamExt, TryStreamExt};
 use object_store::{path::Path, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
@@ -449,6 +450,129 @@ impl CheckpointStorage {
                 })
             })
             .collect())
+    }
+
+    // ---- savepoints ------------------------------------------------------
+
+    /// User-facing location of a savepoint.
+    pub fn savepoint_path(&self, id: &SavepointId) -> String {
+        format!("{}/savepoints/{id}", self.url)
+    }
+
+    fn savepoint_file(&self, id: &SavepointId, relative: &str) -> Path {
+        relative
+            .split('/')
+            .fold(JobPaths::savepoint_root(&self.root, id), |p, seg| {
+                p.child(seg)
+            })
+    }
+
+    /// Copies a completed checkpoint into `savepoints/{id}/`: self-contained
+    /// (every file copied, shared ones too), owned by the user, never touched
+    /// by retention or GC. `_metadata` is written last, create-only.
+    pub async fn create_savepoint(
+        &self,
+        meta: &CheckpointMetadata,
+        id: &SavepointId,
+    ) -> Result<String, StorageError> {
+        let job_paths = self.paths(&meta.job_id);
+        let own = format!("chk-{}/", meta.checkpoint_id.0);
+        let mut copy = meta.clone();
+        for f in copy.subtasks.iter_mut().flat_map(|s| s.files.iter_mut()) {
+            let relative = f.path.strip_prefix(&own).unwrap_or(&f.path).to_string();
+            let (from, to) = (
+                job_paths.resolve(&f.path),
+                self.savepoint_file(id, &relative),
+            );
+            self.store
+                .copy(&from, &to)
+                .await
+                .map_err(|e| StorageError::store("copy", &from, e))?;
+            f.path = relative;
+        }
+        let body = serde_json::to_vec_pretty(&copy).expect("metadata serializes");
+        self.put_create(&self.savepoint_file(id, METADATA_NAME), Bytes::from(body))
+            .await?;
+        Ok(self.savepoint_path(id))
+    }
+
+    /// Reads and verifies a savepoint's metadata (paths relative to it).
+    pub async fn read_savepoint(
+        &self,
+        id: &SavepointId,
+    ) -> Result<CheckpointMetadata, StorageError> {
+        let path = self.savepoint_file(id, METADATA_NAME);
+        let bytes = match self.get(&path).await {
+            Err(StorageError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => return Err(StorageError::SavepointMissing { id: id.to_string() }),
+            other => other?,
+        };
+        let corrupt = |reason: String| StorageError::CorruptMetadata {
+            path: path.to_string(),
+            reason,
+        };
+        let meta: CheckpointMetadata =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        meta.verify_savepoint()
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(meta)
+    }
+
+    /// Imports a savepoint as checkpoint `id` of `job` (copying its files
+    /// under `chk-{id}/`), so a restore from it is an ordinary restore.
+    pub async fn import_savepoint(
+        &self,
+        savepoint: &SavepointId,
+        job: &JobId,
+        id: CheckpointId,
+    ) -> Result<CheckpointMetadata, StorageError> {
+        let mut meta = self.read_savepoint(savepoint).await?;
+        let job_paths = self.paths(job);
+        for f in meta.subtasks.iter_mut().flat_map(|s| s.files.iter_mut()) {
+            let target = format!("chk-{}/{}", id.0, f.path);
+            let (from, to) = (
+                self.savepoint_file(savepoint, &f.path),
+                job_paths.resolve(&target),
+            );
+            self.store
+                .copy(&from, &to)
+                .await
+                .map_err(|e| StorageError::store("copy", &from, e))?;
+            f.path = target;
+        }
+        meta.job_id = job.clone();
+        meta.checkpoint_id = id;
+        meta.checkpoint_type = cutpoint_core::CheckpointType::Full;
+        for s in &mut meta.subtasks {
+            s.checkpointed_size = 0;
+        }
+        self.write_metadata(&meta).await?;
+        Ok(meta)
+    }
+
+    /// Savepoints in storage with their metadata (or why it is unusable).
+    pub async fn list_savepoints(
+        &self,
+    ) -> Result<Vec<(SavepointId, Result<CheckpointMetadata, StorageError>)>, StorageError> {
+        let prefix = self.root.child("savepoints");
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| StorageError::store("list", &prefix, e))?;
+        let mut out = Vec::new();
+        for id in listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|n| SavepointId::new(n).ok()))
+        {
+            let meta = self.read_savepoint(&id).await;
+            out.push((id, meta));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     // ---- primitives -----------------------------------------------------
