@@ -131,11 +131,14 @@ impl Worker {
         let id = job.barrier.id;
         self.drain_signals();
         let token = self.ctx.aborts.token(id);
+        let entries = job.delta.entries.len();
         self.store.apply(job.delta)?;
+        let applied = started.elapsed();
         if token.is_cancelled() {
             return Ok(());
         }
         let dir = self.store.checkpoint(&format!("chk-{}", id.0))?;
+        let checkpointed = started.elapsed();
         let target = SnapshotTarget {
             storage: &self.ctx.storage,
             job: &self.job,
@@ -151,6 +154,15 @@ impl Worker {
             &token,
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        tracing::debug!(
+            task = %self.task,
+            checkpoint = %id,
+            entries,
+            apply_ms = applied.as_millis() as u64,
+            rocksdb_checkpoint_ms = (checkpointed - applied).as_millis() as u64,
+            upload_ms = (started.elapsed() - checkpointed).as_millis() as u64,
+            "asynchronous phase"
+        );
         let event = match uploaded {
             Ok(up) => {
                 self.pending.insert(id, up.files.clone());
