@@ -40,9 +40,10 @@ pub enum Variant {
 }
 
 impl Variant {
-    const ALL: [Variant; 5] = [
+    const ALL: [Variant; 6] = [
         Variant::None,
         Variant::Aligned,
+        Variant::AtLeastOnce,
         Variant::Full,
         Variant::Recovery,
         Variant::S3,
