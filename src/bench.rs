@@ -138,6 +138,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         restart: RestartConfig {
             max_attempts: 1,
             delay_ms: 0,
+            ..Default::default()
         },
         external_tasks: Vec::new(),
         inject_barrier_delay: None,

@@ -492,6 +492,7 @@ fn summary(spec: &JobSpec, o: &JobOutcome) -> serde_json::Value {
         "restarts": o.restarts,
         "restored_from": o.restored_from,
         "restore_ms": o.restore_ms,
+        "restore_fallbacks": o.restore_fallbacks,
         "keys": o.final_state.iter().map(|t| t.len()).sum::<usize>(),
     })
 }

@@ -379,3 +379,92 @@ fn crash_mid_upload_leftovers_are_removed_by_the_orphan_sweep() {
         assert!(!after.contains(l), "{l} survived");
     }
 }
+
+#[test]
+fn latest_falls_back_past_a_checkpoint_with_a_corrupt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let spec = write_spec(dir.path(), "pv-fallback", 1_000_000);
+    let out = dir.path().join("f.jsonl");
+    run_to_end(&spec, &chk, None, &out);
+    let job_dir = chk.join("jobs/pv-fallback");
+    let mut ids: Vec<u64> = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse()
+                .ok()
+        })
+        .filter(|id: &u64| job_dir.join(format!("chk-{id}/_metadata")).exists())
+        .collect();
+    ids.sort();
+    assert!(ids.len() >= 2, "{ids:?}");
+    let newest = *ids.last().unwrap();
+    let files = |id: u64| -> Vec<String> {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(job_dir.join(format!("chk-{id}/_metadata"))).unwrap(),
+        )
+        .unwrap();
+        m["subtasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["files"].as_array().unwrap().iter())
+            .map(|f| f["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let older: Vec<String> = ids[..ids.len() - 1]
+        .iter()
+        .flat_map(|id| files(*id))
+        .collect();
+    let victim = files(newest)
+        .into_iter()
+        .find(|p| p.ends_with(".sst") && !older.contains(p))
+        .expect("the newest checkpoint has an SST of its own");
+    let path = job_dir.join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+
+    // With fallback disabled, `latest` refuses and names the file.
+    let strict = dir.path().join("strict.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec).unwrap()).unwrap();
+    v["restart"] = serde_json::json!({"fallback_to_older_checkpoint": false});
+    std::fs::write(&strict, v.to_string()).unwrap();
+    let o = Command::new(BIN)
+        .args(["run", "--job"])
+        .arg(&strict)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .args(["--restore-from", "latest"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&victim), "{err}");
+
+    // By default `latest` falls back to the newest intact checkpoint, says
+    // so, and the result is exact.
+    let out = dir.path().join("fallback.jsonl");
+    let summary = run_to_end(&spec, &chk, Some("latest"), &out);
+    let restored: Vec<u64> = summary["restored_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(restored.first(), Some(&newest), "{summary}");
+    assert!(*restored.last().unwrap() < newest, "{summary}");
+    let fallbacks = summary["restore_fallbacks"].as_array().unwrap();
+    assert_eq!(fallbacks.len(), 1, "{summary}");
+    assert!(
+        fallbacks[0].as_str().unwrap().contains(&victim),
+        "{summary}"
+    );
+    assert_exact(&read_state(&out), &expected_counts(42, KEYS, EVENTS));
+}

@@ -84,6 +84,8 @@ pub struct JobStatus {
     pub last_checkpoint_failure: Option<String>,
     pub restored_from: Vec<CheckpointId>,
     pub last_failure: Option<String>,
+    /// Corrupt checkpoints skipped while restoring, and why.
+    pub restore_fallbacks: Vec<String>,
 }
 
 /// The result of a job that ran to the end of its input.
@@ -101,6 +103,8 @@ pub struct JobOutcome {
     /// Per restart: failure detected -> every task restored and running.
     pub restore_ms: Vec<u64>,
     pub failures: Vec<String>,
+    /// Corrupt checkpoints skipped while restoring, and why.
+    pub restore_fallbacks: Vec<String>,
     pub duration: Duration,
 }
 
@@ -399,6 +403,7 @@ enum AttemptEnd {
     Failed {
         error: String,
         fatal: bool,
+        during_restore: bool,
         at: Instant,
     },
     Cancelled,
@@ -441,8 +446,10 @@ impl Runner {
         let job = self.spec.job_id.clone();
         let started = Instant::now();
         self.storage.write_job_spec(&self.spec).await?;
-        let mut restore = match restore_from {
-            Some(from) => Some(Arc::new(restore::prepare(&self.storage, &job, from).await?)),
+        let mut restore = match &restore_from {
+            Some(from) => Some(Arc::new(
+                restore::prepare(&self.storage, &job, from.clone()).await?,
+            )),
             None => None,
         };
         let existing_max = self.storage.checkpoint_dirs(&job).await?.last().copied();
@@ -476,10 +483,12 @@ impl Runner {
             restored_from: Vec::new(),
             restore_ms: Vec::new(),
             failures: Vec::new(),
+            restore_fallbacks: Vec::new(),
             duration: Duration::ZERO,
         };
         let mut attempt_no = 0u32;
         let mut failure_at: Option<Instant> = None;
+        let mut excluded = std::collections::HashSet::new();
         loop {
             if let Some(meta) = &restore {
                 outcome.restored_from.push(meta.checkpoint_id);
@@ -538,8 +547,43 @@ impl Runner {
                     return Ok(outcome);
                 }
                 AttemptEnd::Cancelled => return Err(JobError::Cancelled),
-                AttemptEnd::Failed { error, fatal, at } => {
+                AttemptEnd::Failed {
+                    error,
+                    fatal,
+                    during_restore,
+                    at,
+                } => {
                     tracing::warn!(job = %job, attempt = attempt_no, %error, fatal, "job attempt failed");
+                    // A corrupt checkpoint picked automatically: fall back.
+                    let chosen_by_user = attempt_no == 0
+                        && matches!(
+                            restore_from,
+                            Some(RestoreFrom::Checkpoint(_)) | Some(RestoreFrom::Savepoint(_))
+                        );
+                    if let Some(bad) = restore.as_ref().map(|m| m.checkpoint_id).filter(|_| {
+                        fatal
+                            && during_restore
+                            && !chosen_by_user
+                            && self.spec.restart.fallback_to_older_checkpoint
+                    }) {
+                        excluded.insert(bad);
+                        let next = self.latest_restorable(&tracker, &excluded).await?;
+                        let Some(next) = next else {
+                            return Err(JobError::Restore(format!(
+                                "checkpoint {bad} cannot be restored ({error}) and no older intact checkpoint is retained"
+                            )));
+                        };
+                        let msg = format!(
+                            "checkpoint {bad} cannot be restored ({error}); falling back to checkpoint {}",
+                            next.checkpoint_id
+                        );
+                        tracing::error!(job = %job, "{msg}");
+                        outcome.restore_fallbacks.push(msg.clone());
+                        self.status.send_modify(|s| s.restore_fallbacks.push(msg));
+                        restore = Some(next);
+                        attempt_no += 1;
+                        continue;
+                    }
                     outcome.failures.push(error.clone());
                     self.status.send_modify(|s| {
                         s.state = JobState::Restarting;
@@ -565,18 +609,23 @@ impl Runner {
                         _ = tokio::time::sleep(Duration::from_millis(self.spec.restart.delay_ms)) => {}
                         _ = self.cancel.cancelled() => return Err(JobError::Cancelled),
                     }
-                    restore = self.latest_restorable(&tracker).await?;
+                    restore = self.latest_restorable(&tracker, &excluded).await?;
                 }
             }
         }
     }
 
-    /// Newest retained checkpoint whose metadata still verifies.
+    /// Newest retained checkpoint, not `excluded`, whose metadata verifies.
     async fn latest_restorable(
         &self,
         tracker: &CheckpointTracker,
+        excluded: &std::collections::HashSet<CheckpointId>,
     ) -> Result<Option<Arc<CheckpointMetadata>>, JobError> {
-        let ids: Vec<_> = tracker.retained().map(|r| r.id).collect();
+        let ids: Vec<_> = tracker
+            .retained()
+            .map(|r| r.id)
+            .filter(|id| !excluded.contains(id))
+            .collect();
         for id in ids.into_iter().rev() {
             match self.storage.read_metadata(&self.spec.job_id, id).await {
                 Ok(m) => return Ok(Some(Arc::new(m))),
@@ -636,8 +685,9 @@ impl Runner {
                                 return self.end_failed(tracker, attempt, reason, false).await;
                             }
                         }
-                        TaskEvent::Failed { task, error, fatal } => {
-                            return self.end_failed(tracker, attempt, format!("task {task} failed: {error}"), fatal).await;
+                        TaskEvent::Failed { task, error, fatal, during_restore } => {
+                            let error = format!("task {task} failed: {error}");
+                            return self.end_failed_with(tracker, attempt, error, fatal, during_restore).await;
                         }
                         TaskEvent::Finished { task, records, table } => {
                             attempt.finished += 1;
@@ -1101,6 +1151,18 @@ impl Runner {
         error: String,
         fatal: bool,
     ) -> AttemptEnd {
+        self.end_failed_with(tracker, attempt, error, fatal, false)
+            .await
+    }
+
+    async fn end_failed_with(
+        &mut self,
+        tracker: &mut CheckpointTracker,
+        attempt: &mut Attempt,
+        error: String,
+        fatal: bool,
+        during_restore: bool,
+    ) -> AttemptEnd {
         let at = Instant::now();
         let aborted = tracker.abort_all(AbortReason::JobFailing);
         tracker.stop("restarting");
@@ -1108,7 +1170,12 @@ impl Runner {
         for a in aborted {
             self.clean_up(tracker, a.id, &a.files).await;
         }
-        AttemptEnd::Failed { error, fatal, at }
+        AttemptEnd::Failed {
+            error,
+            fatal,
+            during_restore,
+            at,
+        }
     }
 
     /// Cancels and joins the execution, then removes its local files.

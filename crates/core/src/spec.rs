@@ -218,6 +218,11 @@ impl Default for CheckpointConfig {
 pub struct RestartConfig {
     pub max_attempts: u32,
     pub delay_ms: u64,
+    /// When the checkpoint chosen automatically (`latest`, or the newest
+    /// retained one on a restart) turns out corrupt while restoring, restore
+    /// the next older intact one instead (and say so), rather than failing.
+    /// A checkpoint id the user chose is never replaced.
+    pub fallback_to_older_checkpoint: bool,
 }
 
 impl Default for RestartConfig {
@@ -225,6 +230,7 @@ impl Default for RestartConfig {
         Self {
             max_attempts: 3,
             delay_ms: 100,
+            fallback_to_older_checkpoint: true,
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum TaskEvent {
         task: TaskId,
         error: String,
         fatal: bool,
+        /// The task failed while restoring its state.
+        during_restore: bool,
     },
     /// The task reached the end of its input.
     Finished {

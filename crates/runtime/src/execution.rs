@@ -180,6 +180,7 @@ impl Execution {
                         task: id,
                         error: format!("restore failed: {e}"),
                         fatal,
+                        during_restore: true,
                     });
                     RuntimeError::Cancelled
                 })?;
@@ -277,7 +278,12 @@ fn spawn(
                 }
             };
             if let Some((error, fatal)) = failure {
-                let _ = events.send(TaskEvent::Failed { task, error, fatal });
+                let _ = events.send(TaskEvent::Failed {
+                    task,
+                    error,
+                    fatal,
+                    during_restore: false,
+                });
             }
         })
         .expect("spawn task thread")

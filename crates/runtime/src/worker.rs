@@ -99,6 +99,7 @@ impl Worker {
                             task: self.task.clone(),
                             error: format!("snapshot worker: {e}"),
                             fatal: false,
+                            during_restore: false,
                         });
                         return Err(e);
                     }

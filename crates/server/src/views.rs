@@ -59,6 +59,7 @@ pub fn job(entry: &JobEntry) -> Value {
         "checkpoints_failed": status.checkpoints_failed,
         "latest_completed_checkpoint": status.latest_completed,
         "restored_from": status.restored_from,
+        "restore_fallbacks": status.restore_fallbacks,
         "last_checkpoint_failure": status.last_checkpoint_failure,
         "failure_message": status.last_failure,
         "result": result,
