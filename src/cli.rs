@@ -48,18 +48,13 @@ enum Command {
     },
     /// Run the coordinator service with the REST admin API.
     Serve {
-        /// Address to listen on; a non-loopback address needs a token.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
-        #[arg(long)]
-        checkpoint_dir: String,
-        /// Local working directory for RocksDB (default: a temporary one).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// File holding the bearer token (else the CUTPOINT_TOKEN variable).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
+        #[command(flatten)]
+        settings: ServeSettings,
+    },
+    /// Show the effective server configuration (file < CUTPOINT_* < flags).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Manage jobs on a server.
     Jobs {
@@ -99,6 +94,52 @@ enum Command {
         /// Number of distinct keys (app ids).
         #[arg(long, default_value_t = 100_000)]
         keys: u64,
+    },
+}
+
+/// Server settings given on the command line (see docs/configuration.md).
+#[derive(clap::Args, Debug)]
+struct ServeSettings {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080); non-loopback needs a token.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    checkpoint_dir: Option<String>,
+    /// Local working directory for RocksDB (default: a temporary one).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// File holding the bearer token (else the CUTPOINT_TOKEN variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl ServeSettings {
+    fn resolve(self) -> Result<crate::config::Config> {
+        Ok(crate::config::Config::resolve(
+            self.config.as_deref(),
+            &|k| std::env::var(k).ok(),
+            crate::config::Flags {
+                listen: self.listen,
+                checkpoint_dir: self.checkpoint_dir,
+                work_dir: self.work_dir,
+                token_file: self.token_file,
+            },
+        )?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// List every option with its environment variable, flag and default.
+    Options,
+    /// Print the effective configuration, secrets masked.
+    Show {
+        #[command(flatten)]
+        settings: ServeSettings,
     },
 }
 
@@ -224,13 +265,26 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             println!("{}", summary(&spec, &outcome));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve {
-            listen,
-            checkpoint_dir,
-            work_dir,
-            token_file,
+        Command::Serve { settings } => {
+            serve(settings.resolve()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Options,
         } => {
-            serve(listen, &checkpoint_dir, work_dir, token_file).await?;
+            for o in crate::config::OPTIONS {
+                println!(
+                    "{:<26} {:<28} {:<17} default {}",
+                    o.key, o.env, o.flag, o.default
+                );
+                println!("{:<26} {}", "", o.help);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Show { settings },
+        } => {
+            print!("{}", settings.resolve()?.show());
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { command } => {
@@ -359,24 +413,9 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
 
 /// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
 /// store in a fault injector (see `FaultRule::parse_list`).
-async fn serve(
-    listen: std::net::SocketAddr,
-    checkpoint_dir: &str,
-    work_dir: Option<PathBuf>,
-    token_file: Option<PathBuf>,
-) -> Result<()> {
-    let token = match token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(&f)
-                .with_context(|| format!("reading token file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("CUTPOINT_TOKEN").ok(),
-    }
-    .filter(|t| !t.is_empty());
+async fn serve(config: crate::config::Config) -> Result<()> {
     let tmp;
-    let work_dir = match work_dir {
+    let work_dir = match config.work_dir.clone() {
         Some(d) => d,
         None => {
             tmp = tempfile::Builder::new()
@@ -397,15 +436,15 @@ async fn serve(
         tracing::info!("shutting down");
         stop.cancel();
     });
-    let config = cutpoint_server::ServerConfig {
-        listen,
-        storage: open_storage(checkpoint_dir)?,
+    let server = cutpoint_server::ServerConfig {
+        listen: config.listen,
+        storage: open_storage(&config.checkpoint_dir)?,
         work_dir,
-        token,
-        body_limit: cutpoint_server::ServerConfig::DEFAULT_BODY_LIMIT,
-        request_timeout: cutpoint_server::ServerConfig::DEFAULT_TIMEOUT,
+        token: config.token,
+        body_limit: config.body_limit,
+        request_timeout: config.request_timeout,
     };
-    cutpoint_server::serve(config, shutdown, |addr| {
+    cutpoint_server::serve(server, shutdown, |addr| {
         println!("{}", json!({ "listening": addr.to_string() }));
         let _ = std::io::stdout().flush();
     })

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod client;
+mod config;
 mod demo;
 
 use clap::Parser;
