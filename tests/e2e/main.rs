@@ -6,6 +6,7 @@ mod api;
 mod binary;
 mod common;
 mod contract;
+mod docker;
 mod incremental;
 mod pipeline;
 mod storage;
