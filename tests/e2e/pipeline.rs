@@ -471,3 +471,56 @@ async fn savepoint_outlives_retention_and_restores_exactly() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_down_fails_the_job_clearly_and_it_resumes_when_storage_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    let (events, keys) = (3_000_000, 10_000);
+    let spec = pv_spec(
+        "pv-down",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"tolerable_failures":2},"restart":{"max_attempts":0}"#,
+    );
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.checkpoints_completed >= 2).await;
+    // Storage goes down for writes.
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "jobs/pv-down/".into(),
+        action: FaultAction::Fail,
+        remaining: None,
+    });
+    let err = job
+        .join()
+        .await
+        .expect_err("the job fails once failures exceed the tolerable count");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("exceed tolerable_failures=2") && msg.contains("injected Put failure"),
+        "{msg}"
+    );
+    let before = storage.list_checkpoints(&spec.job_id).await.unwrap();
+    assert!(!before.is_empty());
+
+    // Storage is back: restart from the latest completed checkpoint.
+    faults.clear();
+    let outcome = spawn_job(JobConfig {
+        spec,
+        storage: storage.clone(),
+        restore_from: Some(cutpoint_coordinator::RestoreFrom::Latest),
+        local_dir: dir.path().join("work2"),
+    })
+    .join()
+    .await
+    .unwrap();
+    assert_eq!(outcome.restored_from, vec![before[0].checkpoint_id]);
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+}
