@@ -358,6 +358,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let live: LiveCounters = Arc::new(Mutex::new(None));
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
+        restore_base: None,
         registry: SharedRegistry::new(),
         savepoints: Default::default(),
         spec: spec.clone(),
@@ -384,6 +385,9 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
 }
 
 struct Runner {
+    /// The checkpoint the running attempt restored from, until it completes
+    /// one of its own: the snapshot workers reuse its shared files.
+    restore_base: Option<CheckpointId>,
     registry: SharedRegistry,
     savepoints:
         std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
@@ -465,9 +469,10 @@ impl Runner {
                         complete_timestamp: m.complete_timestamp,
                     });
                 }
-                Err(e) => {
+                Err(e) if e.is_data_error() => {
                     tracing::warn!(checkpoint = %l.checkpoint_id, error = %e, "unusable checkpoint in storage")
                 }
+                Err(e) => return Err(e.into()),
             }
         }
         let mut tracker =
@@ -488,7 +493,15 @@ impl Runner {
         };
         let mut attempt_no = 0u32;
         let mut failure_at: Option<Instant> = None;
-        let mut excluded = std::collections::HashSet::new();
+        // Checkpoints of earlier runs newer than where this run starts are
+        // never picked by an automatic restore (they hold state the user
+        // chose not to continue from); a fresh start excludes them all.
+        let start = restore.as_ref().map(|m| m.checkpoint_id);
+        let mut excluded: std::collections::HashSet<CheckpointId> = tracker
+            .retained()
+            .map(|r| r.id)
+            .filter(|id| start.is_none_or(|s| *id > s))
+            .collect();
         loop {
             if let Some(meta) = &restore {
                 outcome.restored_from.push(meta.checkpoint_id);
@@ -515,6 +528,7 @@ impl Runner {
                 e => JobError::Internal(e.to_string()),
             })?;
             tracker.resume();
+            self.restore_base = restore.as_ref().map(|m| m.checkpoint_id);
             *self.live.lock().expect("live lock") = Some(exec.counters());
             self.status.send_modify(|s| {
                 s.state = JobState::Running;
@@ -884,6 +898,9 @@ impl Runner {
         if !tracker.is_retained(id) {
             return Err(DeleteRefusal::NotFound(id));
         }
+        if self.restore_base == Some(id) {
+            return Err(DeleteRefusal::Newest(id));
+        }
         if tracker.latest_retained().map(|r| r.id) == Some(id) {
             // The next incremental checkpoint reuses its files.
             return Err(if tracker.retained().count() == 1 && !force {
@@ -894,11 +911,12 @@ impl Runner {
         }
         tracker.remove_retained(id);
         self.stats_mut().discarded(id);
-        self.delete_checkpoint(id).await;
-        let free = self
-            .registry
-            .release(id, tracker.highest_pending(), tracker.lowest_pending());
-        self.delete_shared(&free).await;
+        if self.delete_checkpoint(id).await {
+            let free =
+                self.registry
+                    .release(id, tracker.highest_pending(), tracker.lowest_pending());
+            self.delete_shared(&free).await;
+        }
         tracing::info!(checkpoint = %id, "checkpoint deleted on request");
         Ok(())
     }
@@ -924,11 +942,21 @@ impl Runner {
             max_parallelism: self.spec.max_parallelism,
             subtasks: p.acks.values().cloned().collect(),
         };
-        if let Err(e) = self.storage.write_metadata(&meta).await {
-            let a = tracker.publish_failed(p, e.to_string());
+        // Acks (external ones too) must only name files where they may lie.
+        let written = match meta.verify(&job, p.id) {
+            Ok(()) => self
+                .storage
+                .write_metadata(&meta)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            let a = tracker.publish_failed(p, e);
             return self.discard(tracker, attempt, a).await;
         }
         self.registry.register(&meta);
+        self.restore_base = None;
         let done = tracker.completed(p.id, now);
         self.stats_mut()
             .completed(p.id, now, self.storage.external_path(&job, p.id));
@@ -966,18 +994,21 @@ impl Runner {
         });
         if let Some(reply) = self.savepoints.remove(&p.id) {
             // Copy before retention can subsume the checkpoint.
-            let sp = SavepointId::new(format!("{job}-{}", p.id.0)).expect("valid savepoint id");
-            let r = self
-                .storage
-                .create_savepoint(&meta, &sp)
-                .await
-                .map(|external_path| SavepointInfo {
-                    savepoint_id: sp.clone(),
-                    checkpoint_id: p.id,
-                    external_path,
-                })
-                .map_err(|e| format!("copying checkpoint {} to savepoint {sp}: {e}", p.id));
-            tracing::info!(job = %job, savepoint = %sp, ok = r.is_ok(), "savepoint");
+            let r = match SavepointId::new(format!("{job}-{}", p.id.0)) {
+                Ok(sp) => self
+                    .storage
+                    .create_savepoint(&meta, &sp)
+                    .await
+                    .map(|path| (sp, path))
+                    .map_err(|e| format!("copying checkpoint {} to a savepoint: {e}", p.id)),
+                Err(e) => Err(format!("no savepoint id for job {job}: {e}")),
+            }
+            .map(|(savepoint_id, external_path)| SavepointInfo {
+                savepoint_id,
+                checkpoint_id: p.id,
+                external_path,
+            });
+            tracing::info!(job = %job, checkpoint = %p.id, result = ?r, "savepoint");
             let _ = reply.send(r);
         }
         for a in done.aborted {
@@ -985,12 +1016,15 @@ impl Runner {
         }
         for old in done.subsumed {
             self.stats_mut().discarded(old);
-            // Metadata first (inside delete_checkpoint), then what only it used.
-            self.delete_checkpoint(old).await;
-            let free =
-                self.registry
-                    .release(old, tracker.highest_pending(), tracker.lowest_pending());
-            self.delete_shared(&free).await;
+            // Metadata first (inside delete_checkpoint), then what only it
+            // used — only once `_metadata` is gone, so a checkpoint that still
+            // looks restorable never loses files.
+            if self.delete_checkpoint(old).await {
+                let free =
+                    self.registry
+                        .release(old, tracker.highest_pending(), tracker.lowest_pending());
+                self.delete_shared(&free).await;
+            }
         }
         self.sweep_abandoned(tracker, p.id).await;
         None
@@ -1016,11 +1050,11 @@ impl Runner {
         } else {
             tracing::debug!(checkpoint = %a.id, reason = %message, "checkpoint aborted");
         }
-        self.clean_up(tracker, a.id, &a.files).await;
-        self.stats_mut().failed(a.id, now_millis(), message.clone());
         if let Some(reply) = self.savepoints.remove(&a.id) {
             let _ = reply.send(Err(format!("checkpoint {} failed: {message}", a.id)));
         }
+        self.clean_up(tracker, a.id, &a.files).await;
+        self.stats_mut().failed(a.id, now_millis(), message.clone());
         self.status.send_modify(|s| {
             s.checkpoints_failed = tracker.failed_count;
             if a.reason.counts_as_failure() {
@@ -1047,7 +1081,12 @@ impl Runner {
         id: CheckpointId,
         files: &[cutpoint_core::StateFile],
     ) {
-        self.delete_checkpoint(id).await;
+        if let Some(reply) = self.savepoints.remove(&id) {
+            let _ = reply.send(Err(format!(
+                "checkpoint {id} did not complete (the job failed or stopped)"
+            )));
+        }
+        let _ = self.delete_checkpoint(id).await;
         let pending: std::collections::HashSet<&str> =
             tracker.pending_files().map(|f| f.path.as_str()).collect();
         let own: Vec<String> = files
@@ -1130,15 +1169,33 @@ impl Runner {
         for id in dirs.into_iter().filter(|id| *id < below) {
             let keep =
                 tracker.retained().any(|r| r.id == id) || tracker.pending().any(|p| p.id == id);
-            if !keep {
-                self.delete_checkpoint(id).await;
+            if keep {
+                continue;
+            }
+            // A `_metadata` here that is not retained could not be read: keep it.
+            let meta = format!("chk-{}/_metadata", id.0);
+            match self.storage.object_size(job, &meta).await {
+                Ok(None) => {
+                    let _ = self.delete_checkpoint(id).await;
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(checkpoint = %id, "unreadable checkpoint left in place")
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = %id, error = %e, "cannot check checkpoint folder")
+                }
             }
         }
     }
 
-    async fn delete_checkpoint(&self, id: CheckpointId) {
-        if let Err(e) = self.storage.delete_checkpoint(&self.spec.job_id, id).await {
-            tracing::warn!(checkpoint = %id, error = %e, "deleting checkpoint failed; the next sweep retries");
+    /// Deletes a checkpoint folder (`_metadata` first); false if that failed.
+    async fn delete_checkpoint(&self, id: CheckpointId) -> bool {
+        match self.storage.delete_checkpoint(&self.spec.job_id, id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "deleting checkpoint failed; the next sweep retries");
+                false
+            }
         }
     }
 

@@ -4,9 +4,9 @@
 //! Kept: `job.json`, anything of a retained or pending checkpoint, shared
 //! files the registry protects or a pending checkpoint's acks reference,
 //! anything younger than `min_age_ms` (an upload may still be in flight),
-//! and anything this version does not recognise. Metadata objects come
-//! first in the result so a checkpoint stops being restorable before its
-//! files disappear.
+//! anything this version does not recognise, and every folder that has a
+//! `_metadata` object (if it is not retained, it could not be read — a
+//! storage error or a newer format — and is left for a person to judge).
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -28,6 +28,16 @@ pub struct SweepFacts<'a> {
 
 /// Relative paths to delete, `_metadata` objects first.
 pub fn orphans(f: &SweepFacts<'_>) -> Vec<String> {
+    // A folder with a `_metadata` the coordinator does not retain could not
+    // be read (storage error, newer version): never delete it blindly.
+    let with_metadata: BTreeSet<CheckpointId> = f
+        .objects
+        .iter()
+        .filter_map(|o| {
+            let (dir, name) = o.path.split_once('/')?;
+            (name == "_metadata").then(|| cutpoint_storage::paths::parse_checkpoint_dir(dir))?
+        })
+        .collect();
     let mut out: Vec<String> = f
         .objects
         .iter()
@@ -36,7 +46,10 @@ pub fn orphans(f: &SweepFacts<'_>) -> Vec<String> {
             let mut parts = o.path.splitn(2, '/');
             let (first, rest) = (parts.next().unwrap_or(""), parts.next());
             if let Some(id) = cutpoint_storage::paths::parse_checkpoint_dir(first) {
-                return rest.is_some() && !f.retained.contains(&id) && !f.pending.contains(&id);
+                return rest.is_some()
+                    && !f.retained.contains(&id)
+                    && !f.pending.contains(&id)
+                    && !with_metadata.contains(&id);
             }
             if first == "shared" && rest.is_some() {
                 return !f.registry.is_protected(&o.path) && !f.pending_files.contains(&o.path);
@@ -70,6 +83,7 @@ mod tests {
             obj("chk-2/agg/0/MANIFEST-6", 5000),
             obj("chk-3/agg/0/MANIFEST-7", 5000),
             obj("chk-4/agg/0/MANIFEST-8", 10),
+            obj("chk-5/agg/0/MANIFEST-9", 5000),
             obj("shared/agg/0/a.sst", 5000),
             obj("shared/agg/0/b.sst", 5000),
             obj("shared/agg/0/c.sst", 5000),
@@ -103,13 +117,7 @@ mod tests {
             now_ms: 10_000,
             min_age_ms: 1000,
         });
-        assert_eq!(
-            out,
-            vec![
-                "chk-1/_metadata",
-                "chk-1/agg/0/MANIFEST-5",
-                "shared/agg/0/b.sst"
-            ]
-        );
+        // chk-1 has a `_metadata` it cannot account for: left alone.
+        assert_eq!(out, vec!["chk-5/agg/0/MANIFEST-9", "shared/agg/0/b.sst"]);
     }
 }

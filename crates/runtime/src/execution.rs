@@ -213,9 +213,13 @@ impl Execution {
 
     /// Tells every source to inject `barrier`. False if a source is gone.
     pub fn trigger(&self, barrier: Barrier) -> bool {
-        self.sources
+        // Send to every source even if one is gone (no short-circuit).
+        let sent: Vec<bool> = self
+            .sources
             .iter()
-            .all(|s| s.send(SourceControl::Trigger(barrier)).is_ok())
+            .map(|s| s.send(SourceControl::Trigger(barrier)).is_ok())
+            .collect();
+        sent.into_iter().all(|ok| ok)
     }
 
     /// Stops the uploads of checkpoint `id` wherever they are.
@@ -243,10 +247,18 @@ impl Execution {
     }
 
     /// Waits for every thread (blocking: call from a blocking context).
-    pub fn join(self) {
-        for t in self.threads {
+    pub fn join(mut self) {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Execution {
+    /// An execution dropped without `join` (e.g. its coordinator is gone)
+    /// must not leave task threads running.
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

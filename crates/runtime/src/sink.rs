@@ -24,9 +24,9 @@ use crate::RuntimeError;
 ///    stored in the snapshot;
 /// 3. when checkpoint `n` completes: `commit_up_to(n)` makes transactions up
 ///    to `n` visible (idempotently);
-/// 4. after a restore from checkpoint `r`: `recover(pending of r)` commits
-///    what `r` pre-committed (idempotently) and aborts every other
-///    transaction left behind;
+/// 4. after a restore from checkpoint `r`, before the first write, the sink
+///    commits what `r` pre-committed (idempotently) and aborts every other
+///    transaction left behind (for [`TxnFileSink`]: in `open`);
 /// 5. at the end of the input: `finish` commits everything.
 pub trait TwoPhaseCommitSink: Send {
     fn write(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError>;
@@ -35,7 +35,6 @@ pub trait TwoPhaseCommitSink: Send {
         checkpoint: CheckpointId,
     ) -> Result<Vec<PendingTransaction>, RuntimeError>;
     fn commit_up_to(&mut self, checkpoint: CheckpointId) -> Result<(), RuntimeError>;
-    fn recover(&mut self, pending: &[PendingTransaction]) -> Result<(), RuntimeError>;
     fn finish(&mut self) -> Result<(), RuntimeError>;
 }
 
@@ -62,12 +61,11 @@ fn write_update(w: &mut dyn Write, key: &Key, value: i64) -> std::io::Result<()>
 }
 
 impl Sink {
-    /// Opens the sink of aggregate subtask `subtask` in attempt `attempt`;
-    /// `pending` are the transactions of the restored checkpoint.
+    /// Opens the sink of aggregate subtask `subtask`; `pending` are the
+    /// transactions of the restored checkpoint.
     pub fn open(
         spec: &SinkSpec,
         subtask: u32,
-        attempt: u32,
         pending: &[PendingTransaction],
     ) -> Result<Self, RuntimeError> {
         Ok(match spec {
@@ -84,9 +82,7 @@ impl Sink {
                 Sink::File(BufWriter::with_capacity(256 * 1024, f))
             }
             SinkSpec::TransactionalFile { dir } => {
-                let mut s = TxnFileSink::open(dir, subtask, attempt)?;
-                s.recover(pending)?;
-                Sink::Transactional(Box::new(s))
+                Sink::Transactional(Box::new(TxnFileSink::open(dir, subtask, pending)?))
             }
         })
     }
@@ -140,14 +136,15 @@ impl Sink {
 }
 
 /// The transactional file sink: one staging file per epoch
-/// (`.staging-{subtask}-{attempt}-{seq}.jsonl`), committed by an atomic
-/// rename to `part-{subtask}-{checkpoint:020}.jsonl` (or
-/// `part-{subtask}-end-{attempt}.jsonl` for the epoch after the last
+/// (`.staging-{subtask}-{run}-{seq}.jsonl`, `run` unique per opening so no
+/// two processes or attempts ever share a name; created create-only),
+/// committed by an atomic rename to `part-{subtask}-{checkpoint:020}.jsonl`
+/// (or `part-{subtask}-end-{run}.jsonl` for the epoch after the last
 /// checkpoint at the end of the input). Readers see only `part-*` files.
 pub struct TxnFileSink {
     dir: PathBuf,
     subtask: u32,
-    attempt: u32,
+    run: String,
     seq: u64,
     staging: BufWriter<File>,
     staging_name: String,
@@ -155,13 +152,26 @@ pub struct TxnFileSink {
 }
 
 impl TxnFileSink {
-    pub fn open(dir: &Path, subtask: u32, attempt: u32) -> Result<Self, RuntimeError> {
+    /// Opens the sink of `subtask`: first commits the transactions the
+    /// restored checkpoint pre-committed and deletes every other staging
+    /// file of the subtask, then starts a fresh staging file.
+    pub fn open(
+        dir: &Path,
+        subtask: u32,
+        pending: &[PendingTransaction],
+    ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(dir).map_err(|e| sink_err(dir, e))?;
-        let (staging, staging_name) = Self::new_staging(dir, subtask, attempt, 0)?;
+        Self::recover_dir(dir, subtask, pending)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let run = format!("{nanos:x}{:08x}", std::process::id());
+        let (staging, staging_name) = Self::new_staging(dir, subtask, &run, 0)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             subtask,
-            attempt,
+            run,
             seq: 0,
             staging,
             staging_name,
@@ -172,12 +182,16 @@ impl TxnFileSink {
     fn new_staging(
         dir: &Path,
         subtask: u32,
-        attempt: u32,
+        run: &str,
         seq: u64,
     ) -> Result<(BufWriter<File>, String), RuntimeError> {
-        let name = format!(".staging-{subtask}-{attempt}-{seq}.jsonl");
+        let name = format!(".staging-{subtask}-{run}-{seq}.jsonl");
         let path = dir.join(&name);
-        let f = File::create(&path).map_err(|e| sink_err(&path, e))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| sink_err(&path, e))?;
         Ok((BufWriter::with_capacity(256 * 1024, f), name))
     }
 
@@ -191,25 +205,46 @@ impl TxnFileSink {
             .map_err(|e| sink_err(&path, e))
     }
 
-    /// Renames a staging file into the output, idempotently.
-    fn commit(&self, handle: &str, target: &str) -> Result<(), RuntimeError> {
-        let (from, to) = (self.dir.join(handle), self.dir.join(target));
-        if from.exists() {
-            std::fs::rename(&from, &to).map_err(|e| sink_err(&from, e))?;
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| sink_err(&self.dir, e))?;
-        } else if !to.exists() {
+    /// Renames a staging file into the output, idempotently: a target that
+    /// exists was committed before and is never replaced.
+    fn commit(dir: &Path, handle: &str, target: &str) -> Result<(), RuntimeError> {
+        let (from, to) = (dir.join(handle), dir.join(target));
+        if to.exists() {
+            return Ok(());
+        }
+        if !from.exists() {
             return Err(RuntimeError::Sink(format!(
                 "pre-committed transaction {handle} is missing from {} and was never committed",
-                self.dir.display()
+                dir.display()
             )));
         }
-        Ok(())
+        std::fs::rename(&from, &to).map_err(|e| sink_err(&from, e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| sink_err(dir, e))
     }
 
-    fn committed_name(&self, checkpoint: CheckpointId) -> String {
-        format!("part-{}-{:020}.jsonl", self.subtask, checkpoint.0)
+    fn committed_name(subtask: u32, checkpoint: CheckpointId) -> String {
+        format!("part-{subtask}-{:020}.jsonl", checkpoint.0)
+    }
+
+    /// Commits `pending` and deletes every other staging file of `subtask`.
+    fn recover_dir(
+        dir: &Path,
+        subtask: u32,
+        pending: &[PendingTransaction],
+    ) -> Result<(), RuntimeError> {
+        for t in pending {
+            Self::commit(dir, &t.handle, &Self::committed_name(subtask, t.checkpoint))?;
+        }
+        let prefix = format!(".staging-{subtask}-");
+        let entries = std::fs::read_dir(dir).map_err(|e| sink_err(dir, e))?;
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(e.path()).map_err(|err| sink_err(&e.path(), err))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -228,7 +263,7 @@ impl TwoPhaseCommitSink for TxnFileSink {
             handle: self.staging_name.clone(),
         });
         self.seq += 1;
-        let (w, name) = Self::new_staging(&self.dir, self.subtask, self.attempt, self.seq)?;
+        let (w, name) = Self::new_staging(&self.dir, self.subtask, &self.run, self.seq)?;
         self.staging = w;
         self.staging_name = name;
         Ok(self.pending.clone())
@@ -241,36 +276,22 @@ impl TwoPhaseCommitSink for TxnFileSink {
             .partition(|t| t.checkpoint <= checkpoint);
         self.pending = rest;
         for t in done {
-            self.commit(&t.handle, &self.committed_name(t.checkpoint))?;
-        }
-        Ok(())
-    }
-
-    fn recover(&mut self, pending: &[PendingTransaction]) -> Result<(), RuntimeError> {
-        for t in pending {
-            self.commit(&t.handle, &self.committed_name(t.checkpoint))?;
-        }
-        // Abort the rest: staging files of this subtask from other epochs
-        // or attempts (never the one just opened).
-        let prefix = format!(".staging-{}-", self.subtask);
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| sink_err(&self.dir, e))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&prefix) && name != self.staging_name {
-                std::fs::remove_file(e.path()).map_err(|err| sink_err(&e.path(), err))?;
-            }
+            Self::commit(
+                &self.dir,
+                &t.handle,
+                &Self::committed_name(self.subtask, t.checkpoint),
+            )?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> Result<(), RuntimeError> {
         self.seal()?;
-        let last = self.pending.last().map(|t| t.checkpoint);
-        if let Some(id) = last {
+        if let Some(id) = self.pending.last().map(|t| t.checkpoint) {
             self.commit_up_to(id)?;
         }
-        let end = format!("part-{}-end-{}.jsonl", self.subtask, self.attempt);
-        self.commit(&self.staging_name.clone(), &end)
+        let end = format!("part-{}-end-{}.jsonl", self.subtask, self.run);
+        Self::commit(&self.dir, &self.staging_name, &end)
     }
 }
 
@@ -278,20 +299,20 @@ impl TwoPhaseCommitSink for TxnFileSink {
 mod tests {
     use super::*;
 
-    fn read(dir: &Path) -> Vec<String> {
-        let mut names: Vec<_> = std::fs::read_dir(dir)
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
-        names.sort();
-        names
+        n.sort();
+        n
     }
 
     #[test]
     fn two_phase_commit_lifecycle() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = TxnFileSink::open(d.path(), 0, 0).unwrap();
+        let mut s = TxnFileSink::open(d.path(), 0, &[]).unwrap();
         s.write(&Key::Int(1), 1).unwrap();
         let p1 = s.pre_commit(CheckpointId(1)).unwrap();
         assert_eq!(p1.len(), 1);
@@ -299,29 +320,26 @@ mod tests {
         let p2 = s.pre_commit(CheckpointId(2)).unwrap();
         assert_eq!(p2.len(), 2, "1 is not committed yet");
         assert!(
-            read(d.path()).iter().all(|n| n.starts_with(".staging")),
+            names(d.path()).iter().all(|n| n.starts_with(".staging")),
             "nothing visible before a commit"
         );
         s.commit_up_to(CheckpointId(1)).unwrap();
-        assert!(read(d.path()).contains(&format!("part-0-{:020}.jsonl", 1)));
+        assert!(names(d.path()).contains(&format!("part-0-{:020}.jsonl", 1)));
         s.write(&Key::Int(1), 3).unwrap(); // lost with the failure below
+        drop(s);
 
-        // Failure; restore from checkpoint 2: commits 2 (and 1 again, idempotently).
-        let mut r = TxnFileSink::open(d.path(), 0, 1).unwrap();
-        r.recover(&p2).unwrap();
-        let names = read(d.path());
-        assert!(
-            names.contains(&format!("part-0-{:020}.jsonl", 2)),
-            "{names:?}"
-        );
+        // Restore from checkpoint 2: commits 2 (1 again, idempotently).
+        let mut r = TxnFileSink::open(d.path(), 0, &p2).unwrap();
+        let n = names(d.path());
+        assert!(n.contains(&format!("part-0-{:020}.jsonl", 2)), "{n:?}");
         assert_eq!(
-            names.iter().filter(|n| n.starts_with(".staging")).count(),
+            n.iter().filter(|n| n.starts_with(".staging")).count(),
             1,
-            "only the new staging file: {names:?}"
+            "only the new staging file: {n:?}"
         );
         r.write(&Key::Int(1), 3).unwrap();
         r.finish().unwrap();
-        let all: String = read(d.path())
+        let all: String = names(d.path())
             .iter()
             .filter(|n| n.starts_with("part-"))
             .map(|n| std::fs::read_to_string(d.path().join(n)).unwrap())
@@ -332,11 +350,27 @@ mod tests {
     #[test]
     fn missing_precommitted_file_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = TxnFileSink::open(d.path(), 0, 0).unwrap();
         let gone = [PendingTransaction {
             checkpoint: CheckpointId(5),
             handle: ".staging-0-9-9.jsonl".into(),
         }];
-        assert!(s.recover(&gone).is_err());
+        assert!(TxnFileSink::open(d.path(), 0, &gone).is_err());
+    }
+
+    /// A later process restoring the same checkpoint must not replace
+    /// output committed already: staging names never repeat.
+    #[test]
+    fn a_new_run_never_overwrites_committed_output() {
+        let d = tempfile::tempdir().unwrap();
+        let mut a = TxnFileSink::open(d.path(), 0, &[]).unwrap();
+        a.write(&Key::Int(1), 1).unwrap();
+        let p1 = a.pre_commit(CheckpointId(1)).unwrap();
+        a.commit_up_to(CheckpointId(1)).unwrap();
+        drop(a); // crash
+        let committed = d.path().join(format!("part-0-{:020}.jsonl", 1));
+        let before = std::fs::read_to_string(&committed).unwrap();
+        assert!(!before.is_empty());
+        let _b = TxnFileSink::open(d.path(), 0, &p1).unwrap();
+        assert_eq!(std::fs::read_to_string(&committed).unwrap(), before);
     }
 }

@@ -250,7 +250,7 @@ impl AggregateTask {
             .find(|s| s.task.subtask == self.task.subtask)
             .map(|s| s.pending_transactions.as_slice())
             .unwrap_or(&[]);
-        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, ctx.attempt, pending)?;
+        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, pending)?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
         let worker = Worker {
             ctx: ctx.clone(),
@@ -356,20 +356,22 @@ impl AggregateTask {
                         }
                     }
                 }
-                Message::Barrier(b) => {
-                    if let Some(cur) = align.barrier {
-                        if cur.id != b.id {
-                            break Err(RuntimeError::Internal(format!(
-                                "barrier {} arrived while aligning barrier {}",
-                                b.id, cur.id
-                            )));
-                        }
-                    } else {
+                Message::Barrier(b) => match align.barrier {
+                    // An older barrier after a newer one: that checkpoint
+                    // was given up here already.
+                    Some(cur) if b.id < cur.id => {}
+                    Some(cur) if b.id == cur.id => align.arrived[i] = true,
+                    // None, or a newer barrier overtook the one in progress
+                    // (at-least-once with concurrent or expired checkpoints):
+                    // align the newer one; the older cannot complete here.
+                    _ => {
                         align.barrier = Some(b);
                         align.first_arrival = Some(Instant::now());
+                        align.beyond = 0;
+                        align.arrived.iter_mut().for_each(|a| *a = false);
+                        align.arrived[i] = true;
                     }
-                    align.arrived[i] = true;
-                }
+                },
                 Message::EndOfStream => ended[i] = true,
             }
             // Snapshot once every live input delivered the barrier.
@@ -404,12 +406,13 @@ impl AggregateTask {
         drop(snap_tx);
         let worker_result = worker_thread.join();
         result?;
-        sink.finish()?;
         match worker_result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
         }
+        // Only a task whose snapshots all succeeded makes its last epoch final.
+        sink.finish()?;
         let _ = ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,

@@ -201,17 +201,25 @@ impl CheckpointStorage {
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
             let mut crc = 0u32;
             let mut buf = vec![0u8; MULTIPART_CHUNK];
-            loop {
-                let n = file.read(&mut buf).await.map_err(io)?;
-                if n == 0 {
-                    break;
+            let streamed: Result<(), StorageError> = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    crc = checksum::crc32c_append(crc, &buf[..n]);
+                    writer
+                        .wait_for_capacity(MULTIPART_CONCURRENCY)
+                        .await
+                        .map_err(|e| StorageError::store("put", &path, e))?;
+                    writer.write(&buf[..n]);
                 }
-                crc = checksum::crc32c_append(crc, &buf[..n]);
-                writer
-                    .wait_for_capacity(MULTIPART_CONCURRENCY)
-                    .await
-                    .map_err(|e| StorageError::store("put", &path, e))?;
-                writer.write(&buf[..n]);
+            }
+            .await;
+            if let Err(e) = streamed {
+                // Do not leave an unfinished multipart upload behind.
+                let _ = writer.abort().await;
+                return Err(e);
             }
             writer
                 .finish()
@@ -469,8 +477,32 @@ impl CheckpointStorage {
 
     /// Copies a completed checkpoint into `savepoints/{id}/`: self-contained
     /// (every file copied, shared ones too), owned by the user, never touched
-    /// by retention or GC. `_metadata` is written last, create-only.
+    /// by retention or GC. `_metadata` is written last, create-only. If the
+    /// copy fails, the partial folder is deleted; an existing savepoint of
+    /// that id is never overwritten.
     pub async fn create_savepoint(
+        &self,
+        meta: &CheckpointMetadata,
+        id: &SavepointId,
+    ) -> Result<String, StorageError> {
+        let root = JobPaths::savepoint_root(&self.root, id);
+        if !self.list_prefix(&root).await?.is_empty() {
+            return Err(StorageError::AlreadyExists {
+                path: root.to_string(),
+            });
+        }
+        match self.copy_to_savepoint(meta, id).await {
+            Ok(path) => Ok(path),
+            Err(e) => {
+                for p in self.list_prefix(&root).await.unwrap_or_default() {
+                    let _ = self.delete(&p).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn copy_to_savepoint(
         &self,
         meta: &CheckpointMetadata,
         id: &SavepointId,
