@@ -524,3 +524,57 @@ async fn storage_down_fails_the_job_clearly_and_it_resumes_when_storage_is_back(
     assert_eq!(outcome.restored_from, vec![before[0].checkpoint_id]);
     assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_never_jumps_to_a_newer_checkpoint_of_an_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let (events, keys) = (1_500_000, 5_000);
+    let spec = pv_spec(
+        "pv-runs",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"retention":20}"#,
+    );
+    spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("w1"),
+    })
+    .join()
+    .await
+    .unwrap();
+    let ids: Vec<CheckpointId> = storage
+        .list_checkpoints(&spec.job_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.checkpoint_id)
+        .collect();
+    let (newest, oldest) = (ids[0], *ids.last().unwrap());
+    assert!(newest > oldest, "{ids:?}");
+
+    // Restore the oldest; a task fails right after its first snapshot.
+    let mut failing = spec.clone();
+    failing.inject_failure = Some(cutpoint_core::spec::InjectFailure {
+        subtask: 0,
+        after_records: 1,
+        after_completed_checkpoint: false,
+    });
+    let outcome = spawn_job(JobConfig {
+        spec: failing,
+        storage: storage.clone(),
+        restore_from: Some(cutpoint_coordinator::RestoreFrom::Checkpoint(oldest)),
+        local_dir: dir.path().join("w2"),
+    })
+    .join()
+    .await
+    .unwrap();
+    assert_eq!(outcome.restored_from.len(), 2, "{outcome:?}");
+    assert_eq!(outcome.restored_from[0], oldest);
+    let again = outcome.restored_from[1];
+    assert!(again == oldest || again > newest, "restarted from {again}, a checkpoint of the earlier run (oldest {oldest}, newest {newest})");
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+}
