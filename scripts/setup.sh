@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing cutpoint needs on Debian/Ubuntu:
 # a C++ toolchain and libclang (the rocksdb crate compiles RocksDB and runs
-# bindgen), and python3-pip (the test S3 server is installed from PyPI).
+# bindgen), python3-pip (the test S3 server is installed from PyPI) and
+# python3-venv (the API fuzzer, schemathesis, runs in its own venv).
 # Idempotent; skips apt when everything is present. Run as root or with sudo.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v make >/dev/null 2>&1 || need+=(make)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/*/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""

@@ -16,3 +16,4 @@ elif [ -z "${AWS_ENDPOINT_URL:-}" ]; then
   echo "test.sh: WARNING: no S3 server (../shared/s3 missing, AWS_ENDPOINT_URL unset): S3 variants are skipped" >&2
 fi
 cargo test --release --workspace
+./scripts/fuzz-api.sh
