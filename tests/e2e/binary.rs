@@ -192,36 +192,12 @@ fn restoring_a_missing_or_corrupt_checkpoint_is_a_clear_error() {
     );
 
     let job_dir = chk.join("jobs/pv-missing");
-    let mut ids: Vec<u64> = std::fs::read_dir(&job_dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("chk-")?
-                .parse()
-                .ok()
-        })
-        .filter(|id: &u64| job_dir.join(format!("chk-{id}/_metadata")).exists())
-        .collect();
-    ids.sort();
+    let ids = restorable_ids(&job_dir);
     assert!(ids.len() >= 2, "retention keeps 3 checkpoints: {ids:?}");
     let (oldest, newest) = (ids[0], *ids.last().unwrap());
-    let meta = |id: u64| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(job_dir.join(format!("chk-{id}/_metadata"))).unwrap())
-            .unwrap()
-    };
-    let files = |m: &serde_json::Value| -> Vec<String> {
-        m["subtasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|s| s["files"].as_array().unwrap().iter())
-            .map(|f| f["path"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let old_files = files(&meta(oldest));
-    let victim = files(&meta(newest))
+    let files = |id: u64| checkpoint_files(&job_dir, id);
+    let old_files = files(oldest);
+    let victim = files(newest)
         .into_iter()
         .find(|p| p.starts_with("shared/") && p.ends_with(".sst") && !old_files.contains(p))
         .expect("the newest checkpoint has an SST the oldest does not");
@@ -273,6 +249,39 @@ fn demo_is_exact() {
     assert!(summary["checkpoints_completed"].as_u64().unwrap() >= 1);
 }
 
+/// Ids of the checkpoints of a job folder that have `_metadata`, ascending.
+fn restorable_ids(job_dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(job_dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("chk-")?
+                .parse()
+                .ok()
+        })
+        .filter(|id: &u64| job_dir.join(format!("chk-{id}/_metadata")).exists())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The file paths a checkpoint's `_metadata` lists.
+fn checkpoint_files(job_dir: &Path, id: u64) -> Vec<String> {
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(job_dir.join(format!("chk-{id}/_metadata"))).unwrap(),
+    )
+    .unwrap();
+    m["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["files"].as_array().unwrap().iter())
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Relative paths of every object under a job folder (local storage).
 fn job_objects(job_dir: &Path) -> std::collections::BTreeSet<String> {
     fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
@@ -293,17 +302,9 @@ fn job_objects(job_dir: &Path) -> std::collections::BTreeSet<String> {
 /// Files every completed checkpoint references, plus their metadata and job.json.
 fn referenced(job_dir: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::from(["job.json".to_string()]);
-    for e in std::fs::read_dir(job_dir).unwrap().flatten() {
-        let meta = e.path().join("_metadata");
-        if let Ok(bytes) = std::fs::read(&meta) {
-            let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-            out.insert(format!("{}/_metadata", e.file_name().to_string_lossy()));
-            for s in m["subtasks"].as_array().unwrap() {
-                for f in s["files"].as_array().unwrap() {
-                    out.insert(f["path"].as_str().unwrap().to_string());
-                }
-            }
-        }
+    for id in restorable_ids(job_dir) {
+        out.insert(format!("chk-{id}/_metadata"));
+        out.extend(checkpoint_files(job_dir, id));
     }
     out
 }
@@ -388,34 +389,10 @@ fn latest_falls_back_past_a_checkpoint_with_a_corrupt_file() {
     let out = dir.path().join("f.jsonl");
     run_to_end(&spec, &chk, None, &out);
     let job_dir = chk.join("jobs/pv-fallback");
-    let mut ids: Vec<u64> = std::fs::read_dir(&job_dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.ok()?
-                .file_name()
-                .to_str()?
-                .strip_prefix("chk-")?
-                .parse()
-                .ok()
-        })
-        .filter(|id: &u64| job_dir.join(format!("chk-{id}/_metadata")).exists())
-        .collect();
-    ids.sort();
+    let ids = restorable_ids(&job_dir);
     assert!(ids.len() >= 2, "{ids:?}");
     let newest = *ids.last().unwrap();
-    let files = |id: u64| -> Vec<String> {
-        let m: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(job_dir.join(format!("chk-{id}/_metadata"))).unwrap(),
-        )
-        .unwrap();
-        m["subtasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|s| s["files"].as_array().unwrap().iter())
-            .map(|f| f["path"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let files = |id: u64| checkpoint_files(&job_dir, id);
     let older: Vec<String> = ids[..ids.len() - 1]
         .iter()
         .flat_map(|id| files(*id))

@@ -910,6 +910,16 @@ impl Runner {
             });
         }
         tracker.remove_retained(id);
+        self.discard_retained(tracker, id).await;
+        tracing::info!(checkpoint = %id, "checkpoint deleted on request");
+        Ok(())
+    }
+
+    /// Deletes a checkpoint that is no longer retained: its folder
+    /// (`_metadata` first), then the shared files only it used — only once
+    /// `_metadata` is gone, so a checkpoint that still looks restorable
+    /// never loses files.
+    async fn discard_retained(&mut self, tracker: &CheckpointTracker, id: CheckpointId) {
         self.stats_mut().discarded(id);
         if self.delete_checkpoint(id).await {
             let free =
@@ -917,8 +927,6 @@ impl Runner {
                     .release(id, tracker.highest_pending(), tracker.lowest_pending());
             self.delete_shared(&free).await;
         }
-        tracing::info!(checkpoint = %id, "checkpoint deleted on request");
-        Ok(())
     }
 
     /// Writes `_metadata` for an all-acked checkpoint and applies retention.
@@ -1015,16 +1023,7 @@ impl Runner {
             let _ = self.discard(tracker, attempt, a).await;
         }
         for old in done.subsumed {
-            self.stats_mut().discarded(old);
-            // Metadata first (inside delete_checkpoint), then what only it
-            // used — only once `_metadata` is gone, so a checkpoint that still
-            // looks restorable never loses files.
-            if self.delete_checkpoint(old).await {
-                let free =
-                    self.registry
-                        .release(old, tracker.highest_pending(), tracker.lowest_pending());
-                self.delete_shared(&free).await;
-            }
+            self.discard_retained(tracker, old).await;
         }
         self.sweep_abandoned(tracker, p.id).await;
         None

@@ -96,17 +96,12 @@ impl CheckpointStorage {
 
     pub async fn read_job_spec(&self, job: &JobId) -> Result<JobSpec, StorageError> {
         let path = self.paths(job).job_spec();
-        let bytes = match self.get(&path).await {
-            Err(StorageError::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(StorageError::JobSpecMissing {
+        let bytes =
+            self.get_optional(&path)
+                .await?
+                .ok_or_else(|| StorageError::JobSpecMissing {
                     job: job.to_string(),
-                });
-            }
-            other => other?,
-        };
+                })?;
         let text = std::str::from_utf8(&bytes).map_err(|e| StorageError::CorruptJobSpec {
             path: path.to_string(),
             reason: e.to_string(),
@@ -244,17 +239,12 @@ impl CheckpointStorage {
         dir: &FsPath,
     ) -> Result<(), StorageError> {
         let path = self.paths(job).resolve(&file.path);
-        let data = match self.get(&path).await {
-            Err(StorageError::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(StorageError::StateFileMissing {
+        let data =
+            self.get_optional(&path)
+                .await?
+                .ok_or_else(|| StorageError::StateFileMissing {
                     path: path.to_string(),
-                });
-            }
-            other => other?,
-        };
+                })?;
         let crc = checksum::crc32c(&data);
         if data.len() as u64 != file.size || crc != file.crc32c {
             return Err(StorageError::ChecksumMismatch {
@@ -290,27 +280,14 @@ impl CheckpointStorage {
         job: &JobId,
         id: CheckpointId,
     ) -> Result<CheckpointMetadata, StorageError> {
-        let path = self.paths(job).metadata(id);
-        let bytes = match self.get(&path).await {
-            Err(StorageError::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => {
-                return Err(StorageError::MetadataMissing {
-                    job: job.to_string(),
-                    checkpoint: id.0,
-                });
-            }
-            other => other?,
+        let missing = || StorageError::MetadataMissing {
+            job: job.to_string(),
+            checkpoint: id.0,
         };
-        let corrupt = |reason: String| StorageError::CorruptMetadata {
-            path: path.to_string(),
-            reason,
-        };
-        let meta: CheckpointMetadata =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        meta.verify(job, id).map_err(|e| corrupt(e.to_string()))?;
-        Ok(meta)
+        self.read_metadata_at(&self.paths(job).metadata(id), missing, |m| {
+            m.verify(job, id)
+        })
+        .await
     }
 
     /// Ids of every `chk-{n}` folder of a job, complete or not, ascending.
@@ -533,23 +510,13 @@ impl CheckpointStorage {
         &self,
         id: &SavepointId,
     ) -> Result<CheckpointMetadata, StorageError> {
-        let path = self.savepoint_file(id, METADATA_NAME);
-        let bytes = match self.get(&path).await {
-            Err(StorageError::ObjectStore {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => return Err(StorageError::SavepointMissing { id: id.to_string() }),
-            other => other?,
-        };
-        let corrupt = |reason: String| StorageError::CorruptMetadata {
-            path: path.to_string(),
-            reason,
-        };
-        let meta: CheckpointMetadata =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        meta.verify_savepoint()
-            .map_err(|e| corrupt(e.to_string()))?;
-        Ok(meta)
+        let missing = || StorageError::SavepointMissing { id: id.to_string() };
+        self.read_metadata_at(
+            &self.savepoint_file(id, METADATA_NAME),
+            missing,
+            CheckpointMetadata::verify_savepoint,
+        )
+        .await
     }
 
     /// Imports a savepoint as checkpoint `id` of `job` (copying its files
@@ -619,6 +586,37 @@ impl CheckpointStorage {
             .await
             .map_err(|e| StorageError::store("put", path, e))?;
         Ok(())
+    }
+
+    /// The object's bytes, or `None` if it does not exist.
+    async fn get_optional(&self, path: &Path) -> Result<Option<Bytes>, StorageError> {
+        match self.get(path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(StorageError::ObjectStore {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads metadata at `path`: `missing()` if absent; `CorruptMetadata`
+    /// naming the path if it does not parse or `verify` rejects it.
+    async fn read_metadata_at(
+        &self,
+        path: &Path,
+        missing: impl FnOnce() -> StorageError,
+        verify: impl FnOnce(&CheckpointMetadata) -> Result<(), cutpoint_core::CoreError>,
+    ) -> Result<CheckpointMetadata, StorageError> {
+        let bytes = self.get_optional(path).await?.ok_or_else(missing)?;
+        let corrupt = |reason: String| StorageError::CorruptMetadata {
+            path: path.to_string(),
+            reason,
+        };
+        let meta: CheckpointMetadata =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        verify(&meta).map_err(|e| corrupt(e.to_string()))?;
+        Ok(meta)
     }
 
     async fn get(&self, path: &Path) -> Result<Bytes, StorageError> {
