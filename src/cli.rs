@@ -414,16 +414,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
 /// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
 /// store in a fault injector (see `FaultRule::parse_list`).
 async fn serve(config: crate::config::Config) -> Result<()> {
-    let tmp;
-    let work_dir = match config.work_dir.clone() {
-        Some(d) => d,
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("cutpoint-serve-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (work_dir, _tmp) = dir_or_temp(config.work_dir.clone(), "cutpoint-serve-")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -452,6 +443,17 @@ async fn serve(config: crate::config::Config) -> Result<()> {
     Ok(())
 }
 
+/// `dir`, or a temporary directory (removed when the guard drops).
+fn dir_or_temp(dir: Option<PathBuf>, prefix: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    Ok(match dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new().prefix(prefix).tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    })
+}
+
 pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
     let mut loc = StorageLocation::parse(location)?;
     if let Ok(rules) = std::env::var("CUTPOINT_FAULTS") {
@@ -473,16 +475,7 @@ pub async fn run_job(
     restore_from: Option<RestoreFrom>,
     work_dir: Option<PathBuf>,
 ) -> Result<JobOutcome> {
-    let tmp;
-    let local_dir = match work_dir {
-        Some(d) => d,
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("cutpoint-work-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (local_dir, _tmp) = dir_or_temp(work_dir, "cutpoint-work-")?;
     let handle = spawn_job(JobConfig {
         spec,
         storage,

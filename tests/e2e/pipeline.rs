@@ -335,10 +335,16 @@ async fn sink_scenario(
     )
 }
 
+/// Committed output: no staging file left, every update of every key once.
 fn assert_every_update_exactly_once(
+    names: &[String],
     updates: &std::collections::BTreeMap<i64, Vec<i64>>,
     expected: &std::collections::BTreeMap<cutpoint_core::Key, i64>,
 ) {
+    assert!(
+        names.iter().all(|n| n.starts_with("part-")),
+        "no staging file left: {names:?}"
+    );
     assert_eq!(updates.len(), expected.len());
     for (k, want) in expected {
         let cutpoint_core::Key::Int(k) = k else {
@@ -359,11 +365,7 @@ async fn two_phase_commit_sink_is_exactly_once_when_failing_after_commit() {
     let (updates, expected, restored, names) =
         sink_scenario("transactional_file", true, false).await;
     assert_eq!(restored.len(), 1);
-    assert!(
-        names.iter().all(|n| n.starts_with("part-")),
-        "no staging file left: {names:?}"
-    );
-    assert_every_update_exactly_once(&updates, &expected);
+    assert_every_update_exactly_once(&names, &updates, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,11 +377,7 @@ async fn two_phase_commit_sink_is_exactly_once_when_failing_between_precommit_an
         vec![CheckpointId(1)],
         "restored from the checkpoint the sinks pre-committed"
     );
-    assert!(
-        names.iter().all(|n| n.starts_with("part-")),
-        "no staging file left: {names:?}"
-    );
-    assert_every_update_exactly_once(&updates, &expected);
+    assert_every_update_exactly_once(&names, &updates, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

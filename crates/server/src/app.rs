@@ -80,6 +80,15 @@ impl AppState {
             .collect()
     }
 
+    /// The spec of a job this server knows, else the one stored beside its
+    /// checkpoints (so a fresh server can restore from storage alone).
+    pub async fn job_spec(&self, id: &JobId) -> Result<JobSpec, ApiError> {
+        match self.job(id) {
+            Some(e) => Ok(e.control.spec().clone()),
+            None => Ok(self.storage.read_job_spec(id).await?),
+        }
+    }
+
     /// The entry of a job this server runs now, or 404/409.
     pub fn running(&self, id: &JobId) -> Result<JobEntry, ApiError> {
         let entry = self.job(id).ok_or_else(|| {

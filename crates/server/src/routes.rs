@@ -261,10 +261,7 @@ pub async fn restore_job(
         }
     };
     cutpoint_coordinator::restore::resolve(&st.storage, &job, from.clone()).await?;
-    let spec = match st.job(&job) {
-        Some(e) => e.control.spec().clone(),
-        None => st.storage.read_job_spec(&job).await?,
-    };
+    let spec = st.job_spec(&job).await?;
     if st.job(&job).is_some_and(|e| e.result().is_none()) {
         st.stop_job(&job).await?;
     }
@@ -313,10 +310,7 @@ pub async fn list_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResult<
 }
 
 pub async fn checkpoint_config(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
-    let spec = match st.job(&job) {
-        Some(e) => e.control.spec().clone(),
-        None => st.storage.read_job_spec(&job).await?,
-    };
+    let spec = st.job_spec(&job).await?;
     Ok(Json(views::config(&spec)))
 }
 
