@@ -3,7 +3,10 @@
 # release mode so the RocksDB build is shared with `cargo run --release`.
 # S3 tests run against a real S3-compatible server started here from the
 # team's shared folder (../shared/s3); without it they are skipped loudly,
-# and in CI (CI set) their absence fails the run.
+# and in CI (CI set) their absence fails the run. The tests include 50+
+# seeded chaos cycles (tests/e2e/chaos.rs); after them the API fuzzer and
+# the dashboard's headless-Chromium test (skipped loudly without Chromium:
+# ./scripts/setup.sh --with-browser installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
@@ -17,3 +20,4 @@ elif [ -z "${AWS_ENDPOINT_URL:-}" ]; then
 fi
 cargo test --release --workspace
 ./scripts/fuzz-api.sh
+./scripts/dashboard-test.sh

@@ -79,6 +79,28 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Seeded chaos cycles: inject one fault per cycle, recover, compare with
+    /// the failure-free result (needs a build with `--features failpoints`;
+    /// see docs/reliability.md).
+    Chaos {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 50)]
+        cycles: u64,
+        /// Start at this cycle (replay one: --first-cycle C --cycles 1).
+        #[arg(long, default_value_t = 0)]
+        first_cycle: u64,
+        /// Base checkpoint storage; each cycle uses `<base>/cycle-<n>`
+        /// (default: under the work dir).
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
+        /// Where cycles keep their files (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keep every cycle's files, not only those of failing cycles.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Run the PV demo: failure injection, recovery, exact-count check.
     Demo {
         /// Checkpoint storage (default: a temporary directory).
@@ -213,6 +235,19 @@ enum CheckpointsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// What storage holds per job: objects and bytes, restorable
+    /// checkpoints, and objects no checkpoint references (in-flight uploads
+    /// or leftovers the orphan sweep removes), read from storage directly.
+    Usage {
+        #[arg(long)]
+        checkpoint_dir: String,
+        /// Only this job (default: every job in storage).
+        #[arg(long)]
+        job: Option<JobId>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Trigger a checkpoint of a running job.
     Trigger {
         job: JobId,
@@ -335,6 +370,11 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
                     };
                     print_checkpoint_rows(&rows, server.json)?;
                 }
+                CheckpointsCommand::Usage {
+                    checkpoint_dir,
+                    job,
+                    json,
+                } => print_usage(&open_storage(&checkpoint_dir)?, job, json).await?,
                 CheckpointsCommand::Trigger {
                     job,
                     checkpoint_type,
@@ -408,11 +448,26 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             rate,
             keys,
         } => crate::demo::run(checkpoint_dir, events, rate, keys).await,
+        Command::Chaos {
+            seed,
+            cycles,
+            first_cycle,
+            checkpoint_dir,
+            work_dir,
+            keep,
+        } => tokio::task::block_in_place(|| {
+            crate::chaos::run(crate::chaos::ChaosArgs {
+                seed,
+                cycles,
+                first_cycle,
+                checkpoint_dir,
+                work_dir,
+                keep,
+            })
+        }),
     }
 }
 
-/// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
-/// store in a fault injector (see `FaultRule::parse_list`).
 async fn serve(config: crate::config::Config) -> Result<()> {
     let (work_dir, _tmp) = dir_or_temp(config.work_dir.clone(), "cutpoint-serve-")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -444,7 +499,10 @@ async fn serve(config: crate::config::Config) -> Result<()> {
 }
 
 /// `dir`, or a temporary directory (removed when the guard drops).
-fn dir_or_temp(dir: Option<PathBuf>, prefix: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn dir_or_temp(
+    dir: Option<PathBuf>,
+    prefix: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
     Ok(match dir {
         Some(d) => (d, None),
         None => {
@@ -454,6 +512,8 @@ fn dir_or_temp(dir: Option<PathBuf>, prefix: &str) -> Result<(PathBuf, Option<te
     })
 }
 
+/// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
+/// store in a fault injector (see `FaultRule::parse_list`).
 pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
     let mut loc = StorageLocation::parse(location)?;
     if let Ok(rules) = std::env::var("CUTPOINT_FAULTS") {
@@ -545,6 +605,35 @@ async fn storage_rows(
         }
     }
     Ok(rows)
+}
+
+async fn print_usage(storage: &CheckpointStorage, job: Option<JobId>, as_json: bool) -> Result<()> {
+    let jobs = match job {
+        Some(j) => vec![j],
+        None => storage.list_jobs().await?,
+    };
+    let mut all = serde_json::Map::new();
+    for job in jobs {
+        let u = storage.usage(&job).await?;
+        if !as_json {
+            println!(
+                "{job}: {} objects, {} bytes; {} restorable checkpoints {:?}; {} unreferenced objects ({} bytes){}{}",
+                u.objects,
+                u.bytes,
+                u.checkpoints.len(),
+                u.checkpoints.iter().map(|c| c.0).collect::<Vec<_>>(),
+                u.unreferenced.len(),
+                u.unreferenced_bytes,
+                if u.unreadable.is_empty() { String::new() } else { format!("; UNREADABLE: {:?}", u.unreadable) },
+                if u.missing.is_empty() { String::new() } else { format!("; MISSING FILES: {:?}", u.missing) },
+            );
+        }
+        all.insert(job.to_string(), serde_json::to_value(&u)?);
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    }
+    Ok(())
 }
 
 fn print_checkpoint_rows(rows: &[serde_json::Value], as_json: bool) -> Result<()> {

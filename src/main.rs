@@ -1,6 +1,7 @@
 //! The `cutpoint` command line: run a job, list its checkpoints, run the demo.
 
 mod bench;
+mod chaos;
 mod cli;
 mod client;
 mod config;
@@ -18,6 +19,14 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = cli::Cli::parse();
+    // Tests only: fail points (see cutpoint_core::failpoint).
+    if let Ok(spec) = std::env::var("CUTPOINT_FAILPOINTS") {
+        if let Err(e) = cutpoint_core::failpoint::configure(&spec) {
+            eprintln!("error: CUTPOINT_FAILPOINTS: {e}");
+            return std::process::ExitCode::from(2);
+        }
+        tracing::warn!(%spec, "CUTPOINT_FAILPOINTS: fail points configured");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

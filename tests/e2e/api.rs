@@ -536,6 +536,28 @@ async fn bad_requests_get_problems_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // The dashboard page is static and open; it holds no data and loads
+    // nothing from elsewhere (its CSP forbids it).
+    let r = anon.get(format!("{}/", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("<title>"));
+    for external in [
+        "src=\"http",
+        "href=\"http",
+        "src='http",
+        "href='http",
+        "@import",
+        "url(http",
+        "//cdn",
+    ] {
+        assert!(
+            !page.contains(external),
+            "the page loads nothing: {external}"
+        );
+    }
 
     // Still serving, nothing changed: one job, running, no checkpoint.
     let (s, jobs) = server.get("/v1/jobs").await;

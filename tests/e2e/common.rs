@@ -99,26 +99,18 @@ pub async fn assert_storage_is_exactly_referenced(
     storage: &CheckpointStorage,
     job: &cutpoint_core::JobId,
 ) -> Vec<cutpoint_core::CheckpointMetadata> {
-    let mut metas = Vec::new();
-    let mut expected = std::collections::BTreeSet::from(["job.json".to_string()]);
-    for l in storage.list_checkpoints(job).await.unwrap() {
-        let m = l.metadata.expect("every listed checkpoint verifies");
-        expected.insert(format!("chk-{}/_metadata", m.checkpoint_id));
-        expected.extend(m.files().map(|f| f.path.clone()));
-        metas.push(m);
-    }
-    let actual: std::collections::BTreeSet<String> = storage
-        .list_job_objects(job)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let leaked: Vec<_> = actual.difference(&expected).collect();
-    let missing: Vec<_> = expected.difference(&actual).collect();
+    let u = storage.usage(job).await.unwrap();
+    assert!(u.unreadable.is_empty(), "every checkpoint verifies: {u:?}");
     assert!(
-        leaked.is_empty() && missing.is_empty(),
-        "leaked: {leaked:?}\nmissing: {missing:?}"
+        u.unreferenced.is_empty() && u.missing.is_empty(),
+        "leaked: {:?}\nmissing: {:?}",
+        u.unreferenced,
+        u.missing
     );
+    let mut metas = Vec::new();
+    for l in storage.list_checkpoints(job).await.unwrap() {
+        metas.push(l.metadata.unwrap());
+    }
     metas
 }
 

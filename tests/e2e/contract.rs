@@ -185,6 +185,7 @@ async fn every_operation_matches_the_openapi_contract() {
     let cps = "/v1/jobs/{job_id}/checkpoints";
     let one = "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}";
 
+    d.call(Method::GET, "/", "/", None).await;
     d.call(Method::GET, "/healthz", "/healthz", None).await;
     d.call(Method::GET, "/readyz", "/readyz", None).await;
     d.call(Method::GET, "/v1/openapi.yaml", "/v1/openapi.yaml", None)

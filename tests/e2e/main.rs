@@ -4,6 +4,7 @@
 
 mod api;
 mod binary;
+mod chaos;
 mod common;
 mod contract;
 mod docker;

@@ -359,6 +359,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
         restore_base: None,
+        undeleted: Default::default(),
         registry: SharedRegistry::new(),
         savepoints: Default::default(),
         spec: spec.clone(),
@@ -388,6 +389,10 @@ struct Runner {
     /// The checkpoint the running attempt restored from, until it completes
     /// one of its own: the snapshot workers reuse its shared files.
     restore_base: Option<CheckpointId>,
+    /// Checkpoints no longer retained whose deletion failed: the orphan
+    /// sweep (which never deletes a folder with `_metadata` on its own)
+    /// retries them.
+    undeleted: std::collections::BTreeSet<CheckpointId>,
     registry: SharedRegistry,
     savepoints:
         std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
@@ -425,6 +430,11 @@ struct Attempt {
     finished: usize,
     tables: Vec<StateTable>,
     failure_at: Option<Instant>,
+    /// Sources that read all their input and wait for the final checkpoint.
+    sources_ended: u32,
+    /// The first checkpoint triggered after every source ended: it, or any
+    /// later one, is the final checkpoint.
+    final_from: Option<CheckpointId>,
 }
 
 impl Runner {
@@ -547,6 +557,8 @@ impl Runner {
                 finished: 0,
                 tables: Vec::new(),
                 failure_at,
+                sources_ended: 0,
+                final_from: None,
             };
             let end = self
                 .drive(&mut tracker, &mut attempt, events, &mut outcome)
@@ -556,6 +568,16 @@ impl Runner {
             outcome.checkpoints_failed = tracker.failed_count;
             match end {
                 AttemptEnd::Finished(tables) => {
+                    // Every task of this process has stopped, so nothing of
+                    // ours is still uploading: leftovers of aborted or
+                    // crashed checkpoints can go regardless of age (external
+                    // tasks may still upload: for them the usual minimum age).
+                    let min_age = if self.spec.external_tasks.is_empty() {
+                        0
+                    } else {
+                        tracker.config().timeout_ms
+                    };
+                    self.sweep_orphans_older_than(&tracker, min_age).await;
                     outcome.final_state = tables;
                     outcome.duration = started.elapsed();
                     return Ok(outcome);
@@ -703,6 +725,10 @@ impl Runner {
                             let error = format!("task {task} failed: {error}");
                             return self.end_failed_with(tracker, attempt, error, fatal, during_restore).await;
                         }
+                        TaskEvent::EndOfInput { .. } => {
+                            attempt.sources_ended += 1;
+                            self.advance_final(tracker, attempt);
+                        }
                         TaskEvent::Finished { task, records, table } => {
                             attempt.finished += 1;
                             if table.is_none() {
@@ -783,6 +809,7 @@ impl Runner {
                             return self.end_failed(tracker, attempt, reason, false).await;
                         }
                     }
+                    self.advance_final(tracker, attempt);
                 }
                 _ = self.cancel.cancelled() => {
                     let aborted = tracker.abort_all(AbortReason::JobFailing);
@@ -807,6 +834,7 @@ impl Runner {
             .exec
             .as_ref()
             .ok_or_else(|| TriggerRefusal::NotRunning("restarting".into()))?;
+        cutpoint_core::failpoint::check("coordinator::trigger")?;
         let now = now_millis();
         let id = tracker.trigger(now, periodic, checkpoint_type, &attempt.tasks)?;
         self.stats_mut()
@@ -824,6 +852,33 @@ impl Runner {
         Ok(id)
     }
 
+    /// Drives the final checkpoint once every source read all its input:
+    /// triggers it (retrying while another checkpoint is in flight or after
+    /// it failed, up to the tolerable failures), and when one completed,
+    /// lets the sources end their streams.
+    fn advance_final(&self, tracker: &mut CheckpointTracker, attempt: &mut Attempt) {
+        if attempt.sources_ended < self.spec.source_parallelism() {
+            return;
+        }
+        let Some(exec) = &attempt.exec else { return };
+        if let (Some(from), Some(done)) = (attempt.final_from, tracker.latest_retained()) {
+            if done.id >= from {
+                exec.finish_sources();
+                return;
+            }
+        }
+        let in_flight = attempt
+            .final_from
+            .is_some_and(|f| tracker.pending().any(|p| p.id >= f));
+        if !in_flight {
+            let t = tracker.config().checkpoint_type;
+            if let Ok(id) = self.trigger(tracker, attempt, false, t) {
+                tracing::debug!(checkpoint = %id, "final checkpoint triggered");
+                attempt.final_from.get_or_insert(id);
+            }
+        }
+    }
+
     fn stats_mut(&self) -> std::sync::MutexGuard<'_, StatsBook> {
         self.stats.lock().expect("stats lock")
     }
@@ -838,6 +893,10 @@ impl Runner {
         checkpoint: CheckpointId,
         state: SubtaskState,
     ) -> Result<Option<String>, AckRejection> {
+        if let Err(e) = cutpoint_core::failpoint::check("coordinator::ack") {
+            // As if the acknowledgement was lost: the checkpoint times out.
+            return Err(AckRejection::Rejected(e.to_string()));
+        }
         let copy = state.clone();
         match tracker.ack(checkpoint, state) {
             AckOutcome::Pending => {
@@ -921,11 +980,21 @@ impl Runner {
     /// never loses files.
     async fn discard_retained(&mut self, tracker: &CheckpointTracker, id: CheckpointId) {
         self.stats_mut().discarded(id);
-        if self.delete_checkpoint(id).await {
+        let deleted = match cutpoint_core::failpoint::check("coordinator::subsume") {
+            Ok(()) => self.delete_checkpoint(id).await,
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "not deleting a discarded checkpoint");
+                false
+            }
+        };
+        if deleted {
+            self.undeleted.remove(&id);
             let free =
                 self.registry
                     .release(id, tracker.highest_pending(), tracker.lowest_pending());
             self.delete_shared(&free).await;
+        } else {
+            self.undeleted.insert(id);
         }
     }
 
@@ -952,17 +1021,22 @@ impl Runner {
         };
         // Acks (external ones too) must only name files where they may lie.
         let written = match meta.verify(&job, p.id) {
-            Ok(()) => self
-                .storage
-                .write_metadata(&meta)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(()) => match cutpoint_core::failpoint::check("coordinator::write_metadata") {
+                Ok(()) => self
+                    .storage
+                    .write_metadata(&meta)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = written {
             let a = tracker.publish_failed(p, e);
             return self.discard(tracker, attempt, a).await;
         }
+        // Only a crash or a delay makes sense here: the checkpoint is published.
+        let _ = cutpoint_core::failpoint::check("coordinator::after_metadata");
         self.registry.register(&meta);
         self.restore_base = None;
         let done = tracker.completed(p.id, now);
@@ -985,8 +1059,13 @@ impl Runner {
         metrics::histogram!("cutpoint_checkpoint_alignment_seconds", &labels)
             .record(alignment as f64 / 1000.0);
         if let Some(exec) = &attempt.exec {
-            exec.notify_complete(p.id);
+            // An injected error drops this notification, as if it was lost:
+            // tasks learn of completion from the next one.
+            if cutpoint_core::failpoint::check("coordinator::notify_complete").is_ok() {
+                exec.notify_complete(p.id);
+            }
         }
+        self.advance_final(tracker, attempt);
         tracing::info!(
             job = %job,
             checkpoint = %p.id,
@@ -1106,19 +1185,35 @@ impl Runner {
         if paths.is_empty() {
             return;
         }
-        if let Err(e) = self
-            .storage
-            .delete_state_files(&self.spec.job_id, paths)
-            .await
-        {
+        let deleted = match cutpoint_core::failpoint::check("coordinator::delete_shared") {
+            Ok(()) => {
+                self.storage
+                    .delete_state_files(&self.spec.job_id, paths)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(error = %e, "deleting shared files failed; the orphan sweep retries");
         }
     }
 
     /// Deletes what no retained or pending checkpoint needs and is older
     /// than the checkpoint timeout (see [`crate::sweep`]).
-    async fn sweep_orphans(&self, tracker: &CheckpointTracker) {
+    async fn sweep_orphans(&mut self, tracker: &CheckpointTracker) {
+        self.sweep_orphans_older_than(tracker, tracker.config().timeout_ms)
+            .await
+    }
+
+    async fn sweep_orphans_older_than(&mut self, tracker: &CheckpointTracker, min_age_ms: u64) {
+        for id in std::mem::take(&mut self.undeleted) {
+            self.discard_retained(tracker, id).await;
+        }
         let job = &self.spec.job_id;
+        if let Err(e) = cutpoint_core::failpoint::check("coordinator::orphan_sweep") {
+            tracing::warn!(error = %e, "orphan sweep skipped");
+            return;
+        }
         let objects = match self.storage.list_job_objects_detailed(job).await {
             Ok(o) => o,
             Err(e) => {
@@ -1136,7 +1231,7 @@ impl Runner {
             pending_files: &pending_files,
             registry: &self.registry,
             now_ms: now_millis(),
-            min_age_ms: tracker.config().timeout_ms,
+            min_age_ms,
         });
         if doomed.is_empty() {
             return;

@@ -36,6 +36,8 @@ pub enum TriggerRefusal {
     MinPause,
     #[error("the job is not running ({0})")]
     NotRunning(String),
+    #[error(transparent)]
+    FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
 
 /// What an acknowledgement did.

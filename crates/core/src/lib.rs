@@ -8,6 +8,7 @@
 
 pub mod checksum;
 pub mod error;
+pub mod failpoint;
 pub mod ids;
 pub mod keygroup;
 pub mod metadata;

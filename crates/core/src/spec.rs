@@ -346,6 +346,18 @@ impl JobSpec {
         Ok(())
     }
 
+    /// Whether the job ends with a final checkpoint: sources that read all
+    /// their input wait until a checkpoint taken after that completed, and
+    /// only then end their streams. Taken when the sink is two-phase-commit
+    /// and checkpoints are periodic, so a sink never commits output that a
+    /// restore after a late failure would replay (Flink's checkpoints after
+    /// tasks finish). Jobs with external tasks end without one.
+    pub fn takes_final_checkpoint(&self) -> bool {
+        matches!(self.sink, SinkSpec::TransactionalFile { .. })
+            && self.checkpoint.interval_ms.is_some()
+            && self.external_tasks.is_empty()
+    }
+
     /// Number of source subtasks (one per partition).
     pub fn source_parallelism(&self) -> u32 {
         match &self.source {

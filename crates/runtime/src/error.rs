@@ -31,6 +31,8 @@ pub enum RuntimeError {
     Internal(String),
     #[error("injected failure (inject_failure in the job spec)")]
     Injected,
+    #[error(transparent)]
+    FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
 
 impl RuntimeError {

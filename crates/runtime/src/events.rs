@@ -41,6 +41,9 @@ pub enum TaskEvent {
         /// The task failed while restoring its state.
         during_restore: bool,
     },
+    /// A source read all its input and waits for the final checkpoint
+    /// (only when the job takes one).
+    EndOfInput { task: TaskId },
     /// The task reached the end of its input.
     Finished {
         task: TaskId,

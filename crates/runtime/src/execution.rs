@@ -241,6 +241,14 @@ impl Execution {
         }
     }
 
+    /// A checkpoint covering every source's whole input completed (and was
+    /// notified): the sources end their streams.
+    pub fn finish_sources(&self) {
+        for s in &self.sources {
+            let _ = s.send(SourceControl::Finish);
+        }
+    }
+
     /// Asks every task to stop; [`Execution::join`] waits for them.
     pub fn cancel(&self) {
         self.cancel.cancel();

@@ -103,6 +103,7 @@ impl Sink {
         &mut self,
         checkpoint: CheckpointId,
     ) -> Result<Vec<PendingTransaction>, RuntimeError> {
+        cutpoint_core::failpoint::check("sink::pre_commit")?;
         match self {
             Sink::Transactional(t) => t.pre_commit(checkpoint),
             _ => self.flush().map(|_| Vec::new()),
@@ -111,6 +112,7 @@ impl Sink {
 
     /// Checkpoint `checkpoint` completed.
     pub fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), RuntimeError> {
+        cutpoint_core::failpoint::check("sink::commit")?;
         match self {
             Sink::Transactional(t) => t.commit_up_to(checkpoint),
             _ => Ok(()),

@@ -74,6 +74,9 @@ impl TaskCounters {
 #[derive(Debug)]
 pub(crate) enum SourceControl {
     Trigger(Barrier),
+    /// A checkpoint taken after every source reached its end completed:
+    /// end the stream (see [`cutpoint_core::JobSpec::takes_final_checkpoint`]).
+    Finish,
 }
 
 pub(crate) struct SourceTask {
@@ -115,30 +118,9 @@ impl SourceTask {
         };
         let started = Instant::now();
         loop {
-            while let Ok(SourceControl::Trigger(barrier)) = self.control.try_recv() {
-                if let Some(d) = spec
-                    .inject_barrier_delay
-                    .as_ref()
-                    .filter(|d| d.partition == partition)
-                {
-                    std::thread::sleep(Duration::from_millis(d.delay_ms));
-                }
-                for (t, batch) in batches.iter_mut().enumerate() {
-                    if !batch.is_empty() {
-                        let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-                        channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
-                    }
-                }
-                let _ = ctx.events.send(TaskEvent::Ack {
-                    checkpoint: barrier.id,
-                    state: Box::new(SubtaskState {
-                        source_offset: Some(reader.offset()),
-                        ack_timestamp: now_millis(),
-                        ..SubtaskState::empty(self.task.clone())
-                    }),
-                });
-                for out in &self.outputs {
-                    channel::send(out, Message::Barrier(barrier), &ctx.cancel)?;
+            while let Ok(control) = self.control.try_recv() {
+                if let SourceControl::Trigger(barrier) = control {
+                    self.inject(barrier, &mut batches, reader.offset())?;
                 }
             }
             if ctx.cancel.is_cancelled() {
@@ -170,6 +152,29 @@ impl SourceTask {
                 }
             }
         }
+        if spec.takes_final_checkpoint() {
+            // Stay in the job until a checkpoint that covers the whole input
+            // completed, so no sink commits output a restore could replay.
+            let _ = ctx.events.send(TaskEvent::EndOfInput {
+                task: self.task.clone(),
+            });
+            loop {
+                match self.control.recv_timeout(Duration::from_millis(20)) {
+                    Ok(SourceControl::Trigger(barrier)) => {
+                        self.inject(barrier, &mut batches, reader.offset())?
+                    }
+                    Ok(SourceControl::Finish) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        if ctx.cancel.is_cancelled() {
+                            return Err(RuntimeError::Cancelled);
+                        }
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                        return Err(RuntimeError::Cancelled)
+                    }
+                }
+            }
+        }
         for (t, batch) in batches.into_iter().enumerate() {
             if !batch.is_empty() {
                 channel::send(&self.outputs[t], Message::Records(batch), &ctx.cancel)?;
@@ -181,6 +186,44 @@ impl SourceTask {
             records,
             table: None,
         });
+        Ok(())
+    }
+
+    /// Injects `barrier`: sends what is batched, acknowledges with the
+    /// offset it was injected at, then sends the barrier downstream.
+    fn inject(
+        &self,
+        barrier: Barrier,
+        batches: &mut [Vec<Record>],
+        offset: SourceOffset,
+    ) -> Result<(), RuntimeError> {
+        let ctx = &self.ctx;
+        if let Some(d) = ctx
+            .spec
+            .inject_barrier_delay
+            .as_ref()
+            .filter(|d| d.partition == self.task.subtask.0)
+        {
+            std::thread::sleep(Duration::from_millis(d.delay_ms));
+        }
+        cutpoint_core::failpoint::check("source::inject_barrier")?;
+        for (t, batch) in batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
+                channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
+            }
+        }
+        let _ = ctx.events.send(TaskEvent::Ack {
+            checkpoint: barrier.id,
+            state: Box::new(SubtaskState {
+                source_offset: Some(offset),
+                ack_timestamp: now_millis(),
+                ..SubtaskState::empty(self.task.clone())
+            }),
+        });
+        for out in &self.outputs {
+            channel::send(out, Message::Barrier(barrier), &ctx.cancel)?;
+        }
         Ok(())
     }
 }
@@ -377,8 +420,14 @@ impl AggregateTask {
             // Snapshot once every live input delivered the barrier.
             if let Some(barrier) = align.barrier {
                 if (0..n).all(|j| align.arrived[j] || ended[j]) {
+                    if let Err(e) = cutpoint_core::failpoint::check("task::align") {
+                        break Err(e.into());
+                    }
                     let alignment = align.first_arrival.map(|t| t.elapsed()).unwrap_or_default();
                     let t0 = Instant::now();
+                    if let Err(e) = cutpoint_core::failpoint::check("task::sync_phase") {
+                        break Err(e.into());
+                    }
                     let delta = table.freeze();
                     let pending_transactions = match sink.snapshot(barrier.id) {
                         Ok(p) => p,

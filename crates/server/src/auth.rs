@@ -1,5 +1,7 @@
-//! Bearer-token authentication. Every route except `/healthz` and `/readyz`
-//! requires `Authorization: Bearer <token>` when a token is configured. The
+//! Bearer-token authentication. Every route except the probes (`/healthz`,
+//! `/readyz`) and the dashboard page (`/`, static: its data comes from the
+//! API with the token the user types in) requires
+//! `Authorization: Bearer <token>` when a token is configured. The
 //! comparison is constant-time; the token is never logged.
 
 use std::sync::Arc;
@@ -12,8 +14,8 @@ use subtle::ConstantTimeEq;
 use crate::error::{ApiError, ErrorKind};
 use crate::AppState;
 
-/// Paths reachable without a token (probes).
-pub const OPEN_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+/// Paths reachable without a token (probes, the static dashboard page).
+pub const OPEN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/"];
 
 pub async fn require_token(
     State(state): State<Arc<AppState>>,

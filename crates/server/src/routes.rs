@@ -56,6 +56,28 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
 }
 
+/// The dashboard: one self-contained page (no external assets) that uses
+/// only the public API, with the token the user types in.
+pub async fn dashboard() -> Response {
+    const PAGE: &str = include_str!("../assets/dashboard.html");
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint (see /v1/openapi.yaml)")
 }

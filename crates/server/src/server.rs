@@ -52,6 +52,7 @@ pub enum ServerError {
 /// The v1 API with every layer.
 pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Router {
     Router::new()
+        .route("/", get(routes::dashboard))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -24,6 +24,8 @@ pub enum StateError {
     CorruptState { dir: String, reason: String },
     #[error("snapshot cancelled (checkpoint aborted)")]
     Cancelled,
+    #[error(transparent)]
+    FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
 
 impl StateError {

@@ -43,6 +43,8 @@ pub enum StorageError {
     CorruptJobSpec { path: String, reason: String },
     #[error("no job spec stored for job {job}")]
     JobSpecMissing { job: String },
+    #[error(transparent)]
+    FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
 
 impl StorageError {

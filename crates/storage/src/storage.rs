@@ -50,6 +50,25 @@ pub struct CheckpointListing {
     pub external_path: String,
 }
 
+/// What storage holds for a job, against what its checkpoints reference
+/// (`cutpoint checkpoints usage`, the chaos harness's leak check).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct JobUsage {
+    pub objects: usize,
+    pub bytes: u64,
+    /// Restorable checkpoints (their `_metadata` verifies), oldest first.
+    pub checkpoints: Vec<CheckpointId>,
+    /// Checkpoint folders with an unreadable `_metadata`, and why.
+    pub unreadable: Vec<String>,
+    /// Objects besides `job.json` that no restorable checkpoint references:
+    /// uploads in flight, or leftovers the orphan sweep removes once older
+    /// than the checkpoint timeout (unreadable checkpoints' files included).
+    pub unreferenced: Vec<String>,
+    pub unreferenced_bytes: u64,
+    /// Files a restorable checkpoint names that storage does not hold.
+    pub missing: Vec<String>,
+}
+
 /// Checkpoint storage of one location (all jobs under one root).
 #[derive(Debug, Clone)]
 pub struct CheckpointStorage {
@@ -168,6 +187,7 @@ impl CheckpointStorage {
         local: &FsPath,
         remote_name: &str,
     ) -> Result<StateFile, StorageError> {
+        cutpoint_core::failpoint::check("snapshot::upload")?;
         let io = |source| StorageError::Io {
             path: local.display().to_string(),
             source,
@@ -238,6 +258,7 @@ impl CheckpointStorage {
         file: &StateFile,
         dir: &FsPath,
     ) -> Result<(), StorageError> {
+        cutpoint_core::failpoint::check("restore::download")?;
         let path = self.paths(job).resolve(&file.path);
         let data =
             self.get_optional(&path)
@@ -410,6 +431,42 @@ impl CheckpointStorage {
             .try_collect::<Vec<_>>()
             .await?;
         Ok(())
+    }
+
+    /// What storage holds for `job` against what its checkpoints reference.
+    pub async fn usage(&self, job: &JobId) -> Result<JobUsage, StorageError> {
+        let objects = self.list_job_objects_detailed(job).await?;
+        let mut referenced = std::collections::BTreeSet::from(["job.json".to_string()]);
+        let mut usage = JobUsage {
+            objects: objects.len(),
+            bytes: objects.iter().map(|o| o.size).sum(),
+            ..Default::default()
+        };
+        for l in self.list_checkpoints(job).await?.into_iter().rev() {
+            match l.metadata {
+                Ok(m) => {
+                    usage.checkpoints.push(m.checkpoint_id);
+                    referenced.insert(format!("chk-{}/_metadata", m.checkpoint_id.0));
+                    referenced.extend(m.files().map(|f| f.path.clone()));
+                }
+                Err(e) => usage
+                    .unreadable
+                    .push(format!("chk-{}: {e}", l.checkpoint_id.0)),
+            }
+        }
+        let present: std::collections::BTreeSet<&str> =
+            objects.iter().map(|o| o.path.as_str()).collect();
+        for o in &objects {
+            if !referenced.contains(&o.path) {
+                usage.unreferenced.push(o.path.clone());
+                usage.unreferenced_bytes += o.size;
+            }
+        }
+        usage.missing = referenced
+            .into_iter()
+            .filter(|r| r != "job.json" && !present.contains(r.as_str()))
+            .collect();
+        Ok(usage)
     }
 
     /// Every object of a job with its age and size (for the orphan sweep).

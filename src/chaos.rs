@@ -1,0 +1,628 @@
+//! `cutpoint chaos`: the seeded chaos harness (docs/reliability.md).
+//!
+//! Each cycle runs a small PV job as a child process of this binary, injects
+//! one fault at a random point — SIGKILL, a task panic, a fail point (error,
+//! panic, crash or delay; see `cutpoint_core::failpoint`), or a store fault
+//! (`CUTPOINT_FAULTS`) — recovers the way an operator would (re-run with
+//! `--restore-from latest`, or from scratch when nothing was checkpointed),
+//! and then checks the end result against the failure-free truth:
+//!
+//! * exactly-once jobs: every key's final count equals the generator's,
+//!   computed independently; at-least-once jobs: no count too low;
+//! * the transactional sink's committed output holds every update of every
+//!   key exactly once, and no staging file is left;
+//! * storage holds exactly `job.json` plus, for every checkpoint it still
+//!   has, its `_metadata` and the files that names — nothing leaked, nothing
+//!   missing.
+//!
+//! A cycle is fully determined by `(seed, cycle)`: its plan comes from a
+//! ChaCha stream of its own, so any failing cycle replays alone with
+//! `--seed S --first-cycle C --cycles 1`. Fault kinds and fail points are
+//! scheduled round-robin (randomised within), so a run of 2 × (number of
+//! fail points) cycles covers every one of them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cutpoint_core::{failpoint, JobId, Key};
+use cutpoint_runtime::source::generator_app_id;
+use cutpoint_storage::{CheckpointStorage, StorageLocation};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+
+/// The job: small enough for many cycles, long enough (≈1 s, paced) for
+/// several checkpoints, aborts and subsumptions per run.
+const EVENTS: u64 = 400_000;
+const KEYS: u64 = 2_000;
+const RATE: u64 = 400_000;
+const SEED: u64 = 42;
+/// A run that takes longer than this hangs: the cycle fails.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+/// Recovery runs after the faulty one before the cycle counts as failed.
+const MAX_RECOVERIES: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    ExactlyOnce,
+    AtLeastOnce,
+    Transactional,
+}
+
+impl JobKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobKind::ExactlyOnce => "exactly_once",
+            JobKind::AtLeastOnce => "at_least_once",
+            JobKind::Transactional => "exactly_once+2pc_sink",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    Kill { after_ms: u64 },
+    TaskPanic,
+    FailPoint { name: &'static str, actions: String },
+    Store { what: &'static str, rules: String },
+}
+
+impl Fault {
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill { .. } => "sigkill",
+            Fault::TaskPanic => "task_panic",
+            Fault::FailPoint { .. } => "fail_point",
+            Fault::Store { .. } => "store_fault",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Fault::Kill { after_ms } => format!("SIGKILL after {after_ms} ms"),
+            Fault::TaskPanic => "a task fails once".into(),
+            Fault::FailPoint { name, actions } => format!("{name}={actions}"),
+            Fault::Store { what, rules } => format!("{what}: {rules}"),
+        }
+    }
+}
+
+/// Everything one cycle does, derived from `(seed, cycle)`.
+#[derive(Debug, Clone)]
+struct Plan {
+    job: JobKind,
+    fault: Fault,
+    interval_ms: u64,
+    retention: u32,
+    full: bool,
+    /// `inject_failure` in the spec (task panic; also makes a restore
+    /// happen for the restore fail point).
+    task_failure: Option<(u32, u64, bool)>,
+}
+
+fn plan(seed: u64, cycle: u64) -> Plan {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(cycle);
+    let slot = (cycle / 2).wrapping_add(seed);
+    let fault = if cycle % 2 == 0 {
+        let name = failpoint::ALL[(slot % failpoint::ALL.len() as u64) as usize];
+        let action = match rng.gen_range(0..4) {
+            0 => "return".to_string(),
+            1 => "panic".to_string(),
+            2 => "return(crash)".to_string(),
+            _ => format!("sleep({})", rng.gen_range(50..1500)),
+        };
+        let nth = rng.gen_range(1..=3);
+        let actions = if nth == 1 {
+            format!("1*{action}")
+        } else {
+            format!("{}*off->1*{action}", nth - 1)
+        };
+        Fault::FailPoint { name, actions }
+    } else {
+        match slot % 3 {
+            0 => Fault::Kill {
+                after_ms: rng.gen_range(100..1400),
+            },
+            1 => Fault::TaskPanic,
+            _ => store_fault(&mut rng),
+        }
+    };
+    let job = match &fault {
+        Fault::FailPoint { name, .. } if name.starts_with("sink::") => JobKind::Transactional,
+        _ => match rng.gen_range(0..20) {
+            0..8 => JobKind::ExactlyOnce,
+            8..15 => JobKind::Transactional,
+            _ => JobKind::AtLeastOnce,
+        },
+    };
+    let restore_point =
+        matches!(&fault, Fault::FailPoint { name, .. } if *name == "restore::download");
+    let task_failure = (matches!(fault, Fault::TaskPanic) || restore_point).then(|| {
+        (
+            rng.gen_range(0..2),
+            rng.gen_range(20_000..180_000),
+            restore_point || rng.gen_bool(0.7),
+        )
+    });
+    Plan {
+        job,
+        fault,
+        interval_ms: rng.gen_range(60..250),
+        retention: rng.gen_range(1..=3),
+        full: rng.gen_bool(0.2),
+        task_failure,
+    }
+}
+
+fn store_fault(rng: &mut ChaCha8Rng) -> Fault {
+    let n = rng.gen_range(1..=4);
+    let (what, rules) = match rng.gen_range(0..8) {
+        0 => ("transient put errors", format!("put::fail*{n}")),
+        1 => ("transient get errors", format!("get::fail*{n}")),
+        2 => ("failing deletes", format!("delete::fail*{}", n * 3)),
+        3 => ("failing list", format!("list::fail*{n}")),
+        4 => (
+            "a hanging _metadata write",
+            "put:/_metadata:delay=4000*1".to_string(),
+        ),
+        5 => (
+            "a hanging shared upload",
+            "put:shared/:delay=4000*1".to_string(),
+        ),
+        6 => ("slow store", format!("any::delay={}", rng.gen_range(5..40))),
+        _ => (
+            "storage outage",
+            format!("any::fail*{}", rng.gen_range(20..60)),
+        ),
+    };
+    Fault::Store { what, rules }
+}
+
+/// Options of `cutpoint chaos`.
+pub struct ChaosArgs {
+    pub seed: u64,
+    pub cycles: u64,
+    pub first_cycle: u64,
+    pub checkpoint_dir: Option<String>,
+    pub work_dir: Option<PathBuf>,
+    pub keep: bool,
+}
+
+pub fn run(args: ChaosArgs) -> Result<ExitCode> {
+    if !failpoint::ENABLED {
+        bail!(
+            "this build has no fail points; build the harness with them: \
+             cargo run --release --features failpoints -- chaos …"
+        );
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let (root, _tmp) = crate::cli::dir_or_temp(args.work_dir.clone(), "cutpoint-chaos-")?;
+    let base = match &args.checkpoint_dir {
+        Some(b) => b.trim_end_matches('/').to_string(),
+        None => root.join("storage").display().to_string(),
+    };
+    let mut expected = vec![0i64; KEYS as usize];
+    for i in 0..EVENTS {
+        expected[generator_app_id(SEED, KEYS, i) as usize] += 1;
+    }
+    let rt = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut fail_points: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut jobs: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut passed, mut failed, mut recoveries, mut faulty_runs_failed) = (0u64, 0u64, 0u64, 0u64);
+    for cycle in args.first_cycle..args.first_cycle + args.cycles {
+        let p = plan(args.seed, cycle);
+        let dir = root.join(format!("cycle-{cycle}"));
+        std::fs::create_dir_all(&dir)?;
+        let location = format!("{base}/cycle-{cycle}");
+        let t0 = Instant::now();
+        let result = run_cycle(&exe, &p, &dir, &location, &expected, &rt);
+        *by_kind.entry(p.fault.kind()).or_default() += 1;
+        *jobs.entry(p.job.as_str()).or_default() += 1;
+        if let Fault::FailPoint { name, .. } = &p.fault {
+            *fail_points.entry(name).or_default() += 1;
+        }
+        let line = match &result {
+            Ok(c) => {
+                passed += 1;
+                recoveries += c.recoveries as u64;
+                faulty_runs_failed += u64::from(!c.faulty_run_succeeded);
+                if c.fired == Some(true) {
+                    if let Fault::FailPoint { name, .. } = &p.fault {
+                        *fired.entry(name).or_default() += 1;
+                    }
+                }
+                if !args.keep {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                json!({
+                    "cycle": cycle, "ok": true, "job": p.job.as_str(), "fault": p.fault.kind(),
+                    "detail": p.fault.detail(), "fired": c.fired,
+                    "faulty_run": c.faulty_run, "recoveries": c.recoveries,
+                    "checkpoints_in_storage": c.checkpoints, "ms": t0.elapsed().as_millis() as u64,
+                })
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!(
+                    "chaos: cycle {cycle} FAILED: {e:#}\n  plan: {p:?}\n  files: {}\n  replay: cutpoint chaos --seed {} --first-cycle {cycle} --cycles 1 --keep",
+                    dir.display(),
+                    args.seed
+                );
+                json!({
+                    "cycle": cycle, "ok": false, "job": p.job.as_str(), "fault": p.fault.kind(),
+                    "detail": p.fault.detail(), "error": format!("{e:#}"),
+                    "replay": format!("cutpoint chaos --seed {} --first-cycle {cycle} --cycles 1 --keep", args.seed),
+                })
+            }
+        };
+        println!("{line}");
+    }
+    if failed > 0 && _tmp.is_some() {
+        // Keep the evidence of failing cycles.
+        let kept = _tmp.map(|t| t.keep());
+        eprintln!("chaos: work files kept in {:?}", kept);
+    }
+    println!(
+        "{}",
+        json!({
+            "summary": true, "seed": args.seed, "first_cycle": args.first_cycle,
+            "cycles": args.cycles, "passed": passed, "failed": failed,
+            "wrong_results": failed, "faults_by_kind": by_kind, "jobs": jobs,
+            "fail_points": fail_points, "fail_points_fired": fired,
+            "faulty_runs_that_failed": faulty_runs_failed, "recovery_runs": recoveries,
+            "storage": if args.checkpoint_dir.as_deref().is_some_and(|b| b.starts_with("s3://")) { "s3" } else { "local" },
+            "duration_s": started.elapsed().as_secs(),
+        })
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+struct CycleResult {
+    faulty_run: String,
+    faulty_run_succeeded: bool,
+    recoveries: u32,
+    /// Whether the fault happened (`None`: cannot tell, e.g. a delay).
+    fired: Option<bool>,
+    checkpoints: usize,
+}
+
+fn run_cycle(
+    exe: &Path,
+    p: &Plan,
+    dir: &Path,
+    location: &str,
+    expected: &[i64],
+    rt: &tokio::runtime::Handle,
+) -> Result<CycleResult> {
+    let out = dir.join("out");
+    let spec = spec_json(p, &out);
+    let spec_path = dir.join("spec.json");
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
+    let storage = CheckpointStorage::new(StorageLocation::parse(location)?);
+    let job = JobId::new("chaos")?;
+    let final_state = dir.join("final.jsonl");
+
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut kill_after = None;
+    match &p.fault {
+        Fault::Kill { after_ms } => kill_after = Some(Duration::from_millis(*after_ms)),
+        Fault::FailPoint { name, actions } => {
+            env.push(("CUTPOINT_FAILPOINTS", format!("{name}={actions}")))
+        }
+        Fault::Store { rules, .. } => env.push(("CUTPOINT_FAULTS", rules.clone())),
+        Fault::TaskPanic => {}
+    }
+    let first = run_child(exe, &spec_path, location, dir, 0, false, &env, kill_after)?;
+    let fired = match &p.fault {
+        // Errors, crashes and panics leave their mark; a delay does not.
+        Fault::FailPoint { name, actions } if actions.contains("sleep") => {
+            let _ = name;
+            None
+        }
+        Fault::FailPoint { name, .. } => Some(
+            first.log.contains(&format!("fail point {name}"))
+                || first.log.contains(&format!("failpoint {name} panic")),
+        ),
+        Fault::Kill { .. } => Some(first.killed),
+        _ => Some(true),
+    };
+    let faulty_run = first.describe();
+    let faulty_run_succeeded = first.succeeded();
+    let mut last = first;
+    let mut recoveries = 0;
+    while !last.succeeded() {
+        if recoveries == MAX_RECOVERIES {
+            bail!(
+                "the job did not finish after {MAX_RECOVERIES} recovery runs; last: {}\n{}",
+                last.describe(),
+                tail(&last.log, 15)
+            );
+        }
+        recoveries += 1;
+        let restorable = rt.block_on(async {
+            storage
+                .list_checkpoints(&job)
+                .await
+                .map(|l| l.iter().any(|c| c.metadata.is_ok()))
+        })?;
+        last = run_child(
+            exe,
+            &spec_path,
+            location,
+            dir,
+            recoveries,
+            restorable,
+            &[],
+            None,
+        )?;
+    }
+
+    // 1. Keyed state.
+    let text = std::fs::read_to_string(&final_state).context("reading the final state")?;
+    let mut actual = BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        let key = serde_json::from_value::<Key>(v["key"].clone())?;
+        actual.insert(key, v["value"].as_i64().context("value")?);
+    }
+    let mut wrong = Vec::new();
+    for (k, want) in expected.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let got = actual.get(&Key::Int(k as i64)).copied().unwrap_or(0);
+        let ok = match p.job {
+            JobKind::AtLeastOnce => got >= *want,
+            _ => got == *want,
+        };
+        if !ok {
+            wrong.push(format!("key {k}: expected {want}, got {got}"));
+        }
+    }
+    let keys = expected.iter().filter(|c| **c > 0).count();
+    if !wrong.is_empty() || actual.len() != keys {
+        bail!(
+            "wrong counts ({} wrong keys, {} keys vs {keys}): {:?}",
+            wrong.len(),
+            actual.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+    }
+    // 2. Committed sink output.
+    if p.job == JobKind::Transactional {
+        check_committed_output(&out, expected)?;
+    }
+    // 3. Storage: nothing leaked, nothing missing.
+    let checkpoints = rt.block_on(check_storage(&storage, &job))?;
+    Ok(CycleResult {
+        faulty_run,
+        faulty_run_succeeded,
+        recoveries,
+        fired,
+        checkpoints,
+    })
+}
+
+fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
+    let sink = match p.job {
+        JobKind::Transactional => json!({"type": "transactional_file", "dir": out}),
+        _ => json!({"type": "discard"}),
+    };
+    let mode = match p.job {
+        JobKind::AtLeastOnce => "at_least_once",
+        _ => "exactly_once",
+    };
+    let mut spec = json!({
+        "job_id": "chaos",
+        "parallelism": 2,
+        "source": {"type": "generator", "partitions": 2, "events": EVENTS, "keys": KEYS, "seed": SEED, "rate_per_s": RATE},
+        "key_by": "app_id",
+        "aggregate": {"type": "count"},
+        "sink": sink,
+        "checkpoint": {
+            "interval_ms": p.interval_ms, "timeout_ms": 2000, "tolerable_failures": 2,
+            "retention": p.retention, "type": if p.full { "full" } else { "incremental" },
+            "mode": mode, "orphan_sweep_interval_ms": 500,
+        },
+        "restart": {"max_attempts": 3, "delay_ms": 50},
+    });
+    if let Some((subtask, after_records, after_completed_checkpoint)) = p.task_failure {
+        spec["inject_failure"] = json!({
+            "subtask": subtask, "after_records": after_records,
+            "after_completed_checkpoint": after_completed_checkpoint,
+        });
+    }
+    spec
+}
+
+/// How one child run ended.
+struct RunEnd {
+    code: Option<i32>,
+    signal: Option<i32>,
+    killed: bool,
+    timed_out: bool,
+    log: String,
+}
+
+impl RunEnd {
+    fn succeeded(&self) -> bool {
+        self.code == Some(0) && !self.killed
+    }
+
+    fn describe(&self) -> String {
+        if self.timed_out {
+            "hung (killed at the run limit)".into()
+        } else if self.killed {
+            "killed".into()
+        } else {
+            match self.code {
+                Some(0) => "finished".into(),
+                Some(c) => format!("exited {c}"),
+                None => format!("crashed (signal {})", self.signal.unwrap_or(0)),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_child(
+    exe: &Path,
+    spec: &Path,
+    location: &str,
+    dir: &Path,
+    n: u32,
+    restore: bool,
+    env: &[(&str, String)],
+    kill_after: Option<Duration>,
+) -> Result<RunEnd> {
+    let log_path = dir.join(format!("run-{n}.log"));
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .arg("--job")
+        .arg(spec)
+        .arg("--checkpoint-dir")
+        .arg(location)
+        .arg("--work-dir")
+        .arg(dir.join(format!("work-{n}")))
+        .arg("--final-state")
+        .arg(dir.join("final.jsonl"))
+        .env_remove("CUTPOINT_FAILPOINTS")
+        .env_remove("CUTPOINT_FAULTS")
+        .env("CUTPOINT_LOG", "info")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?);
+    if restore {
+        cmd.args(["--restore-from", "latest"]);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().context("starting a job run")?;
+    let started = Instant::now();
+    let (mut killed, mut timed_out) = (false, false);
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        let elapsed = started.elapsed();
+        if kill_after.is_some_and(|k| elapsed >= k) || elapsed >= RUN_LIMIT {
+            timed_out = elapsed >= RUN_LIMIT;
+            killed = true;
+            kill(&mut child)?;
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut log = String::new();
+    std::fs::File::open(&log_path)?.read_to_string(&mut log)?;
+    if timed_out {
+        bail!("run {n} hung for {RUN_LIMIT:?}\n{}", tail(&log, 15));
+    }
+    Ok(RunEnd {
+        code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
+        killed,
+        timed_out,
+        log,
+    })
+}
+
+/// SIGKILL (what `Child::kill` sends on Unix).
+fn kill(child: &mut Child) -> Result<()> {
+    match child.kill() {
+        Ok(()) => Ok(()),
+        // Already exited between the check and the kill.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<_> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Every update of every key committed exactly once; no staging file left.
+fn check_committed_output(out: &Path, expected: &[i64]) -> Result<()> {
+    let mut updates: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for e in std::fs::read_dir(out).context("reading the sink output")? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("part-") {
+            bail!("sink output holds a non-committed file {name}");
+        }
+        for line in std::fs::read_to_string(e.path())?.lines() {
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            updates
+                .entry(v["key"].as_i64().context("key")?)
+                .or_default()
+                .push(v["value"].as_i64().context("value")?);
+        }
+    }
+    for (k, want) in expected.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let mut got = updates.remove(&(k as i64)).unwrap_or_default();
+        got.sort_unstable();
+        if got.len() != *want as usize || got.iter().zip(1..).any(|(v, i)| *v != i) {
+            let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
+            bail!(
+                "committed output of key {k}: {} updates (want 1..={want} once each; {dups} duplicates)",
+                got.len()
+            );
+        }
+    }
+    if let Some(k) = updates.keys().next() {
+        bail!("committed output has updates of unknown key {k}");
+    }
+    Ok(())
+}
+
+/// Storage holds exactly `job.json` and what its checkpoints reference.
+/// Returns the number of checkpoints it holds.
+async fn check_storage(storage: &CheckpointStorage, job: &JobId) -> Result<usize> {
+    let u = storage.usage(job).await?;
+    if !u.unreadable.is_empty() || !u.unreferenced.is_empty() || !u.missing.is_empty() {
+        bail!(
+            "storage is not exactly what its checkpoints reference: leaked {:?}, missing {:?}, unreadable {:?}",
+            u.unreferenced,
+            u.missing,
+            u.unreadable
+        );
+    }
+    Ok(u.checkpoints.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_replay_and_cover_every_fail_point() {
+        let a: Vec<_> = (0..40).map(|c| format!("{:?}", plan(7, c))).collect();
+        let b: Vec<_> = (0..40).map(|c| format!("{:?}", plan(7, c))).collect();
+        assert_eq!(a, b, "a cycle's plan depends only on (seed, cycle)");
+        assert_eq!(format!("{:?}", plan(7, 13)), a[13]);
+        let n = 2 * failpoint::ALL.len() as u64;
+        let mut names = std::collections::BTreeSet::new();
+        let mut kinds = std::collections::BTreeSet::new();
+        for c in 0..n.max(6) {
+            let p = plan(123, c);
+            kinds.insert(p.fault.kind());
+            if let Fault::FailPoint { name, .. } = p.fault {
+                names.insert(name);
+            }
+        }
+        assert_eq!(names.len(), failpoint::ALL.len());
+        assert_eq!(kinds.len(), 4);
+    }
+}
