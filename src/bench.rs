@@ -155,7 +155,10 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         local_dir: tmp.path().join("work"),
     });
     let control = handle.control();
-    let outcome = handle.join().await?;
+    let progress = crate::progress::follow_job(control.clone());
+    let outcome = handle.join().await;
+    progress.abort();
+    let outcome = outcome?;
     let stats = control.stats();
 
     let mut expected = vec![0i64; keys as usize];

@@ -217,6 +217,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut jobs: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut passed, mut failed, mut recoveries, mut faulty_runs_failed) = (0u64, 0u64, 0u64, 0u64);
+    let bar = crate::progress::bar(Some(args.cycles), "chaos cycles");
     for cycle in args.first_cycle..args.first_cycle + args.cycles {
         let p = plan(args.seed, cycle);
         let dir = root.join(format!("cycle-{cycle}"));
@@ -263,8 +264,11 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
                 })
             }
         };
-        println!("{line}");
+        bar.suspend(|| println!("{line}"));
+        bar.inc(1);
+        bar.set_message(format!("{failed} failed"));
     }
+    bar.finish_and_clear();
     if failed > 0 && _tmp.is_some() {
         // Keep the evidence of failing cycles.
         let kept = _tmp.map(|t| t.keep());
@@ -285,7 +289,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(2)
     })
 }
 

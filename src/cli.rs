@@ -101,6 +101,12 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell),
+    /// e.g. `cutpoint completions bash > /etc/bash_completion.d/cutpoint`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run the PV demo: failure injection, recovery, exact-count check.
     Demo {
         /// Checkpoint storage (default: a temporary directory).
@@ -448,6 +454,16 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             rate,
             keys,
         } => crate::demo::run(checkpoint_dir, events, rate, keys).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "cutpoint",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Chaos {
             seed,
             cycles,
@@ -543,6 +559,7 @@ pub async fn run_job(
         local_dir,
     });
     let cancel = handle.canceller();
+    let progress = crate::progress::follow_job(handle.control());
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             tracing::info!("interrupted: stopping the job");
@@ -551,6 +568,7 @@ pub async fn run_job(
     });
     let outcome = handle.join().await;
     ctrl_c.abort();
+    progress.abort();
     Ok(outcome?)
 }
 

@@ -24,11 +24,20 @@ pub struct Server {
 
 impl Server {
     pub fn start(chk: &Path, token: Option<&str>) -> Server {
+        Self::start_logging(chk, token, None)
+    }
+
+    /// Like `start`, with debug logs written to `log`.
+    pub fn start_logging(chk: &Path, token: Option<&str>, log: Option<&Path>) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--checkpoint-dir"])
             .arg(chk)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(match log {
+                Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+                None => Stdio::null(),
+            })
+            .env("CUTPOINT_LOG", "debug");
         if let Some(t) = token {
             cmd.env("CUTPOINT_TOKEN", t);
         }
@@ -357,7 +366,8 @@ async fn external_task_acks_complete_checkpoints_and_declines_fail_them() {
 async fn bad_requests_get_problems_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let chk = dir.path().join("chk");
-    let server = Server::start(&chk, Some("s3cret-token"));
+    let log = dir.path().join("server.log");
+    let server = Server::start_logging(&chk, Some("s3cret-token"), Some(&log));
     let spec = pv("pv-bad", 50_000_000, 1_000, 100_000, json!({}));
     let (s, _) = server.post("/v1/jobs", &spec).await;
     assert_eq!(s, StatusCode::CREATED);
@@ -572,6 +582,13 @@ async fn bad_requests_get_problems_and_change_nothing() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(stored, vec![std::ffi::OsString::from("pv-bad")]);
+    // The token (the right one or a wrong one) is never logged, even at debug.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("request"), "debug logs were written");
+    assert!(
+        !logged.contains("s3cret-token"),
+        "the token leaked into the logs"
+    );
     let (s, _) = server.post("/v1/jobs/pv-bad/cancel", &json!({})).await;
     assert_eq!(s, StatusCode::OK);
 }

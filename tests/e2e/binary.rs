@@ -249,6 +249,30 @@ fn demo_is_exact() {
     assert!(summary["checkpoints_completed"].as_u64().unwrap() >= 1);
 }
 
+#[test]
+fn shell_completions_know_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = Command::new(BIN)
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&o.stdout);
+        for cmd in ["checkpoints", "restore", "chaos", "--checkpoint-dir"] {
+            assert!(script.contains(cmd), "{shell} completion lacks {cmd}");
+        }
+    }
+    let o = Command::new(BIN)
+        .args(["completions", "tcsh"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
 /// Ids of the checkpoints of a job folder that have `_metadata`, ascending.
 fn restorable_ids(job_dir: &Path) -> Vec<u64> {
     let mut ids: Vec<u64> = std::fs::read_dir(job_dir)

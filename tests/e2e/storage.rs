@@ -112,6 +112,26 @@ async fn conformance(storage: &CheckpointStorage, location: &str, scratch: &std:
             && e.to_string().contains("chk-1/agg/0/a.sst"),
         "{e}"
     );
+    // The stored object itself damaged: truncated, then one bit flipped.
+    let stored = storage.paths(&job).resolve(&f.path);
+    for damaged in [&b"hel"[..], &b"hellm"[..]] {
+        storage
+            .store()
+            .put(&stored, damaged.to_vec().into())
+            .await
+            .unwrap();
+        let e = storage.download_verified(&job, &f, &out).await.unwrap_err();
+        assert!(
+            matches!(e, StorageError::ChecksumMismatch { .. })
+                && e.to_string().contains("chk-1/agg/0/a.sst"),
+            "{e}"
+        );
+    }
+    storage
+        .store()
+        .put(&stored, b"hello".to_vec().into())
+        .await
+        .unwrap();
     let mut gone = f.clone();
     gone.path = "chk-1/agg/0/nope.sst".into();
     let e = storage
@@ -123,22 +143,21 @@ async fn conformance(storage: &CheckpointStorage, location: &str, scratch: &std:
         "{e}"
     );
 
-    // Corrupt and unknown-version metadata are named errors.
+    // Corrupt (garbage, truncated) and unknown-version metadata are named errors.
     let p = storage.paths(&job).metadata(CheckpointId(3));
-    storage
-        .store()
-        .put(&p, b"{oops".to_vec().into())
-        .await
-        .unwrap();
-    let e = storage
-        .read_metadata(&job, CheckpointId(3))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, StorageError::CorruptMetadata { .. })
-            && e.to_string().contains("chk-3/_metadata"),
-        "{e}"
-    );
+    let good = serde_json::to_vec(&meta(&job, 3, vec![])).unwrap();
+    for bad in [b"{oops".to_vec(), good[..good.len() / 2].to_vec()] {
+        storage.store().put(&p, bad.into()).await.unwrap();
+        let e = storage
+            .read_metadata(&job, CheckpointId(3))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StorageError::CorruptMetadata { .. })
+                && e.to_string().contains("chk-3/_metadata"),
+            "{e}"
+        );
+    }
     let mut future = meta(&job, 3, vec![]);
     future.version = 99;
     storage
