@@ -173,6 +173,28 @@ async fn trigger_kill_server_restore_by_id_from_storage_exact_counts() {
         })
         .await;
     assert_eq!(done["status"], "COMPLETED", "{done}");
+    // Every counter exists while the job runs; records are counted live.
+    let metrics = server
+        .req(reqwest::Method::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{job=\"pv-api\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("cutpoint_checkpoints_failed_total"), 0.0);
+    assert_eq!(value("cutpoint_job_restarts_total"), 0.0);
+    assert!(value("cutpoint_checkpoints_completed_total") >= 1.0);
+    assert!(value("cutpoint_records_read_total") > 0.0);
     assert_eq!(done["num_acknowledged_subtasks"], done["num_subtasks"]);
     assert!(
         done["tasks"]["agg"]["subtasks"].as_array().unwrap().len() == 2,

@@ -575,4 +575,19 @@ async fn a_restart_never_jumps_to_a_newer_checkpoint_of_an_earlier_run() {
     let again = outcome.restored_from[1];
     assert!(again == oldest || again > newest, "restarted from {again}, a checkpoint of the earlier run (oldest {oldest}, newest {newest})");
     assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    // The abandoned timeline is gone once this run completed checkpoints of
+    // its own: `latest` can only find this run's (or the restored one).
+    let left: Vec<CheckpointId> = storage
+        .list_checkpoints(&spec.job_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.checkpoint_id)
+        .collect();
+    assert!(outcome.checkpoints_completed > 0);
+    assert!(
+        left.iter().all(|id| *id <= oldest || *id > newest),
+        "checkpoints of the abandoned run left: {left:?} (restored {oldest}, old newest {newest})"
+    );
+    assert_storage_is_exactly_referenced(&storage, &spec.job_id).await;
 }

@@ -188,6 +188,45 @@ async fn conformance(storage: &CheckpointStorage, location: &str, scratch: &std:
     storage.download_verified(&job, &h, &out).await.unwrap();
     assert_eq!(std::fs::read(out.join(&h.local_name)).unwrap(), data);
 
+    // A multipart upload whose second part fails: an error, and no object
+    // (the upload is aborted, never completed).
+    {
+        use cutpoint_storage::faults::{FaultAction, FaultOp, FaultRule, FaultyStore};
+        let loc = cutpoint_storage::StorageLocation::parse(location).unwrap();
+        let faulty = FaultyStore::new(loc.store.clone());
+        for action in [
+            FaultAction::Delay(std::time::Duration::ZERO),
+            FaultAction::Fail,
+        ] {
+            faulty.add_rule(FaultRule {
+                op: FaultOp::Part,
+                path_contains: "partial-remote".into(),
+                action,
+                remaining: Some(1),
+            });
+        }
+        let flaky = CheckpointStorage::new(loc.with_store(faulty));
+        let e = flaky
+            .upload_file(
+                &job,
+                StateScope::Shared,
+                &op,
+                st,
+                &big,
+                "partial-remote.sst",
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("injected Part failure"), "{e}");
+        let partial = cutpoint_storage::JobPaths::state_file_relative(
+            StateScope::Shared,
+            &op,
+            st,
+            "partial-remote.sst",
+        );
+        assert_eq!(storage.object_size(&job, &partial).await.unwrap(), None);
+    }
+
     // Deleting a checkpoint removes everything under it, idempotently.
     storage
         .delete_checkpoint(&job, CheckpointId(1))

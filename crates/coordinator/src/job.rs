@@ -360,6 +360,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let runner = Runner {
         restore_base: None,
         undeleted: Default::default(),
+        superseded: Default::default(),
         registry: SharedRegistry::new(),
         savepoints: Default::default(),
         spec: spec.clone(),
@@ -393,6 +394,10 @@ struct Runner {
     /// sweep (which never deletes a folder with `_metadata` on its own)
     /// retries them.
     undeleted: std::collections::BTreeSet<CheckpointId>,
+    /// Checkpoints of earlier runs newer than where this run started
+    /// (all of them on a fresh start): deleted when this run completes its
+    /// first checkpoint, so `latest` never resumes an abandoned timeline.
+    superseded: std::collections::BTreeSet<CheckpointId>,
     registry: SharedRegistry,
     savepoints:
         std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
@@ -432,6 +437,8 @@ struct Attempt {
     failure_at: Option<Instant>,
     /// Sources that read all their input and wait for the final checkpoint.
     sources_ended: u32,
+    /// Source records already added to `cutpoint_records_read_total`.
+    records_reported: u64,
     /// The first checkpoint triggered after every source ended: it, or any
     /// later one, is the final checkpoint.
     final_from: Option<CheckpointId>,
@@ -485,6 +492,16 @@ impl Runner {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Every series exists from the start (at 0), so `increase()` alerts
+        // see the first failure or restart too.
+        for name in [
+            "cutpoint_checkpoints_completed_total",
+            "cutpoint_checkpoints_failed_total",
+            "cutpoint_job_restarts_total",
+            "cutpoint_records_read_total",
+        ] {
+            metrics::counter!(name, "job" => job.to_string()).increment(0);
+        }
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), existing_max, retained);
         self.sweep_orphans(&tracker).await;
@@ -512,6 +529,10 @@ impl Runner {
             .map(|r| r.id)
             .filter(|id| start.is_none_or(|s| *id > s))
             .collect();
+        // They are the abandoned timeline: once this run completed a
+        // checkpoint of its own, they go (until then they stay, in case the
+        // restore itself was the mistake).
+        self.superseded = excluded.iter().copied().collect();
         loop {
             if let Some(meta) = &restore {
                 outcome.restored_from.push(meta.checkpoint_id);
@@ -558,12 +579,13 @@ impl Runner {
                 tables: Vec::new(),
                 failure_at,
                 sources_ended: 0,
+                records_reported: 0,
                 final_from: None,
             };
             let end = self
                 .drive(&mut tracker, &mut attempt, events, &mut outcome)
                 .await;
-            *self.live.lock().expect("live lock") = None;
+            // The last attempt's counters stay visible after the job ended.
             outcome.checkpoints_completed = tracker.completed_count;
             outcome.checkpoints_failed = tracker.failed_count;
             match end {
@@ -733,8 +755,7 @@ impl Runner {
                             attempt.finished += 1;
                             if table.is_none() {
                                 outcome.records_read += records;
-                                metrics::counter!("cutpoint_records_read_total", "job" => self.spec.job_id.to_string())
-                                    .increment(records);
+                                self.report_records(attempt);
                             }
                             if let Some(t) = table {
                                 attempt.tables.push(*t);
@@ -810,6 +831,7 @@ impl Runner {
                         }
                     }
                     self.advance_final(tracker, attempt);
+                    self.report_records(attempt);
                 }
                 _ = self.cancel.cancelled() => {
                     let aborted = tracker.abort_all(AbortReason::JobFailing);
@@ -876,6 +898,23 @@ impl Runner {
                 tracing::debug!(checkpoint = %id, "final checkpoint triggered");
                 attempt.final_from.get_or_insert(id);
             }
+        }
+    }
+
+    /// Adds what the sources read since the last report to
+    /// `cutpoint_records_read_total` (every attempt's reads, replays included).
+    fn report_records(&self, attempt: &mut Attempt) {
+        let Some(exec) = &attempt.exec else { return };
+        let read: u64 = exec
+            .counters()
+            .iter()
+            .filter(|(t, _)| t.operator.as_str() == cutpoint_runtime::SOURCE_OPERATOR)
+            .map(|(_, c)| c.records())
+            .sum();
+        if read > attempt.records_reported {
+            metrics::counter!("cutpoint_records_read_total", "job" => self.spec.job_id.to_string())
+                .increment(read - attempt.records_reported);
+            attempt.records_reported = read;
         }
     }
 
@@ -1103,6 +1142,12 @@ impl Runner {
         }
         for old in done.subsumed {
             self.discard_retained(tracker, old).await;
+        }
+        for old in std::mem::take(&mut self.superseded) {
+            if tracker.remove_retained(old) {
+                tracing::info!(checkpoint = %old, "deleting a checkpoint of the timeline this run replaced");
+                self.discard_retained(tracker, old).await;
+            }
         }
         self.sweep_abandoned(tracker, p.id).await;
         None

@@ -23,6 +23,9 @@ pub enum FaultOp {
     Get,
     Delete,
     List,
+    /// One part of a multipart upload (`put` matches its start): a failing
+    /// part leaves a partial upload the writer must abort.
+    Part,
     Any,
 }
 
@@ -52,6 +55,7 @@ impl FaultRule {
     /// by `;` — e.g. `put:/chk-3/agg/0/MANIFEST:delay=600000` or
     /// `get:shared/:fail*2`. Ops: put, get, delete, list, any; actions:
     /// `fail`, `delay=MS`. (The `CUTPOINT_FAULTS` variable of the binary.)
+    /// `part` matches the parts of multipart uploads.
     pub fn parse_list(text: &str) -> Result<Vec<FaultRule>, String> {
         text.split(';')
             .map(str::trim)
@@ -64,8 +68,9 @@ impl FaultRule {
                     "get" => FaultOp::Get,
                     "delete" => FaultOp::Delete,
                     "list" => FaultOp::List,
+                    "part" => FaultOp::Part,
                     "any" => FaultOp::Any,
-                    _ => return Err(err("op must be put, get, delete, list or any")),
+                    _ => return Err(err("op must be put, get, delete, list, part or any")),
                 };
                 let path_contains = parts.next().ok_or_else(|| err("missing path"))?.to_string();
                 let action = parts.next().ok_or_else(|| err("missing action"))?;
@@ -94,14 +99,73 @@ impl FaultRule {
 /// The decorator. Clone the `Arc` to keep a handle for changing rules.
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
-    rules: Mutex<Vec<FaultRule>>,
+    rules: Rules,
+}
+
+type Rules = Arc<Mutex<Vec<FaultRule>>>;
+
+/// The first live rule for `op` on `path`, counted down.
+fn matching(rules: &Rules, op: FaultOp, path: &str) -> Option<FaultAction> {
+    let mut rules = rules.lock().unwrap();
+    let rule = rules.iter_mut().find(|r| {
+        (r.op == op || r.op == FaultOp::Any)
+            && path.contains(&r.path_contains)
+            && r.remaining != Some(0)
+    })?;
+    if let Some(n) = rule.remaining.as_mut() {
+        *n -= 1;
+    }
+    Some(rule.action)
+}
+
+fn injected(op: FaultOp, path: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultyStore",
+        source: format!("injected {op:?} failure on {path}").into(),
+    }
+}
+
+/// A multipart upload whose parts the rules can fail or delay.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    rules: Rules,
+    path: Path,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        match matching(&self.rules, FaultOp::Part, self.path.as_ref()) {
+            None => self.inner.put_part(data),
+            Some(FaultAction::Fail) => {
+                let e = injected(FaultOp::Part, &self.path);
+                Box::pin(async move { Err(e) })
+            }
+            Some(FaultAction::Delay(d)) => {
+                let part = self.inner.put_part(data);
+                Box::pin(async move {
+                    tokio::time::sleep(d).await;
+                    part.await
+                })
+            }
+        }
+    }
+
+    async fn complete(&mut self) -> Result<PutResult> {
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.inner.abort().await
+    }
 }
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Arc<Self> {
         Arc::new(Self {
             inner,
-            rules: Mutex::new(Vec::new()),
+            rules: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -113,30 +177,14 @@ impl FaultyStore {
         self.rules.lock().unwrap().clear();
     }
 
-    fn matching(&self, op: FaultOp, path: &str) -> Option<FaultAction> {
-        let mut rules = self.rules.lock().unwrap();
-        let rule = rules.iter_mut().find(|r| {
-            (r.op == op || r.op == FaultOp::Any)
-                && path.contains(&r.path_contains)
-                && r.remaining != Some(0)
-        })?;
-        if let Some(n) = rule.remaining.as_mut() {
-            *n -= 1;
-        }
-        Some(rule.action)
-    }
-
     async fn inject(&self, op: FaultOp, path: &Path) -> Result<()> {
-        match self.matching(op, path.as_ref()) {
+        match matching(&self.rules, op, path.as_ref()) {
             None => Ok(()),
             Some(FaultAction::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 Ok(())
             }
-            Some(FaultAction::Fail) => Err(object_store::Error::Generic {
-                store: "FaultyStore",
-                source: format!("injected {op:?} failure on {path}").into(),
-            }),
+            Some(FaultAction::Fail) => Err(injected(op, path)),
         }
     }
 }
@@ -171,7 +219,12 @@ impl ObjectStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         self.inject(FaultOp::Put, location).await?;
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner,
+            rules: self.rules.clone(),
+            path: location.clone(),
+        }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
@@ -196,7 +249,7 @@ impl ObjectStore for FaultyStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
         let fail = prefix
-            .map(|p| self.matching(FaultOp::List, p.as_ref()) == Some(FaultAction::Fail))
+            .map(|p| matching(&self.rules, FaultOp::List, p.as_ref()) == Some(FaultAction::Fail))
             .unwrap_or(false);
         if fail {
             let err = object_store::Error::Generic {
