@@ -142,6 +142,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         },
         external_tasks: Vec::new(),
         inject_barrier_delay: None,
+        inject_processing_delay_us: None,
         inject_failure: (variant == Variant::Recovery).then_some(InjectFailure {
             subtask: 0,
             after_records: events / 4,

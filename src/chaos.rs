@@ -50,6 +50,7 @@ const MAX_RECOVERIES: u32 = 3;
 enum JobKind {
     ExactlyOnce,
     AtLeastOnce,
+    Unaligned,
     Transactional,
 }
 
@@ -58,6 +59,7 @@ impl JobKind {
         match self {
             JobKind::ExactlyOnce => "exactly_once",
             JobKind::AtLeastOnce => "at_least_once",
+            JobKind::Unaligned => "unaligned",
             JobKind::Transactional => "exactly_once+2pc_sink",
         }
     }
@@ -135,8 +137,9 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     let job = match &fault {
         Fault::FailPoint { name, .. } if name.starts_with("sink::") => JobKind::Transactional,
         _ => match rng.gen_range(0..20) {
-            0..8 => JobKind::ExactlyOnce,
-            8..15 => JobKind::Transactional,
+            0..6 => JobKind::ExactlyOnce,
+            6..12 => JobKind::Transactional,
+            12..16 => JobKind::Unaligned,
             _ => JobKind::AtLeastOnce,
         },
     };
@@ -423,6 +426,7 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     };
     let mode = match p.job {
         JobKind::AtLeastOnce => "at_least_once",
+        JobKind::Unaligned => "unaligned",
         _ => "exactly_once",
     };
     let mut spec = json!({

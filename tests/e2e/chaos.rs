@@ -61,7 +61,12 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
     for name in cutpoint_core::failpoint::ALL {
         assert!(covered.contains_key(*name), "fail point {name} not covered");
     }
-    for job in ["exactly_once", "at_least_once", "exactly_once+2pc_sink"] {
+    for job in [
+        "exactly_once",
+        "at_least_once",
+        "unaligned",
+        "exactly_once+2pc_sink",
+    ] {
         assert!(
             summary["jobs"][job].as_u64().unwrap_or(0) > 0,
             "{job} not covered"

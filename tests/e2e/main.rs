@@ -11,3 +11,4 @@ mod docker;
 mod incremental;
 mod pipeline;
 mod storage;
+mod unaligned;

@@ -187,14 +187,15 @@ async fn one_declining_task_fails_the_whole_checkpoint() {
 }
 
 /// The source article's example: two partitions, two PV tasks, the barrier
-/// of partition 1 late. Returns (final counts, expected counts, records the
-/// restored checkpoint processed beyond the barrier).
+/// of partition 1 late. Returns (final counts, expected counts, the
+/// restored checkpoint's metadata).
 async fn article_scenario(
     mode: &str,
+    extra: &str,
 ) -> (
     std::collections::BTreeMap<cutpoint_core::Key, i64>,
     std::collections::BTreeMap<cutpoint_core::Key, i64>,
-    u64,
+    cutpoint_core::CheckpointMetadata,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let storage = storage_at(dir.path().join("chk").to_str().unwrap());
@@ -205,7 +206,7 @@ async fn article_scenario(
         keys,
         Some(1_000_000),
         &format!(
-            r#","checkpoint":{{"interval_ms":null,"retention":10,"mode":"{mode}"}},
+            r#","checkpoint":{{"interval_ms":null,"retention":10,"mode":"{mode}"{extra}}},
                "inject_barrier_delay":{{"partition":1,"delay_ms":300}},
                "inject_failure":{{"subtask":0,"after_records":1}}"#
         ),
@@ -227,17 +228,25 @@ async fn article_scenario(
     let outcome = job.join().await.unwrap();
     assert_eq!(outcome.restored_from, vec![id], "{outcome:?}");
     let meta = storage.read_metadata(&job_id, id).await.unwrap();
-    let beyond: u64 = meta.subtasks.iter().map(|s| s.records_beyond_barrier).sum();
     (
         final_counts(&outcome),
         expected_counts(42, keys, events),
-        beyond,
+        meta,
     )
+}
+
+fn beyond_barrier(meta: &cutpoint_core::CheckpointMetadata) -> u64 {
+    meta.subtasks.iter().map(|s| s.records_beyond_barrier).sum()
+}
+
+fn persisted(meta: &cutpoint_core::CheckpointMetadata) -> u64 {
+    meta.subtasks.iter().map(|s| s.persisted_data_size).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn article_example_at_least_once_overcounts_by_the_records_beyond_the_barrier() {
-    let (actual, expected, beyond) = article_scenario("at_least_once").await;
+    let (actual, expected, meta) = article_scenario("at_least_once", "").await;
+    let beyond = beyond_barrier(&meta);
     assert!(
         beyond > 0,
         "the late barrier let records of partition 0 through"
@@ -261,8 +270,45 @@ async fn article_example_at_least_once_overcounts_by_the_records_beyond_the_barr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn article_example_exactly_once_is_exact() {
-    let (actual, expected, beyond) = article_scenario("exactly_once").await;
-    assert_eq!(beyond, 0, "aligned: nothing passes the barrier");
+    let (actual, expected, meta) = article_scenario("exactly_once", "").await;
+    assert_eq!(
+        beyond_barrier(&meta),
+        0,
+        "aligned: nothing passes the barrier"
+    );
+    assert_eq!(persisted(&meta), 0, "aligned: no in-flight data");
+    assert_exact(&actual, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn article_example_unaligned_is_exact() {
+    // The early barrier overtakes; partition 1's records before its late
+    // barrier are persisted as channel state and replayed after the restore.
+    let (actual, expected, meta) = article_scenario("unaligned", "").await;
+    assert!(meta.subtasks.iter().any(|s| s.unaligned), "{meta:?}");
+    assert!(
+        persisted(&meta) > 0,
+        "the late partition's in-flight records were persisted"
+    );
+    assert_eq!(beyond_barrier(&meta), 0);
+    assert_exact(&actual, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alignment_past_the_aligned_timeout_turns_unaligned_and_stays_exact() {
+    let (actual, expected, meta) =
+        article_scenario("exactly_once", r#","aligned_checkpoint_timeout_ms":40"#).await;
+    let aggs: Vec<_> = meta
+        .subtasks
+        .iter()
+        .filter(|s| s.key_group_range.is_some())
+        .collect();
+    assert!(
+        aggs.iter().all(|s| s.unaligned),
+        "switched after 40 ms: {aggs:?}"
+    );
+    assert!(aggs.iter().all(|s| s.alignment_duration_ms >= 40));
+    assert!(persisted(&meta) > 0);
     assert_exact(&actual, &expected);
 }
 

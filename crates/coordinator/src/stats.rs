@@ -31,8 +31,11 @@ pub struct CheckpointStats {
     pub end_to_end_duration: u64,
     pub state_size: u64,
     pub checkpointed_size: u64,
-    /// Bytes of in-flight data persisted (unaligned checkpoints; 0 here).
+    /// Bytes of in-flight data persisted as channel state (unaligned).
     pub persisted_data: u64,
+    /// Some subtask took it unaligned (unaligned mode, or an alignment
+    /// that ran past `aligned_checkpoint_timeout_ms`).
+    pub unaligned: bool,
     pub alignment_duration: u64,
     pub sync_duration: u64,
     pub async_duration: u64,
@@ -103,6 +106,7 @@ impl StatsBook {
             state_size: 0,
             checkpointed_size: 0,
             persisted_data: 0,
+            unaligned: false,
             alignment_duration: 0,
             sync_duration: 0,
             async_duration: 0,
@@ -125,6 +129,8 @@ impl StatsBook {
             c.latest_ack_timestamp = Some(c.latest_ack_timestamp.unwrap_or(0).max(s.ack_timestamp));
             c.state_size += s.state_size;
             c.checkpointed_size += s.checkpointed_size;
+            c.persisted_data += s.persisted_data_size;
+            c.unaligned |= s.unaligned;
             c.alignment_duration = c.alignment_duration.max(s.alignment_duration_ms);
             c.sync_duration = c.sync_duration.max(s.sync_duration_ms);
             c.async_duration = c.async_duration.max(s.async_duration_ms);

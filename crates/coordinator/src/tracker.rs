@@ -251,7 +251,11 @@ impl CheckpointTracker {
 
     fn failed(&mut self, p: PendingCheckpoint, reason: AbortReason) -> Abort {
         let id = p.id;
-        let files = p.acks.into_values().flat_map(|s| s.files).collect();
+        let files = p
+            .acks
+            .into_values()
+            .flat_map(|s| s.files.into_iter().chain(s.channel_state))
+            .collect();
         let mut fail_job = false;
         if reason.counts_as_failure() {
             self.failed_count += 1;

@@ -80,10 +80,26 @@ pub struct SubtaskState {
     /// Sink transactions pre-committed and not yet known to be committed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_transactions: Vec<PendingTransaction>,
+    /// Unaligned checkpoints: the records in flight before the barrier on
+    /// this subtask's inputs (JSON lines `{"key":…,"value":…}`), replayed
+    /// before new input after a restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_state: Vec<StateFile>,
+    /// Bytes of in-flight data persisted as channel state.
+    #[serde(default)]
+    pub persisted_data_size: u64,
+    /// The subtask took this checkpoint unaligned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unaligned: bool,
     pub ack_timestamp: u64,
 }
 
 impl SubtaskState {
+    /// Every file of this subtask: state files, then channel state.
+    pub fn all_files_mut(&mut self) -> impl Iterator<Item = &mut StateFile> {
+        self.files.iter_mut().chain(self.channel_state.iter_mut())
+    }
+
     /// An acknowledgement of `task` with no state and zero statistics; fill
     /// in what applies with struct update syntax.
     pub fn empty(task: TaskId) -> Self {
@@ -101,6 +117,9 @@ impl SubtaskState {
             alignment_duration_ms: 0,
             records_beyond_barrier: 0,
             pending_transactions: Vec::new(),
+            channel_state: Vec::new(),
+            persisted_data_size: 0,
+            unaligned: false,
             ack_timestamp: 0,
         }
     }
@@ -132,8 +151,11 @@ impl CheckpointMetadata {
     }
 
     /// Every state file this checkpoint needs.
+    /// Every file the checkpoint references: state files and channel state.
     pub fn files(&self) -> impl Iterator<Item = &StateFile> {
-        self.subtasks.iter().flat_map(|s| &s.files)
+        self.subtasks
+            .iter()
+            .flat_map(|s| s.files.iter().chain(&s.channel_state))
     }
 
     /// The shared files (under `shared/`) this checkpoint references.

@@ -43,6 +43,10 @@ pub struct JobSpec {
     /// before it injects the barrier (makes alignment observable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_barrier_delay: Option<BarrierDelay>,
+    /// Test knob: every aggregate subtask sleeps this long per batch of
+    /// records (a slow, back-pressuring consumer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject_processing_delay_us: Option<u64>,
 }
 
 /// Delays barrier injection on one partition.
@@ -66,6 +70,12 @@ pub enum CheckpointingMode {
     /// early input are in the snapshot *and* replayed after a restore, so
     /// results can be too high, never too low.
     AtLeastOnce,
+    /// Unaligned barriers (exactly-once): barrier `n` overtakes the records
+    /// queued ahead of it; a task snapshots as soon as it learns of `n` and
+    /// persists the records still in flight before `n` on its inputs as
+    /// channel state, replayed first after a restore. Checkpoints no longer
+    /// wait for back-pressured queues to drain.
+    Unaligned,
 }
 
 fn default_parallelism() -> u32 {
@@ -194,6 +204,10 @@ pub struct CheckpointConfig {
     /// start); `null` = only at start. Objects younger than `timeout_ms`
     /// are always spared.
     pub orphan_sweep_interval_ms: Option<u64>,
+    /// `exactly_once` only: an alignment that takes longer than this turns
+    /// into an unaligned checkpoint (Flink's `aligned-checkpoint-timeout`);
+    /// `null` = always aligned.
+    pub aligned_checkpoint_timeout_ms: Option<u64>,
 }
 
 impl Default for CheckpointConfig {
@@ -208,6 +222,7 @@ impl Default for CheckpointConfig {
             checkpoint_type: CheckpointType::Incremental,
             mode: CheckpointingMode::ExactlyOnce,
             orphan_sweep_interval_ms: Some(60_000),
+            aligned_checkpoint_timeout_ms: None,
         }
     }
 }
@@ -324,6 +339,11 @@ impl JobSpec {
         }
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());
+        }
+        if let Some(t) = c.aligned_checkpoint_timeout_ms {
+            if c.mode != CheckpointingMode::ExactlyOnce || t == 0 {
+                return bad("checkpoint.aligned_checkpoint_timeout_ms must be positive and needs mode exactly_once (unaligned never aligns, at_least_once never blocks)".into());
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for t in &self.external_tasks {

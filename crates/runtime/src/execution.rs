@@ -124,6 +124,18 @@ impl Execution {
             source_outputs.push(outs);
         }
 
+        // Unaligned mode: one priority channel per aggregate, on which every
+        // source sends its barriers ahead of the queued records.
+        let unaligned = spec.checkpoint.mode == cutpoint_core::spec::CheckpointingMode::Unaligned;
+        let (priority_tx, mut priority_rx): (Vec<_>, Vec<_>) = (0..aggs_n)
+            .filter(|_| unaligned)
+            .map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded::<Barrier>();
+                (tx, Some(rx))
+            })
+            .unzip();
+        priority_rx.resize_with(aggs_n as usize, || None);
+
         let mut threads = Vec::new();
         let mut tasks = Vec::new();
         let mut counters = Vec::new();
@@ -140,6 +152,7 @@ impl Execution {
                 counters: c,
                 from: source_offsets[s],
                 outputs,
+                priority: priority_tx.clone(),
                 control: ctl_rx,
             };
             threads.push(spawn(&ctx, task.clone(), move || t.run()));
@@ -147,7 +160,7 @@ impl Execution {
         }
         let mut workers = Vec::new();
         let mut commit_senders = Vec::new();
-        for (a, inputs) in agg_inputs.into_iter().enumerate() {
+        for (a, (inputs, priority)) in agg_inputs.into_iter().zip(priority_rx).enumerate() {
             let task = TaskId::new(&agg_op, a as u32);
             let (signal_tx, signals) = crossbeam_channel::unbounded();
             workers.push(signal_tx);
@@ -169,11 +182,12 @@ impl Execution {
                 inputs,
                 signals,
                 commits,
+                priority,
             };
             let events = ctx.events.clone();
             let id = task.clone();
             threads.push(spawn(&ctx, task.clone(), move || {
-                let state = t.open_state().map_err(|e| {
+                let (state, replay) = t.open_state().map_err(|e| {
                     // A failed restore is reported as such, with the file named.
                     let fatal = e.is_fatal();
                     let _ = events.send(TaskEvent::Failed {
@@ -184,7 +198,7 @@ impl Execution {
                     });
                     RuntimeError::Cancelled
                 })?;
-                t.run(state)
+                t.run(state, replay)
             }));
             tasks.push(task);
         }

@@ -11,6 +11,7 @@
 //! the snapshot and are counted (`records_beyond_barrier`): after a restore
 //! they are replayed, so they count twice.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +86,8 @@ pub(crate) struct SourceTask {
     pub counters: Arc<TaskCounters>,
     pub from: Option<SourceOffset>,
     pub outputs: Vec<Sender<Message>>,
+    /// Unaligned mode: each output's priority channel (else empty).
+    pub priority: Vec<Sender<Barrier>>,
     pub control: Receiver<SourceControl>,
 }
 
@@ -207,6 +210,11 @@ impl SourceTask {
             std::thread::sleep(Duration::from_millis(d.delay_ms));
         }
         cutpoint_core::failpoint::check("source::inject_barrier")?;
+        // Unaligned: the barrier overtakes everything queued downstream;
+        // the in-band copy below marks where this input's cut lies.
+        for p in &self.priority {
+            let _ = p.send(barrier);
+        }
         for (t, batch) in batches.iter_mut().enumerate() {
             if !batch.is_empty() {
                 let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
@@ -240,6 +248,8 @@ pub(crate) struct AggregateTask {
     pub signals: Receiver<WorkerSignal>,
     /// Completed checkpoints, for the sink's commits.
     pub commits: Receiver<CheckpointId>,
+    /// Unaligned mode: barriers that overtake the data channels.
+    pub priority: Option<Receiver<Barrier>>,
 }
 
 /// Bookkeeping for the barrier in progress.
@@ -258,11 +268,127 @@ impl Alignment {
     fn readable(&self, input: usize) -> bool {
         !(self.block && self.arrived[input])
     }
+
+    fn reset(&mut self) {
+        self.barrier = None;
+        self.first_arrival = None;
+        self.beyond = 0;
+        self.arrived.iter_mut().for_each(|a| *a = false);
+    }
+}
+
+/// The index of the priority channel in a select.
+const PRIORITY: usize = usize::MAX;
+/// Batches an unaligned snapshot takes off its inputs ahead of processing.
+const COLLECT_AHEAD: usize = 4 * crate::channel::CHANNEL_CAPACITY;
+
+/// The error for a channel whose other end is gone.
+fn gone(cancel: &CancellationToken) -> RuntimeError {
+    if cancel.is_cancelled() {
+        RuntimeError::Cancelled
+    } else {
+        RuntimeError::Disconnected
+    }
+}
+
+/// An unaligned snapshot taken, whose channel state — the records in
+/// flight before barrier `n` on the inputs that had not delivered it — is
+/// being collected. Those records are processed after the snapshot (so
+/// they are not in its state) and replayed after a restore from it.
+struct Collecting {
+    barrier: Barrier,
+    delta: cutpoint_state::FrozenDelta,
+    sync_duration: Duration,
+    alignment: Duration,
+    pending_transactions: Vec<PendingTransaction>,
+    /// Inputs still before barrier `n`.
+    before: Vec<bool>,
+    records: Vec<Record>,
+}
+
+impl Collecting {
+    /// A message taken off input `j` (still before the barrier): records
+    /// become channel state and wait in `buffer` to be processed.
+    fn take(&mut self, j: usize, msg: Message, buffer: &mut VecDeque<Message>) {
+        match msg {
+            Message::Records(batch) => {
+                self.records.extend(batch.iter().cloned());
+                buffer.push_back(Message::Records(batch));
+            }
+            Message::Barrier(b) if b.id == self.barrier.id => self.before[j] = false,
+            // Stale: nothing to do.
+            Message::Barrier(b) if b.id < self.barrier.id => {}
+            newer @ Message::Barrier(_) => buffer.push_back(newer),
+            Message::EndOfStream => {
+                self.before[j] = false;
+                buffer.push_back(Message::EndOfStream);
+            }
+        }
+    }
+
+    fn into_job(self) -> SnapshotJob {
+        SnapshotJob {
+            barrier: self.barrier,
+            delta: self.delta,
+            sync_duration: self.sync_duration,
+            alignment_duration: self.alignment,
+            records_beyond_barrier: 0,
+            pending_transactions: self.pending_transactions,
+            channel_state: Some(self.records),
+        }
+    }
 }
 
 impl AggregateTask {
-    /// Restores (or opens empty) state; errors here are restore failures.
-    pub(crate) fn open_state(&self) -> Result<RestoredState, RuntimeError> {
+    /// Snapshots now for barrier `b` (unaligned): the state as it is, and
+    /// the channel state to collect from every input that has not delivered
+    /// `b` (`seen`: the newest in-band barrier per input) — first from what
+    /// earlier collections buffered, then from the input.
+    #[allow(clippy::too_many_arguments)]
+    fn start_unaligned(
+        &self,
+        table: &mut cutpoint_state::StateTable,
+        sink: &mut Sink,
+        b: Barrier,
+        seen: &[CheckpointId],
+        ended: &[bool],
+        buffers: &mut [VecDeque<Message>],
+        alignment: Duration,
+    ) -> Result<Collecting, RuntimeError> {
+        cutpoint_core::failpoint::check("task::sync_phase")?;
+        let t0 = Instant::now();
+        let delta = table.freeze();
+        let pending_transactions = sink.snapshot(b.id)?;
+        let mut c = Collecting {
+            barrier: b,
+            delta,
+            sync_duration: t0.elapsed(),
+            alignment,
+            pending_transactions,
+            before: (0..seen.len())
+                .map(|j| seen[j] < b.id && !ended[j])
+                .collect(),
+            records: Vec::new(),
+        };
+        for (j, buffer) in buffers.iter_mut().enumerate() {
+            if !c.before[j] {
+                continue;
+            }
+            // Everything buffered is in order; re-take it up to barrier n.
+            for msg in std::mem::take(buffer) {
+                if c.before[j] {
+                    c.take(j, msg, buffer);
+                } else {
+                    buffer.push_back(msg);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Restores (or opens empty) state, and reads the channel state to
+    /// replay; errors here are restore failures.
+    pub(crate) fn open_state(&self) -> Result<(RestoredState, Vec<Record>), RuntimeError> {
         let maxp = self.ctx.spec.max_parallelism;
         let state = if self.restore.is_empty() {
             snapshot::open_empty(&self.dirs, maxp)?
@@ -277,10 +403,23 @@ impl AggregateTask {
                 maxp,
             )?
         };
-        Ok(state)
+        let replay = cutpoint_state::channel::read_channel_state(
+            &self.ctx.rt,
+            &self.ctx.storage,
+            &self.ctx.spec.job_id,
+            &self.restore,
+            self.range,
+            &self.dirs.scratch,
+            maxp,
+        )?;
+        Ok((state, replay))
     }
 
-    pub(crate) fn run(self, state: RestoredState) -> Result<(), RuntimeError> {
+    pub(crate) fn run(
+        self,
+        state: RestoredState,
+        mut replay: Vec<Record>,
+    ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let RestoredState {
             store,
@@ -304,6 +443,7 @@ impl AggregateTask {
             signals: self.signals.clone(),
             confirmed,
             pending: Default::default(),
+            scratch: self.dirs.scratch.clone(),
         };
         let worker_thread = std::thread::Builder::new()
             .name(format!("snap-{}", self.task))
@@ -315,14 +455,34 @@ impl AggregateTask {
         });
 
         let n = self.inputs.len();
+        let mode = ctx.spec.checkpoint.mode;
+        let aligned_timeout = ctx
+            .spec
+            .checkpoint
+            .aligned_checkpoint_timeout_ms
+            .map(Duration::from_millis);
+        let processing_delay = ctx
+            .spec
+            .inject_processing_delay_us
+            .map(Duration::from_micros);
         let mut ended = vec![false; n];
         let mut align = Alignment {
             barrier: None,
             first_arrival: None,
             arrived: vec![false; n],
-            block: ctx.spec.checkpoint.mode == CheckpointingMode::ExactlyOnce,
+            block: mode == CheckpointingMode::ExactlyOnce,
             beyond: 0,
         };
+        // Unaligned snapshots: messages taken off an input while collecting
+        // channel state wait here (in order, ahead of that input's channel)
+        // to be processed; `seen` is the newest in-band barrier per input.
+        let mut buffers: Vec<VecDeque<Message>> = (0..n).map(|_| VecDeque::new()).collect();
+        let mut seen = vec![CheckpointId(0); n];
+        let mut collecting: Option<Collecting> = None;
+        // Closed once every source finished (they hold its senders).
+        let mut priority = self.priority.as_ref();
+        // The newest checkpoint this task snapshotted (or is snapshotting).
+        let mut last_started = CheckpointId(0);
         let inject = ctx
             .spec
             .inject_failure
@@ -330,6 +490,13 @@ impl AggregateTask {
             .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
         let mut records: u64 = 0;
         let mut snapshots: u64 = 0;
+        // The channel state of the checkpoint restored from comes first.
+        for r in std::mem::take(&mut replay) {
+            let v = table.add(r.key.clone(), r.value);
+            sink.emit(&r.key, v)?;
+            records += 1;
+            self.counters.add(1, None);
+        }
         let result = loop {
             if let Err(e) = self
                 .commits
@@ -338,36 +505,129 @@ impl AggregateTask {
             {
                 break Err(e);
             }
+            if collecting
+                .as_ref()
+                .is_some_and(|c| !c.before.iter().any(|b| *b))
+            {
+                let c = collecting.take().expect("collecting");
+                if snap_tx.send(c.into_job()).is_err() {
+                    break Err(RuntimeError::Internal("snapshot worker stopped".into()));
+                }
+                continue;
+            }
             if ended.iter().all(|e| *e) {
                 break Ok(());
             }
-            let mut sel = Select::new();
-            let mut index = Vec::with_capacity(n);
-            for (i, rx) in self.inputs.iter().enumerate() {
-                if !ended[i] && align.readable(i) {
-                    sel.recv(rx);
-                    index.push(i);
+            // An alignment past the aligned-checkpoint timeout turns unaligned.
+            if let (Some(limit), Some(barrier), Some(first)) =
+                (aligned_timeout, align.barrier, align.first_arrival)
+            {
+                if first.elapsed() >= limit {
+                    match self.start_unaligned(
+                        &mut table,
+                        &mut sink,
+                        barrier,
+                        &seen,
+                        &ended,
+                        &mut buffers,
+                        first.elapsed(),
+                    ) {
+                        Ok(c) => collecting = Some(c),
+                        Err(e) => break Err(e),
+                    }
+                    snapshots += 1;
+                    last_started = barrier.id;
+                    align.reset();
+                    continue;
                 }
             }
-            let op = match sel.select_timeout(Duration::from_millis(50)) {
-                Ok(op) => op,
-                Err(_) => {
-                    if ctx.cancel.is_cancelled() {
-                        break Err(RuntimeError::Cancelled);
+            // While collecting, drain what is queued before the barrier
+            // first (without processing it), so the snapshot does not wait
+            // for back-pressured queues; bounded, then processing resumes.
+            if let Some(c) = &mut collecting {
+                let buffered: usize = buffers.iter().map(VecDeque::len).sum();
+                if buffered < COLLECT_AHEAD {
+                    let took = (0..n)
+                        .filter(|j| c.before[*j])
+                        .find_map(|j| self.inputs[j].try_recv().ok().map(|m| (j, m)));
+                    if let Some((j, msg)) = took {
+                        if let Message::Barrier(b) = &msg {
+                            seen[j] = seen[j].max(b.id);
+                        }
+                        c.take(j, msg, &mut buffers[j]);
+                        continue;
+                    }
+                }
+            }
+            // The next message: what collection buffered comes first.
+            let (i, msg) = if let Some(j) = (0..n).find(|j| !buffers[*j].is_empty()) {
+                (j, buffers[j].pop_front().expect("non-empty"))
+            } else {
+                let mut sel = Select::new();
+                let mut index = Vec::with_capacity(n + 1);
+                for (i, rx) in self.inputs.iter().enumerate() {
+                    if !ended[i] && align.readable(i) {
+                        sel.recv(rx);
+                        index.push(i);
+                    }
+                }
+                if let (Some(p), None) = (priority, &collecting) {
+                    sel.recv(p);
+                    index.push(PRIORITY);
+                }
+                let wait = match (aligned_timeout, align.first_arrival) {
+                    (Some(limit), Some(first)) => limit
+                        .saturating_sub(first.elapsed())
+                        .min(Duration::from_millis(50)),
+                    _ => Duration::from_millis(50),
+                };
+                let op = match sel.select_timeout(wait) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        if ctx.cancel.is_cancelled() {
+                            break Err(RuntimeError::Cancelled);
+                        }
+                        continue;
+                    }
+                };
+                let i = index[op.index()];
+                if i == PRIORITY {
+                    // A barrier that overtook the queues (unaligned mode).
+                    let Ok(b) = op.recv(priority.expect("priority")) else {
+                        // Every source finished; their streams end in-band.
+                        priority = None;
+                        continue;
+                    };
+                    if b.id > last_started {
+                        match self.start_unaligned(
+                            &mut table,
+                            &mut sink,
+                            b,
+                            &seen,
+                            &ended,
+                            &mut buffers,
+                            Duration::ZERO,
+                        ) {
+                            Ok(c) => collecting = Some(c),
+                            Err(e) => break Err(e),
+                        }
+                        snapshots += 1;
+                        last_started = b.id;
                     }
                     continue;
                 }
-            };
-            let i = index[op.index()];
-            let msg = match op.recv(&self.inputs[i]) {
-                Ok(m) => m,
-                Err(_) => {
-                    break Err(if ctx.cancel.is_cancelled() {
-                        RuntimeError::Cancelled
-                    } else {
-                        RuntimeError::Disconnected
-                    })
+                let Ok(msg) = op.recv(&self.inputs[i]) else {
+                    break Err(gone(&ctx.cancel));
+                };
+                if let Some(c) = collecting.as_mut().filter(|c| c.before[i]) {
+                    // Still before the barrier on this input: channel state.
+                    if let Message::Barrier(b) = &msg {
+                        seen[i] = seen[i].max(b.id);
+                    }
+                    c.take(i, msg, &mut buffers[i]);
+                    continue;
                 }
+                (i, msg)
             };
             match msg {
                 Message::Records(batch) => {
@@ -377,6 +637,9 @@ impl AggregateTask {
                         align.beyond += batch.len() as u64;
                     }
                     self.counters.add(batch.len() as u64, None);
+                    if let Some(d) = processing_delay {
+                        std::thread::sleep(d);
+                    }
                     let mut failed = None;
                     for r in batch {
                         let v = table.add(r.key.clone(), r.value);
@@ -399,25 +662,49 @@ impl AggregateTask {
                         }
                     }
                 }
-                Message::Barrier(b) => match align.barrier {
-                    // An older barrier after a newer one: that checkpoint
-                    // was given up here already.
-                    Some(cur) if b.id < cur.id => {}
-                    Some(cur) if b.id == cur.id => align.arrived[i] = true,
-                    // None, or a newer barrier overtook the one in progress
-                    // (at-least-once with concurrent or expired checkpoints):
-                    // align the newer one; the older cannot complete here.
-                    _ => {
-                        align.barrier = Some(b);
-                        align.first_arrival = Some(Instant::now());
-                        align.beyond = 0;
-                        align.arrived.iter_mut().for_each(|a| *a = false);
-                        align.arrived[i] = true;
+                Message::Barrier(b) if mode == CheckpointingMode::Unaligned => {
+                    seen[i] = seen[i].max(b.id);
+                    // The in-band barrier came before its priority copy
+                    // (while collecting, the priority copy starts it later).
+                    if b.id > last_started && collecting.is_none() {
+                        match self.start_unaligned(
+                            &mut table,
+                            &mut sink,
+                            b,
+                            &seen,
+                            &ended,
+                            &mut buffers,
+                            Duration::ZERO,
+                        ) {
+                            Ok(c) => collecting = Some(c),
+                            Err(e) => break Err(e),
+                        }
+                        snapshots += 1;
+                        last_started = b.id;
                     }
-                },
+                }
+                Message::Barrier(b) => {
+                    seen[i] = seen[i].max(b.id);
+                    match align.barrier {
+                        // Older than one in progress or already snapshotted
+                        // (also unaligned, after a timeout): nothing to do.
+                        _ if b.id <= last_started => {}
+                        Some(cur) if b.id < cur.id => {}
+                        Some(cur) if b.id == cur.id => align.arrived[i] = true,
+                        // None, or a newer barrier overtook the one in progress
+                        // (at-least-once with concurrent or expired checkpoints):
+                        // align the newer one; the older cannot complete here.
+                        _ => {
+                            align.reset();
+                            align.barrier = Some(b);
+                            align.first_arrival = Some(Instant::now());
+                            align.arrived[i] = true;
+                        }
+                    }
+                }
                 Message::EndOfStream => ended[i] = true,
             }
-            // Snapshot once every live input delivered the barrier.
+            // Aligned snapshot once every live input delivered the barrier.
             if let Some(barrier) = align.barrier {
                 if (0..n).all(|j| align.arrived[j] || ended[j]) {
                     if let Err(e) = cutpoint_core::failpoint::check("task::align") {
@@ -434,6 +721,7 @@ impl AggregateTask {
                         Err(e) => break Err(e),
                     };
                     snapshots += 1;
+                    last_started = barrier.id;
                     let job = SnapshotJob {
                         barrier,
                         delta,
@@ -441,14 +729,12 @@ impl AggregateTask {
                         alignment_duration: alignment,
                         records_beyond_barrier: align.beyond,
                         pending_transactions,
+                        channel_state: None,
                     };
                     if snap_tx.send(job).is_err() {
                         break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                     }
-                    align.barrier = None;
-                    align.first_arrival = None;
-                    align.beyond = 0;
-                    align.arrived.iter_mut().for_each(|b| *b = false);
+                    align.reset();
                 }
             }
         };

@@ -64,6 +64,8 @@ pub(crate) struct SnapshotJob {
     pub alignment_duration: Duration,
     pub records_beyond_barrier: u64,
     pub pending_transactions: Vec<cutpoint_core::metadata::PendingTransaction>,
+    /// Unaligned: the records in flight before the barrier, to persist.
+    pub channel_state: Option<Vec<cutpoint_core::Record>>,
 }
 
 /// Coordinator notifications to a worker.
@@ -84,6 +86,8 @@ pub(crate) struct Worker {
     pub confirmed: ConfirmedFiles,
     /// Files of snapshots acked but not yet known to be complete.
     pub pending: BTreeMap<CheckpointId, Vec<StateFile>>,
+    /// Local scratch space (channel state files before upload).
+    pub scratch: std::path::PathBuf,
 }
 
 impl Worker {
@@ -147,13 +151,26 @@ impl Worker {
             subtask: self.task.subtask,
             checkpoint: id,
         };
-        let uploaded = self.ctx.rt.block_on(upload_snapshot(
-            &target,
-            &dir,
-            job.barrier.checkpoint_type,
-            &self.confirmed,
-            &token,
-        ));
+        let uploaded = self
+            .ctx
+            .rt
+            .block_on(upload_snapshot(
+                &target,
+                &dir,
+                job.barrier.checkpoint_type,
+                &self.confirmed,
+                &token,
+            ))
+            .and_then(|up| {
+                let records = job.channel_state.as_deref().unwrap_or(&[]);
+                let channel = cutpoint_state::channel::upload_channel_state(
+                    &self.ctx.rt,
+                    &target,
+                    records,
+                    &self.scratch,
+                )?;
+                Ok((up, channel))
+            });
         let _ = std::fs::remove_dir_all(&dir);
         tracing::debug!(
             task = %self.task,
@@ -165,7 +182,7 @@ impl Worker {
             "asynchronous phase"
         );
         let event = match uploaded {
-            Ok(up) => {
+            Ok((up, channel)) => {
                 self.pending.insert(id, up.files.clone());
                 TaskEvent::Ack {
                     checkpoint: id,
@@ -181,6 +198,9 @@ impl Worker {
                         alignment_duration_ms: job.alignment_duration.as_millis() as u64,
                         records_beyond_barrier: job.records_beyond_barrier,
                         pending_transactions: job.pending_transactions,
+                        persisted_data_size: channel.as_ref().map_or(0, |f| f.size),
+                        channel_state: channel.into_iter().collect(),
+                        unaligned: job.channel_state.is_some(),
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),

@@ -103,6 +103,7 @@ pub fn checkpoint(c: &CheckpointStats, with_tasks: bool) -> Value {
         "state_size": c.state_size,
         "checkpointed_size": c.checkpointed_size,
         "persisted_data": c.persisted_data,
+        "unaligned": c.unaligned,
         "alignment_duration": c.alignment_duration,
         "sync_duration": c.sync_duration,
         "async_duration": c.async_duration,
@@ -181,7 +182,8 @@ pub fn config(spec: &JobSpec) -> Value {
         "retention": c.retention,
         "checkpoint_type": c.checkpoint_type.as_str(),
         "orphan_sweep_interval": c.orphan_sweep_interval_ms,
-        "unaligned_checkpoints": false,
+        "unaligned_checkpoints": c.mode == cutpoint_core::spec::CheckpointingMode::Unaligned,
+        "aligned_checkpoint_timeout": c.aligned_checkpoint_timeout_ms,
         "state_backend": "rocksdb-incremental",
         "externalization": {"enabled": true, "delete_on_cancellation": false},
     })

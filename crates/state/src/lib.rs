@@ -13,6 +13,7 @@
 //! RocksDB keys are `[key group: u16 BE][encoded key]`, values are `i64` LE,
 //! so a key-group range is one contiguous key range (rescaling reads ranges).
 
+pub mod channel;
 mod error;
 mod rocks;
 pub mod snapshot;

@@ -43,6 +43,12 @@ pub enum StorageError {
     CorruptJobSpec { path: String, reason: String },
     #[error("no job spec stored for job {job}")]
     JobSpecMissing { job: String },
+    #[error("channel state {path} is corrupt at line {line}: {reason}")]
+    CorruptChannelState {
+        path: String,
+        line: usize,
+        reason: String,
+    },
     #[error(transparent)]
     FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
@@ -75,6 +81,7 @@ impl StorageError {
                 | StorageError::CorruptMetadata { .. }
                 | StorageError::StateFileMissing { .. }
                 | StorageError::ChecksumMismatch { .. }
+                | StorageError::CorruptChannelState { .. }
         )
     }
 }

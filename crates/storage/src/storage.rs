@@ -544,7 +544,7 @@ impl CheckpointStorage {
         let job_paths = self.paths(&meta.job_id);
         let own = format!("chk-{}/", meta.checkpoint_id.0);
         let mut copy = meta.clone();
-        for f in copy.subtasks.iter_mut().flat_map(|s| s.files.iter_mut()) {
+        for f in copy.subtasks.iter_mut().flat_map(|s| s.all_files_mut()) {
             let relative = f.path.strip_prefix(&own).unwrap_or(&f.path).to_string();
             let (from, to) = (
                 job_paths.resolve(&f.path),
@@ -586,7 +586,7 @@ impl CheckpointStorage {
     ) -> Result<CheckpointMetadata, StorageError> {
         let mut meta = self.read_savepoint(savepoint).await?;
         let job_paths = self.paths(job);
-        for f in meta.subtasks.iter_mut().flat_map(|s| s.files.iter_mut()) {
+        for f in meta.subtasks.iter_mut().flat_map(|s| s.all_files_mut()) {
             let target = format!("chk-{}/{}", id.0, f.path);
             let (from, to) = (
                 self.savepoint_file(savepoint, &f.path),
