@@ -187,12 +187,24 @@ fn store_fault(rng: &mut ChaCha8Rng) -> Fault {
 }
 
 /// Options of `cutpoint chaos`.
+#[derive(clap::Args, Debug)]
 pub struct ChaosArgs {
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    #[arg(long, default_value_t = 50)]
     pub cycles: u64,
+    /// Start at this cycle (replay one: --first-cycle C --cycles 1).
+    #[arg(long, default_value_t = 0)]
     pub first_cycle: u64,
+    /// Base checkpoint storage; each cycle uses `<base>/cycle-<n>`
+    /// (default: under the work dir).
+    #[arg(long)]
     pub checkpoint_dir: Option<String>,
+    /// Where cycles keep their files (default: a temporary directory).
+    #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Keep every cycle's files, not only those of failing cycles.
+    #[arg(long)]
     pub keep: bool,
 }
 

@@ -82,25 +82,7 @@ enum Command {
     /// Seeded chaos cycles: inject one fault per cycle, recover, compare with
     /// the failure-free result (needs a build with `--features failpoints`;
     /// see docs/reliability.md).
-    Chaos {
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value_t = 50)]
-        cycles: u64,
-        /// Start at this cycle (replay one: --first-cycle C --cycles 1).
-        #[arg(long, default_value_t = 0)]
-        first_cycle: u64,
-        /// Base checkpoint storage; each cycle uses `<base>/cycle-<n>`
-        /// (default: under the work dir).
-        #[arg(long)]
-        checkpoint_dir: Option<String>,
-        /// Where cycles keep their files (default: a temporary directory).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Keep every cycle's files, not only those of failing cycles.
-        #[arg(long)]
-        keep: bool,
-    },
+    Chaos(crate::chaos::ChaosArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell),
     /// e.g. `cutpoint completions bash > /etc/bash_completion.d/cutpoint`.
     Completions {
@@ -464,23 +446,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Chaos {
-            seed,
-            cycles,
-            first_cycle,
-            checkpoint_dir,
-            work_dir,
-            keep,
-        } => tokio::task::block_in_place(|| {
-            crate::chaos::run(crate::chaos::ChaosArgs {
-                seed,
-                cycles,
-                first_cycle,
-                checkpoint_dir,
-                work_dir,
-                keep,
-            })
-        }),
+        Command::Chaos(args) => tokio::task::block_in_place(|| crate::chaos::run(args)),
     }
 }
 

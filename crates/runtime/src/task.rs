@@ -490,6 +490,8 @@ impl AggregateTask {
             .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
         let mut records: u64 = 0;
         let mut snapshots: u64 = 0;
+        // An unaligned snapshot to take at the top of the next iteration.
+        let mut start: Option<(Barrier, Duration)> = None;
         // The channel state of the checkpoint restored from comes first.
         for r in std::mem::take(&mut replay) {
             let v = table.add(r.key.clone(), r.value);
@@ -504,6 +506,22 @@ impl AggregateTask {
                 .try_for_each(|id| sink.checkpoint_complete(id))
             {
                 break Err(e);
+            }
+            if let Some((b, alignment)) = start.take() {
+                match self.start_unaligned(
+                    &mut table,
+                    &mut sink,
+                    b,
+                    &seen,
+                    &ended,
+                    &mut buffers,
+                    alignment,
+                ) {
+                    Ok(c) => collecting = Some(c),
+                    Err(e) => break Err(e),
+                }
+                snapshots += 1;
+                last_started = b.id;
             }
             if collecting
                 .as_ref()
@@ -523,20 +541,7 @@ impl AggregateTask {
                 (aligned_timeout, align.barrier, align.first_arrival)
             {
                 if first.elapsed() >= limit {
-                    match self.start_unaligned(
-                        &mut table,
-                        &mut sink,
-                        barrier,
-                        &seen,
-                        &ended,
-                        &mut buffers,
-                        first.elapsed(),
-                    ) {
-                        Ok(c) => collecting = Some(c),
-                        Err(e) => break Err(e),
-                    }
-                    snapshots += 1;
-                    last_started = barrier.id;
+                    start = Some((barrier, first.elapsed()));
                     align.reset();
                     continue;
                 }
@@ -599,20 +604,7 @@ impl AggregateTask {
                         continue;
                     };
                     if b.id > last_started {
-                        match self.start_unaligned(
-                            &mut table,
-                            &mut sink,
-                            b,
-                            &seen,
-                            &ended,
-                            &mut buffers,
-                            Duration::ZERO,
-                        ) {
-                            Ok(c) => collecting = Some(c),
-                            Err(e) => break Err(e),
-                        }
-                        snapshots += 1;
-                        last_started = b.id;
+                        start = Some((b, Duration::ZERO));
                     }
                     continue;
                 }
@@ -667,20 +659,7 @@ impl AggregateTask {
                     // The in-band barrier came before its priority copy
                     // (while collecting, the priority copy starts it later).
                     if b.id > last_started && collecting.is_none() {
-                        match self.start_unaligned(
-                            &mut table,
-                            &mut sink,
-                            b,
-                            &seen,
-                            &ended,
-                            &mut buffers,
-                            Duration::ZERO,
-                        ) {
-                            Ok(c) => collecting = Some(c),
-                            Err(e) => break Err(e),
-                        }
-                        snapshots += 1;
-                        last_started = b.id;
+                        start = Some((b, Duration::ZERO));
                     }
                 }
                 Message::Barrier(b) => {
