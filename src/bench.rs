@@ -37,13 +37,16 @@ pub enum Variant {
     S3,
     /// Aligned incremental with a task failure at N/2; reports recovery.
     Recovery,
+    /// Unaligned exactly-once, incremental.
+    Unaligned,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 7] = [
         Variant::None,
         Variant::Aligned,
         Variant::AtLeastOnce,
+        Variant::Unaligned,
         Variant::Full,
         Variant::Recovery,
         Variant::S3,
@@ -57,6 +60,7 @@ impl Variant {
             Variant::Full => "full",
             Variant::S3 => "s3",
             Variant::Recovery => "recovery",
+            Variant::Unaligned => "unaligned",
         }
     }
 }
@@ -117,16 +121,17 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             seed: 42,
             rate_per_s: None,
         },
+        union: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
         sink: SinkSpec::Discard,
         checkpoint: CheckpointConfig {
             interval_ms: (variant != Variant::None).then_some(interval_ms),
             retention: 1,
-            mode: if variant == Variant::AtLeastOnce {
-                CheckpointingMode::AtLeastOnce
-            } else {
-                CheckpointingMode::ExactlyOnce
+            mode: match variant {
+                Variant::AtLeastOnce => CheckpointingMode::AtLeastOnce,
+                Variant::Unaligned => CheckpointingMode::Unaligned,
+                _ => CheckpointingMode::ExactlyOnce,
             },
             checkpoint_type: if variant == Variant::Full {
                 CheckpointType::Full
@@ -149,9 +154,11 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             after_completed_checkpoint: true,
         }),
     };
+    let job_id = spec.job_id.clone();
+    let storage = open_storage(&location)?;
     let handle = spawn_job(JobConfig {
         spec,
-        storage: open_storage(&location)?,
+        storage: storage.clone(),
         restore_from: None,
         local_dir: tmp.path().join("work"),
     });
@@ -177,6 +184,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
     if variant == Variant::Recovery && outcome.restored_from.is_empty() {
         bail!("the recovery variant did not restore from a checkpoint");
     }
+    let fresh = fresh_restore(&storage, &job_id, tmp.path()).await?;
 
     let done: Vec<&CheckpointStats> = stats.completed_entries().collect();
     let pct = |f: fn(&CheckpointStats) -> u64, p: f64| -> Option<u64> {
@@ -203,6 +211,10 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         "checkpointed_size_p50": pct(|c| c.checkpointed_size, 0.5),
         "state_size_last": done.last().map(|c| c.state_size),
         "restore_ms": outcome.restore_ms.first(),
+        "fresh_restore_ms": fresh.as_ref().map(|f| f.ms),
+        "fresh_restore_mb": fresh.as_ref().map(|f| (f.bytes as f64 / 1e6 * 10.0).round() / 10.0),
+        "fresh_restore_mb_per_s": fresh.as_ref().map(|f| (f.bytes as f64 / 1e6 / (f.ms.max(1) as f64 / 1e3)).round()),
+        "fresh_restore_keys": fresh.as_ref().map(|f| f.keys),
         "peak_rss_mb": peak_rss_mb(),
         "exact": exact,
     });
@@ -212,6 +224,71 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
     } else {
         ExitCode::from(2)
     })
+}
+
+/// A restore of the last retained checkpoint into fresh directories.
+struct FreshRestore {
+    ms: u64,
+    bytes: u64,
+    keys: usize,
+}
+
+/// Restores every keyed subtask of the newest retained checkpoint from
+/// storage into empty directories, in parallel as a job's restore does:
+/// download, verify, open RocksDB, load the table. `None` without one.
+async fn fresh_restore(
+    storage: &cutpoint_storage::CheckpointStorage,
+    job: &JobId,
+    dir: &std::path::Path,
+) -> Result<Option<FreshRestore>> {
+    let Some(meta) = storage
+        .list_checkpoints(job)
+        .await?
+        .into_iter()
+        .find_map(|l| l.metadata.ok())
+    else {
+        return Ok(None);
+    };
+    let aggs: Vec<cutpoint_core::SubtaskState> = meta
+        .subtasks
+        .iter()
+        .filter(|s| s.key_group_range.is_some())
+        .cloned()
+        .collect();
+    let bytes = aggs.iter().flat_map(|s| &s.files).map(|f| f.size).sum();
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for s in &aggs {
+        let (storage, job, aggs) = (storage.clone(), job.clone(), aggs.clone());
+        let range = s.key_group_range.expect("keyed");
+        let base = dir.join(format!("fresh-restore-{}", s.task.subtask.0));
+        let rt = tokio::runtime::Handle::current();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let dirs = cutpoint_state::snapshot::LocalDirs {
+                db: base.join("db"),
+                scratch: base.join("scratch"),
+            };
+            cutpoint_state::snapshot::restore(
+                &rt,
+                &storage,
+                &job,
+                &aggs,
+                range,
+                &dirs,
+                meta.max_parallelism,
+            )
+            .map(|r| r.table.len())
+        }));
+    }
+    let mut keys = 0;
+    for t in tasks {
+        keys += t.await??;
+    }
+    Ok(Some(FreshRestore {
+        ms: t0.elapsed().as_millis() as u64,
+        bytes,
+        keys,
+    }))
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), in MiB.

@@ -283,7 +283,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             let storage = open_storage(&checkpoint_dir)?;
             let outcome = run_job(spec.clone(), storage, restore_from, work_dir).await?;
             if let Some(path) = final_state {
-                write_final_state(&outcome, &path)?;
+                write_final_state(&spec, &outcome, &path)?;
             }
             println!("{}", summary(&spec, &outcome));
             Ok(ExitCode::SUCCESS)
@@ -547,10 +547,17 @@ pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
         .collect()
 }
 
-fn write_final_state(outcome: &JobOutcome, path: &PathBuf) -> Result<()> {
+fn write_final_state(spec: &JobSpec, outcome: &JobOutcome, path: &PathBuf) -> Result<()> {
+    use cutpoint_core::spec::{join, AggregateSpec};
+    let joined = matches!(spec.aggregate, AggregateSpec::Join { .. });
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
     for (k, v) in final_counts(outcome) {
-        writeln!(w, "{}", json!({"key": k, "value": v}))?;
+        let line = if joined {
+            json!({"key": k, "count": join::count(v), "dimension": join::dimension(v)})
+        } else {
+            json!({"key": k, "value": v})
+        };
+        writeln!(w, "{line}")?;
     }
     w.flush()?;
     Ok(())

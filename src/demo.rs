@@ -37,6 +37,7 @@ pub async fn run(
             seed: SEED,
             rate_per_s: (rate > 0).then_some(rate),
         },
+        union: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
         sink: SinkSpec::Discard,

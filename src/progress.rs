@@ -38,17 +38,25 @@ pub fn follow_job(control: JobControl) -> tokio::task::JoinHandle<()> {
         return tokio::spawn(async {});
     }
     let spec = control.spec().clone();
-    let (total, ranges) = match &spec.source {
-        SourceSpec::Generator {
-            events, partitions, ..
-        } => (
-            Some(*events),
-            (0..*partitions)
-                .map(|p| cutpoint_runtime::source::generator_range(*events, *partitions, p).0)
-                .collect(),
-        ),
-        _ => (None, Vec::new()),
-    };
+    // Progress is known for generator sources: job-wide partition → its
+    // first event index; the total is the sum of their events.
+    let mut ranges = Vec::new();
+    let mut total = Some(0);
+    for source in spec.sources() {
+        match source {
+            SourceSpec::Generator {
+                events, partitions, ..
+            } => {
+                total = total.map(|t| t + events);
+                ranges.extend(
+                    (0..*partitions).map(|p| {
+                        cutpoint_runtime::source::generator_range(*events, *partitions, p).0
+                    }),
+                );
+            }
+            SourceSpec::Files { .. } => total = None,
+        }
+    }
     let pb = bar(total, spec.job_id.as_str());
     tokio::spawn(async move {
         loop {

@@ -9,6 +9,7 @@ mod common;
 mod contract;
 mod docker;
 mod incremental;
+mod operators;
 mod pipeline;
 mod storage;
 mod unaligned;

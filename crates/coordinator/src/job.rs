@@ -439,6 +439,9 @@ struct Attempt {
     sources_ended: u32,
     /// Source records already added to `cutpoint_records_read_total`.
     records_reported: u64,
+    /// Sources that reached the end of their input, as they acknowledge
+    /// every later checkpoint.
+    finished_sources: Vec<SubtaskState>,
     /// The first checkpoint triggered after every source ended: it, or any
     /// later one, is the final checkpoint.
     final_from: Option<CheckpointId>,
@@ -580,6 +583,7 @@ impl Runner {
                 failure_at,
                 sources_ended: 0,
                 records_reported: 0,
+                finished_sources: Vec::new(),
                 final_from: None,
             };
             let end = self
@@ -751,7 +755,7 @@ impl Runner {
                             attempt.sources_ended += 1;
                             self.advance_final(tracker, attempt);
                         }
-                        TaskEvent::Finished { task, records, table } => {
+                        TaskEvent::Finished { task, records, table, offset } => {
                             attempt.finished += 1;
                             if table.is_none() {
                                 outcome.records_read += records;
@@ -760,8 +764,33 @@ impl Runner {
                             if let Some(t) = table {
                                 attempt.tables.push(*t);
                             }
-                            for a in tracker.task_finished(&task) {
-                                let _ = self.discard(tracker, attempt, a).await;
+                            if let Some(offset) = offset {
+                                // A finished source takes part in every later
+                                // checkpoint with its end offset: everything it
+                                // read is before any later barrier.
+                                let state = SubtaskState {
+                                    source_offset: Some(offset),
+                                    ack_timestamp: now_millis(),
+                                    ..SubtaskState::empty(task.clone())
+                                };
+                                attempt.finished_sources.push(state.clone());
+                                let owed: Vec<CheckpointId> = tracker
+                                    .pending()
+                                    .filter(|p| p.expected.contains(&task) && !p.acks.contains_key(&task))
+                                    .map(|p| p.id)
+                                    .collect();
+                                for id in owed {
+                                    if let Ok(Some(reason)) = self.ack(tracker, attempt, id, state.clone()).await {
+                                        return self.end_failed(tracker, attempt, reason, false).await;
+                                    }
+                                }
+                                if attempt.finished_sources.len() as u32 == self.spec.source_parallelism() {
+                                    tracker.stop("every source finished");
+                                }
+                            } else {
+                                for a in tracker.task_finished(&task) {
+                                    let _ = self.discard(tracker, attempt, a).await;
+                                }
                             }
                             if attempt.finished == attempt.internal {
                                 for a in tracker.abort_all(AbortReason::JobFinishing) {
@@ -861,6 +890,11 @@ impl Runner {
         let id = tracker.trigger(now, periodic, checkpoint_type, &attempt.tasks)?;
         self.stats_mut()
             .triggered(id, checkpoint_type, now, attempt.tasks.len());
+        // Finished sources acknowledge at once, with their end offsets.
+        for s in &attempt.finished_sources {
+            let _ = tracker.ack(id, s.clone());
+            self.stats_mut().acked(id, s);
+        }
         let barrier = Barrier {
             id,
             checkpoint_type,

@@ -22,6 +22,11 @@ pub struct JobSpec {
     #[serde(default = "default_max_parallelism")]
     pub max_parallelism: u32,
     pub source: SourceSpec,
+    /// More sources, unioned with `source` into the keyed exchange (Flink's
+    /// `union`); their partitions follow `source`'s. Source index 0 is
+    /// `source`, 1.. are these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub union: Vec<SourceSpec>,
     /// Field of the input events to group by.
     pub key_by: String,
     pub aggregate: AggregateSpec,
@@ -113,6 +118,16 @@ pub enum SourceSpec {
     },
 }
 
+impl SourceSpec {
+    /// Its number of partitions (source subtasks).
+    pub fn partitions(&self) -> u32 {
+        match self {
+            SourceSpec::Generator { partitions, .. } => *partitions,
+            SourceSpec::Files { paths, .. } => paths.len() as u32,
+        }
+    }
+}
+
 fn default_partitions() -> u32 {
     2
 }
@@ -140,6 +155,50 @@ pub enum AggregateSpec {
     Count,
     /// Sum of an integer field per key.
     Sum { field: String },
+    /// A keyed two-input join (e.g. a click stream with an app-metadata
+    /// stream): records of source `dimension_source` set the key's
+    /// dimension to their integer `field` (the latest wins, 0..2^23);
+    /// records of every other source count per key. The state per key packs
+    /// both ([`join`]); updates to the sink carry the count.
+    Join {
+        dimension_source: u32,
+        field: String,
+    },
+}
+
+/// The state of a [`AggregateSpec::Join`] key: `dimension << 40 | count`.
+pub mod join {
+    const COUNT_BITS: u32 = 40;
+    /// The largest dimension value.
+    pub const MAX_DIMENSION: i64 = (1 << 23) - 1;
+
+    pub fn count(state: i64) -> i64 {
+        state & ((1 << COUNT_BITS) - 1)
+    }
+
+    pub fn dimension(state: i64) -> i64 {
+        state >> COUNT_BITS
+    }
+
+    /// `state` with its dimension set to `dimension`.
+    pub fn with_dimension(state: i64, dimension: i64) -> i64 {
+        (dimension.clamp(0, MAX_DIMENSION) << COUNT_BITS) | count(state)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn packs_count_and_dimension() {
+            let s = super::with_dimension(41 + 1, 7);
+            assert_eq!((super::count(s), super::dimension(s)), (42, 7));
+            let s = super::with_dimension(s + 1, 3);
+            assert_eq!((super::count(s), super::dimension(s)), (43, 3));
+            assert_eq!(
+                super::dimension(super::with_dimension(0, i64::MAX)),
+                super::MAX_DIMENSION
+            );
+        }
+    }
 }
 
 /// Where each aggregate update goes.
@@ -291,7 +350,30 @@ impl JobSpec {
         if self.max_parallelism == 0 || self.max_parallelism > 32_768 {
             return bad("max_parallelism must be in 1..=32768".into());
         }
-        match &self.source {
+        for source in self.sources() {
+            self.validate_source(source)?;
+        }
+        if self.source_parallelism() > 1024 {
+            return bad("the sources have more than 1024 partitions together".into());
+        }
+        if let AggregateSpec::Join {
+            dimension_source,
+            field,
+        } = &self.aggregate
+        {
+            if *dimension_source as usize >= self.sources().count() || self.union.is_empty() {
+                return bad("aggregate.dimension_source must name one of two or more sources (0 = source, 1.. = union)".into());
+            }
+            if field.is_empty() {
+                return bad("aggregate.field must name the dimension field".into());
+            }
+        }
+        self.validate_rest()
+    }
+
+    fn validate_source(&self, source: &SourceSpec) -> Result<(), CoreError> {
+        let bad = |m: String| Err(CoreError::InvalidSpec(m));
+        match source {
             SourceSpec::Generator {
                 partitions, keys, ..
             } => {
@@ -321,6 +403,11 @@ impl JobSpec {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<(), CoreError> {
+        let bad = |m: String| Err(CoreError::InvalidSpec(m));
         if self.key_by.is_empty() {
             return bad("key_by must name a field".into());
         }
@@ -378,12 +465,28 @@ impl JobSpec {
             && self.external_tasks.is_empty()
     }
 
-    /// Number of source subtasks (one per partition).
+    /// Every source: `source`, then `union`'s.
+    pub fn sources(&self) -> impl Iterator<Item = &SourceSpec> {
+        std::iter::once(&self.source).chain(&self.union)
+    }
+
+    /// Number of source subtasks (one per partition of every source).
     pub fn source_parallelism(&self) -> u32 {
-        match &self.source {
-            SourceSpec::Generator { partitions, .. } => *partitions,
-            SourceSpec::Files { paths, .. } => paths.len() as u32,
+        self.sources().map(SourceSpec::partitions).sum()
+    }
+
+    /// The source a job-wide partition number belongs to: its index (0 =
+    /// `source`), its spec and the partition within it.
+    pub fn source_of(&self, partition: u32) -> Option<(u32, &SourceSpec, u32)> {
+        let mut first = 0;
+        for (i, s) in self.sources().enumerate() {
+            let n = s.partitions();
+            if partition < first + n {
+                return Some((i as u32, s, partition - first));
+            }
+            first += n;
         }
+        None
     }
 }
 
@@ -411,5 +514,26 @@ mod tests {
         assert!(e.contains("key_by"), "{e}");
         let zero = PV.replace("\"keys\":3", "\"keys\":0");
         assert!(JobSpec::from_json(&zero).is_err());
+    }
+
+    #[test]
+    fn unions_number_partitions_across_sources_and_joins_need_two_sources() {
+        let union = PV.replace(
+            r#""key_by""#,
+            r#""union":[{"type":"generator","partitions":3,"events":5,"keys":2}],"key_by""#,
+        );
+        let s = JobSpec::from_json(&union).unwrap();
+        assert_eq!(s.source_parallelism(), 5);
+        assert_eq!(s.source_of(1).map(|(i, _, p)| (i, p)), Some((0, 1)));
+        assert_eq!(s.source_of(4).map(|(i, _, p)| (i, p)), Some((1, 2)));
+        assert!(s.source_of(5).is_none());
+        let join = r#"{"type":"join","dimension_source":1,"field":"app_id"}"#;
+        let joined = union.replace(r#"{"type":"count"}"#, join);
+        assert!(JobSpec::from_json(&joined).is_ok());
+        let alone = PV.replace(r#"{"type":"count"}"#, join);
+        let e = JobSpec::from_json(&alone).unwrap_err().to_string();
+        assert!(e.contains("dimension_source"), "{e}");
+        let out_of_range = joined.replace(r#""dimension_source":1"#, r#""dimension_source":2"#);
+        assert!(JobSpec::from_json(&out_of_range).is_err());
     }
 }

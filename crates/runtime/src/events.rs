@@ -48,6 +48,8 @@ pub enum TaskEvent {
     Finished {
         task: TaskId,
         records: u64,
+        /// A source's offset at the end of its input.
+        offset: Option<cutpoint_core::metadata::SourceOffset>,
         /// Final keyed state (aggregate tasks).
         table: Option<Box<StateTable>>,
     },

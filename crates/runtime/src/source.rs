@@ -175,13 +175,30 @@ impl PartitionReader for FileReader {
     }
 }
 
-/// Opens partition `partition` of the job's source at `from` (or the start).
+/// The field a source's records carry as their value (`None`: 1 per event).
+fn value_field(spec: &JobSpec, source: u32) -> Option<String> {
+    match &spec.aggregate {
+        AggregateSpec::Count => None,
+        AggregateSpec::Sum { field } => Some(field.clone()),
+        AggregateSpec::Join {
+            dimension_source,
+            field,
+        } => (*dimension_source == source).then(|| field.clone()),
+    }
+}
+
+/// Opens job-wide partition `partition` (of whichever source it belongs
+/// to) at `from` (or the start). Offsets name the job-wide partition.
 pub fn open_reader(
     spec: &JobSpec,
     partition: u32,
     from: Option<SourceOffset>,
 ) -> Result<Box<dyn PartitionReader>, RuntimeError> {
-    match &spec.source {
+    let (source, source_spec, local) = spec.source_of(partition).ok_or_else(|| {
+        RuntimeError::Restore(format!("the job has no source partition {partition}"))
+    })?;
+    let value = value_field(spec, source);
+    match source_spec {
         SourceSpec::Generator {
             partitions,
             events,
@@ -189,7 +206,7 @@ pub fn open_reader(
             seed,
             ..
         } => {
-            let (start, end) = generator_range(*events, *partitions, partition);
+            let (start, end) = generator_range(*events, *partitions, local);
             let next = match from {
                 Some(o) if o.offset < start || o.offset > end => {
                     return Err(RuntimeError::Restore(format!(
@@ -206,11 +223,11 @@ pub fn open_reader(
                 keys: *keys,
                 next,
                 end,
-                sum_app_id: matches!(&spec.aggregate, AggregateSpec::Sum { field } if field == "app_id"),
+                sum_app_id: value.as_deref() == Some("app_id"),
             }))
         }
         SourceSpec::Files { paths, on_bad_line } => {
-            let path = paths[partition as usize].clone();
+            let path = paths[local as usize].clone();
             let err = |reason: String| RuntimeError::Source {
                 partition,
                 path: path.display().to_string(),
@@ -226,10 +243,7 @@ pub fn open_reader(
             }
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| err(e.to_string()))?;
-            let sum_field = match &spec.aggregate {
-                AggregateSpec::Count => None,
-                AggregateSpec::Sum { field } => Some(field.clone()),
-            };
+            let sum_field = value;
             Ok(Box::new(FileReader {
                 partition,
                 path,

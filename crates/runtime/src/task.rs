@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
-use cutpoint_core::spec::{CheckpointingMode, SourceSpec};
+use cutpoint_core::spec::{join, AggregateSpec, CheckpointingMode, SourceSpec};
 use cutpoint_core::{
     keygroup, now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
@@ -108,12 +108,13 @@ impl SourceTask {
             .collect();
         let mut buf = Vec::with_capacity(BATCH_SIZE);
         let mut records: u64 = 0;
-        let (read_size, pace) = match &spec.source {
-            SourceSpec::Generator {
+        let own_source = spec.source_of(partition).map(|(_, s, _)| s);
+        let (read_size, pace) = match own_source {
+            Some(SourceSpec::Generator {
                 rate_per_s: Some(r),
                 partitions,
                 ..
-            } => {
+            }) => {
                 let per = (*r / *partitions as u64).max(1);
                 ((per / 100).clamp(1, BATCH_SIZE as u64) as usize, Some(per))
             }
@@ -187,6 +188,7 @@ impl SourceTask {
         let _ = ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,
+            offset: Some(reader.offset()),
             table: None,
         });
         Ok(())
@@ -277,6 +279,65 @@ impl Alignment {
     }
 }
 
+/// How an aggregate input's records change the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    /// Count or sum: add the value; the sink gets the new aggregate.
+    Add,
+    /// A join's counted side: add 1; the sink gets the new count.
+    JoinCount,
+    /// A join's dimension side: set the key's dimension; no update.
+    JoinDimension,
+}
+
+impl InputKind {
+    fn of(spec: &JobSpec, input: u32) -> Self {
+        match (&spec.aggregate, spec.source_of(input)) {
+            (
+                AggregateSpec::Join {
+                    dimension_source, ..
+                },
+                Some((s, _, _)),
+            ) if s == *dimension_source => InputKind::JoinDimension,
+            (AggregateSpec::Join { .. }, _) => InputKind::JoinCount,
+            _ => InputKind::Add,
+        }
+    }
+}
+
+/// Applies a batch of one input to the state and the sink.
+fn apply(
+    table: &mut cutpoint_state::StateTable,
+    sink: &mut Sink,
+    kind: InputKind,
+    batch: Vec<Record>,
+) -> Result<(), RuntimeError> {
+    match kind {
+        InputKind::Add => {
+            for r in batch {
+                let v = table.add(r.key.clone(), r.value);
+                sink.emit(&r.key, v)?;
+            }
+        }
+        InputKind::JoinCount => {
+            for r in batch {
+                let v = table.add(r.key.clone(), 1);
+                sink.emit(&r.key, join::count(v))?;
+            }
+        }
+        InputKind::JoinDimension => {
+            for r in batch {
+                let old = table.get(&r.key).unwrap_or(0);
+                let new = join::with_dimension(old, r.value);
+                if new != old {
+                    table.add(r.key, new - old);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The index of the priority channel in a select.
 const PRIORITY: usize = usize::MAX;
 /// Batches an unaligned snapshot takes off its inputs ahead of processing.
@@ -303,7 +364,8 @@ struct Collecting {
     pending_transactions: Vec<PendingTransaction>,
     /// Inputs still before barrier `n`.
     before: Vec<bool>,
-    records: Vec<Record>,
+    /// In-flight records with the input they came on.
+    records: Vec<(u32, Record)>,
 }
 
 impl Collecting {
@@ -312,7 +374,8 @@ impl Collecting {
     fn take(&mut self, j: usize, msg: Message, buffer: &mut VecDeque<Message>) {
         match msg {
             Message::Records(batch) => {
-                self.records.extend(batch.iter().cloned());
+                self.records
+                    .extend(batch.iter().map(|r| (j as u32, r.clone())));
                 buffer.push_back(Message::Records(batch));
             }
             Message::Barrier(b) if b.id == self.barrier.id => self.before[j] = false,
@@ -388,7 +451,7 @@ impl AggregateTask {
 
     /// Restores (or opens empty) state, and reads the channel state to
     /// replay; errors here are restore failures.
-    pub(crate) fn open_state(&self) -> Result<(RestoredState, Vec<Record>), RuntimeError> {
+    pub(crate) fn open_state(&self) -> Result<(RestoredState, Vec<(u32, Record)>), RuntimeError> {
         let maxp = self.ctx.spec.max_parallelism;
         let state = if self.restore.is_empty() {
             snapshot::open_empty(&self.dirs, maxp)?
@@ -418,7 +481,7 @@ impl AggregateTask {
     pub(crate) fn run(
         self,
         state: RestoredState,
-        mut replay: Vec<Record>,
+        mut replay: Vec<(u32, Record)>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let RestoredState {
@@ -465,6 +528,7 @@ impl AggregateTask {
             .spec
             .inject_processing_delay_us
             .map(Duration::from_micros);
+        let kinds: Vec<InputKind> = (0..n as u32).map(|i| InputKind::of(&ctx.spec, i)).collect();
         let mut ended = vec![false; n];
         let mut align = Alignment {
             barrier: None,
@@ -493,9 +557,13 @@ impl AggregateTask {
         // An unaligned snapshot to take at the top of the next iteration.
         let mut start: Option<(Barrier, Duration)> = None;
         // The channel state of the checkpoint restored from comes first.
-        for r in std::mem::take(&mut replay) {
-            let v = table.add(r.key.clone(), r.value);
-            sink.emit(&r.key, v)?;
+        for (input, r) in std::mem::take(&mut replay) {
+            let kind = kinds.get(input as usize).copied().ok_or_else(|| {
+                RuntimeError::Restore(format!(
+                    "channel state names input {input}, the job has {n}"
+                ))
+            })?;
+            apply(&mut table, &mut sink, kind, vec![r])?;
             records += 1;
             self.counters.add(1, None);
         }
@@ -632,15 +700,7 @@ impl AggregateTask {
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
                     }
-                    let mut failed = None;
-                    for r in batch {
-                        let v = table.add(r.key.clone(), r.value);
-                        if let Err(e) = sink.emit(&r.key, v) {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    if let Some(e) = failed {
+                    if let Err(e) = apply(&mut table, &mut sink, kinds[i], batch) {
                         break Err(e);
                     }
                     if let Some(f) = inject {
@@ -730,6 +790,7 @@ impl AggregateTask {
         let _ = ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,
+            offset: None,
             table: Some(Box::new(table)),
         });
         Ok(())

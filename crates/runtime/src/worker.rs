@@ -65,7 +65,7 @@ pub(crate) struct SnapshotJob {
     pub records_beyond_barrier: u64,
     pub pending_transactions: Vec<cutpoint_core::metadata::PendingTransaction>,
     /// Unaligned: the records in flight before the barrier, to persist.
-    pub channel_state: Option<Vec<cutpoint_core::Record>>,
+    pub channel_state: Option<Vec<(u32, cutpoint_core::Record)>>,
 }
 
 /// Coordinator notifications to a worker.

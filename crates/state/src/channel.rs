@@ -1,6 +1,7 @@
 //! Channel state of unaligned checkpoints: the records that were in flight
 //! before barrier `n` on a subtask's inputs when it snapshotted. They are
-//! written as JSON lines (`{"key":…,"value":…}`) into the checkpoint's own
+//! written as JSON lines (`{"input":…,"key":…,"value":…}`, the input being
+//! the job-wide source partition it came from) into the checkpoint's own
 //! folder (`chk-{n}/{op}/{subtask}/channel-state.jsonl`, so they go with the
 //! checkpoint), verified like every state file when read back, and filtered
 //! by key group on restore — records carry their keys, so a rescaled
@@ -24,7 +25,7 @@ pub const CHANNEL_STATE_FILE: &str = "channel-state.jsonl";
 pub fn upload_channel_state(
     rt: &tokio::runtime::Handle,
     target: &SnapshotTarget<'_>,
-    records: &[Record],
+    records: &[(u32, Record)],
     scratch: &Path,
 ) -> Result<Option<StateFile>, StateError> {
     if records.is_empty() {
@@ -34,8 +35,9 @@ pub fn upload_channel_state(
     let local = scratch.join(format!("channel-state-{}.jsonl", target.checkpoint.0));
     let write = || -> std::io::Result<()> {
         let mut w = BufWriter::new(std::fs::File::create(&local)?);
-        for r in records {
-            serde_json::to_writer(&mut w, &serde_json::json!({"key": r.key, "value": r.value}))?;
+        for (input, r) in records {
+            let line = serde_json::json!({"input": input, "key": r.key, "value": r.value});
+            serde_json::to_writer(&mut w, &line)?;
             w.write_all(b"\n")?;
         }
         w.flush()
@@ -53,8 +55,9 @@ pub fn upload_channel_state(
     Ok(Some(uploaded?))
 }
 
-/// The in-flight records of the checkpoint `old` describes that belong to
-/// `range`, in the order they were received per old subtask.
+/// The in-flight records (with their input) of the checkpoint `old`
+/// describes that belong to `range`, in the order they were received per
+/// old subtask.
 pub fn read_channel_state(
     rt: &tokio::runtime::Handle,
     storage: &CheckpointStorage,
@@ -63,7 +66,7 @@ pub fn read_channel_state(
     range: KeyGroupRange,
     scratch: &Path,
     max_parallelism: u32,
-) -> Result<Vec<Record>, StateError> {
+) -> Result<Vec<(u32, Record)>, StateError> {
     let mut out = Vec::new();
     let files = old
         .iter()
@@ -91,8 +94,12 @@ pub fn read_channel_state(
             let value = v["value"]
                 .as_i64()
                 .ok_or_else(|| bad("no integer value".into()))?;
+            let input = v["input"]
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| bad("no input".into()))?;
             if range.contains(keygroup::key_group(key.stable_hash(), max_parallelism)) {
-                out.push(Record { key, value });
+                out.push((input, Record { key, value }));
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
