@@ -491,8 +491,26 @@ async fn savepoint_outlives_retention_and_restores_exactly() {
         assert_eq!(stored.len(), 1, "{location}");
         assert!(stored[0].1.is_ok());
 
-        let from: cutpoint_coordinator::RestoreFrom =
-            format!("savepoint:{}", sp.savepoint_id).parse().unwrap();
+        // By path (its external_path) as well as by id; a path outside
+        // this storage is refused, naming both.
+        let elsewhere: cutpoint_coordinator::RestoreFrom =
+            format!("savepoint:/elsewhere/savepoints/{}", sp.savepoint_id)
+                .parse()
+                .unwrap();
+        let e = cutpoint_coordinator::restore::resolve(&storage, &spec.job_id, elsewhere)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/elsewhere/") && e.contains("not a savepoint of this storage"),
+            "{e}"
+        );
+        let by_path = format!("savepoint:{}", sp.external_path);
+        let from: cutpoint_coordinator::RestoreFrom = by_path.parse().unwrap();
+        assert!(
+            matches!(from, cutpoint_coordinator::RestoreFrom::SavepointPath(_)),
+            "{by_path}"
+        );
         let outcome = spawn_job(JobConfig {
             spec,
             storage: storage.clone(),

@@ -620,7 +620,11 @@ impl Runner {
                     let chosen_by_user = attempt_no == 0
                         && matches!(
                             restore_from,
-                            Some(RestoreFrom::Checkpoint(_)) | Some(RestoreFrom::Savepoint(_))
+                            Some(
+                                RestoreFrom::Checkpoint(_)
+                                    | RestoreFrom::Savepoint(_)
+                                    | RestoreFrom::SavepointPath(_)
+                            )
                         );
                     if let Some(bad) = restore.as_ref().map(|m| m.checkpoint_id).filter(|_| {
                         fatal

@@ -17,6 +17,10 @@ pub enum RestoreFrom {
     Checkpoint(CheckpointId),
     /// A savepoint (imported as a new checkpoint of the job first).
     Savepoint(SavepointId),
+    /// A savepoint by its path (`external_path`, e.g.
+    /// `s3://bucket/prefix/savepoints/pv-12` or a local path); it must lie
+    /// in the job's storage.
+    SavepointPath(String),
 }
 
 impl FromStr for RestoreFrom {
@@ -26,13 +30,18 @@ impl FromStr for RestoreFrom {
             return Ok(RestoreFrom::Latest);
         }
         if let Some(sp) = s.strip_prefix("savepoint:") {
+            if sp.contains('/') {
+                return Ok(RestoreFrom::SavepointPath(sp.to_string()));
+            }
             return SavepointId::new(sp)
                 .map(RestoreFrom::Savepoint)
                 .map_err(|e| e.to_string());
         }
         s.parse::<CheckpointId>()
             .map(RestoreFrom::Checkpoint)
-            .map_err(|_| format!("expected `latest`, a checkpoint id or `savepoint:ID`, got {s:?}"))
+            .map_err(|_| {
+                format!("expected `latest`, a checkpoint id, `savepoint:ID` or `savepoint:PATH`, got {s:?}")
+            })
     }
 }
 
@@ -42,6 +51,7 @@ impl fmt::Display for RestoreFrom {
             RestoreFrom::Latest => f.write_str("latest"),
             RestoreFrom::Checkpoint(id) => write!(f, "{id}"),
             RestoreFrom::Savepoint(id) => write!(f, "savepoint:{id}"),
+            RestoreFrom::SavepointPath(p) => write!(f, "savepoint:{p}"),
         }
     }
 }
@@ -54,6 +64,7 @@ pub async fn prepare(
     job: &JobId,
     from: RestoreFrom,
 ) -> Result<CheckpointMetadata, JobError> {
+    let from = by_id(storage, from)?;
     match from {
         RestoreFrom::Savepoint(sp) => {
             let next = storage
@@ -73,6 +84,18 @@ pub async fn prepare(
     }
 }
 
+/// A savepoint named by path becomes one named by id (checked to lie in
+/// `storage`); everything else passes through.
+fn by_id(storage: &CheckpointStorage, from: RestoreFrom) -> Result<RestoreFrom, JobError> {
+    match from {
+        RestoreFrom::SavepointPath(p) => storage
+            .savepoint_at(&p)
+            .map(RestoreFrom::Savepoint)
+            .map_err(JobError::Storage),
+        other => Ok(other),
+    }
+}
+
 fn savepoint_error(sp: &SavepointId) -> impl Fn(StorageError) -> JobError + '_ {
     move |e| match e {
         StorageError::SavepointMissing { .. } => JobError::SavepointNotFound(sp.to_string()),
@@ -88,6 +111,7 @@ pub async fn resolve(
     job: &JobId,
     from: RestoreFrom,
 ) -> Result<CheckpointMetadata, JobError> {
+    let from = by_id(storage, from)?;
     match from {
         RestoreFrom::Checkpoint(id) => storage.read_metadata(job, id).await.map_err(|e| {
             if let StorageError::MetadataMissing { .. } = e {
@@ -105,6 +129,7 @@ pub async fn resolve(
             .read_savepoint(&sp)
             .await
             .map_err(savepoint_error(&sp)),
+        RestoreFrom::SavepointPath(_) => unreachable!("by_id resolved the path"),
         RestoreFrom::Latest => {
             let mut skipped = Vec::new();
             for listing in storage.list_checkpoints(job).await? {

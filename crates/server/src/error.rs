@@ -129,7 +129,9 @@ impl From<StorageError> for ApiError {
             }
             e if e.is_data_error() => ErrorKind::Data,
             StorageError::CorruptJobSpec { .. } => ErrorKind::Data,
-            StorageError::InvalidLocation { .. } => ErrorKind::Invalid,
+            StorageError::InvalidLocation { .. } | StorageError::SavepointElsewhere { .. } => {
+                ErrorKind::Invalid
+            }
             StorageError::AlreadyExists { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Unavailable,
         };

@@ -272,6 +272,8 @@ pub async fn restore_job(
 ) -> ApiResult<Response> {
     let from = match (&req.checkpoint_id, &req.savepoint_id) {
         (Some(c), None) => parse_restore(c)?,
+        // An id, or the savepoint's path (its `external_path`).
+        (None, Some(sp)) if sp.contains('/') => RestoreFrom::SavepointPath(sp.clone()),
         (None, Some(sp)) => RestoreFrom::Savepoint(
             cutpoint_core::SavepointId::new(sp.as_str())
                 .map_err(|e| ApiError::invalid(e.to_string()))?,

@@ -43,6 +43,8 @@ pub enum StorageError {
     CorruptJobSpec { path: String, reason: String },
     #[error("no job spec stored for job {job}")]
     JobSpecMissing { job: String },
+    #[error("savepoint path {path} is not a savepoint of this storage ({root}/savepoints/…): restore with its storage as the checkpoint location, or copy it there")]
+    SavepointElsewhere { path: String, root: String },
     #[error("channel state {path} is corrupt at line {line}: {reason}")]
     CorruptChannelState {
         path: String,

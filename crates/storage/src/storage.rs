@@ -501,6 +501,27 @@ impl CheckpointStorage {
         format!("{}/savepoints/{id}", self.url)
     }
 
+    /// The savepoint `path` names — as [`Self::savepoint_path`] prints it,
+    /// or a plain local path — if it lies in this storage's savepoints.
+    pub fn savepoint_at(&self, path: &str) -> Result<SavepointId, StorageError> {
+        let trimmed = path.trim_end_matches('/');
+        let elsewhere = || StorageError::SavepointElsewhere {
+            path: path.to_string(),
+            root: self.url.clone(),
+        };
+        let (_, name) = trimmed.rsplit_once('/').ok_or_else(elsewhere)?;
+        let id = SavepointId::new(name).map_err(|_| elsewhere())?;
+        let full = if trimmed.starts_with('/') {
+            format!("file://{trimmed}")
+        } else {
+            trimmed.to_string()
+        };
+        if full != self.savepoint_path(&id) {
+            return Err(elsewhere());
+        }
+        Ok(id)
+    }
+
     fn savepoint_file(&self, id: &SavepointId, relative: &str) -> Path {
         relative
             .split('/')
