@@ -184,6 +184,8 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
     if variant == Variant::Recovery && outcome.restored_from.is_empty() {
         bail!("the recovery variant did not restore from a checkpoint");
     }
+    // The job's own peak, before the restore below loads a second copy.
+    let peak_rss = peak_rss_mb();
     let fresh = fresh_restore(&storage, &job_id, tmp.path()).await?;
 
     let done: Vec<&CheckpointStats> = stats.completed_entries().collect();
@@ -215,7 +217,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         "fresh_restore_mb": fresh.as_ref().map(|f| (f.bytes as f64 / 1e6 * 10.0).round() / 10.0),
         "fresh_restore_mb_per_s": fresh.as_ref().map(|f| (f.bytes as f64 / 1e6 / (f.ms.max(1) as f64 / 1e3)).round()),
         "fresh_restore_keys": fresh.as_ref().map(|f| f.keys),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss,
         "exact": exact,
     });
     println!("{line}");
