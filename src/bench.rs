@@ -39,15 +39,19 @@ pub enum Variant {
     Recovery,
     /// Unaligned exactly-once, incremental.
     Unaligned,
+    /// Aligned incremental with a keyed-state memory budget of ~10% of the
+    /// state: evicted entries are read through from RocksDB.
+    Budget,
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::None,
         Variant::Aligned,
         Variant::AtLeastOnce,
         Variant::Unaligned,
         Variant::Full,
+        Variant::Budget,
         Variant::Recovery,
         Variant::S3,
     ];
@@ -61,6 +65,7 @@ impl Variant {
             Variant::S3 => "s3",
             Variant::Recovery => "recovery",
             Variant::Unaligned => "unaligned",
+            Variant::Budget => "budget",
         }
     }
 }
@@ -148,6 +153,12 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         external_tasks: Vec::new(),
         inject_barrier_delay: None,
         inject_processing_delay_us: None,
+        // ~10% of the state's estimated memory (160 B per entry).
+        state: cutpoint_core::spec::StateConfig {
+            memory_budget_mb: (variant == Variant::Budget).then(|| {
+                (keys * cutpoint_core::spec::StateConfig::BYTES_PER_ENTRY / 10 / (1 << 20)).max(1)
+            }),
+        },
         inject_failure: (variant == Variant::Recovery).then_some(InjectFailure {
             subtask: 0,
             after_records: events / 4,

@@ -49,6 +49,7 @@ pub async fn run(
         external_tasks: Vec::new(),
         inject_barrier_delay: None,
         inject_processing_delay_us: None,
+        state: Default::default(),
         inject_failure: Some(InjectFailure {
             subtask: 0,
             after_records: events / 2 / parallelism as u64,

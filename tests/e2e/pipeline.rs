@@ -60,6 +60,38 @@ async fn pv_failure_run(location: &str, dir: &std::path::Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_under_a_memory_budget_is_exact_after_a_restore() {
+    // 1 MB for 20,000 keys: ~3,300 entries per subtask of ~10,000 — most
+    // state lives in RocksDB only, evicted and read through; dirty entries
+    // are written behind between checkpoints.
+    let dir = tempfile::tempdir().unwrap();
+    let (events, keys) = (600_000, 20_000);
+    let spec = pv_spec(
+        "pv-budget",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":150},"state":{"memory_budget_mb":1},
+           "inject_failure":{"subtask":0,"after_records":120000}"#,
+    );
+    for mode in ["exactly_once", "unaligned"] {
+        let mut spec = spec.clone();
+        spec.checkpoint.mode = serde_json::from_value(serde_json::json!(mode)).unwrap();
+        let outcome = spawn_job(JobConfig {
+            spec,
+            storage: storage_at(dir.path().join(mode).to_str().unwrap()),
+            restore_from: None,
+            local_dir: dir.path().join(format!("work-{mode}")),
+        })
+        .join()
+        .await
+        .unwrap();
+        assert_eq!(outcome.restarts, 1, "{mode}: {outcome:?}");
+        assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_upload_times_out_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (storage, faults) = faulty_storage(&dir.path().join("chk"));

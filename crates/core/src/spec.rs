@@ -36,6 +36,8 @@ pub struct JobSpec {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub restart: RestartConfig,
+    #[serde(default)]
+    pub state: StateConfig,
     /// Tasks outside this process that take part in every checkpoint: each
     /// must acknowledge (with its state handles) or decline through the REST
     /// API. Each is one task, `{name}[0]`.
@@ -286,6 +288,30 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// Keyed state options.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Memory for the in-memory state tables of all keyed subtasks together
+    /// (estimated at [`StateConfig::BYTES_PER_ENTRY`] per entry); beyond it,
+    /// clean entries are evicted and read through from RocksDB, dirty ones
+    /// written behind. `null` = unbounded (all state in memory).
+    pub memory_budget_mb: Option<u64>,
+}
+
+impl StateConfig {
+    /// Memory per in-memory entry (table + change map, integer keys),
+    /// measured at 1M keys.
+    pub const BYTES_PER_ENTRY: u64 = 160;
+
+    /// Entries one of `parallelism` keyed subtasks may keep in memory.
+    pub fn budget_entries(&self, parallelism: u32) -> Option<usize> {
+        self.memory_budget_mb.map(|mb| {
+            (mb * 1024 * 1024 / Self::BYTES_PER_ENTRY / parallelism.max(1) as u64).max(1) as usize
+        })
+    }
+}
+
 /// Fixed-delay restart strategy after a task failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -426,6 +452,9 @@ impl JobSpec {
         }
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());
+        }
+        if self.state.memory_budget_mb == Some(0) {
+            return bad("state.memory_budget_mb must be positive (or null)".into());
         }
         if let Some(t) = c.aligned_checkpoint_timeout_ms {
             if c.mode != CheckpointingMode::ExactlyOnce || t == 0 {

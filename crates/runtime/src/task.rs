@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{self, Message, BATCH_SIZE};
 use crate::sink::Sink;
 use crate::source::open_reader;
-use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerSignal};
+use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerJob, WorkerSignal};
 use crate::{Barrier, RuntimeError, TaskEvent};
 
 /// What every task of one execution shares.
@@ -496,7 +496,16 @@ impl AggregateTask {
             .map(|s| s.pending_transactions.as_slice())
             .unwrap_or(&[]);
         let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, pending)?;
-        let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<SnapshotJob>();
+        let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
+        // Memory budget: deltas handed to the worker vs written by it; clean
+        // entries may be evicted only when the two are equal.
+        let applied = Arc::new(AtomicU64::new(0));
+        let mut handed: u64 = 0;
+        let budget = ctx.spec.state.budget_entries(ctx.spec.parallelism);
+        if let Some(b) = budget {
+            table.set_budget(store.reader(), b, false);
+            table.evict_clean();
+        }
         let worker = Worker {
             ctx: ctx.clone(),
             task: self.task.clone(),
@@ -507,6 +516,7 @@ impl AggregateTask {
             confirmed,
             pending: Default::default(),
             scratch: self.dirs.scratch.clone(),
+            applied: applied.clone(),
         };
         let worker_thread = std::thread::Builder::new()
             .name(format!("snap-{}", self.task))
@@ -588,6 +598,7 @@ impl AggregateTask {
                     Ok(c) => collecting = Some(c),
                     Err(e) => break Err(e),
                 }
+                handed += 1;
                 snapshots += 1;
                 last_started = b.id;
             }
@@ -596,7 +607,7 @@ impl AggregateTask {
                 .is_some_and(|c| !c.before.iter().any(|b| *b))
             {
                 let c = collecting.take().expect("collecting");
-                if snap_tx.send(c.into_job()).is_err() {
+                if snap_tx.send(WorkerJob::Snapshot(c.into_job())).is_err() {
                     break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                 }
                 continue;
@@ -703,6 +714,22 @@ impl AggregateTask {
                     if let Err(e) = apply(&mut table, &mut sink, kinds[i], batch) {
                         break Err(e);
                     }
+                    if let Some(e) = table.take_error() {
+                        break Err(e.into());
+                    }
+                    if table.over_budget() && applied.load(Ordering::SeqCst) == handed {
+                        table.evict_clean();
+                        // Mostly dirty: write it behind; evictable once written.
+                        // Not while an unaligned snapshot's delta waits to be sent.
+                        if table.over_budget() && collecting.is_none() {
+                            handed += 1;
+                            if snap_tx.send(WorkerJob::Spill(table.freeze())).is_err() {
+                                break Err(RuntimeError::Internal(
+                                    "snapshot worker stopped".into(),
+                                ));
+                            }
+                        }
+                    }
                     if let Some(f) = inject {
                         let ready = if f.after_completed_checkpoint {
                             ctx.any_completed.load(Ordering::SeqCst)
@@ -770,7 +797,8 @@ impl AggregateTask {
                         pending_transactions,
                         channel_state: None,
                     };
-                    if snap_tx.send(job).is_err() {
+                    handed += 1;
+                    if snap_tx.send(WorkerJob::Snapshot(job)).is_err() {
                         break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                     }
                     align.reset();
@@ -780,10 +808,20 @@ impl AggregateTask {
         drop(snap_tx);
         let worker_result = worker_thread.join();
         result?;
-        match worker_result {
-            Ok(Ok(())) => {}
+        let mut store = match worker_result {
+            Ok(Ok(store)) => store,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
+        };
+        if budget.is_some() {
+            // The final state in full: what is left in memory written, then
+            // everything read back (the job's result, not a hot path).
+            store.apply(table.freeze())?;
+            let mut full = cutpoint_state::StateTable::new();
+            store.scan(self.range, |k, v| full.load(k, v))?;
+            let (evicted, read_through) = table.budget_stats();
+            tracing::debug!(task = %self.task, evicted, read_through, "memory budget");
+            table = full;
         }
         // Only a task whose snapshots all succeeded makes its last epoch final.
         sink.finish()?;

@@ -68,6 +68,15 @@ pub(crate) struct SnapshotJob {
     pub channel_state: Option<Vec<(u32, cutpoint_core::Record)>>,
 }
 
+/// What a task hands its snapshot worker.
+pub(crate) enum WorkerJob {
+    /// Write the delta, take a RocksDB checkpoint, upload, acknowledge.
+    Snapshot(SnapshotJob),
+    /// Memory budget: write dirty entries behind (no checkpoint), so they
+    /// can be evicted from the table once written.
+    Spill(FrozenDelta),
+}
+
 /// Coordinator notifications to a worker.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum WorkerSignal {
@@ -88,17 +97,28 @@ pub(crate) struct Worker {
     pub pending: BTreeMap<CheckpointId, Vec<StateFile>>,
     /// Local scratch space (channel state files before upload).
     pub scratch: std::path::PathBuf,
+    /// Deltas written to RocksDB so far (snapshots and spills): the task
+    /// evicts clean entries only when this equals the deltas it handed over.
+    pub applied: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Worker {
     /// Runs until the task drops its sender (after finishing queued jobs)
     /// or the execution is cancelled. An error here means local state is
     /// broken (RocksDB write failed): the task must fail.
-    pub(crate) fn run(mut self, rx: Receiver<SnapshotJob>) -> Result<(), StateError> {
+    /// Returns the RocksDB instance when the task is done with it.
+    pub(crate) fn run(mut self, rx: Receiver<WorkerJob>) -> Result<RocksStore, StateError> {
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(job) => {
-                    if let Err(e) = self.snapshot(job) {
+                    let done = match job {
+                        WorkerJob::Snapshot(job) => self.snapshot(job),
+                        WorkerJob::Spill(delta) => self.store.apply(delta).map(|_| {
+                            self.applied
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }),
+                    };
+                    if let Err(e) = done {
                         let _ = self.ctx.events.send(TaskEvent::Failed {
                             task: self.task.clone(),
                             error: format!("snapshot worker: {e}"),
@@ -110,10 +130,10 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.ctx.cancel.is_cancelled() {
-                        return Ok(());
+                        return Ok(self.store);
                     }
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Ok(self.store),
             }
         }
     }
@@ -138,6 +158,8 @@ impl Worker {
         let token = self.ctx.aborts.token(id);
         let entries = job.delta.entries.len();
         self.store.apply(job.delta)?;
+        self.applied
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let applied = started.elapsed();
         if token.is_cancelled() {
             return Ok(());

@@ -20,5 +20,5 @@ pub mod snapshot;
 mod table;
 
 pub use error::StateError;
-pub use rocks::RocksStore;
+pub use rocks::{RocksStore, StateReader};
 pub use table::{FrozenDelta, StateTable};

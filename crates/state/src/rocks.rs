@@ -1,8 +1,11 @@
 //! [`RocksStore`]: the RocksDB instance behind a keyed subtask.
 //!
-//! Only the snapshot worker thread of its subtask touches it, never the
+//! Only the snapshot worker thread of its subtask writes it, never the
 //! async runtime. Writes go exclusively through ingested SST files, so the
 //! WAL and memtable stay empty and a RocksDB checkpoint is hard links only.
+//! Under a memory budget the subtask's task thread reads entries evicted
+//! from its table through a [`StateReader`] (RocksDB allows reads
+//! concurrent with ingestion).
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +19,7 @@ use crate::{FrozenDelta, StateError};
 
 /// One RocksDB instance plus a scratch directory for SST files.
 pub struct RocksStore {
-    db: DB,
+    db: std::sync::Arc<DB>,
     dir: PathBuf,
     scratch: PathBuf,
     max_parallelism: u32,
@@ -50,7 +53,7 @@ impl RocksStore {
             source,
         })?;
         Ok(Self {
-            db,
+            db: std::sync::Arc::new(db),
             dir: dir.to_path_buf(),
             scratch: scratch.to_path_buf(),
             max_parallelism,
@@ -165,6 +168,53 @@ impl RocksStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A read handle for the task thread (entries evicted from its table).
+    pub fn reader(&self) -> StateReader {
+        StateReader {
+            db: self.db.clone(),
+            max_parallelism: self.max_parallelism,
+        }
+    }
+}
+
+/// Point reads of a subtask's RocksDB state from another thread.
+#[derive(Clone)]
+pub struct StateReader {
+    db: std::sync::Arc<DB>,
+    max_parallelism: u32,
+}
+
+impl std::fmt::Debug for StateReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StateReader({})", self.db.path().display())
+    }
+}
+
+impl StateReader {
+    /// The stored value of `key`, if any.
+    pub fn get(&self, key: &Key) -> Result<Option<i64>, StateError> {
+        let mut k = Vec::with_capacity(12);
+        encode_key(key, self.max_parallelism, &mut k);
+        let err = |source| StateError::Rocks {
+            op: "get",
+            dir: self.db.path().display().to_string(),
+            source,
+        };
+        match self.db.get_pinned(&k).map_err(err)? {
+            None => Ok(None),
+            Some(v) => {
+                let bytes: [u8; 8] =
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StateError::CorruptState {
+                            dir: self.db.path().display().to_string(),
+                            reason: "bad value".into(),
+                        })?;
+                Ok(Some(i64::from_le_bytes(bytes)))
+            }
+        }
     }
 }
 

@@ -3,9 +3,32 @@
 //! Invariant: every entry changed since the last [`StateTable::freeze`] is in
 //! `delta` with its current value, so `freeze` hands over exactly what the
 //! next snapshot must write, without scanning the table.
+//!
+//! Under a memory budget ([`StateTable::set_budget`]) the table holds at most
+//! about `budget` entries: beyond it the owner evicts clean entries — only
+//! once every frozen delta has been written to RocksDB, so an evicted entry's
+//! latest value is always there — or hands the dirty ones to be written
+//! behind ([`StateTable::freeze`] outside a checkpoint). A key missing from
+//! the table is then read through from RocksDB. A failed read is latched
+//! ([`StateTable::take_error`]) so the hot path keeps its signature; the
+//! owner checks it after every batch and fails before anything is snapshotted.
 
 use cutpoint_core::Key;
 use rustc_hash::FxHashMap;
+
+use crate::{StateError, StateReader};
+
+/// Where a budgeted table finds evicted entries.
+#[derive(Debug)]
+struct Backing {
+    reader: StateReader,
+    budget: usize,
+    /// Some entries live only in RocksDB (evicted, or restored lazily).
+    on_disk: bool,
+    error: Option<StateError>,
+    evicted: u64,
+    read_through: u64,
+}
 
 /// Entries changed since the previous snapshot, frozen by the synchronous
 /// phase and written by the asynchronous one.
@@ -19,6 +42,7 @@ pub struct FrozenDelta {
 pub struct StateTable {
     table: FxHashMap<Key, i64>,
     delta: FxHashMap<Key, i64>,
+    backing: Option<Backing>,
 }
 
 impl StateTable {
@@ -35,16 +59,95 @@ impl StateTable {
                 *v
             }
             None => {
-                self.table.insert(key.clone(), value);
-                value
+                let v = self.stored(&key) + value;
+                self.table.insert(key.clone(), v);
+                v
             }
         };
         self.delta.insert(key, new);
         new
     }
 
-    pub fn get(&self, key: &Key) -> Option<i64> {
-        self.table.get(key).copied()
+    /// The value of a key not in the table: 0, or what RocksDB holds.
+    #[cold]
+    fn stored(&mut self, key: &Key) -> i64 {
+        let Some(b) = self.backing.as_mut().filter(|b| b.on_disk) else {
+            return 0;
+        };
+        b.read_through += 1;
+        match b.reader.get(key) {
+            Ok(v) => v.unwrap_or(0),
+            Err(e) => {
+                b.error.get_or_insert(e);
+                0
+            }
+        }
+    }
+
+    /// The key's aggregate (read through from RocksDB when evicted).
+    pub fn get(&mut self, key: &Key) -> Option<i64> {
+        if let Some(v) = self.table.get(key) {
+            return Some(*v);
+        }
+        self.backing.as_ref().filter(|b| b.on_disk)?;
+        Some(self.stored(key)).filter(|v| *v != 0)
+    }
+
+    /// Puts the table under a memory budget of about `budget` entries,
+    /// reading evicted entries through `reader`. `on_disk`: RocksDB already
+    /// holds entries the table does not (a restore that did not load them).
+    pub fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+        self.backing = Some(Backing {
+            reader,
+            budget: budget.max(1),
+            on_disk,
+            error: None,
+            evicted: 0,
+            read_through: 0,
+        });
+    }
+
+    /// Whether the table holds more entries than its budget allows.
+    pub fn over_budget(&self) -> bool {
+        self.backing
+            .as_ref()
+            .is_some_and(|b| self.table.len() > b.budget)
+    }
+
+    /// Evicts clean entries (not changed since the last freeze) down to
+    /// three quarters of the budget; returns how many. Call only when every
+    /// frozen delta has been written to RocksDB.
+    pub fn evict_clean(&mut self) -> usize {
+        let Some(b) = self.backing.as_mut() else {
+            return 0;
+        };
+        let target = b.budget * 3 / 4;
+        let mut excess = self.table.len().saturating_sub(target);
+        let before = self.table.len();
+        let delta = &self.delta;
+        self.table.retain(|k, _| {
+            if excess == 0 || delta.contains_key(k) {
+                return true;
+            }
+            excess -= 1;
+            false
+        });
+        let n = before - self.table.len();
+        b.evicted += n as u64;
+        b.on_disk |= n > 0;
+        n
+    }
+
+    /// A read-through error since the last call (the task must fail).
+    pub fn take_error(&mut self) -> Option<StateError> {
+        self.backing.as_mut().and_then(|b| b.error.take())
+    }
+
+    /// (entries evicted, reads through RocksDB) so far.
+    pub fn budget_stats(&self) -> (u64, u64) {
+        self.backing
+            .as_ref()
+            .map_or((0, 0), |b| (b.evicted, b.read_through))
     }
 
     pub fn len(&self) -> usize {
@@ -97,8 +200,37 @@ mod tests {
         assert_eq!(d.entries.len(), 1);
         assert_eq!(d.entries[&Key::Int(1)], 5);
         assert_eq!(t.get(&Key::Str("a".into())), Some(5));
+        assert_eq!(t.get(&Key::Str("b".into())), None);
         t.load(Key::Int(9), 9);
         assert_eq!(t.changed(), 0);
         assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn a_budgeted_table_evicts_only_written_clean_entries_and_reads_them_back() {
+        let d = tempfile::tempdir().unwrap();
+        let mut store =
+            crate::RocksStore::open(&d.path().join("db"), &d.path().join("s"), 128).unwrap();
+        let mut t = StateTable::new();
+        t.set_budget(store.reader(), 10, false);
+        for i in 0..100 {
+            t.add(Key::Int(i), i);
+        }
+        assert!(t.over_budget());
+        assert_eq!(t.evict_clean(), 0, "dirty entries are never evicted");
+        store.apply(t.freeze()).unwrap();
+        assert_eq!(t.evict_clean(), 93, "down to 3/4 of the budget");
+        assert_eq!(t.len(), 7);
+        for i in 0..100 {
+            assert_eq!(t.add(Key::Int(i), 1), i + 1, "read through");
+        }
+        assert_eq!(t.get(&Key::Int(5)), Some(6));
+        assert!(t.take_error().is_none());
+        assert_eq!(t.budget_stats(), (93, 93));
+        // Written again and evicted, the new values come back.
+        store.apply(t.freeze()).unwrap();
+        t.evict_clean();
+        assert_eq!(t.get(&Key::Int(42)), Some(43));
+        assert_eq!(t.get(&Key::Int(1000)), None);
     }
 }
