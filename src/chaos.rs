@@ -39,6 +39,10 @@ use serde_json::json;
 /// several checkpoints, aborts and subsumptions per run.
 const EVENTS: u64 = 400_000;
 const KEYS: u64 = 2_000;
+/// Keys of the cycles that run under a 1 MB keyed-state memory budget
+/// (~3,300 entries per subtask of ~10,000: most state evicted and read
+/// through from RocksDB).
+const BUDGET_KEYS: u64 = 20_000;
 const RATE: u64 = 400_000;
 const SEED: u64 = 42;
 /// A run that takes longer than this hangs: the cycle fails.
@@ -104,6 +108,18 @@ struct Plan {
     /// `inject_failure` in the spec (task panic; also makes a restore
     /// happen for the restore fail point).
     task_failure: Option<(u32, u64, bool)>,
+    /// Under a memory budget (with [`BUDGET_KEYS`] keys).
+    budget: bool,
+}
+
+impl Plan {
+    fn keys(&self) -> u64 {
+        if self.budget {
+            BUDGET_KEYS
+        } else {
+            KEYS
+        }
+    }
 }
 
 fn plan(seed: u64, cycle: u64) -> Plan {
@@ -159,6 +175,7 @@ fn plan(seed: u64, cycle: u64) -> Plan {
         retention: rng.gen_range(1..=3),
         full: rng.gen_bool(0.2),
         task_failure,
+        budget: rng.gen_bool(0.25),
     }
 }
 
@@ -221,10 +238,14 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => root.join("storage").display().to_string(),
     };
-    let mut expected = vec![0i64; KEYS as usize];
-    for i in 0..EVENTS {
-        expected[generator_app_id(SEED, KEYS, i) as usize] += 1;
-    }
+    let truth = |keys: u64| {
+        let mut expected = vec![0i64; keys as usize];
+        for i in 0..EVENTS {
+            expected[generator_app_id(SEED, keys, i) as usize] += 1;
+        }
+        expected
+    };
+    let (expected, expected_budget) = (truth(KEYS), truth(BUDGET_KEYS));
     let rt = tokio::runtime::Handle::current();
     let started = Instant::now();
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
@@ -232,6 +253,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
     let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
     let mut jobs: BTreeMap<&str, u64> = BTreeMap::new();
     let (mut passed, mut failed, mut recoveries, mut faulty_runs_failed) = (0u64, 0u64, 0u64, 0u64);
+    let mut budgeted = 0u64;
     let bar = crate::progress::bar(Some(args.cycles), "chaos cycles");
     for cycle in args.first_cycle..args.first_cycle + args.cycles {
         let p = plan(args.seed, cycle);
@@ -239,7 +261,13 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
         std::fs::create_dir_all(&dir)?;
         let location = format!("{base}/cycle-{cycle}");
         let t0 = Instant::now();
-        let result = run_cycle(&exe, &p, &dir, &location, &expected, &rt);
+        let truth = if p.budget {
+            &expected_budget
+        } else {
+            &expected
+        };
+        let result = run_cycle(&exe, &p, &dir, &location, truth, &rt);
+        budgeted += u64::from(p.budget);
         *by_kind.entry(p.fault.kind()).or_default() += 1;
         *jobs.entry(p.job.as_str()).or_default() += 1;
         if let Fault::FailPoint { name, .. } = &p.fault {
@@ -260,7 +288,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
                 }
                 json!({
                     "cycle": cycle, "ok": true, "job": p.job.as_str(), "fault": p.fault.kind(),
-                    "detail": p.fault.detail(), "fired": c.fired,
+                    "detail": p.fault.detail(), "fired": c.fired, "memory_budget": p.budget,
                     "faulty_run": c.faulty_run, "recoveries": c.recoveries,
                     "checkpoints_in_storage": c.checkpoints, "ms": t0.elapsed().as_millis() as u64,
                 })
@@ -297,6 +325,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
             "wrong_results": failed, "faults_by_kind": by_kind, "jobs": jobs,
             "fail_points": fail_points, "fail_points_fired": fired,
             "faulty_runs_that_failed": faulty_runs_failed, "recovery_runs": recoveries,
+            "under_memory_budget": budgeted,
             "storage": if args.checkpoint_dir.as_deref().is_some_and(|b| b.starts_with("s3://")) { "s3" } else { "local" },
             "duration_s": started.elapsed().as_secs(),
         })
@@ -444,7 +473,7 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     let mut spec = json!({
         "job_id": "chaos",
         "parallelism": 2,
-        "source": {"type": "generator", "partitions": 2, "events": EVENTS, "keys": KEYS, "seed": SEED, "rate_per_s": RATE},
+        "source": {"type": "generator", "partitions": 2, "events": EVENTS, "keys": p.keys(), "seed": SEED, "rate_per_s": RATE},
         "key_by": "app_id",
         "aggregate": {"type": "count"},
         "sink": sink,
@@ -455,6 +484,9 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
         },
         "restart": {"max_attempts": 3, "delay_ms": 50},
     });
+    if p.budget {
+        spec["state"] = json!({"memory_budget_mb": 1});
+    }
     if let Some((subtask, after_records, after_completed_checkpoint)) = p.task_failure {
         spec["inject_failure"] = json!({
             "subtask": subtask, "after_records": after_records,

@@ -72,6 +72,10 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
             "{job} not covered"
         );
     }
+    assert!(
+        summary["under_memory_budget"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
     // The faults did something: some runs failed and were recovered.
     assert!(summary["recovery_runs"].as_u64().unwrap() >= 5, "{summary}");
 }
