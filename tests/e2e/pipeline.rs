@@ -326,6 +326,62 @@ async fn article_example_unaligned_is_exact() {
     assert_exact(&actual, &expected);
 }
 
+/// Two unaligned checkpoints overlap at the aggregates: partition 1 injects
+/// each barrier 300 ms late, so while a task still collects channel state
+/// for n, partition 0 has already delivered n + 1. Its records after n + 1
+/// must wait for snapshot n + 1 (a restore from n + 1 would count them twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_unaligned_checkpoints_restore_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let (events, keys) = (2_000_000, 1_000);
+    let spec = pv_spec(
+        "overlap",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":null,"retention":10,"mode":"unaligned","max_concurrent":2},
+           "inject_barrier_delay":{"partition":1,"delay_ms":300}"#,
+    );
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = job
+        .trigger_checkpoint(CheckpointType::Incremental)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let second = job
+        .trigger_checkpoint(CheckpointType::Incremental)
+        .await
+        .unwrap();
+    assert_eq!(second.0, first.0 + 1);
+    let outcome = job.join().await.unwrap();
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    // Both checkpoints restore exactly.
+    for id in [first, second] {
+        let mut again = spec.clone();
+        again.inject_barrier_delay = None;
+        let outcome = spawn_job(JobConfig {
+            spec: again,
+            storage: storage.clone(),
+            restore_from: Some(cutpoint_coordinator::RestoreFrom::Checkpoint(id)),
+            local_dir: dir.path().join(format!("restore-{id}")),
+        })
+        .join()
+        .await
+        .unwrap();
+        assert_eq!(outcome.restored_from, vec![id]);
+        assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alignment_past_the_aligned_timeout_turns_unaligned_and_stays_exact() {
     let (actual, expected, meta) =

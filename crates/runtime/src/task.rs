@@ -577,6 +577,9 @@ impl AggregateTask {
             records += 1;
             self.counters.add(1, None);
         }
+        if let Some(e) = table.take_error() {
+            return Err(e.into());
+        }
         let result = loop {
             if let Err(e) = self
                 .commits
@@ -586,6 +589,7 @@ impl AggregateTask {
                 break Err(e);
             }
             if let Some((b, alignment)) = start.take() {
+                debug_assert!(collecting.is_none(), "one collection at a time");
                 match self.start_unaligned(
                     &mut table,
                     &mut sink,
@@ -616,9 +620,14 @@ impl AggregateTask {
                 break Ok(());
             }
             // An alignment past the aligned-checkpoint timeout turns unaligned.
-            if let (Some(limit), Some(barrier), Some(first)) =
-                (aligned_timeout, align.barrier, align.first_arrival)
-            {
+            // (Not while an unaligned snapshot is still collecting: it would
+            // be replaced before its delta reached the worker.)
+            if let (Some(limit), Some(barrier), Some(first), None) = (
+                aligned_timeout,
+                align.barrier,
+                align.first_arrival,
+                &collecting,
+            ) {
                 if first.elapsed() >= limit {
                     start = Some((barrier, first.elapsed()));
                     align.reset();
@@ -644,13 +653,18 @@ impl AggregateTask {
                 }
             }
             // The next message: what collection buffered comes first.
-            let (i, msg) = if let Some(j) = (0..n).find(|j| !buffers[*j].is_empty()) {
+            // While collecting for barrier n, an input that already delivered
+            // a newer barrier is not read: its records after that barrier
+            // must not enter the state before the newer snapshot is taken.
+            let current = collecting.as_ref().map(|c| c.barrier.id);
+            let ahead = |j: usize| current.is_some_and(|id| seen[j] > id);
+            let (i, msg) = if let Some(j) = (0..n).find(|j| !buffers[*j].is_empty() && !ahead(*j)) {
                 (j, buffers[j].pop_front().expect("non-empty"))
             } else {
                 let mut sel = Select::new();
                 let mut index = Vec::with_capacity(n + 1);
                 for (i, rx) in self.inputs.iter().enumerate() {
-                    if !ended[i] && align.readable(i) {
+                    if !ended[i] && align.readable(i) && !ahead(i) {
                         sel.recv(rx);
                         index.push(i);
                     }
