@@ -564,8 +564,10 @@ impl AggregateTask {
             .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
         let mut records: u64 = 0;
         let mut snapshots: u64 = 0;
-        // An unaligned snapshot to take at the top of the next iteration.
+        // An unaligned snapshot to take at the top of the next iteration,
+        // and one to take when the current collection is done.
         let mut start: Option<(Barrier, Duration)> = None;
+        let mut deferred: Option<Barrier> = None;
         // The channel state of the checkpoint restored from comes first.
         for (input, r) in std::mem::take(&mut replay) {
             let kind = kinds.get(input as usize).copied().ok_or_else(|| {
@@ -614,6 +616,12 @@ impl AggregateTask {
                 if snap_tx.send(WorkerJob::Snapshot(c.into_job())).is_err() {
                     break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                 }
+                // A newer barrier an input delivered meanwhile starts now,
+                // before that input (held back) is read again.
+                start = deferred
+                    .take()
+                    .filter(|b| b.id > last_started)
+                    .map(|b| (b, Duration::ZERO));
                 continue;
             }
             if ended.iter().all(|e| *e) {
@@ -757,10 +765,14 @@ impl AggregateTask {
                 }
                 Message::Barrier(b) if mode == CheckpointingMode::Unaligned => {
                     seen[i] = seen[i].max(b.id);
-                    // The in-band barrier came before its priority copy
-                    // (while collecting, the priority copy starts it later).
-                    if b.id > last_started && collecting.is_none() {
-                        start = Some((b, Duration::ZERO));
+                    // The in-band barrier came before its priority copy; while
+                    // collecting, it starts as soon as the collection is done.
+                    if b.id > last_started {
+                        if collecting.is_none() {
+                            start = Some((b, Duration::ZERO));
+                        } else if deferred.is_none_or(|d| d.id < b.id) {
+                            deferred = Some(b);
+                        }
                     }
                 }
                 Message::Barrier(b) => {
