@@ -607,23 +607,13 @@ fn tail(log: &str, n: usize) -> String {
 
 /// Every update of every key committed exactly once; no staging file left.
 fn check_committed_output(out: &Path, expected: &[i64]) -> Result<()> {
-    let mut updates: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
-    for e in std::fs::read_dir(out).context("reading the sink output")? {
-        let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("part-") {
-            bail!("sink output holds a non-committed file {name}");
-        }
-        for line in std::fs::read_to_string(e.path())?.lines() {
-            let v: serde_json::Value = serde_json::from_str(line)?;
-            updates
-                .entry(v["key"].as_i64().context("key")?)
-                .or_default()
-                .push(v["value"].as_i64().context("value")?);
-        }
+    let output = cutpoint_runtime::sink::read_output(out).context("reading the sink output")?;
+    if let Some(name) = output.others.first() {
+        bail!("sink output holds a non-committed file {name}");
     }
+    let mut updates = output.updates;
     for (k, want) in expected.iter().enumerate().filter(|(_, c)| **c > 0) {
-        let mut got = updates.remove(&(k as i64)).unwrap_or_default();
+        let mut got = updates.remove(&Key::Int(k as i64)).unwrap_or_default();
         got.sort_unstable();
         if got.len() != *want as usize || got.iter().zip(1..).any(|(v, i)| *v != i) {
             let dups = got.windows(2).filter(|w| w[0] == w[1]).count();

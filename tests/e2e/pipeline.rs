@@ -407,7 +407,7 @@ async fn sink_scenario(
     after_completed_checkpoint: bool,
     delay_first_metadata: bool,
 ) -> (
-    std::collections::BTreeMap<i64, Vec<i64>>,
+    std::collections::BTreeMap<cutpoint_core::Key, Vec<i64>>,
     std::collections::BTreeMap<cutpoint_core::Key, i64>,
     Vec<CheckpointId>,
     Vec<String>,
@@ -445,45 +445,24 @@ async fn sink_scenario(
     });
     let outcome = job.join().await.unwrap();
     assert_eq!(outcome.restarts, 1, "{outcome:?}");
-    let mut updates: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(&out).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        names.push(name.clone());
-        if !name.starts_with("part-") {
-            continue;
-        }
-        for line in std::fs::read_to_string(e.path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            updates
-                .entry(v["key"].as_i64().unwrap())
-                .or_default()
-                .push(v["value"].as_i64().unwrap());
-        }
-    }
+    let output = cutpoint_runtime::sink::read_output(&out).unwrap();
     (
-        updates,
+        output.updates,
         expected_counts(42, keys, events),
         outcome.restored_from,
-        names,
+        output.others,
     )
 }
 
 /// Committed output: no staging file left, every update of every key once.
 fn assert_every_update_exactly_once(
-    names: &[String],
-    updates: &std::collections::BTreeMap<i64, Vec<i64>>,
+    others: &[String],
+    updates: &std::collections::BTreeMap<cutpoint_core::Key, Vec<i64>>,
     expected: &std::collections::BTreeMap<cutpoint_core::Key, i64>,
 ) {
-    assert!(
-        names.iter().all(|n| n.starts_with("part-")),
-        "no staging file left: {names:?}"
-    );
+    assert!(others.is_empty(), "no staging file left: {others:?}");
     assert_eq!(updates.len(), expected.len());
     for (k, want) in expected {
-        let cutpoint_core::Key::Int(k) = k else {
-            unreachable!()
-        };
         let mut got = updates[k].clone();
         got.sort_unstable();
         assert_eq!(
@@ -496,22 +475,22 @@ fn assert_every_update_exactly_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_commit_sink_is_exactly_once_when_failing_after_commit() {
-    let (updates, expected, restored, names) =
+    let (updates, expected, restored, others) =
         sink_scenario("transactional_file", true, false).await;
     assert_eq!(restored.len(), 1);
-    assert_every_update_exactly_once(&names, &updates, &expected);
+    assert_every_update_exactly_once(&others, &updates, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_phase_commit_sink_is_exactly_once_when_failing_between_precommit_and_commit() {
-    let (updates, expected, restored, names) =
+    let (updates, expected, restored, others) =
         sink_scenario("transactional_file", false, true).await;
     assert_eq!(
         restored,
         vec![CheckpointId(1)],
         "restored from the checkpoint the sinks pre-committed"
     );
-    assert_every_update_exactly_once(&names, &updates, &expected);
+    assert_every_update_exactly_once(&others, &updates, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,9 +508,6 @@ async fn plain_file_sink_repeats_updates_after_a_restore() {
     );
     // Its last value per key is still the exact final count.
     for (k, want) in &expected {
-        let cutpoint_core::Key::Int(k) = k else {
-            unreachable!()
-        };
         assert_eq!(updates[k].iter().max(), Some(want));
     }
 }

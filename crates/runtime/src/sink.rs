@@ -49,6 +49,41 @@ fn sink_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Sink(format!("{}: {e}", path.display()))
 }
 
+/// What a file sink's output directory holds: every update per key in the
+/// files it made visible (`part-*`: the plain sink's, the two-phase-commit
+/// sink's committed ones), and the names of every other file (staging).
+#[derive(Debug, Default)]
+pub struct FileOutput {
+    pub updates: std::collections::BTreeMap<Key, Vec<i64>>,
+    pub others: Vec<String>,
+}
+
+/// Reads a file sink's output directory (for checks and tools).
+pub fn read_output(dir: &Path) -> Result<FileOutput, RuntimeError> {
+    let mut out = FileOutput::default();
+    for entry in std::fs::read_dir(dir).map_err(|e| sink_err(dir, e))? {
+        let entry = entry.map_err(|e| sink_err(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("part-") {
+            out.others.push(name);
+            continue;
+        }
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).map_err(|e| sink_err(&path, e))?;
+        for line in text.lines() {
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| sink_err(&path, e))?;
+            let key: Key =
+                serde_json::from_value(v["key"].clone()).map_err(|e| sink_err(&path, e))?;
+            let value = v["value"]
+                .as_i64()
+                .ok_or_else(|| sink_err(&path, "an update without an integer value"))?;
+            out.updates.entry(key).or_default().push(value);
+        }
+    }
+    Ok(out)
+}
+
 fn write_update(w: &mut dyn Write, key: &Key, value: i64) -> std::io::Result<()> {
     match key {
         Key::Int(k) => writeln!(w, "{{\"key\":{k},\"value\":{value}}}"),
