@@ -11,5 +11,6 @@ mod docker;
 mod incremental;
 mod operators;
 mod pipeline;
+mod setup_script;
 mod storage;
 mod unaligned;
