@@ -289,6 +289,7 @@ async fn fresh_restore(
                 range,
                 &dirs,
                 meta.max_parallelism,
+                cutpoint_state::snapshot::TableLoad::Eager,
             )
             .map(|r| r.table.len())
         }));

@@ -608,7 +608,7 @@ async fn print_usage(storage: &CheckpointStorage, job: Option<JobId>, as_json: b
         let u = storage.usage(&job).await?;
         if !as_json {
             println!(
-                "{job}: {} objects, {} bytes; {} restorable checkpoints {:?}; {} unreferenced objects ({} bytes){}{}",
+                "{job}: {} objects, {} bytes; {} restorable checkpoints {:?}; {} unreferenced objects ({} bytes){}{}{}",
                 u.objects,
                 u.bytes,
                 u.checkpoints.len(),
@@ -616,6 +616,7 @@ async fn print_usage(storage: &CheckpointStorage, job: Option<JobId>, as_json: b
                 u.unreferenced.len(),
                 u.unreferenced_bytes,
                 if u.unreadable.is_empty() { String::new() } else { format!("; UNREADABLE: {:?}", u.unreadable) },
+                u.shared_gc_suspended.as_ref().map(|s| format!("; SHARED-FILE GC SUSPENDED: {s}")).unwrap_or_default(),
                 if u.missing.is_empty() { String::new() } else { format!("; MISSING FILES: {:?}", u.missing) },
             );
         }

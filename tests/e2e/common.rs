@@ -165,6 +165,7 @@ pub async fn assert_checkpoint_state(
                 s.key_group_range.unwrap(),
                 &dirs,
                 maxp,
+                cutpoint_state::snapshot::TableLoad::Eager,
             )
             .expect("restore");
             all.extend(restored.table.iter().map(|(k, v)| (k.clone(), *v)));

@@ -119,6 +119,7 @@ async fn second_checkpoint_uploads_only_the_changed_fraction_and_both_restore() 
                     state.key_group_range.unwrap(),
                     &dirs,
                     128,
+                    snapshot::TableLoad::Eager,
                 )
                 .unwrap();
                 r.table

@@ -7,6 +7,7 @@ mod binary;
 mod chaos;
 mod common;
 mod contract;
+mod defects;
 mod docker;
 mod incremental;
 mod operators;

@@ -20,6 +20,7 @@ fn meta(job: &JobId, id: u64, files: Vec<cutpoint_core::StateFile>) -> Checkpoin
         complete_timestamp: 2,
         parallelism: 1,
         max_parallelism: 128,
+        writer_epoch: None,
         subtasks: vec![serde_json::from_value(serde_json::json!({
             "task": {"operator": "agg", "subtask": 0},
             "files": files,

@@ -21,6 +21,10 @@ pub enum JobError {
     Failed { reason: String },
     #[error("job was cancelled")]
     Cancelled,
+    #[error("work dir {path} is in use by another process (each running job needs its own; pass another --work-dir)")]
+    WorkDirInUse { path: String },
+    #[error("work dir {path}: {reason}")]
+    WorkDir { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
 }

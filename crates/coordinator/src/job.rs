@@ -14,6 +14,7 @@
 //! upload can land after the delete; then the job restarts from the newest
 //! retained checkpoint (fixed delay, bounded attempts).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,18 +24,21 @@ use cutpoint_core::{
     SubtaskState, TaskId, METADATA_VERSION,
 };
 use cutpoint_runtime::{
-    Barrier, Execution, ExecutionConfig, RuntimeError, TaskCounters, TaskEvent,
+    Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };
 use cutpoint_state::StateTable;
-use cutpoint_storage::CheckpointStorage;
+use cutpoint_storage::{CheckpointStorage, StorageError};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::gc::{self, DeleteRefusal};
+use crate::recovery::{self, AfterFailure, AttemptFailure, ChosenBy, RecoveryPolicy};
 use crate::registry::SharedRegistry;
 use crate::restore::{self, RestoreFrom};
 use crate::stats::StatsBook;
 use crate::sweep::{orphans, SweepFacts};
+use crate::workdir::WorkDir;
 use crate::tracker::{
     Abort, AbortReason, AckOutcome, CheckpointTracker, PendingCheckpoint, Retained, TriggerRefusal,
 };
@@ -46,7 +50,9 @@ pub struct JobConfig {
     pub storage: CheckpointStorage,
     /// Restore from storage before starting (`None`: start fresh).
     pub restore_from: Option<RestoreFrom>,
-    /// Local working directory (RocksDB instances); created if missing.
+    /// Local working directory (RocksDB instances); created if missing,
+    /// locked for the job's lifetime and emptied at its start (see
+    /// [`crate::workdir`]).
     pub local_dir: PathBuf,
 }
 
@@ -108,6 +114,46 @@ pub struct JobOutcome {
     pub duration: Duration,
 }
 
+impl JobOutcome {
+    fn new() -> Self {
+        Self {
+            final_state: Vec::new(),
+            records_read: 0,
+            checkpoints_completed: 0,
+            checkpoints_failed: 0,
+            restarts: 0,
+            restored_from: Vec::new(),
+            restore_ms: Vec::new(),
+            failures: Vec::new(),
+            restore_fallbacks: Vec::new(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// Every series exists from the start (at 0), so `increase()` alerts see
+/// the first failure or restart too.
+fn register_metrics(job: &cutpoint_core::JobId) {
+    for name in [
+        "cutpoint_checkpoints_completed_total",
+        "cutpoint_checkpoints_failed_total",
+        "cutpoint_job_restarts_total",
+        "cutpoint_records_read_total",
+    ] {
+        metrics::counter!(name, "job" => job.to_string()).increment(0);
+    }
+}
+
+impl From<FailureKind> for AttemptFailure {
+    fn from(k: FailureKind) -> Self {
+        match k {
+            FailureKind::Transient => AttemptFailure::Transient,
+            FailureKind::CorruptRestore => AttemptFailure::CorruptRestore,
+            FailureKind::Fatal => AttemptFailure::Fatal,
+        }
+    }
+}
+
 enum Command {
     Trigger {
         checkpoint_type: CheckpointType,
@@ -152,19 +198,6 @@ pub enum AckRejection {
     NotPending(CheckpointId),
     #[error("{0}")]
     Rejected(String),
-    #[error("the job is not running")]
-    NotRunning,
-}
-
-/// Why a retained checkpoint was not deleted.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeleteRefusal {
-    #[error("checkpoint {0} is not a retained checkpoint of this job")]
-    NotFound(CheckpointId),
-    #[error("checkpoint {0} is the only restorable checkpoint; pass force to delete it anyway")]
-    OnlyRestorable(CheckpointId),
-    #[error("checkpoint {0} is the newest completed checkpoint, the base of the next incremental one; delete it after a newer one completes")]
-    Newest(CheckpointId),
     #[error("the job is not running")]
     NotRunning,
 }
@@ -358,14 +391,19 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let live: LiveCounters = Arc::new(Mutex::new(None));
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
-        restore_base: None,
+        reuse_base: None,
         undeleted: Default::default(),
+        doomed: Default::default(),
         superseded: Default::default(),
+        unreadable: Default::default(),
         registry: SharedRegistry::new(),
         savepoints: Default::default(),
         spec: spec.clone(),
         storage: cfg.storage,
         local_dir: cfg.local_dir,
+        work: None,
+        epoch: 0,
+        fenced: Default::default(),
         commands: command_rx,
         status: status_tx,
         cancel: cancel.clone(),
@@ -387,23 +425,40 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
 }
 
 struct Runner {
-    /// The checkpoint the running attempt restored from, until it completes
-    /// one of its own: the snapshot workers reuse its shared files.
-    restore_base: Option<CheckpointId>,
+    /// The base of the next incremental snapshot, sent with each barrier:
+    /// the checkpoint the attempt restored from, then the newest one it
+    /// completed. Its shared files are reused, so deleting it needs force
+    /// (and then there is no base until the next completion).
+    reuse_base: Option<CheckpointId>,
     /// Checkpoints no longer retained whose deletion failed: the orphan
     /// sweep (which never deletes a folder with `_metadata` on its own)
     /// retries them.
-    undeleted: std::collections::BTreeSet<CheckpointId>,
+    undeleted: BTreeSet<CheckpointId>,
+    /// Aborted checkpoints whose folder could not be deleted, with the
+    /// shared files only they uploaded: those go only after the folder
+    /// (its `_metadata` may have landed after all), retried by the sweeps.
+    doomed: std::collections::BTreeMap<CheckpointId, Vec<String>>,
     /// Checkpoints of earlier runs newer than where this run started
     /// (all of them on a fresh start): deleted when this run completes its
     /// first checkpoint, so `latest` never resumes an abandoned timeline.
-    superseded: std::collections::BTreeSet<CheckpointId>,
+    superseded: BTreeSet<CheckpointId>,
+    /// Checkpoints whose `_metadata` exists but cannot be read (corrupt, a
+    /// newer format): while any exists, no shared file is deleted, since
+    /// it may be one of theirs.
+    unreadable: BTreeSet<CheckpointId>,
     registry: SharedRegistry,
     savepoints:
         std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,
     local_dir: PathBuf,
+    /// The locked work dir, from the start of the run to its end.
+    work: Option<Arc<WorkDir>>,
+    /// This run's writer epoch (one writer per job): checked before every
+    /// publish and delete.
+    epoch: u64,
+    /// Set once a newer writer took the job: the run stops, deleting nothing.
+    fenced: std::sync::OnceLock<String>,
     commands: mpsc::Receiver<Command>,
     status: watch::Sender<JobStatus>,
     cancel: CancellationToken,
@@ -416,8 +471,7 @@ enum AttemptEnd {
     Finished(Vec<StateTable>),
     Failed {
         error: String,
-        fatal: bool,
-        during_restore: bool,
+        failure: AttemptFailure,
         at: Instant,
     },
     Cancelled,
@@ -469,7 +523,14 @@ impl Runner {
     ) -> Result<JobOutcome, JobError> {
         let job = self.spec.job_id.clone();
         let started = Instant::now();
+        let dir = self.local_dir.clone();
+        let work = tokio::task::spawn_blocking(move || WorkDir::take(&dir))
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))??;
+        self.work = Some(Arc::new(work));
         self.storage.write_job_spec(&self.spec).await?;
+        self.epoch = self.storage.take_writer_epoch(&job).await?;
+        tracing::info!(job = %job, epoch = self.epoch, "took the job's storage (older writers are fenced)");
         let mut restore = match &restore_from {
             Some(from) => Some(Arc::new(
                 restore::prepare(&self.storage, &job, from.clone()).await?,
@@ -477,199 +538,72 @@ impl Runner {
             None => None,
         };
         let existing_max = self.storage.checkpoint_dirs(&job).await?.last().copied();
-        // Every completed checkpoint in storage is retained (oldest first);
-        // the registry counts the shared files they reference.
-        let mut retained = Vec::new();
-        for l in self.storage.list_checkpoints(&job).await?.into_iter().rev() {
-            match l.metadata {
-                Ok(m) => {
-                    self.registry.register(&m);
-                    retained.push(Retained {
-                        id: m.checkpoint_id,
-                        complete_timestamp: m.complete_timestamp,
-                    });
-                }
-                Err(e) if e.is_data_error() => {
-                    tracing::warn!(checkpoint = %l.checkpoint_id, error = %e, "unusable checkpoint in storage")
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // Every series exists from the start (at 0), so `increase()` alerts
-        // see the first failure or restart too.
-        for name in [
-            "cutpoint_checkpoints_completed_total",
-            "cutpoint_checkpoints_failed_total",
-            "cutpoint_job_restarts_total",
-            "cutpoint_records_read_total",
-        ] {
-            metrics::counter!(name, "job" => job.to_string()).increment(0);
-        }
+        let retained = self.load_retained().await?;
+        register_metrics(&job);
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), existing_max, retained);
         self.sweep_orphans(&tracker).await;
 
-        let mut outcome = JobOutcome {
-            final_state: Vec::new(),
-            records_read: 0,
-            checkpoints_completed: 0,
-            checkpoints_failed: 0,
-            restarts: 0,
-            restored_from: Vec::new(),
-            restore_ms: Vec::new(),
-            failures: Vec::new(),
-            restore_fallbacks: Vec::new(),
-            duration: Duration::ZERO,
+        let mut outcome = JobOutcome::new();
+        let mut excluded = recovery::excluded_at_start(
+            tracker.retained().map(|r| r.id),
+            restore.as_ref().map(|m| m.checkpoint_id),
+        );
+        // The abandoned timeline: once this run completed a checkpoint of
+        // its own, it goes (until then it stays, in case the restore itself
+        // was the mistake).
+        self.superseded = excluded.clone();
+        let policy = RecoveryPolicy {
+            fallback_to_older_checkpoint: self.spec.restart.fallback_to_older_checkpoint,
+            max_restarts: self.spec.restart.max_attempts,
+        };
+        let mut chosen_by = match restore_from {
+            Some(RestoreFrom::Latest) | None => ChosenBy::Policy,
+            Some(_) => ChosenBy::User,
         };
         let mut attempt_no = 0u32;
         let mut failure_at: Option<Instant> = None;
-        // Checkpoints of earlier runs newer than where this run starts are
-        // never picked by an automatic restore (they hold state the user
-        // chose not to continue from); a fresh start excludes them all.
-        let start = restore.as_ref().map(|m| m.checkpoint_id);
-        let mut excluded: std::collections::HashSet<CheckpointId> = tracker
-            .retained()
-            .map(|r| r.id)
-            .filter(|id| start.is_none_or(|s| *id > s))
-            .collect();
-        // They are the abandoned timeline: once this run completed a
-        // checkpoint of its own, they go (until then they stay, in case the
-        // restore itself was the mistake).
-        self.superseded = excluded.iter().copied().collect();
         loop {
-            if let Some(meta) = &restore {
-                outcome.restored_from.push(meta.checkpoint_id);
-                self.stats_mut().restored(
-                    meta.checkpoint_id,
-                    now_millis(),
-                    self.storage.external_path(&job, meta.checkpoint_id),
-                );
-                tracing::info!(job = %job, checkpoint = %meta.checkpoint_id, attempt = attempt_no, "restoring");
-            }
-            let (events_tx, events) = mpsc::unbounded_channel();
-            let attempt_dir = self.local_dir.join(format!("attempt-{attempt_no}"));
-            let exec = Execution::start(ExecutionConfig {
-                spec: self.spec.clone(),
-                storage: self.storage.clone(),
-                restore: restore.clone(),
-                attempt: attempt_no,
-                local_dir: attempt_dir.clone(),
-                events: events_tx,
-                runtime: tokio::runtime::Handle::current(),
-            })
-            .map_err(|e| match e {
-                RuntimeError::Restore(m) => JobError::Restore(m),
-                e => JobError::Internal(e.to_string()),
-            })?;
-            tracker.resume();
-            self.restore_base = restore.as_ref().map(|m| m.checkpoint_id);
-            *self.live.lock().expect("live lock") = Some(exec.counters());
-            self.status.send_modify(|s| {
-                s.state = JobState::Running;
-                s.attempt = attempt_no;
-                s.restored_from = outcome.restored_from.clone();
-            });
-            let internal = exec.tasks().len();
-            let mut tasks = exec.tasks().to_vec();
-            tasks.extend(self.spec.external_tasks.iter().map(|t| TaskId::new(t, 0)));
-            let mut attempt = Attempt {
-                dir: attempt_dir,
-                internal,
-                tasks,
-                exec: Some(exec),
-                started: 0,
-                finished: 0,
-                tables: Vec::new(),
-                failure_at,
-                sources_ended: 0,
-                records_reported: 0,
-                finished_sources: Vec::new(),
-                final_from: None,
-            };
             let end = self
-                .drive(&mut tracker, &mut attempt, events, &mut outcome)
-                .await;
+                .run_attempt(&mut tracker, &restore, attempt_no, failure_at, &mut outcome)
+                .await?;
             // The last attempt's counters stay visible after the job ended.
             outcome.checkpoints_completed = tracker.completed_count;
             outcome.checkpoints_failed = tracker.failed_count;
-            match end {
+            let (error, failure, at) = match end {
                 AttemptEnd::Finished(tables) => {
-                    // Every task of this process has stopped, so nothing of
-                    // ours is still uploading: leftovers of aborted or
-                    // crashed checkpoints can go regardless of age (external
-                    // tasks may still upload: for them the usual minimum age).
-                    let min_age = if self.spec.external_tasks.is_empty() {
-                        0
-                    } else {
-                        tracker.config().timeout_ms
-                    };
-                    self.sweep_orphans_older_than(&tracker, min_age).await;
+                    self.sweep_finished(&tracker).await;
                     outcome.final_state = tables;
                     outcome.duration = started.elapsed();
                     return Ok(outcome);
                 }
                 AttemptEnd::Cancelled => return Err(JobError::Cancelled),
-                AttemptEnd::Failed {
-                    error,
-                    fatal,
-                    during_restore,
-                    at,
-                } => {
-                    tracing::warn!(job = %job, attempt = attempt_no, %error, fatal, "job attempt failed");
-                    // A corrupt checkpoint picked automatically: fall back.
-                    let chosen_by_user = attempt_no == 0
-                        && matches!(
-                            restore_from,
-                            Some(
-                                RestoreFrom::Checkpoint(_)
-                                    | RestoreFrom::Savepoint(_)
-                                    | RestoreFrom::SavepointPath(_)
-                            )
-                        );
-                    if let Some(bad) = restore.as_ref().map(|m| m.checkpoint_id).filter(|_| {
-                        fatal
-                            && during_restore
-                            && !chosen_by_user
-                            && self.spec.restart.fallback_to_older_checkpoint
-                    }) {
-                        excluded.insert(bad);
-                        let next = self.latest_restorable(&tracker, &excluded).await?;
-                        let Some(next) = next else {
-                            return Err(JobError::Restore(format!(
-                                "checkpoint {bad} cannot be restored ({error}) and no older intact checkpoint is retained"
-                            )));
-                        };
-                        let msg = format!(
-                            "checkpoint {bad} cannot be restored ({error}); falling back to checkpoint {}",
-                            next.checkpoint_id
-                        );
-                        tracing::error!(job = %job, "{msg}");
-                        outcome.restore_fallbacks.push(msg.clone());
-                        self.status.send_modify(|s| s.restore_fallbacks.push(msg));
-                        restore = Some(next);
-                        attempt_no += 1;
-                        continue;
-                    }
-                    outcome.failures.push(error.clone());
-                    self.status.send_modify(|s| {
-                        s.state = JobState::Restarting;
-                        s.last_failure = Some(error.clone());
-                    });
-                    if fatal {
-                        return Err(JobError::Failed { reason: error });
-                    }
-                    if outcome.restarts >= self.spec.restart.max_attempts {
-                        return Err(JobError::Failed {
-                            reason: format!(
-                                "{error} (gave up after {} restarts)",
-                                outcome.restarts
-                            ),
-                        });
-                    }
+                AttemptEnd::Failed { error, failure, at } => (error, failure, at),
+            };
+            tracing::warn!(job = %job, attempt = attempt_no, %error, ?failure, "job attempt failed");
+            let restored = restore.as_ref().map(|m| (m.checkpoint_id, chosen_by));
+            chosen_by = ChosenBy::Policy;
+            attempt_no += 1;
+            match policy.after_failure(failure, restored, outcome.restarts) {
+                AfterFailure::FallBack { bad } => {
+                    excluded.insert(bad);
+                    restore = Some(self.fall_back(&tracker, &excluded, bad, &error, &mut outcome).await?);
+                }
+                AfterFailure::Fail => {
+                    self.record_failure(&error, &mut outcome);
+                    let reason = match failure {
+                        AttemptFailure::Transient => {
+                            format!("{error} (gave up after {} restarts)", outcome.restarts)
+                        }
+                        _ => error,
+                    };
+                    return Err(JobError::Failed { reason });
+                }
+                AfterFailure::Restart => {
+                    self.record_failure(&error, &mut outcome);
                     outcome.restarts += 1;
                     metrics::counter!("cutpoint_job_restarts_total", "job" => job.to_string())
                         .increment(1);
-                    attempt_no += 1;
                     failure_at = Some(at);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(self.spec.restart.delay_ms)) => {}
@@ -681,27 +615,184 @@ impl Runner {
         }
     }
 
-    /// Newest retained checkpoint, not `excluded`, whose metadata verifies.
+    /// Every completed checkpoint in storage, oldest first; the registry
+    /// counts the shared files they reference. Checkpoints whose metadata
+    /// cannot be read (corrupt, a newer format) are remembered as
+    /// unreadable: while any exists, shared files are never deleted (they
+    /// may be its files). A storage error is an error.
+    async fn load_retained(&mut self) -> Result<Vec<Retained>, JobError> {
+        let mut retained = Vec::new();
+        let listings = self.storage.list_checkpoints(&self.spec.job_id).await?;
+        for l in listings.into_iter().rev() {
+            match l.metadata {
+                Ok(m) => {
+                    self.registry.register(&m);
+                    retained.push(Retained {
+                        id: m.checkpoint_id,
+                        complete_timestamp: m.complete_timestamp,
+                    });
+                }
+                Err(e) if e.is_data_error() => {
+                    tracing::warn!(checkpoint = %l.checkpoint_id, error = %e, "unusable checkpoint in storage: shared files are not deleted while it exists");
+                    self.unreadable.insert(l.checkpoint_id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(retained)
+    }
+
+    /// Starts attempt `attempt_no` (restoring `restore`) and drives it to
+    /// its end.
+    async fn run_attempt(
+        &mut self,
+        tracker: &mut CheckpointTracker,
+        restore: &Option<Arc<CheckpointMetadata>>,
+        attempt_no: u32,
+        failure_at: Option<Instant>,
+        outcome: &mut JobOutcome,
+    ) -> Result<AttemptEnd, JobError> {
+        let job = self.spec.job_id.clone();
+        if let Some(meta) = restore {
+            outcome.restored_from.push(meta.checkpoint_id);
+            self.stats_mut().restored(
+                meta.checkpoint_id,
+                now_millis(),
+                self.storage.external_path(&job, meta.checkpoint_id),
+            );
+            tracing::info!(job = %job, checkpoint = %meta.checkpoint_id, attempt = attempt_no, "restoring");
+        }
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let work = self.work.clone().expect("taken at start");
+        let attempt_dir = tokio::task::spawn_blocking(move || work.attempt(attempt_no))
+            .await
+            .map_err(|e| JobError::Internal(e.to_string()))??;
+        let exec = Execution::start(ExecutionConfig {
+            spec: self.spec.clone(),
+            storage: self.storage.clone(),
+            restore: restore.clone(),
+            attempt: attempt_no,
+            local_dir: attempt_dir.clone(),
+            events: events_tx,
+            runtime: tokio::runtime::Handle::current(),
+        })
+        .map_err(|e| match e {
+            RuntimeError::Restore(m) => JobError::Restore(m),
+            e => JobError::Internal(e.to_string()),
+        })?;
+        tracker.resume();
+        self.reuse_base = restore.as_ref().map(|m| m.checkpoint_id);
+        *self.live.lock().expect("live lock") = Some(exec.counters());
+        self.status.send_modify(|s| {
+            s.state = JobState::Running;
+            s.attempt = attempt_no;
+            s.restored_from = outcome.restored_from.clone();
+        });
+        let internal = exec.tasks().len();
+        let mut tasks = exec.tasks().to_vec();
+        tasks.extend(self.spec.external_tasks.iter().map(|t| TaskId::new(t, 0)));
+        let mut attempt = Attempt {
+            dir: attempt_dir,
+            internal,
+            tasks,
+            exec: Some(exec),
+            started: 0,
+            finished: 0,
+            tables: Vec::new(),
+            failure_at,
+            sources_ended: 0,
+            records_reported: 0,
+            finished_sources: Vec::new(),
+            final_from: None,
+        };
+        Ok(self.drive(tracker, &mut attempt, events, outcome).await)
+    }
+
+    /// After the job finished: every task of this process has stopped, so
+    /// nothing of ours is still uploading and leftovers of aborted or crashed
+    /// checkpoints can go regardless of age (external tasks may still
+    /// upload: for them the usual minimum age).
+    async fn sweep_finished(&mut self, tracker: &CheckpointTracker) {
+        let min_age = if self.spec.external_tasks.is_empty() {
+            0
+        } else {
+            tracker.config().timeout_ms
+        };
+        self.sweep_orphans_older_than(tracker, min_age).await;
+    }
+
+    /// The checkpoint restored from turned out corrupt: the next older
+    /// restorable one, said in the logs, the status and the outcome.
+    async fn fall_back(
+        &mut self,
+        tracker: &CheckpointTracker,
+        excluded: &BTreeSet<CheckpointId>,
+        bad: CheckpointId,
+        error: &str,
+        outcome: &mut JobOutcome,
+    ) -> Result<Arc<CheckpointMetadata>, JobError> {
+        let Some(next) = self.latest_restorable(tracker, excluded).await? else {
+            return Err(JobError::Restore(format!(
+                "checkpoint {bad} cannot be restored ({error}) and no older intact checkpoint is retained"
+            )));
+        };
+        let msg = format!(
+            "checkpoint {bad} cannot be restored ({error}); falling back to checkpoint {}",
+            next.checkpoint_id
+        );
+        tracing::error!(job = %self.spec.job_id, "{msg}");
+        outcome.restore_fallbacks.push(msg.clone());
+        self.status.send_modify(|s| s.restore_fallbacks.push(msg));
+        Ok(next)
+    }
+
+    fn record_failure(&self, error: &str, outcome: &mut JobOutcome) {
+        outcome.failures.push(error.to_string());
+        self.status.send_modify(|s| {
+            s.state = JobState::Restarting;
+            s.last_failure = Some(error.to_string());
+        });
+    }
+
+    /// The newest retained checkpoint, not `excluded`, whose metadata
+    /// verifies (the rule of [`recovery::newest_restorable`]): bad data is
+    /// skipped, a storage error fails.
     async fn latest_restorable(
         &self,
         tracker: &CheckpointTracker,
-        excluded: &std::collections::HashSet<CheckpointId>,
+        excluded: &BTreeSet<CheckpointId>,
     ) -> Result<Option<Arc<CheckpointMetadata>>, JobError> {
         let ids: Vec<_> = tracker
             .retained()
             .map(|r| r.id)
             .filter(|id| !excluded.contains(id))
             .collect();
+        let mut candidates = Vec::new();
+        let mut read = None;
+        // Newest first, up to the first that is not skippable.
         for id in ids.into_iter().rev() {
-            match self.storage.read_metadata(&self.spec.job_id, id).await {
-                Ok(m) => return Ok(Some(Arc::new(m))),
-                Err(e) if e.is_data_error() => {
-                    tracing::error!(checkpoint = %id, error = %e, "retained checkpoint is unusable; trying an older one");
-                }
-                Err(e) => return Err(e.into()),
+            let r = self.storage.read_metadata(&self.spec.job_id, id).await;
+            let outcome = restore::read_outcome(&r);
+            let done = !matches!(outcome, recovery::MetadataRead::Unusable(_));
+            candidates.push(recovery::Candidate { id, read: outcome });
+            if done {
+                read = Some(r);
+                break;
             }
         }
-        Ok(None)
+        match (recovery::newest_restorable(&candidates, excluded), read) {
+            (recovery::Choice::Restore { skipped, .. }, Some(Ok(meta))) => {
+                for s in skipped {
+                    tracing::error!("retained checkpoint is unusable; trying an older one: {s}");
+                }
+                Ok(Some(Arc::new(meta)))
+            }
+            (recovery::Choice::Unreachable { .. }, Some(Err(e))) => Err(e.into()),
+            (recovery::Choice::Nothing { .. }, _) => Ok(None),
+            (choice, _) => Err(JobError::Internal(format!(
+                "recovery chose {choice:?} from facts it was not given"
+            ))),
+        }
     }
 
     async fn drive(
@@ -725,10 +816,15 @@ impl Runner {
         orphan_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         orphan_sweep.tick().await;
         loop {
+            if let Some(why) = self.fenced.get().cloned() {
+                return self
+                    .end_failed_with(tracker, attempt, why, AttemptFailure::Fatal)
+                    .await;
+            }
             tokio::select! {
                 ev = events.recv() => {
                     let Some(ev) = ev else {
-                        return self.end_failed(tracker, attempt, "all tasks vanished".into(), false).await;
+                        return self.end_failed(tracker, attempt, "all tasks vanished".into()).await;
                     };
                     match ev {
                         TaskEvent::Started { at, .. } => {
@@ -741,19 +837,19 @@ impl Runner {
                         }
                         TaskEvent::Ack { checkpoint, state } => {
                             match self.ack(tracker, attempt, checkpoint, *state).await {
-                                Ok(Some(reason)) => return self.end_failed(tracker, attempt, reason, false).await,
+                                Ok(Some(reason)) => return self.end_failed(tracker, attempt, reason).await,
                                 Ok(None) => {}
                                 Err(why) => tracing::debug!(%why, "ack not applied"),
                             }
                         }
                         TaskEvent::Decline { checkpoint, task, reason } => {
                             if let Ok(Some(reason)) = self.decline(tracker, attempt, checkpoint, task, reason).await {
-                                return self.end_failed(tracker, attempt, reason, false).await;
+                                return self.end_failed(tracker, attempt, reason).await;
                             }
                         }
-                        TaskEvent::Failed { task, error, fatal, during_restore } => {
+                        TaskEvent::Failed { task, error, kind } => {
                             let error = format!("task {task} failed: {error}");
-                            return self.end_failed_with(tracker, attempt, error, fatal, during_restore).await;
+                            return self.end_failed_with(tracker, attempt, error, kind.into()).await;
                         }
                         TaskEvent::EndOfInput { .. } => {
                             attempt.sources_ended += 1;
@@ -785,7 +881,7 @@ impl Runner {
                                     .collect();
                                 for id in owed {
                                     if let Ok(Some(reason)) = self.ack(tracker, attempt, id, state.clone()).await {
-                                        return self.end_failed(tracker, attempt, reason, false).await;
+                                        return self.end_failed(tracker, attempt, reason).await;
                                     }
                                 }
                                 if attempt.finished_sources.len() as u32 == self.spec.source_parallelism() {
@@ -851,7 +947,7 @@ impl Runner {
                         }
                     };
                     if let Some(reason) = fail {
-                        return self.end_failed(tracker, attempt, reason, false).await;
+                        return self.end_failed(tracker, attempt, reason).await;
                     }
                 }
                 _ = orphan_sweep.tick(), if orphan_every.is_some() => {
@@ -860,7 +956,7 @@ impl Runner {
                 _ = sweep.tick() => {
                     for a in tracker.expire(now_millis()) {
                         if let Some(reason) = self.discard(tracker, attempt, a).await {
-                            return self.end_failed(tracker, attempt, reason, false).await;
+                            return self.end_failed(tracker, attempt, reason).await;
                         }
                     }
                     self.advance_final(tracker, attempt);
@@ -904,6 +1000,7 @@ impl Runner {
             checkpoint_type,
             trigger_timestamp: now,
             triggered_at: Instant::now(),
+            reuse: self.reuse_base,
         };
         if !exec.trigger(barrier) {
             tracing::debug!(checkpoint = %id, "a source is gone; the checkpoint will be aborted");
@@ -1031,19 +1128,10 @@ impl Runner {
         id: CheckpointId,
         force: bool,
     ) -> Result<(), DeleteRefusal> {
-        if !tracker.is_retained(id) {
-            return Err(DeleteRefusal::NotFound(id));
-        }
-        if self.restore_base == Some(id) {
-            return Err(DeleteRefusal::Newest(id));
-        }
-        if tracker.latest_retained().map(|r| r.id) == Some(id) {
-            // The next incremental checkpoint reuses its files.
-            return Err(if tracker.retained().count() == 1 && !force {
-                DeleteRefusal::OnlyRestorable(id)
-            } else {
-                DeleteRefusal::Newest(id)
-            });
+        let retained: Vec<CheckpointId> = tracker.retained().map(|r| r.id).collect();
+        gc::may_delete(id, &retained, self.reuse_base, force)?;
+        if self.reuse_base == Some(id) {
+            self.reuse_base = None;
         }
         tracker.remove_retained(id);
         self.discard_retained(tracker, id).await;
@@ -1075,6 +1163,27 @@ impl Runner {
         }
     }
 
+    /// The commit point of a checkpoint: `_metadata`, create-only, written
+    /// only while this run is the job's writer, and only if every file the
+    /// acks (external ones too) name lies where it may.
+    async fn write_metadata(&self, meta: &CheckpointMetadata) -> Result<(), String> {
+        meta.verify(&meta.job_id, meta.checkpoint_id)
+            .map_err(|e| e.to_string())?;
+        cutpoint_core::failpoint::check("coordinator::write_metadata")
+            .map_err(|e| e.to_string())?;
+        if !self.writer_ok().await {
+            return Err(self
+                .fenced
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "the writer epoch could not be checked".into()));
+        }
+        self.storage
+            .write_metadata(meta)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Writes `_metadata` for an all-acked checkpoint and applies retention.
     /// Returns a job-failure reason if failures exceeded the tolerable count.
     async fn publish(
@@ -1094,20 +1203,10 @@ impl Runner {
             complete_timestamp: now,
             parallelism: self.spec.parallelism,
             max_parallelism: self.spec.max_parallelism,
+            writer_epoch: Some(self.epoch),
             subtasks: p.acks.values().cloned().collect(),
         };
-        // Acks (external ones too) must only name files where they may lie.
-        let written = match meta.verify(&job, p.id) {
-            Ok(()) => match cutpoint_core::failpoint::check("coordinator::write_metadata") {
-                Ok(()) => self
-                    .storage
-                    .write_metadata(&meta)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            },
-            Err(e) => Err(e.to_string()),
-        };
+        let written = self.write_metadata(&meta).await;
         if let Err(e) = written {
             let a = tracker.publish_failed(p, e);
             return self.discard(tracker, attempt, a).await;
@@ -1115,7 +1214,7 @@ impl Runner {
         // Only a crash or a delay makes sense here: the checkpoint is published.
         let _ = cutpoint_core::failpoint::check("coordinator::after_metadata");
         self.registry.register(&meta);
-        self.restore_base = None;
+        self.reuse_base = Some(p.id);
         let done = tracker.completed(p.id, now);
         self.stats_mut()
             .completed(p.id, now, self.storage.external_path(&job, p.id));
@@ -1247,7 +1346,6 @@ impl Runner {
                 "checkpoint {id} did not complete (the job failed or stopped)"
             )));
         }
-        let _ = self.delete_checkpoint(id).await;
         let pending: std::collections::HashSet<&str> =
             tracker.pending_files().map(|f| f.path.as_str()).collect();
         let own: Vec<String> = files
@@ -1259,13 +1357,46 @@ impl Runner {
             })
             .map(|f| f.path.clone())
             .collect();
-        self.delete_shared(&own).await;
+        if self.delete_checkpoint(id).await {
+            self.delete_shared(&own).await;
+        } else {
+            // Its `_metadata` may exist (a publish reported as failed can
+            // have landed): its files stay until the folder is gone.
+            self.doomed.insert(id, own);
+        }
         let free = self.registry.collect(tracker.lowest_pending());
         self.delete_shared(&free).await;
     }
 
+    /// Retries deleting aborted checkpoints whose folder could not be
+    /// deleted, then their own shared files.
+    async fn retry_doomed(&mut self) {
+        for (id, own) in std::mem::take(&mut self.doomed) {
+            if self.delete_checkpoint(id).await {
+                self.delete_shared(&own).await;
+            } else {
+                self.doomed.insert(id, own);
+            }
+        }
+    }
+
+    /// Deletes shared files nothing references any more, unless a
+    /// checkpoint with unreadable metadata exists (it may reference them).
     async fn delete_shared(&self, paths: &[String]) {
         if paths.is_empty() {
+            return;
+        }
+        if !self.unreadable.is_empty() {
+            tracing::warn!(files = paths.len(), unreadable = ?self.unreadable, "not deleting shared files: a checkpoint with unreadable _metadata may reference them");
+            return;
+        }
+        self.delete_files(paths).await
+    }
+
+    /// Deletes files of the job (relative paths); failures are left to the
+    /// orphan sweep.
+    async fn delete_files(&self, paths: &[String]) {
+        if paths.is_empty() || !self.writer_ok().await {
             return;
         }
         let deleted = match cutpoint_core::failpoint::check("coordinator::delete_shared") {
@@ -1277,7 +1408,7 @@ impl Runner {
             Err(e) => Err(e.into()),
         };
         if let Err(e) = deleted {
-            tracing::warn!(error = %e, "deleting shared files failed; the orphan sweep retries");
+            tracing::warn!(error = %e, "deleting files failed; the orphan sweep retries");
         }
     }
 
@@ -1289,9 +1420,13 @@ impl Runner {
     }
 
     async fn sweep_orphans_older_than(&mut self, tracker: &CheckpointTracker, min_age_ms: u64) {
+        if !self.writer_ok().await {
+            return;
+        }
         for id in std::mem::take(&mut self.undeleted) {
             self.discard_retained(tracker, id).await;
         }
+        self.retry_doomed().await;
         let job = &self.spec.job_id;
         if let Err(e) = cutpoint_core::failpoint::check("coordinator::orphan_sweep") {
             tracing::warn!(error = %e, "orphan sweep skipped");
@@ -1307,7 +1442,7 @@ impl Runner {
         let retained = tracker.retained().map(|r| r.id).collect();
         let pending = tracker.pending().map(|p| p.id).collect();
         let pending_files = tracker.pending_files().map(|f| f.path.clone()).collect();
-        let doomed = orphans(&SweepFacts {
+        let plan = orphans(&SweepFacts {
             objects: &objects,
             retained: &retained,
             pending: &pending,
@@ -1316,26 +1451,35 @@ impl Runner {
             now_ms: now_millis(),
             min_age_ms,
         });
-        if doomed.is_empty() {
+        if plan.unaccounted != self.unreadable {
+            tracing::warn!(job = %job, unreadable = ?plan.unaccounted, "checkpoints with unreadable _metadata: shared files are not deleted while any exists");
+            self.unreadable = plan.unaccounted;
+        }
+        if plan.delete.is_empty() {
             return;
         }
-        tracing::info!(job = %job, objects = doomed.len(), "orphan sweep: deleting leftovers");
+        tracing::info!(job = %job, objects = plan.delete.len(), "orphan sweep: deleting leftovers");
         // `_metadata` objects come first; delete them before the rest.
-        let (metas, rest): (Vec<_>, Vec<_>) =
-            doomed.into_iter().partition(|p| p.ends_with("/_metadata"));
+        let (metas, rest): (Vec<_>, Vec<_>) = plan
+            .delete
+            .into_iter()
+            .partition(|p| p.ends_with("/_metadata"));
         for m in &metas {
             if let Err(e) = self.storage.delete_state_file(job, m).await {
                 tracing::warn!(error = %e, "orphan sweep failed");
                 return;
             }
         }
-        self.delete_shared(&rest).await;
+        self.delete_files(&rest).await;
     }
 
     /// Deletes checkpoint folders below `below` that are neither retained
     /// nor pending: leftovers of aborted uploads or of a crashed process.
     async fn sweep_abandoned(&self, tracker: &CheckpointTracker, below: CheckpointId) {
         let job = &self.spec.job_id;
+        if !self.writer_ok().await {
+            return;
+        }
         let dirs = match self.storage.checkpoint_dirs(job).await {
             Ok(d) => d,
             Err(e) => {
@@ -1367,6 +1511,9 @@ impl Runner {
 
     /// Deletes a checkpoint folder (`_metadata` first); false if that failed.
     async fn delete_checkpoint(&self, id: CheckpointId) -> bool {
+        if !self.writer_ok().await {
+            return false;
+        }
         match self.storage.delete_checkpoint(&self.spec.job_id, id).await {
             Ok(()) => true,
             Err(e) => {
@@ -1376,16 +1523,38 @@ impl Runner {
         }
     }
 
+    /// Whether this run still owns the job's storage (no newer writer
+    /// epoch). A newer one fences it for good: the run ends without
+    /// deleting anything. A check that cannot be made skips this delete or
+    /// publish (tried again later).
+    async fn writer_ok(&self) -> bool {
+        if self.fenced.get().is_some() {
+            return false;
+        }
+        match self.storage.check_writer(&self.spec.job_id, self.epoch).await {
+            Ok(()) => true,
+            Err(e @ StorageError::Fenced { .. }) => {
+                tracing::error!(job = %self.spec.job_id, error = %e, "fenced");
+                let _ = self.fenced.set(e.to_string());
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the writer epoch; not deleting or publishing now");
+                false
+            }
+        }
+    }
+
     /// Cancels the execution, waits for all its threads, then deletes the
-    /// folders of the checkpoints that were pending.
+    /// folders of the checkpoints that were pending. The attempt ended with
+    /// a failure a restart may fix.
     async fn end_failed(
         &mut self,
         tracker: &mut CheckpointTracker,
         attempt: &mut Attempt,
         error: String,
-        fatal: bool,
     ) -> AttemptEnd {
-        self.end_failed_with(tracker, attempt, error, fatal, false)
+        self.end_failed_with(tracker, attempt, error, AttemptFailure::Transient)
             .await
     }
 
@@ -1394,8 +1563,7 @@ impl Runner {
         tracker: &mut CheckpointTracker,
         attempt: &mut Attempt,
         error: String,
-        fatal: bool,
-        during_restore: bool,
+        failure: AttemptFailure,
     ) -> AttemptEnd {
         let at = Instant::now();
         let aborted = tracker.abort_all(AbortReason::JobFailing);
@@ -1404,12 +1572,7 @@ impl Runner {
         for a in aborted {
             self.clean_up(tracker, a.id, &a.files).await;
         }
-        AttemptEnd::Failed {
-            error,
-            fatal,
-            during_restore,
-            at,
-        }
+        AttemptEnd::Failed { error, failure, at }
     }
 
     /// Cancels and joins the execution, then removes its local files.

@@ -11,22 +11,30 @@
 //!   checkpoints) and the execution (trigger, abort, notify, restart).
 //! - [`registry`]: reference counts of shared (incremental) state files,
 //!   with deferred release while checkpoints are pending.
+//! - [`workdir`]: the job's local directory: locked, emptied at start.
 //! - [`stats`]: checkpoint statistics in Flink's shape, for the API.
+//! - [`gc`]: the deletion rules users' deletes follow (pure).
 //! - [`sweep`]: classifying orphans (what crashed writers left) for deletion.
-//! - [`restore`]: picking the checkpoint to restore from storage.
+//! - [`recovery`]: the recovery policy (pure): which checkpoint to restore,
+//!   what a storage error means, fallback, exclusions, restarts.
+//! - [`restore`]: its I/O side: resolving a restore point from storage.
 
 pub mod error;
+pub mod gc;
 pub mod job;
+pub mod recovery;
 pub mod registry;
 pub mod restore;
 pub mod stats;
 pub mod sweep;
 pub mod tracker;
+pub mod workdir;
 
 pub use error::JobError;
 pub use job::{
-    spawn_job, AckRejection, DeleteRefusal, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
+    spawn_job, AckRejection, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
     JobStatus, SavepointInfo, TaskProgress,
 };
+pub use gc::DeleteRefusal;
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

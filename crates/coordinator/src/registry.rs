@@ -109,6 +109,7 @@ mod tests {
             complete_timestamp: 0,
             parallelism: 1,
             max_parallelism: 128,
+            writer_epoch: None,
             subtasks: vec![SubtaskState {
                 files: shared
                     .iter()

@@ -1,11 +1,15 @@
-//! Choosing the checkpoint to restore from, from storage alone.
+//! Resolving what a restore starts from, from storage alone: the I/O side
+//! of [`crate::recovery`] (which decides) for `latest`, and the lookups of
+//! a chosen checkpoint or savepoint.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use cutpoint_core::{CheckpointId, CheckpointMetadata, JobId, SavepointId};
-use cutpoint_storage::{CheckpointStorage, StorageError};
+use cutpoint_storage::{CheckpointListing, CheckpointStorage, StorageError};
 
+use crate::recovery::{newest_restorable, Candidate, Choice, MetadataRead};
 use crate::JobError;
 
 /// Which checkpoint a restore starts from.
@@ -131,26 +135,55 @@ pub async fn resolve(
             .map_err(savepoint_error(&sp)),
         RestoreFrom::SavepointPath(_) => unreachable!("by_id resolved the path"),
         RestoreFrom::Latest => {
-            let mut skipped = Vec::new();
-            for listing in storage.list_checkpoints(job).await? {
-                match listing.metadata {
-                    Ok(meta) => {
-                        for s in &skipped {
-                            tracing::warn!(job = %job, "skipped unusable checkpoint: {s}");
-                        }
-                        return Ok(meta);
+            let mut listings = storage.list_checkpoints(job).await?;
+            let candidates: Vec<Candidate> = listings.iter().map(candidate).collect();
+            match newest_restorable(&candidates, &BTreeSet::new()) {
+                Choice::Restore { id, skipped } => {
+                    for s in &skipped {
+                        tracing::warn!(job = %job, "skipped unusable checkpoint: {s}");
                     }
-                    Err(e) => skipped.push(format!("chk-{}: {e}", listing.checkpoint_id)),
+                    let at = listings
+                        .iter()
+                        .position(|l| l.checkpoint_id == id)
+                        .expect("chosen from the listing");
+                    Ok(listings.swap_remove(at).metadata.expect("readable"))
+                }
+                Choice::Nothing { skipped } => Err(JobError::NoCheckpoint {
+                    job: job.to_string(),
+                    detail: if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (unusable: {})", skipped.join("; "))
+                    },
+                }),
+                Choice::Unreachable { id, .. } => {
+                    let at = listings
+                        .iter()
+                        .position(|l| l.checkpoint_id == id)
+                        .expect("chosen from the listing");
+                    Err(JobError::Storage(
+                        listings.swap_remove(at).metadata.expect_err("unreachable"),
+                    ))
                 }
             }
-            Err(JobError::NoCheckpoint {
-                job: job.to_string(),
-                detail: if skipped.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (unusable: {})", skipped.join("; "))
-                },
-            })
         }
+    }
+}
+
+/// What a metadata read says to recovery: data errors make a checkpoint
+/// skippable, storage errors do not.
+pub fn candidate(l: &CheckpointListing) -> Candidate {
+    Candidate {
+        id: l.checkpoint_id,
+        read: read_outcome(&l.metadata),
+    }
+}
+
+/// [`MetadataRead`] of a metadata read's result.
+pub fn read_outcome<T>(r: &Result<T, StorageError>) -> MetadataRead {
+    match r {
+        Ok(_) => MetadataRead::Readable,
+        Err(e) if e.is_data_error() => MetadataRead::Unusable(e.to_string()),
+        Err(e) => MetadataRead::Unreachable(e.to_string()),
     }
 }

@@ -7,6 +7,11 @@
 //! anything this version does not recognise, and every folder that has a
 //! `_metadata` object (if it is not retained, it could not be read — a
 //! storage error or a newer format — and is left for a person to judge).
+//!
+//! While such an unaccounted `_metadata` exists, no shared file is swept at
+//! all: it may reference any of them, and nothing can tell which. The plan
+//! names the unaccounted checkpoints so the caller suspends every other
+//! shared-file delete too, and says why.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -16,6 +21,7 @@ use cutpoint_storage::JobObject;
 use crate::registry::SharedRegistry;
 
 /// What the sweep knows when it classifies.
+#[derive(Clone, Copy)]
 pub struct SweepFacts<'a> {
     pub objects: &'a [JobObject],
     pub retained: &'a BTreeSet<CheckpointId>,
@@ -26,8 +32,18 @@ pub struct SweepFacts<'a> {
     pub min_age_ms: u64,
 }
 
-/// Relative paths to delete, `_metadata` objects first.
-pub fn orphans(f: &SweepFacts<'_>) -> Vec<String> {
+/// What the sweep decided.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SweepPlan {
+    /// Relative paths to delete, `_metadata` objects first.
+    pub delete: Vec<String>,
+    /// Checkpoints with a `_metadata` that is neither retained nor pending
+    /// (it could not be read): while any exists, no shared file may go.
+    pub unaccounted: BTreeSet<CheckpointId>,
+}
+
+/// Classifies the objects of a job.
+pub fn orphans(f: &SweepFacts<'_>) -> SweepPlan {
     // A folder with a `_metadata` the coordinator does not retain could not
     // be read (storage error, newer version): never delete it blindly.
     let with_metadata: BTreeSet<CheckpointId> = f
@@ -37,6 +53,11 @@ pub fn orphans(f: &SweepFacts<'_>) -> Vec<String> {
             let (dir, name) = o.path.split_once('/')?;
             (name == "_metadata").then(|| cutpoint_storage::paths::parse_checkpoint_dir(dir))?
         })
+        .collect();
+    let unaccounted: BTreeSet<CheckpointId> = with_metadata
+        .iter()
+        .filter(|id| !f.retained.contains(id) && !f.pending.contains(id))
+        .copied()
         .collect();
     let mut out: Vec<String> = f
         .objects
@@ -52,14 +73,19 @@ pub fn orphans(f: &SweepFacts<'_>) -> Vec<String> {
                     && !with_metadata.contains(&id);
             }
             if first == "shared" && rest.is_some() {
-                return !f.registry.is_protected(&o.path) && !f.pending_files.contains(&o.path);
+                return unaccounted.is_empty()
+                    && !f.registry.is_protected(&o.path)
+                    && !f.pending_files.contains(&o.path);
             }
             false
         })
         .map(|o| o.path.clone())
         .collect();
     out.sort_by_key(|p| (!p.ends_with("/_metadata"), p.clone()));
-    out
+    SweepPlan {
+        delete: out,
+        unaccounted,
+    }
 }
 
 #[cfg(test)]
@@ -108,7 +134,7 @@ mod tests {
         }))
         .unwrap());
         registry.register(&meta);
-        let out = orphans(&SweepFacts {
+        let facts = SweepFacts {
             objects: &objects,
             retained: &retained,
             pending: &pending,
@@ -116,8 +142,30 @@ mod tests {
             registry: &registry,
             now_ms: 10_000,
             min_age_ms: 1000,
+        };
+        // chk-1 has a `_metadata` it cannot account for: its folder is left
+        // alone, and so is every shared file (it may reference any).
+        let plan = orphans(&facts);
+        assert_eq!(plan.delete, vec!["chk-5/agg/0/MANIFEST-9"]);
+        assert_eq!(plan.unaccounted, BTreeSet::from([CheckpointId(1)]));
+        // Without it, the unreferenced shared file goes too.
+        let without: Vec<_> = objects
+            .iter()
+            .filter(|o| o.path != "chk-1/_metadata")
+            .cloned()
+            .collect();
+        let plan = orphans(&SweepFacts {
+            objects: &without,
+            ..facts
         });
-        // chk-1 has a `_metadata` it cannot account for: left alone.
-        assert_eq!(out, vec!["chk-5/agg/0/MANIFEST-9", "shared/agg/0/b.sst"]);
+        assert_eq!(
+            plan.delete,
+            vec![
+                "chk-1/agg/0/MANIFEST-5",
+                "chk-5/agg/0/MANIFEST-9",
+                "shared/agg/0/b.sst"
+            ]
+        );
+        assert!(plan.unaccounted.is_empty());
     }
 }

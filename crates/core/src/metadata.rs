@@ -136,6 +136,10 @@ pub struct CheckpointMetadata {
     pub complete_timestamp: u64,
     pub parallelism: u32,
     pub max_parallelism: u32,
+    /// The writer epoch of the process that published it (one writer per
+    /// job: see the storage's `_writer/` objects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer_epoch: Option<u64>,
     pub subtasks: Vec<SubtaskState>,
 }
 
@@ -232,6 +236,7 @@ mod tests {
             complete_timestamp: 2,
             parallelism: 1,
             max_parallelism: 128,
+            writer_epoch: None,
             subtasks: vec![SubtaskState {
                 files: vec![StateFile {
                     path: path.into(),

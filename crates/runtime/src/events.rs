@@ -14,6 +14,35 @@ pub struct Barrier {
     pub trigger_timestamp: u64,
     /// Monotonic trigger instant, for alignment durations.
     pub triggered_at: Instant,
+    /// The checkpoint whose shared files this snapshot may reuse: the
+    /// newest one this run completed before the trigger (or the one it
+    /// restored from). `None`: reuse nothing, upload every file. Carried by
+    /// the barrier, so no notification can be missed or arrive late.
+    pub reuse: Option<CheckpointId>,
+}
+
+/// How bad a task's failure is: what the coordinator's recovery needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A restart may help (a task error, storage that did not answer).
+    Transient,
+    /// The state or input of the restored checkpoint is bad (a file missing
+    /// or corrupt, an offset that no longer fits the input): restoring the
+    /// same checkpoint again cannot work.
+    CorruptRestore,
+    /// Nothing a restart could fix.
+    Fatal,
+}
+
+impl FailureKind {
+    /// The kind of `e`, raised while restoring (`restoring`) or running.
+    pub fn of(e: &crate::RuntimeError, restoring: bool) -> Self {
+        match (e.is_fatal(), restoring) {
+            (false, _) => FailureKind::Transient,
+            (true, true) => FailureKind::CorruptRestore,
+            (true, false) => FailureKind::Fatal,
+        }
+    }
 }
 
 /// Messages from tasks to the coordinator.
@@ -32,14 +61,11 @@ pub enum TaskEvent {
         task: TaskId,
         reason: String,
     },
-    /// The task failed. `fatal` means retrying cannot help (e.g. the state to
-    /// restore is corrupt), so the job fails instead of restarting.
+    /// The task failed; `kind` says whether a restart can help.
     Failed {
         task: TaskId,
         error: String,
-        fatal: bool,
-        /// The task failed while restoring its state.
-        during_restore: bool,
+        kind: FailureKind,
     },
     /// A source read all its input and waits for the final checkpoint
     /// (only when the job takes one).

@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext, TaskCounters};
-use crate::worker::{AbortRegistry, WorkerSignal};
-use crate::{Barrier, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
+use crate::worker::AbortRegistry;
+use crate::{
+    Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR,
+};
 
 /// Everything needed to start one attempt.
 pub struct ExecutionConfig {
@@ -40,7 +42,6 @@ pub struct ExecutionConfig {
 /// A running attempt of a job.
 pub struct Execution {
     sources: Vec<Sender<SourceControl>>,
-    workers: Vec<Sender<WorkerSignal>>,
     commits: Vec<Sender<CheckpointId>>,
     aborts: Arc<AbortRegistry>,
     cancel: CancellationToken,
@@ -158,12 +159,9 @@ impl Execution {
             threads.push(spawn(&ctx, task.clone(), move || t.run()));
             tasks.push(task);
         }
-        let mut workers = Vec::new();
         let mut commit_senders = Vec::new();
         for (a, (inputs, priority)) in agg_inputs.into_iter().zip(priority_rx).enumerate() {
             let task = TaskId::new(&agg_op, a as u32);
-            let (signal_tx, signals) = crossbeam_channel::unbounded();
-            workers.push(signal_tx);
             let (commit_tx, commits) = crossbeam_channel::unbounded();
             commit_senders.push(commit_tx);
             let base = cfg.local_dir.join(format!("agg-{a}"));
@@ -175,12 +173,12 @@ impl Execution {
                 counters: c,
                 range: KeyGroupRange::for_subtask(spec.max_parallelism, aggs_n, a as u32),
                 restore: agg_states.clone(),
+                restored_from: cfg.restore.as_ref().map(|m| m.checkpoint_id),
                 dirs: LocalDirs {
                     db: base.join("db"),
                     scratch: base.join("scratch"),
                 },
                 inputs,
-                signals,
                 commits,
                 priority,
             };
@@ -189,12 +187,10 @@ impl Execution {
             threads.push(spawn(&ctx, task.clone(), move || {
                 let (state, replay) = t.open_state().map_err(|e| {
                     // A failed restore is reported as such, with the file named.
-                    let fatal = e.is_fatal();
                     let _ = events.send(TaskEvent::Failed {
                         task: id,
                         error: format!("restore failed: {e}"),
-                        fatal,
-                        during_restore: true,
+                        kind: FailureKind::of(&e, true),
                     });
                     RuntimeError::Cancelled
                 })?;
@@ -204,7 +200,6 @@ impl Execution {
         }
         Ok(Self {
             sources: controls,
-            workers,
             commits: commit_senders,
             aborts: ctx.aborts.clone(),
             cancel,
@@ -241,15 +236,11 @@ impl Execution {
         self.aborts.abort(id);
     }
 
-    /// Checkpoint `id` completed. Call before triggering any later
-    /// checkpoint: snapshot workers rely on seeing this first (it decides
-    /// which shared files they may reuse).
+    /// Checkpoint `id` completed: sinks commit up to it. (Which shared files
+    /// a snapshot may reuse travels with each barrier, not with this.)
     pub fn notify_complete(&self, id: CheckpointId) {
         self.any_completed.store(true, Ordering::SeqCst);
         self.aborts.forget_below(id);
-        for w in &self.workers {
-            let _ = w.send(WorkerSignal::Completed(id));
-        }
         for c in &self.commits {
             let _ = c.send(id);
         }
@@ -301,23 +292,18 @@ fn spawn(
                     tracing::debug!(%task, error = %e, "task stopped after cancellation");
                     None
                 }
-                Ok(Err(e)) => Some((e.to_string(), e.is_fatal())),
+                Ok(Err(e)) => Some((e.to_string(), FailureKind::of(&e, false))),
                 Err(panic) => {
                     let msg = panic
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "panic".into());
-                    Some((format!("task panicked: {msg}"), false))
+                    Some((format!("task panicked: {msg}"), FailureKind::Transient))
                 }
             };
-            if let Some((error, fatal)) = failure {
-                let _ = events.send(TaskEvent::Failed {
-                    task,
-                    error,
-                    fatal,
-                    during_restore: false,
-                });
+            if let Some((error, kind)) = failure {
+                let _ = events.send(TaskEvent::Failed { task, error, kind });
             }
         })
         .expect("spawn task thread")

@@ -31,9 +31,9 @@ mod task;
 mod worker;
 
 pub use error::RuntimeError;
-pub use events::{Barrier, TaskEvent};
+pub use events::{Barrier, FailureKind, TaskEvent};
 pub use execution::{Execution, ExecutionConfig};
-pub use task::TaskCounters;
+pub use task::{TaskCounters, BUDGET_CAP};
 
 /// Operator id of the source tasks.
 pub const SOURCE_OPERATOR: &str = "source";

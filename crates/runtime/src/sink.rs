@@ -2,7 +2,9 @@
 //!
 //! `discard`, `stdout` and `file` are not transactional: after a restore,
 //! updates since the restored checkpoint are written again (at-least-once
-//! output). `transactional_file` is a two-phase-commit sink
+//! output). Repeated, never torn: the `file` sink cuts a partial last line
+//! (a crash in the middle of a write) before it appends, so every line of
+//! its output is one whole record. `transactional_file` is a two-phase-commit sink
 //! ([`TwoPhaseCommitSink`], [`TxnFileSink`]): exactly-once output.
 
 use std::fs::{File, OpenOptions};
@@ -84,6 +86,38 @@ pub fn read_output(dir: &Path) -> Result<FileOutput, RuntimeError> {
     Ok(out)
 }
 
+/// Truncates `path` after its last newline, so appending never glues a new
+/// record to a torn one; returns the bytes cut (0 if the file is missing,
+/// empty or whole).
+fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Scan back from the end for the last newline.
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(chunk)?;
+        if let Some(i) = chunk.iter().rposition(|b| *b == b'\n') {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        f.set_len(end)?;
+        f.sync_all()?;
+    }
+    Ok(len - end)
+}
+
 fn write_update(w: &mut dyn Write, key: &Key, value: i64) -> std::io::Result<()> {
     match key {
         Key::Int(k) => writeln!(w, "{{\"key\":{k},\"value\":{value}}}"),
@@ -109,6 +143,10 @@ impl Sink {
             SinkSpec::File { dir } => {
                 std::fs::create_dir_all(dir).map_err(|e| sink_err(dir, e))?;
                 let path = dir.join(format!("part-{subtask}.jsonl"));
+                let cut = cut_torn_tail(&path).map_err(|e| sink_err(&path, e))?;
+                if cut > 0 {
+                    tracing::warn!(path = %path.display(), bytes = cut, "cut a partial last line (the previous run stopped mid-write)");
+                }
                 let f = OpenOptions::new()
                     .create(true)
                     .append(true)
@@ -409,5 +447,27 @@ mod tests {
         assert!(!before.is_empty());
         let _b = TxnFileSink::open(d.path(), 0, &p1).unwrap();
         assert_eq!(std::fs::read_to_string(&committed).unwrap(), before);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_appending() {
+        let d = tempfile::tempdir().unwrap();
+        let spec = SinkSpec::File {
+            dir: d.path().to_path_buf(),
+        };
+        let part = d.path().join("part-0.jsonl");
+        // A crash in the middle of the second record's write.
+        std::fs::write(&part, "{\"key\":1,\"value\":5}\n{\"key\":\"app-").unwrap();
+        let mut sink = Sink::open(&spec, 0, &[]).unwrap();
+        sink.emit(&Key::Int(2), 7).unwrap();
+        sink.finish().unwrap();
+        let out = read_output(d.path()).unwrap();
+        assert_eq!(out.updates[&Key::Int(1)], vec![5]);
+        assert_eq!(out.updates[&Key::Int(2)], vec![7]);
+        // Torn without any newline at all: nothing of it stays.
+        std::fs::write(&part, "{\"key\":3,\"va").unwrap();
+        assert_eq!(cut_torn_tail(&part).unwrap(), 12);
+        assert_eq!(std::fs::read(&part).unwrap(), b"");
+        assert_eq!(cut_torn_tail(&d.path().join("missing")).unwrap(), 0);
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{self, Message, BATCH_SIZE};
 use crate::sink::Sink;
 use crate::source::open_reader;
-use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerJob, WorkerSignal};
+use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
 
 /// What every task of one execution shares.
@@ -238,6 +238,25 @@ impl SourceTask {
     }
 }
 
+/// The working table may run ahead of the write-behind up to this many
+/// budgets; beyond, the task waits for the snapshot worker (back-pressure).
+pub const BUDGET_CAP: usize = 2;
+
+/// Waits until the worker has written every delta it was handed.
+fn wait_written(
+    applied: &AtomicU64,
+    handed: u64,
+    cancel: &CancellationToken,
+) -> Result<(), RuntimeError> {
+    while applied.load(Ordering::SeqCst) != handed {
+        if cancel.is_cancelled() {
+            return Err(RuntimeError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
 pub(crate) struct AggregateTask {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
@@ -245,9 +264,10 @@ pub(crate) struct AggregateTask {
     pub range: KeyGroupRange,
     /// State of the old aggregate subtasks to restore from (empty: fresh).
     pub restore: Vec<SubtaskState>,
+    /// The checkpoint restored from (its shared files may be reused).
+    pub restored_from: Option<CheckpointId>,
     pub dirs: LocalDirs,
     pub inputs: Vec<Receiver<Message>>,
-    pub signals: Receiver<WorkerSignal>,
     /// Completed checkpoints, for the sink's commits.
     pub commits: Receiver<CheckpointId>,
     /// Unaligned mode: barriers that overtake the data channels.
@@ -456,6 +476,12 @@ impl AggregateTask {
         let state = if self.restore.is_empty() {
             snapshot::open_empty(&self.dirs, maxp)?
         } else {
+            // Under a memory budget the table reads through from RocksDB
+            // instead of loading the whole range.
+            let load = match self.ctx.spec.state.memory_budget_mb {
+                Some(_) => snapshot::TableLoad::Lazy,
+                None => snapshot::TableLoad::Eager,
+            };
             snapshot::restore(
                 &self.ctx.rt,
                 &self.ctx.storage,
@@ -464,6 +490,7 @@ impl AggregateTask {
                 self.range,
                 &self.dirs,
                 maxp,
+                load,
             )?
         };
         let replay = cutpoint_state::channel::read_channel_state(
@@ -488,6 +515,7 @@ impl AggregateTask {
             store,
             mut table,
             confirmed,
+            on_disk,
         } = state;
         let pending: &[PendingTransaction] = self
             .restore
@@ -503,7 +531,7 @@ impl AggregateTask {
         let mut handed: u64 = 0;
         let budget = ctx.spec.state.budget_entries(ctx.spec.parallelism);
         if let Some(b) = budget {
-            table.set_budget(store.reader(), b, false);
+            table.set_budget(store.reader(), b, on_disk);
             table.evict_clean();
         }
         let worker = Worker {
@@ -512,8 +540,8 @@ impl AggregateTask {
             range: self.range,
             store,
             job: JobId::clone(&ctx.spec.job_id),
-            signals: self.signals.clone(),
             confirmed,
+            confirmed_from: self.restored_from,
             pending: Default::default(),
             scratch: self.dirs.scratch.clone(),
             applied: applied.clone(),
@@ -739,6 +767,13 @@ impl AggregateTask {
                     if let Some(e) = table.take_error() {
                         break Err(e.into());
                     }
+                    // A hard cap: far over the budget, wait for the worker to
+                    // write what it was handed, so clean entries can go.
+                    if budget.is_some_and(|b| table.len() > b * BUDGET_CAP) && collecting.is_none() {
+                        if let Err(e) = wait_written(&applied, handed, &ctx.cancel) {
+                            break Err(e);
+                        }
+                    }
                     if table.over_budget() && applied.load(Ordering::SeqCst) == handed {
                         table.evict_clean();
                         // Mostly dirty: write it behind; evictable once written.
@@ -843,11 +878,11 @@ impl AggregateTask {
             // The final state in full: what is left in memory written, then
             // everything read back (the job's result, not a hot path).
             store.apply(table.freeze())?;
-            let mut full = cutpoint_state::StateTable::new();
-            store.scan(self.range, |k, v| full.load(k, v))?;
+            let mut all = Vec::new();
+            store.scan(self.range, |k, v| all.push((k, v)))?;
             let (evicted, read_through) = table.budget_stats();
-            tracing::debug!(task = %self.task, evicted, read_through, "memory budget");
-            table = full;
+            tracing::debug!(task = %self.task, evicted, read_through, peak = table.peak_len(), "memory budget");
+            table = cutpoint_state::StateTable::materialized(all, &table);
         }
         // Only a task whose snapshots all succeeded makes its last epoch final.
         sink.finish()?;

@@ -23,6 +23,12 @@ use crate::{Barrier, TaskEvent};
 
 /// Cancellation tokens per checkpoint, children of the execution's token:
 /// aborting checkpoint `n` cancels its uploads everywhere.
+///
+/// Bounded: tokens are dropped below each completed checkpoint, and only
+/// the newest [`AbortRegistry::KEEP`] are kept while checkpoints keep
+/// failing. A snapshot that finds no token for an old checkpoint uploads
+/// and acks it; the coordinator treats that as a late ack of an aborted
+/// checkpoint and deletes its files: wasted work, never wrong.
 #[derive(Debug)]
 pub(crate) struct AbortRegistry {
     parent: CancellationToken,
@@ -37,13 +43,19 @@ impl AbortRegistry {
         }
     }
 
+    /// Tokens kept at most.
+    pub(crate) const KEEP: usize = 64;
+
     pub(crate) fn token(&self, id: CheckpointId) -> CancellationToken {
-        self.tokens
-            .lock()
-            .unwrap()
+        let mut tokens = self.tokens.lock().unwrap();
+        let token = tokens
             .entry(id)
             .or_insert_with(|| self.parent.child_token())
-            .clone()
+            .clone();
+        while tokens.len() > Self::KEEP {
+            tokens.pop_first();
+        }
+        token
     }
 
     pub(crate) fn abort(&self, id: CheckpointId) {
@@ -77,23 +89,18 @@ pub(crate) enum WorkerJob {
     Spill(FrozenDelta),
 }
 
-/// Coordinator notifications to a worker.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WorkerSignal {
-    /// Checkpoint `n` completed: its shared files may be reused.
-    Completed(CheckpointId),
-}
-
 pub(crate) struct Worker {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
     pub range: KeyGroupRange,
     pub store: RocksStore,
     pub job: JobId,
-    pub signals: Receiver<WorkerSignal>,
-    /// Shared files of the newest completed checkpoint this worker knows.
+    /// Shared files of `confirmed_from`, reusable by the next snapshot.
     pub confirmed: ConfirmedFiles,
-    /// Files of snapshots acked but not yet known to be complete.
+    /// The completed checkpoint `confirmed` belongs to.
+    pub confirmed_from: Option<CheckpointId>,
+    /// Files of the newest snapshots acked (at most `max_concurrent`: only
+    /// those can still complete and become a base).
     pub pending: BTreeMap<CheckpointId, Vec<StateFile>>,
     /// Local scratch space (channel state files before upload).
     pub scratch: std::path::PathBuf,
@@ -122,8 +129,7 @@ impl Worker {
                         let _ = self.ctx.events.send(TaskEvent::Failed {
                             task: self.task.clone(),
                             error: format!("snapshot worker: {e}"),
-                            fatal: false,
-                            during_restore: false,
+                            kind: crate::FailureKind::Transient,
                         });
                         return Err(e);
                     }
@@ -138,23 +144,40 @@ impl Worker {
         }
     }
 
-    /// Applies completion notifications. The coordinator sends
-    /// `Completed(n)` before it triggers any later checkpoint, so a snapshot
-    /// started after that sees it here and reuses only files that the
-    /// retained checkpoint `n` references.
-    fn drain_signals(&mut self) {
-        while let Ok(WorkerSignal::Completed(id)) = self.signals.try_recv() {
-            if let Some(files) = self.pending.remove(&id) {
-                self.confirmed = shared_files(&files);
+    /// Makes `confirmed` the shared files of `base`, the completed
+    /// checkpoint the barrier says this snapshot may build on: its own
+    /// earlier snapshot, or the restored one. A base this worker has no
+    /// files of (or none) means nothing is reused. Snapshots up to `base`
+    /// can never be a base again.
+    fn use_base(&mut self, base: Option<CheckpointId>) {
+        if base != self.confirmed_from {
+            match base.and_then(|b| self.pending.remove(&b)) {
+                Some(files) => self.confirmed = shared_files(&files),
+                None => self.confirmed.clear(),
             }
-            self.pending.retain(|k, _| *k > id);
+            self.confirmed_from = base;
+        }
+        if let Some(b) = base {
+            self.pending.retain(|k, _| *k > b);
+        }
+    }
+
+    /// Remembers the files of an acked snapshot. A base is the newest
+    /// checkpoint completed before a trigger; at most `max_concurrent` are
+    /// in flight, so older entries (aborted, or completed and subsumed)
+    /// can go.
+    fn remember(&mut self, id: CheckpointId, files: Vec<StateFile>) {
+        self.pending.insert(id, files);
+        let keep = self.ctx.spec.checkpoint.max_concurrent.max(1) as usize;
+        while self.pending.len() > keep {
+            self.pending.pop_first();
         }
     }
 
     fn snapshot(&mut self, job: SnapshotJob) -> Result<(), StateError> {
         let started = Instant::now();
         let id = job.barrier.id;
-        self.drain_signals();
+        self.use_base(job.barrier.reuse);
         let token = self.ctx.aborts.token(id);
         let entries = job.delta.entries.len();
         self.store.apply(job.delta)?;
@@ -185,13 +208,25 @@ impl Worker {
             ))
             .and_then(|up| {
                 let records = job.channel_state.as_deref().unwrap_or(&[]);
-                let channel = cutpoint_state::channel::upload_channel_state(
+                match cutpoint_state::channel::upload_channel_state(
                     &self.ctx.rt,
                     &target,
                     records,
                     &self.scratch,
-                )?;
-                Ok((up, channel))
+                    &token,
+                ) {
+                    Ok(channel) => Ok((up, channel)),
+                    Err(e) => {
+                        // No ack will name the state files just uploaded:
+                        // delete them, so a failed snapshot leaves nothing.
+                        let _ = self.ctx.rt.block_on(
+                            self.ctx
+                                .storage
+                                .delete_state_files(&self.job, &up.uploaded_paths),
+                        );
+                        Err(e)
+                    }
+                }
             });
         let _ = std::fs::remove_dir_all(&dir);
         tracing::debug!(
@@ -205,7 +240,7 @@ impl Worker {
         );
         let event = match uploaded {
             Ok((up, channel)) => {
-                self.pending.insert(id, up.files.clone());
+                self.remember(id, up.files.clone());
                 TaskEvent::Ack {
                     checkpoint: id,
                     state: Box::new(SubtaskState {

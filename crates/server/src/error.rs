@@ -147,7 +147,9 @@ impl From<JobError> for ApiError {
                 ApiError::not_found(e.to_string())
             }
             JobError::Restore(_) => ApiError::new(ErrorKind::Data, e.to_string()),
-            JobError::Cancelled | JobError::Failed { .. } => ApiError::conflict(e.to_string()),
+            JobError::Cancelled | JobError::Failed { .. } | JobError::WorkDirInUse { .. } => {
+                ApiError::conflict(e.to_string())
+            }
             _ => ApiError::new(ErrorKind::Internal, e.to_string()),
         }
     }

@@ -417,25 +417,30 @@ pub async fn delete_checkpoint(
     }
     // The job does not run here: work on storage alone.
     let listing = st.storage.list_checkpoints(&job).await?;
-    let metas: Vec<_> = listing
-        .into_iter()
-        .filter_map(|l| l.metadata.ok())
-        .collect();
-    if !metas.iter().any(|m| m.checkpoint_id == id) {
-        return Err(ApiError::not_found(format!(
-            "checkpoint {id} of job {job} is not a restorable checkpoint in storage"
-        )));
+    let mut metas = Vec::new();
+    let mut unreadable = false;
+    for l in listing {
+        match l.metadata {
+            Ok(m) => metas.push(m),
+            Err(e) if e.is_data_error() => unreadable = true,
+            Err(e) => return Err(e.into()),
+        }
     }
-    if metas.len() == 1 && !force {
-        return Err(ApiError::conflict(format!("checkpoint {id} is the only restorable checkpoint of job {job}; pass ?force=true to delete it")));
-    }
+    let ids: Vec<_> = metas.iter().map(|m| m.checkpoint_id).collect();
+    cutpoint_coordinator::gc::may_delete(id, &ids, None, force)?;
     let mut registry = SharedRegistry::new();
     for m in &metas {
         registry.register(m);
     }
     let free = registry.release(id, None, None);
     st.storage.delete_checkpoint(&job, id).await?;
-    st.storage.delete_state_files(&job, &free).await?;
+    if unreadable {
+        // A checkpoint whose metadata cannot be read may reference any
+        // shared file: keep them all (a later sweep collects them).
+        tracing::warn!(job = %job, checkpoint = %id, "shared files kept: a checkpoint with unreadable _metadata may reference them");
+    } else {
+        st.storage.delete_state_files(&job, &free).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -21,12 +21,15 @@ pub const CHANNEL_STATE_FILE: &str = "channel-state.jsonl";
 
 /// Writes `records` to `scratch` and uploads them as the channel state of
 /// `target`; `None` when nothing was in flight. Runs the upload on `rt`;
-/// call it from a plain thread.
+/// call it from a plain thread. Stops with [`StateError::Cancelled`] when
+/// `cancel` fires (the checkpoint was aborted), after deleting what the
+/// upload may have written.
 pub fn upload_channel_state(
     rt: &tokio::runtime::Handle,
     target: &SnapshotTarget<'_>,
     records: &[(u32, Record)],
     scratch: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<StateFile>, StateError> {
     if records.is_empty() {
         return Ok(None);
@@ -43,14 +46,26 @@ pub fn upload_channel_state(
         w.flush()
     };
     write().map_err(|e| StateError::io(&local, e))?;
-    let uploaded = rt.block_on(target.storage.upload_file(
-        target.job,
-        StateScope::Checkpoint(target.checkpoint),
-        target.operator,
-        target.subtask,
-        &local,
-        CHANNEL_STATE_FILE,
-    ));
+    let scope = StateScope::Checkpoint(target.checkpoint);
+    let uploaded = rt.block_on(async {
+        let upload = target.storage.upload_file(
+            target.job,
+            scope,
+            target.operator,
+            target.subtask,
+            &local,
+            CHANNEL_STATE_FILE,
+        );
+        tokio::select! {
+            r = upload => r.map_err(StateError::from),
+            _ = cancel.cancelled() => {
+                let relative = cutpoint_storage::JobPaths::state_file_relative(
+                    scope, target.operator, target.subtask, CHANNEL_STATE_FILE);
+                let _ = target.storage.delete_state_file(target.job, &relative).await;
+                Err(StateError::Cancelled)
+            }
+        }
+    });
     let _ = std::fs::remove_file(&local);
     Ok(Some(uploaded?))
 }

@@ -22,6 +22,8 @@ pub enum StateError {
     },
     #[error("state in {dir} holds an undecodable entry: {reason}")]
     CorruptState { dir: String, reason: String },
+    #[error("local state directory {path} is not empty: a fresh start or a restore never opens state left behind")]
+    NotEmpty { path: String },
     #[error("snapshot cancelled (checkpoint aborted)")]
     Cancelled,
     #[error(transparent)]

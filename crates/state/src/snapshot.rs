@@ -56,6 +56,9 @@ pub struct UploadedSnapshot {
     pub uploaded_bytes: u64,
     pub uploaded_files: u32,
     pub reused_files: u32,
+    /// Relative paths of the files this upload wrote (not the reused ones):
+    /// what to delete if the snapshot is not acknowledged after all.
+    pub uploaded_paths: Vec<String>,
 }
 
 impl UploadedSnapshot {
@@ -142,6 +145,8 @@ pub async fn upload_snapshot(
         })
         .collect();
     let mut out = UploadedSnapshot::default();
+    // Paths another writer had already created: never ours to delete.
+    let theirs = std::sync::Mutex::new(std::collections::HashSet::new());
     let mut planned = Vec::new();
     let mut uploads = Vec::new();
     for plan in &plans {
@@ -155,20 +160,25 @@ pub async fn upload_snapshot(
                 scope,
                 remote,
             } => {
-                planned.push(JobPaths::state_file_relative(
-                    *scope,
-                    target.operator,
-                    target.subtask,
-                    remote,
-                ));
-                uploads.push(target.storage.upload_file(
+                let relative =
+                    JobPaths::state_file_relative(*scope, target.operator, target.subtask, remote);
+                planned.push(relative.clone());
+                let theirs = &theirs;
+                let upload = target.storage.upload_file(
                     target.job,
                     *scope,
                     target.operator,
                     target.subtask,
                     local,
                     remote,
-                ));
+                );
+                uploads.push(async move {
+                    let r = upload.await;
+                    if let Err(cutpoint_storage::StorageError::AlreadyExists { .. }) = &r {
+                        theirs.lock().expect("theirs").insert(relative);
+                    }
+                    r
+                });
             }
         }
     }
@@ -189,13 +199,18 @@ pub async fn upload_snapshot(
             for h in handles {
                 out.uploaded_files += 1;
                 out.uploaded_bytes += h.size;
+                out.uploaded_paths.push(h.path.clone());
                 out.files.push(h);
             }
             out.files.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(out)
         }
         Err(e) => {
-            // Remove whatever may have landed; the orphan sweep catches the rest.
+            // Remove whatever may have landed (but what existed before:
+            // a create-only put that found it did not write it); the
+            // orphan sweep catches the rest.
+            let theirs = theirs.lock().expect("theirs").clone();
+            planned.retain(|p| !theirs.contains(p));
             let _ = target
                 .storage
                 .delete_state_files(target.job, &planned)
@@ -233,7 +248,23 @@ pub struct RestoredState {
     pub store: RocksStore,
     pub table: StateTable,
     pub confirmed: ConfirmedFiles,
+    /// RocksDB holds entries the table does not (a lazy restore): reads
+    /// must go through to it.
+    pub on_disk: bool,
 }
+
+/// Whether a restore loads the working table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableLoad {
+    /// Every entry of the range into the table (state that fits memory).
+    Eager,
+    /// Nothing: the table starts empty and reads through from RocksDB, so
+    /// a restore under a memory budget stays within it.
+    Lazy,
+}
+
+/// Entries written per batch when a rescaled restore merges old subtasks.
+const MERGE_BATCH: usize = 64 * 1024;
 
 /// Where a keyed subtask keeps its local files.
 #[derive(Debug, Clone)]
@@ -242,17 +273,38 @@ pub struct LocalDirs {
     pub scratch: PathBuf,
 }
 
-/// Opens an empty state for a fresh start.
+/// Fails unless `dir` is missing or empty: state is only ever what this
+/// attempt restores or builds, never files an earlier process left.
+fn ensure_empty(dir: &Path) -> Result<(), StateError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => match entries.count() {
+            0 => Ok(()),
+            _ => Err(StateError::NotEmpty {
+                path: dir.display().to_string(),
+            }),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StateError::io(dir, e)),
+    }
+}
+
+/// Opens an empty state for a fresh start (in a missing or empty `db`).
 pub fn open_empty(dirs: &LocalDirs, max_parallelism: u32) -> Result<RestoredState, StateError> {
+    ensure_empty(&dirs.db)?;
     Ok(RestoredState {
         store: RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?,
         table: StateTable::new(),
         confirmed: ConfirmedFiles::new(),
+        on_disk: false,
     })
 }
 
 /// Restores the state of the subtask owning `range` from the old subtasks'
-/// handles. Runs downloads on `rt`; call it from a plain thread.
+/// handles, loading the table as `load` says. Runs downloads on `rt`; call
+/// it from a plain thread. Memory stays bounded by the batch size (plus
+/// the table, if `Eager`): a rescaled restore streams the old subtasks'
+/// entries into RocksDB in batches.
+#[allow(clippy::too_many_arguments)]
 pub fn restore(
     rt: &tokio::runtime::Handle,
     storage: &CheckpointStorage,
@@ -261,7 +313,9 @@ pub fn restore(
     range: KeyGroupRange,
     dirs: &LocalDirs,
     max_parallelism: u32,
+    load: TableLoad,
 ) -> Result<RestoredState, StateError> {
+    ensure_empty(&dirs.db)?;
     let intersecting: Vec<&SubtaskState> = old
         .iter()
         .filter(|s| s.key_group_range.is_some_and(|r| r.intersects(&range)))
@@ -279,7 +333,6 @@ pub fn restore(
         RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?
     } else {
         let mut store = RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?;
-        let mut merged = FrozenDelta::default();
         for (i, s) in intersecting.iter().enumerate() {
             let tmp = dirs.scratch.join(format!("restore-{i}"));
             rt.block_on(download_files(storage, job, &s.files, &tmp))?;
@@ -288,20 +341,39 @@ pub fn restore(
                 &dirs.scratch.join(format!("restore-{i}-scratch")),
                 max_parallelism,
             )?;
-            old_db.scan(range, |k, v| {
-                merged.entries.insert(k, v);
-            })?;
+            copy_range(&old_db, &mut store, range)?;
             drop(old_db);
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        store.apply(merged)?;
         store
     };
     let mut table = StateTable::new();
-    store.scan(range, |k, v| table.load(k, v))?;
+    if load == TableLoad::Eager {
+        store.scan(range, |k, v| table.load(k, v))?;
+    }
     Ok(RestoredState {
         store,
         table,
         confirmed,
+        on_disk: load == TableLoad::Lazy,
     })
+}
+
+/// Copies the entries of `range` from `from` into `to`, in batches.
+fn copy_range(from: &RocksStore, to: &mut RocksStore, range: KeyGroupRange) -> Result<(), StateError> {
+    let mut batch = FrozenDelta::default();
+    let mut failed = None;
+    from.scan(range, |k, v| {
+        batch.entries.insert(k, v);
+        if batch.entries.len() >= MERGE_BATCH && failed.is_none() {
+            if let Err(e) = to.apply(std::mem::take(&mut batch)) {
+                failed = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    to.apply(batch)?;
+    Ok(())
 }

@@ -43,6 +43,9 @@ pub struct StateTable {
     table: FxHashMap<Key, i64>,
     delta: FxHashMap<Key, i64>,
     backing: Option<Backing>,
+    /// The most entries the table held at once (what the memory budget
+    /// bounds).
+    peak: usize,
 }
 
 impl StateTable {
@@ -61,6 +64,7 @@ impl StateTable {
             None => {
                 let v = self.stored(&key) + value;
                 self.table.insert(key.clone(), v);
+                self.peak = self.peak.max(self.table.len());
                 v
             }
         };
@@ -173,6 +177,22 @@ impl StateTable {
     /// Loads a restored entry (not counted as a change: it is in RocksDB).
     pub fn load(&mut self, key: Key, value: i64) {
         self.table.insert(key, value);
+        self.peak = self.peak.max(self.table.len());
+    }
+
+    /// The most entries the table held at once.
+    pub fn peak_len(&self) -> usize {
+        self.peak
+    }
+
+    /// A table of `entries` (the final state of a budgeted job, read back
+    /// from RocksDB) that reports `working` table's peak, not its own size.
+    pub fn materialized(entries: impl IntoIterator<Item = (Key, i64)>, working: &Self) -> Self {
+        Self {
+            table: entries.into_iter().collect(),
+            peak: working.peak,
+            ..Self::default()
+        }
     }
 
     /// All entries, in no particular order.

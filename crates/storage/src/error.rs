@@ -51,6 +51,8 @@ pub enum StorageError {
         line: usize,
         reason: String,
     },
+    #[error("job {job}: writer epoch {epoch} is fenced: writer epoch {newer} took over the job's storage (one writer per job); this writer stops and deletes nothing")]
+    Fenced { job: String, epoch: u64, newer: u64 },
     #[error(transparent)]
     FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }

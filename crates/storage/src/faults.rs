@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use object_store::{
 pub enum FaultOp {
     Put,
     Get,
+    /// `head` (existence and size), apart from `get`: a store can answer
+    /// one and fail the other.
+    Head,
     Delete,
     List,
     /// One part of a multipart upload (`put` matches its start): a failing
@@ -34,6 +38,9 @@ pub enum FaultOp {
 pub enum FaultAction {
     /// Fail with a generic store error.
     Fail,
+    /// Run the operation, then report a failure anyway (a write that landed
+    /// but whose answer was lost, e.g. to a timeout).
+    FailAfter,
     /// Wait, then run the operation (a long delay is a hang; dropping the
     /// future during the wait means the operation never happens).
     Delay(Duration),
@@ -53,8 +60,9 @@ pub struct FaultRule {
 impl FaultRule {
     /// Parses rules written as `op:path_contains:action[*times]`, separated
     /// by `;` — e.g. `put:/chk-3/agg/0/MANIFEST:delay=600000` or
-    /// `get:shared/:fail*2`. Ops: put, get, delete, list, any; actions:
-    /// `fail`, `delay=MS`. (The `CUTPOINT_FAULTS` variable of the binary.)
+    /// `get:shared/:fail*2`. Ops: put, get, head, delete, list, part, any;
+    /// actions: `fail`, `fail-after` (the operation happens, its answer is
+    /// an error), `delay=MS`. (The `CUTPOINT_FAULTS` variable of the binary.)
     /// `part` matches the parts of multipart uploads.
     pub fn parse_list(text: &str) -> Result<Vec<FaultRule>, String> {
         text.split(';')
@@ -66,11 +74,12 @@ impl FaultRule {
                 let op = match parts.next().unwrap_or("") {
                     "put" => FaultOp::Put,
                     "get" => FaultOp::Get,
+                    "head" => FaultOp::Head,
                     "delete" => FaultOp::Delete,
                     "list" => FaultOp::List,
                     "part" => FaultOp::Part,
                     "any" => FaultOp::Any,
-                    _ => return Err(err("op must be put, get, delete, list, part or any")),
+                    _ => return Err(err("op must be put, get, head, delete, list, part or any")),
                 };
                 let path_contains = parts.next().ok_or_else(|| err("missing path"))?.to_string();
                 let action = parts.next().ok_or_else(|| err("missing action"))?;
@@ -80,9 +89,10 @@ impl FaultRule {
                 };
                 let action = match action {
                     "fail" => FaultAction::Fail,
+                    "fail-after" => FaultAction::FailAfter,
                     a => match a.strip_prefix("delay=").map(str::parse::<u64>) {
                         Some(Ok(ms)) => FaultAction::Delay(Duration::from_millis(ms)),
-                        _ => return Err(err("action must be fail or delay=MS")),
+                        _ => return Err(err("action must be fail, fail-after or delay=MS")),
                     },
                 };
                 Ok(FaultRule {
@@ -100,6 +110,8 @@ impl FaultRule {
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     rules: Rules,
+    /// Multipart uploads started and neither completed nor aborted.
+    open_uploads: Arc<AtomicUsize>,
 }
 
 type Rules = Arc<Mutex<Vec<FaultRule>>>;
@@ -131,6 +143,16 @@ struct FaultyUpload {
     inner: Box<dyn MultipartUpload>,
     rules: Rules,
     path: Path,
+    open_uploads: Arc<AtomicUsize>,
+    open: bool,
+}
+
+impl FaultyUpload {
+    fn settled(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.open_uploads.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 #[async_trait]
@@ -141,6 +163,14 @@ impl MultipartUpload for FaultyUpload {
             Some(FaultAction::Fail) => {
                 let e = injected(FaultOp::Part, &self.path);
                 Box::pin(async move { Err(e) })
+            }
+            Some(FaultAction::FailAfter) => {
+                let part = self.inner.put_part(data);
+                let e = injected(FaultOp::Part, &self.path);
+                Box::pin(async move {
+                    part.await?;
+                    Err(e)
+                })
             }
             Some(FaultAction::Delay(d)) => {
                 let part = self.inner.put_part(data);
@@ -153,11 +183,15 @@ impl MultipartUpload for FaultyUpload {
     }
 
     async fn complete(&mut self) -> Result<PutResult> {
-        self.inner.complete().await
+        let r = self.inner.complete().await;
+        self.settled();
+        r
     }
 
     async fn abort(&mut self) -> Result<()> {
-        self.inner.abort().await
+        let r = self.inner.abort().await;
+        self.settled();
+        r
     }
 }
 
@@ -166,7 +200,14 @@ impl FaultyStore {
         Arc::new(Self {
             inner,
             rules: Arc::new(Mutex::new(Vec::new())),
+            open_uploads: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Multipart uploads started and neither completed nor aborted (on S3,
+    /// each would keep hidden parts until a lifecycle rule removes them).
+    pub fn open_multipart_uploads(&self) -> usize {
+        self.open_uploads.load(Ordering::SeqCst)
     }
 
     pub fn add_rule(&self, rule: FaultRule) {
@@ -177,14 +218,22 @@ impl FaultyStore {
         self.rules.lock().unwrap().clear();
     }
 
-    async fn inject(&self, op: FaultOp, path: &Path) -> Result<()> {
+    /// Runs `run` under the rules for `op` on `path`.
+    async fn with<T, F>(&self, op: FaultOp, path: &Path, run: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
         match matching(&self.rules, op, path.as_ref()) {
-            None => Ok(()),
+            None => run.await,
             Some(FaultAction::Delay(d)) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                run.await
             }
             Some(FaultAction::Fail) => Err(injected(op, path)),
+            Some(FaultAction::FailAfter) => {
+                run.await?;
+                Err(injected(op, path))
+            }
         }
     }
 }
@@ -209,8 +258,12 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        self.inject(FaultOp::Put, location).await?;
-        self.inner.put_opts(location, payload, opts).await
+        self.with(
+            FaultOp::Put,
+            location,
+            self.inner.put_opts(location, payload, opts),
+        )
+        .await
     }
 
     async fn put_multipart_opts(
@@ -218,33 +271,41 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
-        self.inject(FaultOp::Put, location).await?;
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        let inner = self
+            .with(
+                FaultOp::Put,
+                location,
+                self.inner.put_multipart_opts(location, opts),
+            )
+            .await?;
+        self.open_uploads.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(FaultyUpload {
             inner,
             rules: self.rules.clone(),
             path: location.clone(),
+            open_uploads: self.open_uploads.clone(),
+            open: true,
         }))
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.inject(FaultOp::Get, location).await?;
-        self.inner.get_opts(location, options).await
+        self.with(FaultOp::Get, location, self.inner.get_opts(location, options))
+            .await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.inject(FaultOp::Get, location).await?;
-        self.inner.get_ranges(location, ranges).await
+        self.with(FaultOp::Get, location, self.inner.get_ranges(location, ranges))
+            .await
     }
 
     async fn head(&self, location: &Path) -> Result<ObjectMeta> {
-        self.inject(FaultOp::Get, location).await?;
-        self.inner.head(location).await
+        self.with(FaultOp::Head, location, self.inner.head(location))
+            .await
     }
 
     async fn delete(&self, location: &Path) -> Result<()> {
-        self.inject(FaultOp::Delete, location).await?;
-        self.inner.delete(location).await
+        self.with(FaultOp::Delete, location, self.inner.delete(location))
+            .await
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -262,20 +323,22 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        if let Some(p) = prefix {
-            self.inject(FaultOp::List, p).await?;
+        match prefix {
+            Some(p) => {
+                self.with(FaultOp::List, p, self.inner.list_with_delimiter(prefix))
+                    .await
+            }
+            None => self.inner.list_with_delimiter(prefix).await,
         }
-        self.inner.list_with_delimiter(prefix).await
     }
 
     async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
-        self.inject(FaultOp::Put, to).await?;
-        self.inner.copy(from, to).await
+        self.with(FaultOp::Put, to, self.inner.copy(from, to)).await
     }
 
     async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> Result<()> {
-        self.inject(FaultOp::Put, to).await?;
-        self.inner.copy_if_not_exists(from, to).await
+        self.with(FaultOp::Put, to, self.inner.copy_if_not_exists(from, to))
+            .await
     }
 }
 

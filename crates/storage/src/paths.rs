@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! {root}/jobs/{job_id}/job.json
+//! {root}/jobs/{job_id}/_writer/{epoch:020}          one per writer that took the job
 //! {root}/jobs/{job_id}/chk-{n}/_metadata
 //! {root}/jobs/{job_id}/chk-{n}/{operator}/{subtask}/{file}
 //! {root}/jobs/{job_id}/shared/{operator}/{subtask}/{file}
@@ -30,6 +31,13 @@ pub enum StateScope {
 pub const CHECKPOINT_PREFIX: &str = "chk-";
 /// Name of the metadata object inside a checkpoint folder.
 pub const METADATA_NAME: &str = "_metadata";
+/// Folder of the writer epochs inside a job folder.
+pub const WRITERS_DIR: &str = "_writer";
+
+/// Parses a writer epoch object's name.
+pub fn parse_writer_epoch(name: &str) -> Option<u64> {
+    (name.len() == 20).then(|| name.parse().ok())?
+}
 
 /// Parses `chk-{n}` into `n`.
 pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
@@ -78,6 +86,17 @@ impl JobPaths {
 
     pub fn metadata(&self, id: CheckpointId) -> Path {
         self.checkpoint_dir(id).child(METADATA_NAME)
+    }
+
+    /// `_writer/`: the writer epochs of the job (see
+    /// [`crate::CheckpointStorage::take_writer_epoch`]).
+    pub fn writers_dir(&self) -> Path {
+        self.job_root.child(WRITERS_DIR)
+    }
+
+    /// `_writer/{epoch:020}`: the object a writer takes the job with.
+    pub fn writer_epoch(&self, epoch: u64) -> Path {
+        self.writers_dir().child(format!("{epoch:020}"))
     }
 
     pub fn shared_dir(&self) -> Path {

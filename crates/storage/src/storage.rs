@@ -18,10 +18,12 @@ use cutpoint_core::{
     SubtaskIndex,
 };
 use futures::{StreamExt, TryStreamExt};
-use object_store::{path::Path, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{
+    path::Path, MultipartUpload, ObjectStore, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
 use tokio::io::AsyncReadExt;
 
-use crate::paths::{parse_checkpoint_dir, JobPaths, StateScope, METADATA_NAME};
+use crate::paths::{self, parse_checkpoint_dir, JobPaths, StateScope, METADATA_NAME};
 use crate::{StorageError, StorageLocation};
 
 /// Files larger than this are uploaded in parts.
@@ -30,6 +32,53 @@ const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
 const MULTIPART_CONCURRENCY: usize = 4;
 /// Parallel deletes.
 const DELETE_CONCURRENCY: usize = 8;
+
+/// A multipart upload that is aborted if it is dropped neither completed
+/// nor aborted (the future driving it was cancelled): the abort runs on the
+/// current runtime.
+#[derive(Debug)]
+struct AbortOnDrop {
+    inner: Option<Box<dyn MultipartUpload>>,
+    settled: bool,
+}
+
+impl AbortOnDrop {
+    fn inner(&mut self) -> &mut Box<dyn MultipartUpload> {
+        self.inner.as_mut().expect("present until dropped")
+    }
+}
+
+#[async_trait::async_trait]
+impl MultipartUpload for AbortOnDrop {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        self.inner().put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<object_store::PutResult> {
+        let r = self.inner().complete().await;
+        self.settled = r.is_ok();
+        r
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.settled = true;
+        self.inner().abort().await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take().filter(|_| !self.settled) else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(async move {
+                let _ = inner.abort().await;
+            })),
+            Err(_) => tracing::warn!("an unfinished multipart upload could not be aborted (no runtime)"),
+        }
+    }
+}
 
 /// An object of a job, for the orphan sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,13 +109,18 @@ pub struct JobUsage {
     pub checkpoints: Vec<CheckpointId>,
     /// Checkpoint folders with an unreadable `_metadata`, and why.
     pub unreadable: Vec<String>,
-    /// Objects besides `job.json` that no restorable checkpoint references:
+    /// Objects besides `job.json` and the writer epochs that no restorable
+    /// checkpoint references:
     /// uploads in flight, or leftovers the orphan sweep removes once older
     /// than the checkpoint timeout (unreadable checkpoints' files included).
     pub unreferenced: Vec<String>,
     pub unreferenced_bytes: u64,
     /// Files a restorable checkpoint names that storage does not hold.
     pub missing: Vec<String>,
+    /// Shared files are not deleted while an unreadable checkpoint exists
+    /// (it may reference any of them); this says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_gc_suspended: Option<String>,
 }
 
 /// Checkpoint storage of one location (all jobs under one root).
@@ -148,6 +202,63 @@ impl CheckpointStorage {
         Ok(jobs)
     }
 
+    // ---- one writer per job ----------------------------------------------
+
+    /// The writer epochs present for `job`, ascending.
+    pub async fn writer_epochs(&self, job: &JobId) -> Result<Vec<u64>, StorageError> {
+        let dir = self.paths(job).writers_dir();
+        let mut epochs: Vec<u64> = self
+            .list_prefix(&dir)
+            .await?
+            .iter()
+            .filter_map(|p| p.filename().and_then(paths::parse_writer_epoch))
+            .collect();
+        epochs.sort_unstable();
+        Ok(epochs)
+    }
+
+    /// Takes the job's storage for this process: creates `_writer/{e}`
+    /// create-only for the next epoch `e` above every one present (if
+    /// another writer creates it first, the next one). Older epochs are
+    /// fenced from then on: [`Self::check_writer`] refuses them. Then
+    /// deletes epoch objects below `e` but the newest of them (fenced
+    /// writers still see a newer epoch).
+    pub async fn take_writer_epoch(&self, job: &JobId) -> Result<u64, StorageError> {
+        let mut epoch = self.writer_epochs(job).await?.last().map_or(1, |e| e + 1);
+        loop {
+            let body = serde_json::json!({
+                "epoch": epoch,
+                "pid": std::process::id(),
+                "taken_ms": cutpoint_core::now_millis(),
+            });
+            let path = self.paths(job).writer_epoch(epoch);
+            match self.put_create(&path, Bytes::from(body.to_string())).await {
+                Ok(()) => break,
+                Err(StorageError::AlreadyExists { .. }) => epoch += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        for old in self.writer_epochs(job).await? {
+            if old + 1 < epoch {
+                self.delete(&self.paths(job).writer_epoch(old)).await?;
+            }
+        }
+        Ok(epoch)
+    }
+
+    /// `Ok` while no writer took `job` after epoch `epoch`; else
+    /// [`StorageError::Fenced`]. Checked before publishing and deleting.
+    pub async fn check_writer(&self, job: &JobId, epoch: u64) -> Result<(), StorageError> {
+        match self.writer_epochs(job).await?.last() {
+            Some(&newer) if newer > epoch => Err(StorageError::Fenced {
+                job: job.to_string(),
+                epoch,
+                newer,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     // ---- state files ----------------------------------------------------
 
     /// Uploads bytes as a state file, create-only, and returns its handle.
@@ -213,6 +324,12 @@ impl CheckpointStorage {
                 .put_multipart(&path)
                 .await
                 .map_err(|e| StorageError::store("put", &path, e))?;
+            // Aborted if dropped unfinished (this future cancelled half-way,
+            // in any step), so no hidden parts stay behind on S3.
+            let upload = Box::new(AbortOnDrop {
+                inner: Some(upload),
+                settled: false,
+            });
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
             let mut crc = 0u32;
             let mut buf = vec![0u8; MULTIPART_CHUNK];
@@ -437,6 +554,9 @@ impl CheckpointStorage {
     pub async fn usage(&self, job: &JobId) -> Result<JobUsage, StorageError> {
         let objects = self.list_job_objects_detailed(job).await?;
         let mut referenced = std::collections::BTreeSet::from(["job.json".to_string()]);
+        for e in self.writer_epochs(job).await? {
+            referenced.insert(format!("{}/{e:020}", paths::WRITERS_DIR));
+        }
         let mut usage = JobUsage {
             objects: objects.len(),
             bytes: objects.iter().map(|o| o.size).sum(),
@@ -462,9 +582,19 @@ impl CheckpointStorage {
                 usage.unreferenced_bytes += o.size;
             }
         }
+        if !usage.unreadable.is_empty() {
+            usage.shared_gc_suspended = Some(format!(
+                "{} checkpoint(s) with unreadable _metadata may reference shared files: none is deleted until they are readable or removed",
+                usage.unreadable.len()
+            ));
+        }
         usage.missing = referenced
             .into_iter()
-            .filter(|r| r != "job.json" && !present.contains(r.as_str()))
+            .filter(|r| {
+                r != "job.json"
+                    && !r.starts_with(paths::WRITERS_DIR)
+                    && !present.contains(r.as_str())
+            })
             .collect();
         Ok(usage)
     }

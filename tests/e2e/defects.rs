@@ -1,0 +1,441 @@
+//! Regression tests for the correctness defects of issue #14, one or more
+//! per defect, each written to fail on the code before its fix.
+
+use std::path::Path;
+
+use cutpoint_coordinator::{restore, spawn_job, JobConfig, JobError, RestoreFrom};
+use cutpoint_core::{CheckpointId, JobId, JobSpec};
+use cutpoint_storage::faults::{FaultAction, FaultOp, FaultRule};
+use cutpoint_storage::CheckpointStorage;
+
+use crate::common::*;
+
+/// Runs `spec` fresh to the end; returns the checkpoint ids in storage,
+/// newest first.
+async fn run_to_end(spec: &JobSpec, storage: &CheckpointStorage, work: &Path) -> Vec<CheckpointId> {
+    spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: work.to_path_buf(),
+    })
+    .join()
+    .await
+    .unwrap();
+    storage
+        .list_checkpoints(&spec.job_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.checkpoint_id)
+        .collect()
+}
+
+/// Rewrites `chk-{id}/_metadata` of a local store as a newer release would
+/// (`"version": 2`); returns the relative paths of the files it names.
+fn make_unreadable(chk_root: &Path, job: &JobId, id: CheckpointId) -> Vec<String> {
+    let path = chk_root.join(format!("jobs/{job}/chk-{}/_metadata", id.0));
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    meta["version"] = 2.into();
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    meta["subtasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["files"].as_array().cloned().unwrap_or_default())
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn missing_files(chk_root: &Path, job: &JobId, files: &[String]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|f| !chk_root.join(format!("jobs/{job}/{f}")).exists())
+        .cloned()
+        .collect()
+}
+
+/// Defect 1: a checkpoint whose `_metadata` cannot be read (a newer
+/// release wrote it) keeps every file it names, whether the next run
+/// starts fresh or restores an older checkpoint; `checkpoints usage` says
+/// shared-file GC is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_checkpoint_keeps_its_shared_files() {
+    for restore_from in [None, Some(RestoreFrom::Checkpoint(CheckpointId(1)))] {
+        let dir = tempfile::tempdir().unwrap();
+        let chk = dir.path().join("chk");
+        let storage = storage_at(chk.to_str().unwrap());
+        let spec = pv_spec(
+            "pv-unreadable",
+            1_200_000,
+            20_000,
+            Some(1_000_000),
+            r#","checkpoint":{"interval_ms":100,"retention":20}"#,
+        );
+        let ids = run_to_end(&spec, &storage, &dir.path().join("w1")).await;
+        assert!(ids.len() >= 3, "{ids:?}");
+        let newest = ids[0];
+        let files = make_unreadable(&chk, &spec.job_id, newest);
+        assert!(files.iter().any(|f| f.starts_with("shared/")), "{files:?}");
+
+        spawn_job(JobConfig {
+            spec: spec.clone(),
+            storage: storage.clone(),
+            restore_from: restore_from.clone(),
+            local_dir: dir.path().join("w2"),
+        })
+        .join()
+        .await
+        .unwrap();
+        assert_eq!(
+            missing_files(&chk, &spec.job_id, &files),
+            Vec::<String>::new(),
+            "restore_from {restore_from:?}: files of the unreadable chk-{newest} deleted"
+        );
+        let usage = storage.usage(&spec.job_id).await.unwrap();
+        assert_eq!(usage.unreadable.len(), 1, "{usage:?}");
+        assert!(usage.shared_gc_suspended.is_some(), "{usage:?}");
+    }
+}
+
+/// Defect 3: `latest` skips a checkpoint only for bad data. When reading
+/// the newest `_metadata` fails in storage (its HEAD answers, its GET does
+/// not), the start fails instead of restoring an older checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_fails_on_a_storage_error_instead_of_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    let spec = pv_spec(
+        "pv-latest",
+        600_000,
+        5_000,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"retention":5}"#,
+    );
+    let ids = run_to_end(&spec, &storage, &dir.path().join("w1")).await;
+    assert!(ids.len() >= 2, "{ids:?}");
+    faults.add_rule(FaultRule {
+        op: FaultOp::Get,
+        path_contains: format!("chk-{}/_metadata", ids[0].0),
+        action: FaultAction::Fail,
+        remaining: None,
+    });
+    let resolved = restore::resolve(&storage, &spec.job_id, RestoreFrom::Latest).await;
+    assert!(
+        matches!(resolved, Err(JobError::Storage(_))),
+        "a storage error is not skipped: {resolved:?}"
+    );
+    let run = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: Some(RestoreFrom::Latest),
+        local_dir: dir.path().join("w2"),
+    })
+    .join()
+    .await;
+    assert!(matches!(run, Err(JobError::Storage(_))), "{run:?}");
+    // The newer checkpoint is still there once storage answers again.
+    faults.clear();
+    let again = restore::resolve(&storage, &spec.job_id, RestoreFrom::Latest)
+        .await
+        .unwrap();
+    assert_eq!(again.checkpoint_id, ids[0]);
+}
+
+/// Defect 2: a killed run's RocksDB left in a fixed work dir is never
+/// reopened: the next run (fresh here, under a memory budget so evicted
+/// keys are read through from RocksDB) starts from an empty directory and
+/// counts exactly; and two jobs never share one work dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_work_dir_starts_empty_and_is_never_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let (events, keys) = (400_000, 20_000);
+    // What a killed run leaves: RocksDB instances with its counts.
+    for a in 0..2 {
+        let base = work.join(format!("attempt-0/agg-{a}"));
+        let mut db =
+            cutpoint_state::RocksStore::open(&base.join("db"), &base.join("scratch"), 128)
+                .unwrap();
+        let mut stale = cutpoint_state::FrozenDelta::default();
+        for k in 0..keys as i64 {
+            stale.entries.insert(cutpoint_core::Key::Int(k), 1_000_000);
+        }
+        db.apply(stale).unwrap();
+    }
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let spec = pv_spec(
+        "pv-workdir",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100},"state":{"memory_budget_mb":1}"#,
+    );
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: work.clone(),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    // A second job on the same work dir is refused while the first runs.
+    let mut other = spec.clone();
+    other.job_id = JobId::new("pv-workdir-2").unwrap();
+    let second = spawn_job(JobConfig {
+        spec: other,
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: work.clone(),
+    })
+    .join()
+    .await;
+    assert!(
+        matches!(second, Err(JobError::WorkDirInUse { .. })),
+        "{second:?}"
+    );
+    let outcome = job.join().await.unwrap();
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    // Its checkpoints hold this run's counts only.
+    for l in storage.list_checkpoints(&spec.job_id).await.unwrap() {
+        assert_checkpoint_state(&storage, &l.metadata.unwrap(), keys, events).await;
+    }
+}
+
+/// An unaligned PV job whose partition 1 delivers each barrier 300 ms late,
+/// so every snapshot persists in-flight records as channel state.
+fn unaligned_spec(job: &str, extra_checkpoint: &str) -> JobSpec {
+    pv_spec(
+        job,
+        20_000_000,
+        2_000,
+        Some(1_000_000),
+        &format!(
+            r#","checkpoint":{{"interval_ms":null,"retention":5,"mode":"unaligned"{extra_checkpoint}}},
+               "inject_barrier_delay":{{"partition":1,"delay_ms":300}}"#
+        ),
+    )
+}
+
+/// Triggers checkpoints until one completes (the first may fail on purpose).
+async fn trigger_until_completed(job: &mut cutpoint_coordinator::JobHandle, completed: u64) {
+    for _ in 0..40 {
+        if job.status().checkpoints_completed >= completed {
+            return;
+        }
+        let _ = job
+            .trigger_checkpoint(cutpoint_core::CheckpointType::Incremental)
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("no checkpoint completed: {:?}", job.status());
+}
+
+/// Defect 7a: a snapshot whose channel-state upload fails after its state
+/// files were uploaded deletes those files (no ack names them, so nothing
+/// else would until an orphan sweep).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_channel_state_upload_leaves_no_state_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "channel-state.jsonl".into(),
+        action: FaultAction::Fail,
+        remaining: Some(1),
+    });
+    let spec = unaligned_spec("pv-channel-fail", "");
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    job.trigger_checkpoint(cutpoint_core::CheckpointType::Incremental)
+        .await
+        .unwrap();
+    job.wait_for(|s| s.checkpoints_failed >= 1).await;
+    trigger_until_completed(&mut job, 1).await;
+    job.cancel();
+    assert!(matches!(job.join().await, Err(JobError::Cancelled)));
+    // Cancelled: no end-of-job sweep ran, yet nothing is left over.
+    let usage = storage.usage(&spec.job_id).await.unwrap();
+    assert_eq!(usage.unreferenced, Vec::<String>::new(), "{usage:?}");
+}
+
+/// Defect 7b: aborting a checkpoint stops its channel-state upload: a hung
+/// upload does not hold the snapshot worker, and the next checkpoint
+/// completes long before the hang would end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_stops_a_hanging_channel_state_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "channel-state.jsonl".into(),
+        action: FaultAction::Delay(std::time::Duration::from_secs(600)),
+        remaining: Some(2),
+    });
+    let spec = unaligned_spec("pv-channel-hang", r#","timeout_ms":1500"#);
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    job.trigger_checkpoint(cutpoint_core::CheckpointType::Incremental)
+        .await
+        .unwrap();
+    job.wait_for(|s| s.checkpoints_failed >= 1).await;
+    // Within ~20 s (the hang is 10 minutes) a checkpoint completes.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        trigger_until_completed(&mut job, 1),
+    )
+    .await
+    .expect("the hung upload was not cancelled");
+    job.cancel();
+    let _ = job.join().await;
+}
+
+/// Defect 7d: a multipart upload whose future is dropped (its snapshot
+/// cancelled) is aborted, so no hidden parts stay on S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_multipart_upload_is_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Part,
+        path_contains: "big.sst".into(),
+        action: FaultAction::Delay(std::time::Duration::from_secs(600)),
+        remaining: None,
+    });
+    let local = dir.path().join("big.sst");
+    let size = cutpoint_storage::MULTIPART_THRESHOLD + 3 * 1024 * 1024;
+    std::fs::write(&local, vec![7u8; size as usize]).unwrap();
+    let job = JobId::new("mp").unwrap();
+    let op = cutpoint_core::OperatorId::new("agg").unwrap();
+    let upload = storage.upload_file(
+        &job,
+        cutpoint_storage::StateScope::Shared,
+        &op,
+        cutpoint_core::SubtaskIndex(0),
+        &local,
+        "big.sst",
+    );
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(500), upload).await;
+    assert!(cut.is_err(), "the upload hangs on its parts");
+    for _ in 0..50 {
+        if faults.open_multipart_uploads() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the dropped multipart upload was never aborted");
+}
+
+/// Defect 9: one writer per job. A second run of the same job on the same
+/// storage (the old process still alive) takes over: the first is fenced at
+/// its next publish or delete, stops with a clear error and deletes
+/// nothing; the second restores the latest checkpoint and ends exact, and
+/// every checkpoint left in storage is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_fences_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let (events, keys) = (3_000_000, 10_000);
+    let spec = pv_spec(
+        "pv-two-writers",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"retention":3}"#,
+    );
+    let mut first = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("w1"),
+    });
+    first.wait_for(|s| s.checkpoints_completed >= 3).await;
+    let second = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: Some(RestoreFrom::Latest),
+        local_dir: dir.path().join("w2"),
+    });
+    let err = first.join().await.expect_err("the first writer is fenced");
+    assert!(err.to_string().contains("fenced"), "{err}");
+    let outcome = second.join().await.unwrap();
+    assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+    let usage = storage.usage(&spec.job_id).await.unwrap();
+    assert!(
+        usage.unreadable.is_empty() && usage.missing.is_empty() && !usage.checkpoints.is_empty(),
+        "{usage:?}"
+    );
+    let metas: Vec<_> = storage
+        .list_checkpoints(&spec.job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.metadata.unwrap())
+        .collect();
+    assert_eq!(metas[0].writer_epoch, Some(2), "the newest is the new writer's");
+    for meta in &metas {
+        assert_checkpoint_state(&storage, meta, keys, events).await;
+    }
+}
+
+/// Defect 5: a restore under a memory budget stays within it. 200k keys
+/// are checkpointed without a budget, then restored under a 1 MB budget
+/// (about 3,300 entries per subtask at parallelism 2, 2,200 at 3): the
+/// working table never holds more than its cap, at the same parallelism
+/// and rescaled. The cap is `BUDGET_CAP` budgets (dirty entries are evicted
+/// only once written behind, so the table may run ahead of the snapshot
+/// worker that far before the task waits for it) plus one input batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_under_a_memory_budget_stays_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let (events, keys) = (1_500_000, 200_000);
+    let spec = pv_spec(
+        "pv-budget-restore",
+        events,
+        keys,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":150,"retention":20}"#,
+    );
+    let ids = run_to_end(&spec, &storage, &dir.path().join("w1")).await;
+    let middle = ids[ids.len() / 2];
+    for parallelism in [2u32, 3] {
+        let mut budgeted = spec.clone();
+        budgeted.parallelism = parallelism;
+        budgeted.state.memory_budget_mb = Some(1);
+        let budget = budgeted.state.budget_entries(parallelism).unwrap();
+        let outcome = spawn_job(JobConfig {
+            spec: budgeted,
+            storage: storage.clone(),
+            restore_from: Some(RestoreFrom::Checkpoint(middle)),
+            local_dir: dir.path().join(format!("w-{parallelism}")),
+        })
+        .join()
+        .await
+        .unwrap();
+        assert_exact(&final_counts(&outcome), &expected_counts(42, keys, events));
+        let cap = budget * cutpoint_runtime::BUDGET_CAP + cutpoint_runtime::channel::BATCH_SIZE;
+        for t in &outcome.final_state {
+            assert!(
+                t.peak_len() <= cap,
+                "parallelism {parallelism}: peak {} entries, budget {budget}",
+                t.peak_len()
+            );
+        }
+    }
+}
