@@ -323,9 +323,15 @@ fn job_objects(job_dir: &Path) -> std::collections::BTreeSet<String> {
     out
 }
 
-/// Files every completed checkpoint references, plus their metadata and job.json.
+/// Files every completed checkpoint references, plus their metadata,
+/// job.json and the writer epochs (`_writer/…`).
 fn referenced(job_dir: &Path) -> std::collections::BTreeSet<String> {
     let mut out = std::collections::BTreeSet::from(["job.json".to_string()]);
+    out.extend(
+        job_objects(job_dir)
+            .into_iter()
+            .filter(|p| p.starts_with("_writer/")),
+    );
     for id in restorable_ids(job_dir) {
         out.insert(format!("chk-{id}/_metadata"));
         out.extend(checkpoint_files(job_dir, id));

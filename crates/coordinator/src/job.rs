@@ -23,6 +23,8 @@ use cutpoint_core::{
     now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SavepointId,
     SubtaskState, TaskId, METADATA_VERSION,
 };
+use cutpoint_core::spec::SinkSpec;
+use cutpoint_runtime::sink::StagingInUse;
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };
@@ -663,6 +665,7 @@ impl Runner {
             tracing::info!(job = %job, checkpoint = %meta.checkpoint_id, attempt = attempt_no, "restoring");
         }
         let (events_tx, events) = mpsc::unbounded_channel();
+        let staging_in_use = self.staging_in_use().await?;
         let work = self.work.clone().expect("taken at start");
         let attempt_dir = tokio::task::spawn_blocking(move || work.attempt(attempt_no))
             .await
@@ -675,6 +678,7 @@ impl Runner {
             local_dir: attempt_dir.clone(),
             events: events_tx,
             runtime: tokio::runtime::Handle::current(),
+            staging_in_use,
         })
         .map_err(|e| match e {
             RuntimeError::Restore(m) => JobError::Restore(m),
@@ -706,6 +710,37 @@ impl Runner {
             final_from: None,
         };
         Ok(self.drive(tracker, &mut attempt, events, outcome).await)
+    }
+
+    /// The staging files of a transactional sink that checkpoints and
+    /// savepoints of this job name as pre-committed: a sink recovering from
+    /// one checkpoint keeps them, so the others stay restorable. All of
+    /// them when any metadata cannot be read.
+    async fn staging_in_use(&self) -> Result<StagingInUse, JobError> {
+        let mut handles = BTreeSet::new();
+        if !matches!(self.spec.sink, SinkSpec::TransactionalFile { .. }) {
+            return Ok(StagingInUse::Only(handles));
+        }
+        let mut add = |m: &CheckpointMetadata| {
+            let txns = m.subtasks.iter().flat_map(|s| &s.pending_transactions);
+            handles.extend(txns.map(|t| t.handle.clone()));
+        };
+        for l in self.storage.list_checkpoints(&self.spec.job_id).await? {
+            match l.metadata {
+                Ok(m) => add(&m),
+                Err(e) if e.is_data_error() => return Ok(StagingInUse::All),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (_, meta) in self.storage.list_savepoints().await? {
+            match meta {
+                Ok(m) if m.job_id == self.spec.job_id => add(&m),
+                Ok(_) => {}
+                Err(e) if e.is_data_error() => return Ok(StagingInUse::All),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(StagingInUse::Only(handles))
     }
 
     /// After the job finished: every task of this process has stopped, so

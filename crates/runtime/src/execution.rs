@@ -37,6 +37,9 @@ pub struct ExecutionConfig {
     pub local_dir: PathBuf,
     pub events: tokio::sync::mpsc::UnboundedSender<TaskEvent>,
     pub runtime: tokio::runtime::Handle,
+    /// Staging files of transactional sinks that restorable checkpoints
+    /// name: kept when the sinks recover (see [`crate::sink::SinkRecovery`]).
+    pub staging_in_use: crate::sink::StagingInUse,
 }
 
 /// A running attempt of a job.
@@ -110,6 +113,7 @@ impl Execution {
             aborts: Arc::new(AbortRegistry::new(cancel.clone())),
             attempt: cfg.attempt,
             any_completed: Arc::new(AtomicBool::new(false)),
+            staging_in_use: cfg.staging_in_use.clone(),
         });
 
         // channel[s][a]: source s -> aggregate a.

@@ -28,7 +28,8 @@ use crate::RuntimeError;
 ///    to `n` visible (idempotently);
 /// 4. after a restore from checkpoint `r`, before the first write, the sink
 ///    commits what `r` pre-committed (idempotently) and aborts every other
-///    transaction left behind (for [`TxnFileSink`]: in `open`);
+///    transaction left behind that no restorable checkpoint names (for
+///    [`TxnFileSink`]: in `open`, see [`SinkRecovery`]);
 /// 5. at the end of the input: `finish` commits everything.
 pub trait TwoPhaseCommitSink: Send {
     fn write(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError>;
@@ -38,6 +39,77 @@ pub trait TwoPhaseCommitSink: Send {
     ) -> Result<Vec<PendingTransaction>, RuntimeError>;
     fn commit_up_to(&mut self, checkpoint: CheckpointId) -> Result<(), RuntimeError>;
     fn finish(&mut self) -> Result<(), RuntimeError>;
+}
+
+/// Staging files that restorable checkpoints name as pre-committed: a
+/// restore of another checkpoint must keep them, or going back to those
+/// checkpoints would fail (their transactions missing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StagingInUse {
+    /// Exactly these handles.
+    Only(std::collections::BTreeSet<String>),
+    /// Unknown (a checkpoint's metadata cannot be read): keep every one.
+    #[default]
+    All,
+}
+
+impl StagingInUse {
+    fn contains(&self, handle: &str) -> bool {
+        match self {
+            StagingInUse::Only(set) => set.contains(handle),
+            StagingInUse::All => true,
+        }
+    }
+}
+
+/// What a sink recovers when it opens after a restore.
+#[derive(Debug, Clone, Default)]
+pub struct SinkRecovery {
+    /// Transactions the restored checkpoint pre-committed that this subtask
+    /// commits, each with the subtask that pre-committed it: a rescaled
+    /// restore hands those of removed subtasks to the remaining ones
+    /// (old subtask `j` to new subtask `j % parallelism`), so every one is
+    /// committed exactly once, under its own name.
+    pub adopted: Vec<(u32, PendingTransaction)>,
+    /// The old subtasks whose leftover staging files this one cleans up.
+    pub subtasks: Vec<u32>,
+    /// Staging files never to delete.
+    pub in_use: StagingInUse,
+}
+
+impl SinkRecovery {
+    /// Subtask `subtask` of a job at `parallelism`, restored from `old`
+    /// (the old subtasks' states) while `in_use` are kept.
+    pub fn for_subtask(
+        subtask: u32,
+        parallelism: u32,
+        old: &[cutpoint_core::SubtaskState],
+        in_use: StagingInUse,
+    ) -> Self {
+        let mine = |j: u32| j == subtask || (j >= parallelism && j % parallelism == subtask);
+        let mut subtasks: Vec<u32> = old
+            .iter()
+            .map(|s| s.task.subtask.0)
+            .filter(|j| mine(*j))
+            .collect();
+        if !subtasks.contains(&subtask) {
+            subtasks.push(subtask);
+        }
+        let adopted = old
+            .iter()
+            .filter(|s| mine(s.task.subtask.0))
+            .flat_map(|s| {
+                s.pending_transactions
+                    .iter()
+                    .map(move |t| (s.task.subtask.0, t.clone()))
+            })
+            .collect();
+        Self {
+            adopted,
+            subtasks,
+            in_use,
+        }
+    }
 }
 
 pub enum Sink {
@@ -130,12 +202,12 @@ fn write_update(w: &mut dyn Write, key: &Key, value: i64) -> std::io::Result<()>
 }
 
 impl Sink {
-    /// Opens the sink of aggregate subtask `subtask`; `pending` are the
-    /// transactions of the restored checkpoint.
+    /// Opens the sink of aggregate subtask `subtask`, recovering what
+    /// `recovery` says (transactional sinks).
     pub fn open(
         spec: &SinkSpec,
         subtask: u32,
-        pending: &[PendingTransaction],
+        recovery: &SinkRecovery,
     ) -> Result<Self, RuntimeError> {
         Ok(match spec {
             SinkSpec::Discard => Sink::Discard,
@@ -155,7 +227,7 @@ impl Sink {
                 Sink::File(BufWriter::with_capacity(256 * 1024, f))
             }
             SinkSpec::TransactionalFile { dir } => {
-                Sink::Transactional(Box::new(TxnFileSink::open(dir, subtask, pending)?))
+                Sink::Transactional(Box::new(TxnFileSink::open(dir, subtask, recovery)?))
             }
         })
     }
@@ -228,15 +300,16 @@ pub struct TxnFileSink {
 
 impl TxnFileSink {
     /// Opens the sink of `subtask`: first commits the transactions the
-    /// restored checkpoint pre-committed and deletes every other staging
-    /// file of the subtask, then starts a fresh staging file.
+    /// restored checkpoint pre-committed that it adopts and deletes the
+    /// other staging files of the subtasks it covers that no restorable
+    /// checkpoint names, then starts a fresh staging file.
     pub fn open(
         dir: &Path,
         subtask: u32,
-        pending: &[PendingTransaction],
+        recovery: &SinkRecovery,
     ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(dir).map_err(|e| sink_err(dir, e))?;
-        Self::recover_dir(dir, subtask, pending)?;
+        Self::recover_dir(dir, recovery)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -303,19 +376,22 @@ impl TxnFileSink {
         format!("part-{subtask}-{:020}.jsonl", checkpoint.0)
     }
 
-    /// Commits `pending` and deletes every other staging file of `subtask`.
-    fn recover_dir(
-        dir: &Path,
-        subtask: u32,
-        pending: &[PendingTransaction],
-    ) -> Result<(), RuntimeError> {
-        for t in pending {
-            Self::commit(dir, &t.handle, &Self::committed_name(subtask, t.checkpoint))?;
+    /// Commits the adopted transactions (each under the name of the
+    /// subtask that pre-committed it) and deletes the covered subtasks'
+    /// staging files that are not in use.
+    fn recover_dir(dir: &Path, recovery: &SinkRecovery) -> Result<(), RuntimeError> {
+        for (from, t) in &recovery.adopted {
+            Self::commit(dir, &t.handle, &Self::committed_name(*from, t.checkpoint))?;
         }
-        let prefix = format!(".staging-{subtask}-");
+        let prefixes: Vec<String> = recovery
+            .subtasks
+            .iter()
+            .map(|s| format!(".staging-{s}-"))
+            .collect();
         let entries = std::fs::read_dir(dir).map_err(|e| sink_err(dir, e))?;
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if prefixes.iter().any(|p| name.starts_with(p)) && !recovery.in_use.contains(&name) {
                 std::fs::remove_file(e.path()).map_err(|err| sink_err(&e.path(), err))?;
             }
         }
@@ -374,6 +450,15 @@ impl TwoPhaseCommitSink for TxnFileSink {
 mod tests {
     use super::*;
 
+    /// Subtask 0 restoring its own `pending`, nothing else in use.
+    fn own(pending: &[PendingTransaction]) -> SinkRecovery {
+        SinkRecovery {
+            adopted: pending.iter().map(|t| (0, t.clone())).collect(),
+            subtasks: vec![0],
+            in_use: StagingInUse::Only(Default::default()),
+        }
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut n: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -387,7 +472,7 @@ mod tests {
     #[test]
     fn two_phase_commit_lifecycle() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = TxnFileSink::open(d.path(), 0, &[]).unwrap();
+        let mut s = TxnFileSink::open(d.path(), 0, &own(&[])).unwrap();
         s.write(&Key::Int(1), 1).unwrap();
         let p1 = s.pre_commit(CheckpointId(1)).unwrap();
         assert_eq!(p1.len(), 1);
@@ -404,7 +489,7 @@ mod tests {
         drop(s);
 
         // Restore from checkpoint 2: commits 2 (1 again, idempotently).
-        let mut r = TxnFileSink::open(d.path(), 0, &p2).unwrap();
+        let mut r = TxnFileSink::open(d.path(), 0, &own(&p2)).unwrap();
         let n = names(d.path());
         assert!(n.contains(&format!("part-0-{:020}.jsonl", 2)), "{n:?}");
         assert_eq!(
@@ -429,7 +514,7 @@ mod tests {
             checkpoint: CheckpointId(5),
             handle: ".staging-0-9-9.jsonl".into(),
         }];
-        assert!(TxnFileSink::open(d.path(), 0, &gone).is_err());
+        assert!(TxnFileSink::open(d.path(), 0, &own(&gone)).is_err());
     }
 
     /// A later process restoring the same checkpoint must not replace
@@ -437,7 +522,7 @@ mod tests {
     #[test]
     fn a_new_run_never_overwrites_committed_output() {
         let d = tempfile::tempdir().unwrap();
-        let mut a = TxnFileSink::open(d.path(), 0, &[]).unwrap();
+        let mut a = TxnFileSink::open(d.path(), 0, &own(&[])).unwrap();
         a.write(&Key::Int(1), 1).unwrap();
         let p1 = a.pre_commit(CheckpointId(1)).unwrap();
         a.commit_up_to(CheckpointId(1)).unwrap();
@@ -445,7 +530,7 @@ mod tests {
         let committed = d.path().join(format!("part-0-{:020}.jsonl", 1));
         let before = std::fs::read_to_string(&committed).unwrap();
         assert!(!before.is_empty());
-        let _b = TxnFileSink::open(d.path(), 0, &p1).unwrap();
+        let _b = TxnFileSink::open(d.path(), 0, &own(&p1)).unwrap();
         assert_eq!(std::fs::read_to_string(&committed).unwrap(), before);
     }
 
@@ -458,7 +543,7 @@ mod tests {
         let part = d.path().join("part-0.jsonl");
         // A crash in the middle of the second record's write.
         std::fs::write(&part, "{\"key\":1,\"value\":5}\n{\"key\":\"app-").unwrap();
-        let mut sink = Sink::open(&spec, 0, &[]).unwrap();
+        let mut sink = Sink::open(&spec, 0, &SinkRecovery::default()).unwrap();
         sink.emit(&Key::Int(2), 7).unwrap();
         sink.finish().unwrap();
         let out = read_output(d.path()).unwrap();

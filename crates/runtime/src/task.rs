@@ -27,7 +27,7 @@ use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{self, Message, BATCH_SIZE};
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkRecovery, StagingInUse};
 use crate::source::open_reader;
 use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
@@ -42,6 +42,8 @@ pub(crate) struct TaskContext {
     pub aborts: Arc<AbortRegistry>,
     pub attempt: u32,
     pub any_completed: Arc<AtomicBool>,
+    /// Staging files of transactional sinks a restorable checkpoint names.
+    pub staging_in_use: StagingInUse,
 }
 
 /// Live counters of one task, read by the API while the job runs (one
@@ -517,13 +519,13 @@ impl AggregateTask {
             confirmed,
             on_disk,
         } = state;
-        let pending: &[PendingTransaction] = self
-            .restore
-            .iter()
-            .find(|s| s.task.subtask == self.task.subtask)
-            .map(|s| s.pending_transactions.as_slice())
-            .unwrap_or(&[]);
-        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, pending)?;
+        let recovery = SinkRecovery::for_subtask(
+            self.task.subtask.0,
+            ctx.spec.parallelism,
+            &self.restore,
+            ctx.staging_in_use.clone(),
+        );
+        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
         // Memory budget: deltas handed to the worker vs written by it; clean
         // entries may be evicted only when the two are equal.

@@ -3,6 +3,12 @@
 //! A job id runs at most once at a time in a server. Finished jobs stay
 //! listed with their result until the server stops; after a restart, their
 //! checkpoints are found through storage (`/v1/storage/...`).
+//!
+//! A restore is one operation the server owns, not the request that asked
+//! for it: it runs in its own task (a request that times out or goes away
+//! does not stop it half-way), one at a time per job, and ends with the job
+//! running — restored, or, if the restored job could not start, rolled back
+//! to its latest checkpoint — and its outcome recorded on the job.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,7 +20,7 @@ use cutpoint_storage::CheckpointStorage;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 
 /// How a job that is no longer running ended.
 #[derive(Debug, Clone, Serialize)]
@@ -35,11 +41,60 @@ pub struct JobEntry {
     pub control: JobControl,
     pub start_timestamp: u64,
     pub result: Arc<Mutex<Option<JobResult>>>,
+    /// The last restore operation that ended with this entry current.
+    pub last_restore: Arc<Mutex<Option<RestoreRecord>>>,
 }
 
 impl JobEntry {
     pub fn result(&self) -> Option<JobResult> {
         self.result.lock().expect("result lock").clone()
+    }
+
+    pub fn last_restore(&self) -> Option<RestoreRecord> {
+        self.last_restore.lock().expect("restore lock").clone()
+    }
+
+    fn record(&self, r: RestoreRecord) {
+        *self.last_restore.lock().expect("restore lock") = Some(r);
+    }
+}
+
+/// What a restore operation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreRecord {
+    /// What the restore asked for (`latest`, a checkpoint id, `savepoint:…`).
+    pub requested: String,
+    pub end_timestamp: u64,
+    #[serde(flatten)]
+    pub outcome: RestoreOutcome,
+}
+
+/// How a restore operation ended.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RestoreOutcome {
+    /// The job runs from what was asked.
+    Restored,
+    /// The restored job could not start; the job that ran before was
+    /// started again from its latest checkpoint.
+    RolledBack { error: String },
+    /// Neither the restore nor the rollback could start the job.
+    Failed { error: String },
+}
+
+/// Removes a job from the operations in progress when dropped.
+struct OperationGuard {
+    state: Arc<AppState>,
+    job: JobId,
+}
+
+impl Drop for OperationGuard {
+    fn drop(&mut self) {
+        self.state
+            .operations
+            .lock()
+            .expect("operations lock")
+            .remove(&self.job);
     }
 }
 
@@ -49,6 +104,8 @@ pub struct AppState {
     pub token: Option<String>,
     pub metrics: Option<PrometheusHandle>,
     jobs: Mutex<BTreeMap<JobId, JobEntry>>,
+    /// Jobs with a restore operation in progress.
+    operations: Mutex<std::collections::BTreeSet<JobId>>,
 }
 
 impl AppState {
@@ -64,6 +121,7 @@ impl AppState {
             token,
             metrics,
             jobs: Mutex::new(BTreeMap::new()),
+            operations: Mutex::new(Default::default()),
         }
     }
 
@@ -135,6 +193,7 @@ impl AppState {
             control: handle.control(),
             start_timestamp: now_millis(),
             result: Arc::new(Mutex::new(None)),
+            last_restore: Arc::new(Mutex::new(None)),
         };
         {
             let mut jobs = self.jobs.lock().expect("jobs lock");
@@ -181,6 +240,83 @@ impl AppState {
             }
         });
         Ok(entry)
+    }
+
+    /// Restores `job` from `from` (see the module docs): stops the running
+    /// job, starts it from `from`, rolls back to its latest checkpoint if
+    /// that start fails. Runs in a task of its own; the returned future
+    /// only waits for it.
+    pub async fn restore_job(
+        self: &Arc<Self>,
+        job: JobId,
+        from: RestoreFrom,
+    ) -> Result<JobEntry, ApiError> {
+        let guard = self.begin_operation(&job)?;
+        let op = tokio::spawn(async move {
+            let state = guard.state.clone();
+            state.restore_op(&guard.job, from).await
+        });
+        op.await
+            .map_err(|e| ApiError::new(ErrorKind::Internal, format!("restore task: {e}")))?
+    }
+
+    fn begin_operation(self: &Arc<Self>, job: &JobId) -> Result<OperationGuard, ApiError> {
+        if !self
+            .operations
+            .lock()
+            .expect("operations lock")
+            .insert(job.clone())
+        {
+            return Err(ApiError::conflict(format!(
+                "a restore of job {job} is in progress"
+            )));
+        }
+        Ok(OperationGuard {
+            state: self.clone(),
+            job: job.clone(),
+        })
+    }
+
+    async fn restore_op(self: &Arc<Self>, job: &JobId, from: RestoreFrom) -> Result<JobEntry, ApiError> {
+        restore::resolve(&self.storage, job, from.clone()).await?;
+        let spec = self.job_spec(job).await?;
+        let previous = self.job(job).filter(|e| e.result().is_none());
+        if previous.is_some() {
+            self.stop_job(job).await?;
+        }
+        let record = |outcome| RestoreRecord {
+            requested: from.to_string(),
+            end_timestamp: now_millis(),
+            outcome,
+        };
+        let error = match self.start_job(spec.clone(), Some(from.clone())).await {
+            Ok(entry) => {
+                entry.record(record(RestoreOutcome::Restored));
+                return Ok(entry);
+            }
+            Err(e) => e,
+        };
+        let Some(previous) = previous else {
+            return Err(error);
+        };
+        tracing::error!(job = %job, error = %error.detail, "restore failed; rolling back to the job's latest checkpoint");
+        match self.start_job(spec, Some(RestoreFrom::Latest)).await {
+            Ok(entry) => {
+                entry.record(record(RestoreOutcome::RolledBack {
+                    error: error.detail.clone(),
+                }));
+                Err(ApiError::new(
+                    error.kind,
+                    format!("{}; the job was started again from its latest checkpoint", error.detail),
+                ))
+            }
+            Err(e) => {
+                previous.record(record(RestoreOutcome::Failed {
+                    error: format!("{}; rolling back failed too: {}", error.detail, e.detail),
+                }));
+                Err(error)
+            }
+        }
     }
 
     /// Cancels a running job and waits until it ended.

@@ -284,12 +284,7 @@ pub async fn restore_job(
             ))
         }
     };
-    cutpoint_coordinator::restore::resolve(&st.storage, &job, from.clone()).await?;
-    let spec = st.job_spec(&job).await?;
-    if st.job(&job).is_some_and(|e| e.result().is_none()) {
-        st.stop_job(&job).await?;
-    }
-    let entry = st.start_job(spec, Some(from.clone())).await?;
+    let entry = st.restore_job(job, from.clone()).await?;
     let mut body = views::job(&entry);
     body["restoring_from"] = match from {
         RestoreFrom::Checkpoint(id) => json!(id),

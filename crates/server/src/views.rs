@@ -57,6 +57,7 @@ pub fn job(entry: &JobEntry) -> Value {
         "restarts": status.attempt,
         "checkpoints_completed": status.checkpoints_completed,
         "checkpoints_failed": status.checkpoints_failed,
+        "last_restore": entry.last_restore(),
         "latest_completed_checkpoint": status.latest_completed,
         "restored_from": status.restored_from,
         "restore_fallbacks": status.restore_fallbacks,
