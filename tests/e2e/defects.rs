@@ -559,3 +559,224 @@ async fn restoring_an_older_checkpoint_keeps_the_newer_ones_transactions() {
     assert!(back.is_ok(), "{back:?}");
     assert_output_exactly_once(&out, 2_000, 600_000);
 }
+
+/// Confirm or refute (a): a `_metadata` PUT that landed but was reported as
+/// failed, then a failed `_metadata` delete. Confirmed on the code before
+/// the fix: the aborted checkpoint's own shared files were deleted anyway,
+/// leaving a restorable-looking checkpoint without them. Now its files stay
+/// until its folder is gone, so whatever storage lists as restorable is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_landed_metadata_that_cannot_be_deleted_keeps_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/chk-3/_metadata".into(),
+        action: FaultAction::FailAfter,
+        remaining: Some(1),
+    });
+    faults.add_rule(FaultRule {
+        op: FaultOp::Delete,
+        path_contains: "/chk-3/_metadata".into(),
+        action: FaultAction::Fail,
+        remaining: None,
+    });
+    let spec = pv_spec(
+        "pv-landed",
+        800_000,
+        20_000,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"retention":2}"#,
+    );
+    let outcome = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("w"),
+    })
+    .join()
+    .await
+    .unwrap();
+    assert!(outcome.checkpoints_failed >= 1, "{outcome:?}");
+    let usage = storage.usage(&spec.job_id).await.unwrap();
+    assert!(
+        usage.checkpoints.contains(&CheckpointId(3)),
+        "the landed _metadata is there: {usage:?}"
+    );
+    assert_eq!(usage.missing, Vec::<String>::new(), "{usage:?}");
+    let meta = storage
+        .read_metadata(&spec.job_id, CheckpointId(3))
+        .await
+        .unwrap();
+    assert_checkpoint_state(&storage, &meta, 20_000, 800_000).await;
+}
+
+/// Confirm or refute (c): after an aborted checkpoint's folder is deleted
+/// and the process restarts, does its id repeat? Confirmed on the code
+/// before the fix (the next id was the highest folder + 1). Now ids come
+/// from writer leases recorded in storage, so a restart continues above
+/// every id handed out before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_ids_never_repeat_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    let spec = pv_spec(
+        "pv-ids",
+        5_000_000,
+        2_000,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":100,"retention":3,"tolerable_failures":100}"#,
+    );
+    let mut first = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("w1"),
+    });
+    first.wait_for(|s| s.checkpoints_completed >= 1).await;
+    // Every later checkpoint fails to publish; its folder is deleted.
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/_metadata".into(),
+        action: FaultAction::Fail,
+        remaining: None,
+    });
+    let s = first.wait_for(|s| s.checkpoints_failed >= 2).await;
+    first.cancel();
+    let _ = first.join().await;
+    let completed = s.latest_completed.unwrap();
+    let dirs = storage.checkpoint_dirs(&spec.job_id).await.unwrap();
+    assert_eq!(dirs.last(), Some(&completed), "aborted checkpoints left nothing");
+    faults.clear();
+    let mut second = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: Some(RestoreFrom::Latest),
+        local_dir: dir.path().join("w2"),
+    });
+    let s = second
+        .wait_for(|s| s.latest_completed.is_some_and(|c| c != completed))
+        .await;
+    second.cancel();
+    let _ = second.join().await;
+    let id = s.latest_completed.unwrap();
+    assert!(
+        id.0 > completed.0 + 2,
+        "checkpoint id {id} repeats one the first run handed out (it completed {completed} and failed two after it)"
+    );
+}
+
+/// `cutpoint serve` with extra environment; killed when dropped.
+struct Serve {
+    child: std::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    fn start(chk: &Path, env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cutpoint"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--checkpoint-dir"])
+            .arg(chk)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Serve {
+            url: format!("http://{}", v["listening"].as_str().unwrap()),
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Triggers a checkpoint of `job_type` and waits for it to complete.
+    async fn checkpoint(&self, job: &str, checkpoint_type: &str) -> u64 {
+        let t = self
+            .post(
+                &format!("/v1/jobs/{job}/checkpoints"),
+                serde_json::json!({ "type": checkpoint_type }),
+            )
+            .await;
+        let location = format!("{}{}", self.url, t["location"].as_str().unwrap());
+        for _ in 0..600 {
+            let c: serde_json::Value = self.http.get(&location).send().await.unwrap().json().await.unwrap();
+            match c["status"].as_str() {
+                Some("COMPLETED") => return t["checkpoint_id"].as_u64().unwrap(),
+                Some("IN_PROGRESS") => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                _ => panic!("checkpoint did not complete: {c}"),
+            }
+        }
+        panic!("checkpoint still in progress: {t}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Confirm or refute (b): a lost "checkpoint n complete" notice after a
+/// full checkpoint, with retention 1 — can the next incremental checkpoint
+/// reference SSTs that retention deleted? Confirmed on the code before the
+/// fix: snapshot workers reused the files of the last checkpoint they were
+/// told about (1), whose shared files retention had deleted when the full
+/// checkpoint (2) completed. Now each barrier says which completed
+/// checkpoint its snapshot may build on, and notices only drive sinks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_completion_notice_never_makes_a_checkpoint_reference_deleted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    // The second completion notice (of the full checkpoint) is lost.
+    let server = Serve::start(
+        &chk,
+        &[(
+            "CUTPOINT_FAILPOINTS",
+            "coordinator::notify_complete=1*off->1*return->off",
+        )],
+    );
+    let (events, keys) = (20_000_000, 20_000);
+    server
+        .post(
+            "/v1/jobs",
+            serde_json::json!({
+                "job_id": "pv-lost",
+                "source": {"type": "generator", "partitions": 2, "events": events, "keys": keys, "seed": 42, "rate_per_s": 500_000},
+                "key_by": "app_id",
+                "aggregate": {"type": "count"},
+                "checkpoint": {"interval_ms": null, "retention": 1},
+            }),
+        )
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.checkpoint("pv-lost", "incremental").await;
+    server.checkpoint("pv-lost", "full").await;
+    let third = server.checkpoint("pv-lost", "incremental").await;
+    let storage = storage_at(chk.to_str().unwrap());
+    let job = JobId::new("pv-lost").unwrap();
+    let usage = storage.usage(&job).await.unwrap();
+    assert_eq!(usage.checkpoints, vec![CheckpointId(third)], "{usage:?}");
+    assert_eq!(usage.missing, Vec::<String>::new(), "{usage:?}");
+    let meta = storage.read_metadata(&job, CheckpointId(third)).await.unwrap();
+    assert_checkpoint_state(&storage, &meta, keys, events).await;
+}

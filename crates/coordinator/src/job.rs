@@ -29,7 +29,7 @@ use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };
 use cutpoint_state::StateTable;
-use cutpoint_storage::{CheckpointStorage, StorageError};
+use cutpoint_storage::{CheckpointStorage, StorageError, WriterLease};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -404,7 +404,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         storage: cfg.storage,
         local_dir: cfg.local_dir,
         work: None,
-        epoch: 0,
+        lease: None,
         fenced: Default::default(),
         commands: command_rx,
         status: status_tx,
@@ -436,10 +436,11 @@ struct Runner {
     /// sweep (which never deletes a folder with `_metadata` on its own)
     /// retries them.
     undeleted: BTreeSet<CheckpointId>,
-    /// Aborted checkpoints whose folder could not be deleted, with the
-    /// shared files only they uploaded: those go only after the folder
-    /// (its `_metadata` may have landed after all), retried by the sweeps.
-    doomed: std::collections::BTreeMap<CheckpointId, Vec<String>>,
+    /// Aborted checkpoints whose folder could not be deleted: their
+    /// `_metadata` may have landed after all, so the registry holds their
+    /// shared files (reused ones too) until the folder is gone; the sweeps
+    /// retry the delete.
+    doomed: BTreeSet<CheckpointId>,
     /// Checkpoints of earlier runs newer than where this run started
     /// (all of them on a fresh start): deleted when this run completes its
     /// first checkpoint, so `latest` never resumes an abandoned timeline.
@@ -456,9 +457,9 @@ struct Runner {
     local_dir: PathBuf,
     /// The locked work dir, from the start of the run to its end.
     work: Option<Arc<WorkDir>>,
-    /// This run's writer epoch (one writer per job): checked before every
-    /// publish and delete.
-    epoch: u64,
+    /// This run's writer lease (one writer per job): its epoch is checked
+    /// before every publish and delete; its ids are the checkpoint ids.
+    lease: Option<WriterLease>,
     /// Set once a newer writer took the job: the run stops, deleting nothing.
     fenced: std::sync::OnceLock<String>,
     commands: mpsc::Receiver<Command>,
@@ -531,19 +532,26 @@ impl Runner {
             .map_err(|e| JobError::Internal(e.to_string()))??;
         self.work = Some(Arc::new(work));
         self.storage.write_job_spec(&self.spec).await?;
-        self.epoch = self.storage.take_writer_epoch(&job).await?;
-        tracing::info!(job = %job, epoch = self.epoch, "took the job's storage (older writers are fenced)");
+        let above = self.storage.checkpoint_dirs(&job).await?.last().map_or(1, |m| m.0 + 1);
+        let lease = self.storage.take_writer_lease(&job, above).await?;
+        self.lease = Some(lease);
+        tracing::info!(job = %job, epoch = lease.epoch, ids = ?(lease.first_id..=lease.last_id), "took the job's storage (older writers are fenced)");
         let mut restore = match &restore_from {
             Some(from) => Some(Arc::new(
-                restore::prepare(&self.storage, &job, from.clone()).await?,
+                restore::prepare(&self.storage, &job, from.clone(), CheckpointId(lease.first_id))
+                    .await?,
             )),
             None => None,
         };
-        let existing_max = self.storage.checkpoint_dirs(&job).await?.last().copied();
         let retained = self.load_retained().await?;
         register_metrics(&job);
+        // A savepoint imported as the lease's first id: the next one is free.
+        let first = restore
+            .as_ref()
+            .map_or(lease.first_id, |m| m.checkpoint_id.0.max(lease.first_id - 1) + 1);
         let mut tracker =
-            CheckpointTracker::new(self.spec.checkpoint.clone(), existing_max, retained);
+            CheckpointTracker::new(self.spec.checkpoint.clone(), CheckpointId(first), retained);
+        tracker.grant_ids(CheckpointId(first), CheckpointId(lease.last_id));
         self.sweep_orphans(&tracker).await;
 
         let mut outcome = JobOutcome::new();
@@ -989,6 +997,7 @@ impl Runner {
                     self.sweep_orphans(tracker).await;
                 }
                 _ = sweep.tick() => {
+                    self.renew_lease(tracker).await;
                     for a in tracker.expire(now_millis()) {
                         if let Some(reason) = self.discard(tracker, attempt, a).await {
                             return self.end_failed(tracker, attempt, reason).await;
@@ -1238,7 +1247,7 @@ impl Runner {
             complete_timestamp: now,
             parallelism: self.spec.parallelism,
             max_parallelism: self.spec.max_parallelism,
-            writer_epoch: Some(self.epoch),
+            writer_epoch: self.lease.map(|l| l.epoch),
             subtasks: p.acks.values().cloned().collect(),
         };
         let written = self.write_metadata(&meta).await;
@@ -1381,36 +1390,43 @@ impl Runner {
                 "checkpoint {id} did not complete (the job failed or stopped)"
             )));
         }
-        let pending: std::collections::HashSet<&str> =
-            tracker.pending_files().map(|f| f.path.as_str()).collect();
-        let own: Vec<String> = files
-            .iter()
-            .filter(|f| {
-                f.path.starts_with("shared/")
-                    && !self.registry.is_protected(&f.path)
-                    && !pending.contains(f.path.as_str())
-            })
-            .map(|f| f.path.clone())
-            .collect();
         if self.delete_checkpoint(id).await {
+            let pending: std::collections::HashSet<&str> =
+                tracker.pending_files().map(|f| f.path.as_str()).collect();
+            let own: Vec<String> = files
+                .iter()
+                .filter(|f| {
+                    f.path.starts_with("shared/")
+                        && !self.registry.is_protected(&f.path)
+                        && !pending.contains(f.path.as_str())
+                })
+                .map(|f| f.path.clone())
+                .collect();
             self.delete_shared(&own).await;
         } else {
             // Its `_metadata` may exist (a publish reported as failed can
-            // have landed): its files stay until the folder is gone.
-            self.doomed.insert(id, own);
+            // have landed): every shared file it names stays until the
+            // folder is gone.
+            self.registry.register_files(id, files.iter());
+            self.doomed.insert(id);
         }
         let free = self.registry.collect(tracker.lowest_pending());
         self.delete_shared(&free).await;
     }
 
     /// Retries deleting aborted checkpoints whose folder could not be
-    /// deleted, then their own shared files.
-    async fn retry_doomed(&mut self) {
-        for (id, own) in std::mem::take(&mut self.doomed) {
+    /// deleted; once one is gone, the shared files only it held go too.
+    async fn retry_doomed(&mut self, tracker: &CheckpointTracker) {
+        for id in std::mem::take(&mut self.doomed) {
             if self.delete_checkpoint(id).await {
-                self.delete_shared(&own).await;
+                let free = self.registry.release(
+                    id,
+                    tracker.highest_pending(),
+                    tracker.lowest_pending(),
+                );
+                self.delete_shared(&free).await;
             } else {
-                self.doomed.insert(id, own);
+                self.doomed.insert(id);
             }
         }
     }
@@ -1461,7 +1477,7 @@ impl Runner {
         for id in std::mem::take(&mut self.undeleted) {
             self.discard_retained(tracker, id).await;
         }
-        self.retry_doomed().await;
+        self.retry_doomed(tracker).await;
         let job = &self.spec.job_id;
         if let Err(e) = cutpoint_core::failpoint::check("coordinator::orphan_sweep") {
             tracing::warn!(error = %e, "orphan sweep skipped");
@@ -1558,6 +1574,31 @@ impl Runner {
         }
     }
 
+    /// Takes the next writer lease when the ids run low (see
+    /// [`CheckpointStorage::renew_writer_lease`]).
+    async fn renew_lease(&mut self, tracker: &mut CheckpointTracker) {
+        const RENEW_BELOW: u64 = 64;
+        let Some(lease) = self.lease.filter(|_| tracker.ids_left() < RENEW_BELOW) else {
+            return;
+        };
+        match self
+            .storage
+            .renew_writer_lease(&self.spec.job_id, lease, 0)
+            .await
+        {
+            Ok(new) => {
+                tracing::info!(epoch = new.epoch, ids = ?(new.first_id..=new.last_id), "writer lease renewed");
+                tracker.grant_ids(CheckpointId(new.first_id), CheckpointId(new.last_id));
+                self.lease = Some(new);
+            }
+            Err(e @ StorageError::Fenced { .. }) => {
+                tracing::error!(error = %e, "fenced");
+                let _ = self.fenced.set(e.to_string());
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the writer lease failed; retrying"),
+        }
+    }
+
     /// Whether this run still owns the job's storage (no newer writer
     /// epoch). A newer one fences it for good: the run ends without
     /// deleting anything. A check that cannot be made skips this delete or
@@ -1566,7 +1607,10 @@ impl Runner {
         if self.fenced.get().is_some() {
             return false;
         }
-        match self.storage.check_writer(&self.spec.job_id, self.epoch).await {
+        let Some(lease) = self.lease else {
+            return false;
+        };
+        match self.storage.check_writer(&self.spec.job_id, lease.epoch).await {
             Ok(()) => true,
             Err(e @ StorageError::Fenced { .. }) => {
                 tracing::error!(job = %self.spec.job_id, error = %e, "fenced");

@@ -29,16 +29,30 @@ impl SharedRegistry {
 
     /// A retained checkpoint's shared files gain a reference.
     pub fn register(&mut self, meta: &CheckpointMetadata) {
-        if self.by_checkpoint.contains_key(&meta.checkpoint_id) {
+        self.register_files(meta.checkpoint_id, meta.shared_files());
+    }
+
+    /// The shared ones among `files` gain a reference held by checkpoint
+    /// `id` (retained, or one whose folder could not be deleted yet: its
+    /// `_metadata` may exist, so its files must stay), until `release(id)`.
+    pub fn register_files<'a>(
+        &mut self,
+        id: CheckpointId,
+        files: impl Iterator<Item = &'a cutpoint_core::StateFile>,
+    ) {
+        if self.by_checkpoint.contains_key(&id) {
             return;
         }
-        let mut paths: Vec<String> = meta.shared_files().map(|f| f.path.clone()).collect();
+        let mut paths: Vec<String> = files
+            .filter(|f| f.path.starts_with("shared/"))
+            .map(|f| f.path.clone())
+            .collect();
         paths.sort();
         paths.dedup();
         for p in &paths {
             *self.counts.entry(p.clone()).or_insert(0) += 1;
         }
-        self.by_checkpoint.insert(meta.checkpoint_id, paths);
+        self.by_checkpoint.insert(id, paths);
     }
 
     /// A checkpoint is no longer retained. Files it was the last reference

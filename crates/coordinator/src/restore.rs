@@ -61,22 +61,18 @@ impl fmt::Display for RestoreFrom {
 }
 
 /// Makes the restore point a checkpoint of `job` and returns its metadata:
-/// a savepoint is imported as checkpoint `max(existing) + 1`; checkpoints
-/// are resolved as by [`resolve`].
+/// a savepoint is imported as checkpoint `import_as` (an id of the writer's
+/// lease, never used before); checkpoints are resolved as by [`resolve`].
 pub async fn prepare(
     storage: &CheckpointStorage,
     job: &JobId,
     from: RestoreFrom,
+    import_as: CheckpointId,
 ) -> Result<CheckpointMetadata, JobError> {
     let from = by_id(storage, from)?;
     match from {
         RestoreFrom::Savepoint(sp) => {
-            let next = storage
-                .checkpoint_dirs(job)
-                .await?
-                .last()
-                .map(|id| id.next())
-                .unwrap_or(CheckpointId(1));
+            let next = import_as;
             let meta = storage
                 .import_savepoint(&sp, job, next)
                 .await

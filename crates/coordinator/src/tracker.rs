@@ -2,8 +2,10 @@
 //! `CheckpointCoordinator` logic without its I/O).
 //!
 //! Invariants:
-//! - Checkpoint ids strictly increase and are never reused (the first id is
-//!   above every id already present in storage).
+//! - Checkpoint ids strictly increase and are never reused: the coordinator
+//!   hands the tracker ids from its writer lease (a range no earlier writer
+//!   of the job used, recorded in storage before any of them is), and the
+//!   tracker refuses triggers past the lease until it gets more.
 //! - A checkpoint is complete only when every expected task acked it; the
 //!   caller then writes `_metadata` and reports back with
 //!   [`CheckpointTracker::completed`], which returns what retention subsumes.
@@ -36,6 +38,8 @@ pub enum TriggerRefusal {
     MinPause,
     #[error("the job is not running ({0})")]
     NotRunning(String),
+    #[error("no checkpoint ids left in the writer lease (renewing it)")]
+    NoIds,
     #[error(transparent)]
     FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }
@@ -123,6 +127,8 @@ pub struct Retained {
 pub struct CheckpointTracker {
     config: CheckpointConfig,
     next_id: CheckpointId,
+    /// The last id the tracker may hand out (`None`: no limit).
+    last_id: Option<CheckpointId>,
     pending: BTreeMap<CheckpointId, PendingCheckpoint>,
     /// Triggered at (ms), to find expired checkpoints.
     retained: VecDeque<Retained>,
@@ -134,16 +140,14 @@ pub struct CheckpointTracker {
 }
 
 impl CheckpointTracker {
-    /// `existing`: every checkpoint id present in storage (any state);
-    /// `retained`: the completed ones to manage by retention, oldest first.
-    pub fn new(
-        config: CheckpointConfig,
-        existing_max: Option<CheckpointId>,
-        retained: Vec<Retained>,
-    ) -> Self {
+    /// `first_id`: the first id to hand out (above every id used before);
+    /// `retained`: the completed checkpoints to manage by retention, oldest
+    /// first.
+    pub fn new(config: CheckpointConfig, first_id: CheckpointId, retained: Vec<Retained>) -> Self {
         Self {
             config,
-            next_id: existing_max.map(|m| m.next()).unwrap_or(CheckpointId(1)),
+            next_id: first_id,
+            last_id: None,
             pending: BTreeMap::new(),
             retained: retained.into(),
             consecutive_failures: 0,
@@ -170,10 +174,27 @@ impl CheckpointTracker {
         self.retained.back().copied()
     }
 
+    /// Ids up to `last` (inclusive) may be handed out; ids below the next
+    /// one are skipped if the range starts higher.
+    pub fn grant_ids(&mut self, first: CheckpointId, last: CheckpointId) {
+        self.next_id = self.next_id.max(first);
+        self.last_id = Some(last);
+    }
+
+    /// Ids left before the tracker needs [`Self::grant_ids`] (`u64::MAX`
+    /// without a limit).
+    pub fn ids_left(&self) -> u64 {
+        self.last_id
+            .map_or(u64::MAX, |l| (l.0 + 1).saturating_sub(self.next_id.0))
+    }
+
     /// Whether a periodic (`periodic = true`) or manual trigger may start now.
     pub fn check_trigger(&self, now_ms: u64, periodic: bool) -> Result<(), TriggerRefusal> {
         if let Some(why) = &self.stopped {
             return Err(TriggerRefusal::NotRunning(why.clone()));
+        }
+        if self.ids_left() == 0 {
+            return Err(TriggerRefusal::NoIds);
         }
         if self.pending.len() >= self.config.max_concurrent as usize {
             return Err(TriggerRefusal::TooManyConcurrent(self.pending.len()));
@@ -408,7 +429,7 @@ mod tests {
     #[test]
     fn ids_continue_above_storage_and_complete_after_all_acks() {
         let t = tasks();
-        let mut tr = CheckpointTracker::new(config(), Some(CheckpointId(7)), vec![]);
+        let mut tr = CheckpointTracker::new(config(), CheckpointId(8), vec![]);
         let id = tr.trigger(0, true, CheckpointType::Full, &t).unwrap();
         assert_eq!(id, CheckpointId(8));
         assert_eq!(tr.ack(id, ack(&t[0])), AckOutcome::Pending);
@@ -420,7 +441,7 @@ mod tests {
     #[test]
     fn concurrency_and_min_pause_limit_triggers() {
         let t = tasks();
-        let mut tr = CheckpointTracker::new(config(), None, vec![]);
+        let mut tr = CheckpointTracker::new(config(), CheckpointId(1), vec![]);
         let id = tr.trigger(0, true, CheckpointType::Full, &t).unwrap();
         assert_eq!(
             tr.trigger(1, false, CheckpointType::Full, &t),
@@ -437,7 +458,7 @@ mod tests {
     #[test]
     fn retention_subsumes_oldest() {
         let t = tasks();
-        let mut tr = CheckpointTracker::new(config(), None, vec![]);
+        let mut tr = CheckpointTracker::new(config(), CheckpointId(1), vec![]);
         let mut subsumed = vec![];
         for i in 0..4 {
             let id = tr
@@ -455,7 +476,7 @@ mod tests {
     #[test]
     fn failures_beyond_tolerable_fail_the_job() {
         let t = tasks();
-        let mut tr = CheckpointTracker::new(config(), None, vec![]);
+        let mut tr = CheckpointTracker::new(config(), CheckpointId(1), vec![]);
         let a = tr.trigger(0, false, CheckpointType::Full, &t).unwrap();
         let d = tr
             .abort(
@@ -492,7 +513,7 @@ mod tests {
                 max_concurrent: 2,
                 ..config()
             },
-            None,
+            CheckpointId(1),
             vec![],
         );
         let a = tr.trigger(0, false, CheckpointType::Full, &t).unwrap();
@@ -515,7 +536,7 @@ mod tests {
                 max_concurrent: 2,
                 ..config()
             },
-            None,
+            CheckpointId(1),
             vec![],
         );
         let a = tr.trigger(0, false, CheckpointType::Full, &t).unwrap();
@@ -525,5 +546,28 @@ mod tests {
         let c = tr.completed(b, 5);
         assert_eq!(c.aborted.iter().map(|x| x.id).collect::<Vec<_>>(), vec![a]);
         assert_eq!(tr.pending().count(), 0);
+    }
+
+    #[test]
+    fn ids_come_from_the_lease_and_never_repeat() {
+        let t = tasks();
+        let mut tr = CheckpointTracker::new(config(), CheckpointId(5), vec![]);
+        tr.grant_ids(CheckpointId(5), CheckpointId(6));
+        assert_eq!(tr.ids_left(), 2);
+        let a = tr.trigger(0, false, CheckpointType::Full, &t).unwrap();
+        tr.abort(a, AbortReason::Expired);
+        let b = tr.trigger(0, false, CheckpointType::Full, &t).unwrap();
+        assert_eq!((a, b), (CheckpointId(5), CheckpointId(6)));
+        tr.abort(b, AbortReason::Expired);
+        assert_eq!(
+            tr.trigger(0, false, CheckpointType::Full, &t),
+            Err(TriggerRefusal::NoIds)
+        );
+        // A new lease may start higher; never lower.
+        tr.grant_ids(CheckpointId(3), CheckpointId(20));
+        assert_eq!(tr.trigger(0, false, CheckpointType::Full, &t), Ok(CheckpointId(7)));
+        tr.grant_ids(CheckpointId(1001), CheckpointId(2000));
+        let c = tr.next_id;
+        assert_eq!(c, CheckpointId(1001));
     }
 }

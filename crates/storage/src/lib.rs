@@ -19,4 +19,7 @@ mod storage;
 pub use error::StorageError;
 pub use location::StorageLocation;
 pub use paths::{JobPaths, StateScope};
-pub use storage::{CheckpointListing, CheckpointStorage, JobObject, JobUsage, MULTIPART_THRESHOLD};
+pub use storage::{
+    CheckpointListing, CheckpointStorage, JobObject, JobUsage, WriterLease, IDS_PER_LEASE,
+    MULTIPART_THRESHOLD,
+};

@@ -80,6 +80,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Checkpoint ids one writer lease grants.
+pub const IDS_PER_LEASE: u64 = 1000;
+
+/// A writer's hold on a job (`_writer/{epoch}`): its epoch, and the
+/// checkpoint ids it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WriterLease {
+    pub epoch: u64,
+    pub first_id: u64,
+    pub last_id: u64,
+    /// Who took it (for people reading storage).
+    pub pid: u32,
+    pub taken_ms: u64,
+}
+
 /// An object of a job, for the orphan sweep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobObject {
@@ -217,33 +232,92 @@ impl CheckpointStorage {
         Ok(epochs)
     }
 
-    /// Takes the job's storage for this process: creates `_writer/{e}`
-    /// create-only for the next epoch `e` above every one present (if
-    /// another writer creates it first, the next one). Older epochs are
-    /// fenced from then on: [`Self::check_writer`] refuses them. Then
-    /// deletes epoch objects below `e` but the newest of them (fenced
-    /// writers still see a newer epoch).
-    pub async fn take_writer_epoch(&self, job: &JobId) -> Result<u64, StorageError> {
-        let mut epoch = self.writer_epochs(job).await?.last().map_or(1, |e| e + 1);
+    /// Takes the job's storage for this process (one writer per job):
+    /// creates `_writer/{e}` create-only for the next epoch `e` above every
+    /// one present (if another writer creates it first, the next one).
+    /// Older epochs are fenced from then on: [`Self::check_writer`] refuses
+    /// them. The object records the checkpoint ids the lease grants:
+    /// [`IDS_PER_LEASE`] of them from above both `min_first_id` and every id
+    /// an earlier lease granted, so ids never repeat, even after a crash
+    /// that left no trace of the last ones.
+    pub async fn take_writer_lease(
+        &self,
+        job: &JobId,
+        min_first_id: u64,
+    ) -> Result<WriterLease, StorageError> {
         loop {
-            let body = serde_json::json!({
-                "epoch": epoch,
-                "pid": std::process::id(),
-                "taken_ms": cutpoint_core::now_millis(),
-            });
-            let path = self.paths(job).writer_epoch(epoch);
-            match self.put_create(&path, Bytes::from(body.to_string())).await {
-                Ok(()) => break,
-                Err(StorageError::AlreadyExists { .. }) => epoch += 1,
-                Err(e) => return Err(e),
+            let newest = self.newest_lease(job).await?;
+            let epoch = newest.map_or(1, |l| l.epoch + 1);
+            let first = newest.map_or(0, |l| l.last_id + 1).max(min_first_id).max(1);
+            match self.create_lease(job, epoch, first).await {
+                Err(StorageError::AlreadyExists { .. }) => continue,
+                other => return other,
             }
         }
+    }
+
+    /// Renews `lease` when its ids run out: the next epoch, with the next
+    /// ids, only if no other writer took the job meanwhile (else
+    /// [`StorageError::Fenced`]: a fenced writer never fences the new one).
+    pub async fn renew_writer_lease(
+        &self,
+        job: &JobId,
+        lease: WriterLease,
+        min_first_id: u64,
+    ) -> Result<WriterLease, StorageError> {
+        self.check_writer(job, lease.epoch).await?;
+        let first = (lease.last_id + 1).max(min_first_id);
+        match self.create_lease(job, lease.epoch + 1, first).await {
+            Err(StorageError::AlreadyExists { .. }) => Err(StorageError::Fenced {
+                job: job.to_string(),
+                epoch: lease.epoch,
+                newer: lease.epoch + 1,
+            }),
+            other => other,
+        }
+    }
+
+    async fn create_lease(
+        &self,
+        job: &JobId,
+        epoch: u64,
+        first_id: u64,
+    ) -> Result<WriterLease, StorageError> {
+        let lease = WriterLease {
+            epoch,
+            first_id,
+            last_id: first_id + IDS_PER_LEASE - 1,
+            pid: std::process::id(),
+            taken_ms: cutpoint_core::now_millis(),
+        };
+        let path = self.paths(job).writer_epoch(epoch);
+        let body = serde_json::to_vec(&lease).expect("lease serializes");
+        self.put_create(&path, Bytes::from(body)).await?;
+        // Fenced writers only need to see a newer epoch: keep the last two.
         for old in self.writer_epochs(job).await? {
             if old + 1 < epoch {
                 self.delete(&self.paths(job).writer_epoch(old)).await?;
             }
         }
-        Ok(epoch)
+        Ok(lease)
+    }
+
+    /// The newest lease recorded for `job`, if any.
+    async fn newest_lease(&self, job: &JobId) -> Result<Option<WriterLease>, StorageError> {
+        let Some(epoch) = self.writer_epochs(job).await?.last().copied() else {
+            return Ok(None);
+        };
+        let path = self.paths(job).writer_epoch(epoch);
+        let Some(bytes) = self.get_optional(&path).await? else {
+            // Replaced by a newer one between the listing and the read.
+            return Box::pin(self.newest_lease(job)).await;
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StorageError::CorruptMetadata {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })
     }
 
     /// `Ok` while no writer took `job` after epoch `epoch`; else
