@@ -780,3 +780,118 @@ async fn a_lost_completion_notice_never_makes_a_checkpoint_reference_deleted_fil
     let meta = storage.read_metadata(&job, CheckpointId(third)).await.unwrap();
     assert_checkpoint_state(&storage, &meta, keys, events).await;
 }
+
+impl Serve {
+    async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> (reqwest::StatusCode, serde_json::Value) {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let s = r.status();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    async fn wait_job(&self, job: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        for _ in 0..1200 {
+            let v = self.get(&format!("/v1/jobs/{job}")).await;
+            if pred(&v) {
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("job {job} never got there: {}", self.get(&format!("/v1/jobs/{job}")).await);
+    }
+}
+
+fn pv_json(job: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "job_id": job,
+        "source": {"type": "generator", "partitions": 2, "events": 50_000_000u64, "keys": 5_000, "seed": 42, "rate_per_s": 200_000},
+        "key_by": "app_id",
+        "aggregate": {"type": "count"},
+        "checkpoint": {"interval_ms": null, "retention": 5},
+    });
+    if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
+        o.extend(e);
+    }
+    v
+}
+
+/// Defect 8a: a restore is one operation the server owns. Here the
+/// request times out (1 s) while the running job is still stopping (its
+/// pending checkpoint's cleanup is slow): the restore still completes, and
+/// the job runs, restored, with the outcome on it. Before, the dropped
+/// handler left the job cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_completes_when_its_request_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(
+        &dir.path().join("chk"),
+        &[
+            ("CUTPOINT_REQUEST_TIMEOUT_MS", "1000"),
+            // Checkpoint 2 hangs in upload; deleting its folder takes 3 s.
+            ("CUTPOINT_FAULTS", "put:/chk-2/:delay=600000;delete:/chk-2/:delay=3000"),
+        ],
+    );
+    server.post("/v1/jobs", pv_json("pv-restore-op", serde_json::json!({}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let first = server.checkpoint("pv-restore-op", "incremental").await;
+    server
+        .post("/v1/jobs/pv-restore-op/checkpoints", serde_json::json!({}))
+        .await;
+    let (status, _) = server
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs/pv-restore-op/restore",
+            serde_json::json!({ "checkpoint_id": first }),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::REQUEST_TIMEOUT);
+    let job = server
+        .wait_job("pv-restore-op", |j| j["last_restore"]["outcome"] == "restored")
+        .await;
+    assert_eq!(job["state"], "RUNNING", "{job}");
+    assert_eq!(job["last_restore"]["requested"], first.to_string(), "{job}");
+}
+
+/// Defect 8c: `?force=true` deletes a running job's only restorable
+/// checkpoint (also its incremental base, so the next checkpoint uploads
+/// every file), as the 409 without it says; the next checkpoint is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_deletes_a_running_jobs_only_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Serve::start(&chk, &[]);
+    server.post("/v1/jobs", pv_json("pv-force", serde_json::json!({}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let only = server.checkpoint("pv-force", "incremental").await;
+    let path = format!("/v1/jobs/pv-force/checkpoints/{only}");
+    let (status, problem) = server.send(reqwest::Method::DELETE, &path, serde_json::json!(null)).await;
+    assert_eq!(status, reqwest::StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
+    let (status, _) = server
+        .send(reqwest::Method::DELETE, &format!("{path}?force=true"), serde_json::json!(null))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
+    let storage = storage_at(chk.to_str().unwrap());
+    let job = JobId::new("pv-force").unwrap();
+    assert!(storage.list_checkpoints(&job).await.unwrap().is_empty());
+    let next = server.checkpoint("pv-force", "incremental").await;
+    let meta = storage.read_metadata(&job, CheckpointId(next)).await.unwrap();
+    assert!(meta.subtasks.iter().all(|s| s.files_reused == 0), "nothing reused from the deleted base");
+    assert_checkpoint_state(&storage, &meta, 5_000, 50_000_000).await;
+}
