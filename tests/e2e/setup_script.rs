@@ -19,7 +19,11 @@ fn fake_root(dir: &Path, installed: &[&str], removed: &[&str]) -> PathBuf {
     let status: String = installed
         .iter()
         .map(|p| entry(p, "install ok installed"))
-        .chain(removed.iter().map(|p| entry(p, "deinstall ok config-files")))
+        .chain(
+            removed
+                .iter()
+                .map(|p| entry(p, "deinstall ok config-files")),
+        )
         .collect();
     std::fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
     // the library files of the fresh image: the C++ interface library only
@@ -61,12 +65,12 @@ fn plan(root: &Path, bin: &Path, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-const BUILD: [&str; 3] = ["g++", "make", "libclang-dev"];
+const BUILD: [&str; 4] = ["g++", "make", "libclang-dev", "curl"];
 
 #[test]
 fn only_libclang_cpp_present_plans_libclang_dev() {
     let dir = tempfile::tempdir().unwrap();
-    let root = fake_root(dir.path(), &["g++", "make", "libclang-cpp14"], &[]);
+    let root = fake_root(dir.path(), &["g++", "make", "curl", "libclang-cpp14"], &[]);
     let out = plan(&root, &fake_python(dir.path(), true), &[]);
     assert_eq!(out.trim(), "setup: would install libclang-dev");
 }
@@ -82,7 +86,7 @@ fn everything_present_plans_nothing() {
 #[test]
 fn removed_packages_and_python_without_ensurepip_are_planned() {
     let dir = tempfile::tempdir().unwrap();
-    let root = fake_root(dir.path(), &["libclang-dev"], &["g++", "make"]);
+    let root = fake_root(dir.path(), &["libclang-dev", "curl"], &["g++", "make"]);
     let out = plan(&root, &fake_python(dir.path(), false), &[]);
     assert_eq!(out.trim(), "setup: would install g++ make python3-venv");
 }

@@ -60,7 +60,7 @@ fn durations(metas: &[CheckpointMetadata]) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unaligned_checkpoints_beat_aligned_under_backpressure_and_restore_exactly() {
+async fn unaligned_checkpoints_under_backpressure_persist_in_flight_records_and_restore_exactly() {
     let expected = expected_counts(42, KEYS, EVENTS);
     let dir = tempfile::tempdir().unwrap();
     let (aligned, outcome) = backpressured("exactly_once", "", &dir.path().join("a")).await;
@@ -80,12 +80,10 @@ async fn unaligned_checkpoints_beat_aligned_under_backpressure_and_restore_exact
         a.len() >= 3 && u.len() >= 3,
         "aligned {a:?} unaligned {u:?}"
     );
-    let (a50, u50) = (a[a.len() / 2], u[u.len() / 2]);
-    eprintln!("checkpoint durations: aligned {a:?} (p50 {a50} ms), unaligned {u:?} (p50 {u50} ms)");
-    assert!(
-        u50 * 2 < a50,
-        "unaligned p50 {u50} ms is not much lower than aligned p50 {a50} ms"
-    );
+    // How much faster unaligned checkpoints complete is measured by the
+    // benchmark (`cutpoint bench pv --variant backpressure-unaligned`), not
+    // asserted here.
+    eprintln!("checkpoint durations: aligned {a:?}, unaligned {u:?}");
     // Aligned checkpoints waited for the queues; unaligned ones persisted them.
     let aggs = |m: &CheckpointMetadata| {
         m.subtasks
@@ -100,13 +98,14 @@ async fn unaligned_checkpoints_beat_aligned_under_backpressure_and_restore_exact
         .all(|s| !s.unaligned && s.persisted_data_size == 0));
     assert!(unaligned.iter().flat_map(aggs).all(|s| s.unaligned));
     let restored = outcome.restored_from[0];
-    let base = unaligned.iter().find(|m| m.checkpoint_id == restored);
-    if let Some(base) = base {
-        assert!(
-            aggs(base).iter().any(|s| s.persisted_data_size > 0),
-            "the restored checkpoint carried in-flight records"
-        );
-    }
+    let base = unaligned
+        .iter()
+        .find(|m| m.checkpoint_id == restored)
+        .expect("the restored checkpoint is retained and unaligned");
+    assert!(
+        aggs(base).iter().any(|s| s.persisted_data_size > 0),
+        "the restored checkpoint carried in-flight records"
+    );
 
     // Rescale: restore an unaligned checkpoint with in-flight records at
     // parallelism 3; each new subtask replays the records of its key groups.

@@ -19,11 +19,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cutpoint_core::spec::SinkSpec;
 use cutpoint_core::{
     now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SavepointId,
     SubtaskState, TaskId, METADATA_VERSION,
 };
-use cutpoint_core::spec::SinkSpec;
 use cutpoint_runtime::sink::StagingInUse;
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
@@ -40,10 +40,10 @@ use crate::registry::SharedRegistry;
 use crate::restore::{self, RestoreFrom};
 use crate::stats::StatsBook;
 use crate::sweep::{orphans, SweepFacts};
-use crate::workdir::WorkDir;
 use crate::tracker::{
     Abort, AbortReason, AckOutcome, CheckpointTracker, PendingCheckpoint, Retained, TriggerRefusal,
 };
+use crate::workdir::WorkDir;
 use crate::JobError;
 
 /// How to run a job.
@@ -532,23 +532,33 @@ impl Runner {
             .map_err(|e| JobError::Internal(e.to_string()))??;
         self.work = Some(Arc::new(work));
         self.storage.write_job_spec(&self.spec).await?;
-        let above = self.storage.checkpoint_dirs(&job).await?.last().map_or(1, |m| m.0 + 1);
+        let above = self
+            .storage
+            .checkpoint_dirs(&job)
+            .await?
+            .last()
+            .map_or(1, |m| m.0 + 1);
         let lease = self.storage.take_writer_lease(&job, above).await?;
         self.lease = Some(lease);
         tracing::info!(job = %job, epoch = lease.epoch, ids = ?(lease.first_id..=lease.last_id), "took the job's storage (older writers are fenced)");
         let mut restore = match &restore_from {
             Some(from) => Some(Arc::new(
-                restore::prepare(&self.storage, &job, from.clone(), CheckpointId(lease.first_id))
-                    .await?,
+                restore::prepare(
+                    &self.storage,
+                    &job,
+                    from.clone(),
+                    CheckpointId(lease.first_id),
+                )
+                .await?,
             )),
             None => None,
         };
         let retained = self.load_retained().await?;
         register_metrics(&job);
         // A savepoint imported as the lease's first id: the next one is free.
-        let first = restore
-            .as_ref()
-            .map_or(lease.first_id, |m| m.checkpoint_id.0.max(lease.first_id - 1) + 1);
+        let first = restore.as_ref().map_or(lease.first_id, |m| {
+            m.checkpoint_id.0.max(lease.first_id - 1) + 1
+        });
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), CheckpointId(first), retained);
         tracker.grant_ids(CheckpointId(first), CheckpointId(lease.last_id));
@@ -597,7 +607,10 @@ impl Runner {
             match policy.after_failure(failure, restored, outcome.restarts) {
                 AfterFailure::FallBack { bad } => {
                     excluded.insert(bad);
-                    restore = Some(self.fall_back(&tracker, &excluded, bad, &error, &mut outcome).await?);
+                    restore = Some(
+                        self.fall_back(&tracker, &excluded, bad, &error, &mut outcome)
+                            .await?,
+                    );
                 }
                 AfterFailure::Fail => {
                     self.record_failure(&error, &mut outcome);
@@ -1419,11 +1432,9 @@ impl Runner {
     async fn retry_doomed(&mut self, tracker: &CheckpointTracker) {
         for id in std::mem::take(&mut self.doomed) {
             if self.delete_checkpoint(id).await {
-                let free = self.registry.release(
-                    id,
-                    tracker.highest_pending(),
-                    tracker.lowest_pending(),
-                );
+                let free =
+                    self.registry
+                        .release(id, tracker.highest_pending(), tracker.lowest_pending());
                 self.delete_shared(&free).await;
             } else {
                 self.doomed.insert(id);
@@ -1610,7 +1621,11 @@ impl Runner {
         let Some(lease) = self.lease else {
             return false;
         };
-        match self.storage.check_writer(&self.spec.job_id, lease.epoch).await {
+        match self
+            .storage
+            .check_writer(&self.spec.job_id, lease.epoch)
+            .await
+        {
             Ok(()) => true,
             Err(e @ StorageError::Fenced { .. }) => {
                 tracing::error!(job = %self.spec.job_id, error = %e, "fenced");

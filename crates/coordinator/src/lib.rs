@@ -31,10 +31,10 @@ pub mod tracker;
 pub mod workdir;
 
 pub use error::JobError;
-pub use job::{
-    spawn_job, AckRejection, JobConfig, JobControl, JobHandle, JobOutcome, JobState,
-    JobStatus, SavepointInfo, TaskProgress,
-};
 pub use gc::DeleteRefusal;
+pub use job::{
+    spawn_job, AckRejection, JobConfig, JobControl, JobHandle, JobOutcome, JobState, JobStatus,
+    SavepointInfo, TaskProgress,
+};
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

@@ -233,7 +233,10 @@ mod tests {
                 &[ok(1), c(2, MetadataRead::Unreachable("t".into()))],
                 &set(&[2])
             ),
-            Choice::Restore { id: CheckpointId(1), .. }
+            Choice::Restore {
+                id: CheckpointId(1),
+                ..
+            }
         ));
     }
 
@@ -272,7 +275,10 @@ mod tests {
         let all: Vec<_> = existing.iter().map(|id| ok(id.0)).collect();
         assert!(matches!(
             newest_restorable(&all, &excluded),
-            Choice::Restore { id: CheckpointId(2), .. }
+            Choice::Restore {
+                id: CheckpointId(2),
+                ..
+            }
         ));
         // A fresh start excludes them all.
         let fresh = excluded_at_start(existing, None);

@@ -565,7 +565,10 @@ mod tests {
         );
         // A new lease may start higher; never lower.
         tr.grant_ids(CheckpointId(3), CheckpointId(20));
-        assert_eq!(tr.trigger(0, false, CheckpointType::Full, &t), Ok(CheckpointId(7)));
+        assert_eq!(
+            tr.trigger(0, false, CheckpointType::Full, &t),
+            Ok(CheckpointId(7))
+        );
         tr.grant_ids(CheckpointId(1001), CheckpointId(2000));
         let c = tr.next_id;
         assert_eq!(c, CheckpointId(1001));

@@ -21,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext, TaskCounters};
 use crate::worker::AbortRegistry;
-use crate::{
-    Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR,
-};
+use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
 
 /// Everything needed to start one attempt.
 pub struct ExecutionConfig {

@@ -303,11 +303,7 @@ impl TxnFileSink {
     /// restored checkpoint pre-committed that it adopts and deletes the
     /// other staging files of the subtasks it covers that no restorable
     /// checkpoint names, then starts a fresh staging file.
-    pub fn open(
-        dir: &Path,
-        subtask: u32,
-        recovery: &SinkRecovery,
-    ) -> Result<Self, RuntimeError> {
+    pub fn open(dir: &Path, subtask: u32, recovery: &SinkRecovery) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(dir).map_err(|e| sink_err(dir, e))?;
         Self::recover_dir(dir, recovery)?;
         let nanos = std::time::SystemTime::now()

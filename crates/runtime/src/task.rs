@@ -771,7 +771,8 @@ impl AggregateTask {
                     }
                     // A hard cap: far over the budget, wait for the worker to
                     // write what it was handed, so clean entries can go.
-                    if budget.is_some_and(|b| table.len() > b * BUDGET_CAP) && collecting.is_none() {
+                    if budget.is_some_and(|b| table.len() > b * BUDGET_CAP) && collecting.is_none()
+                    {
                         if let Err(e) = wait_written(&applied, handed, &ctx.cancel) {
                             break Err(e);
                         }

@@ -277,7 +277,11 @@ impl AppState {
         })
     }
 
-    async fn restore_op(self: &Arc<Self>, job: &JobId, from: RestoreFrom) -> Result<JobEntry, ApiError> {
+    async fn restore_op(
+        self: &Arc<Self>,
+        job: &JobId,
+        from: RestoreFrom,
+    ) -> Result<JobEntry, ApiError> {
         restore::resolve(&self.storage, job, from.clone()).await?;
         let spec = self.job_spec(job).await?;
         let previous = self.job(job).filter(|e| e.result().is_none());
@@ -307,7 +311,10 @@ impl AppState {
                 }));
                 Err(ApiError::new(
                     error.kind,
-                    format!("{}; the job was started again from its latest checkpoint", error.detail),
+                    format!(
+                        "{}; the job was started again from its latest checkpoint",
+                        error.detail
+                    ),
                 ))
             }
             Err(e) => {

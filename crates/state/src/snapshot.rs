@@ -360,7 +360,11 @@ pub fn restore(
 }
 
 /// Copies the entries of `range` from `from` into `to`, in batches.
-fn copy_range(from: &RocksStore, to: &mut RocksStore, range: KeyGroupRange) -> Result<(), StateError> {
+fn copy_range(
+    from: &RocksStore,
+    to: &mut RocksStore,
+    range: KeyGroupRange,
+) -> Result<(), StateError> {
     let mut batch = FrozenDelta::default();
     let mut failed = None;
     from.scan(range, |k, v| {

@@ -289,13 +289,21 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.with(FaultOp::Get, location, self.inner.get_opts(location, options))
-            .await
+        self.with(
+            FaultOp::Get,
+            location,
+            self.inner.get_opts(location, options),
+        )
+        .await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        self.with(FaultOp::Get, location, self.inner.get_ranges(location, ranges))
-            .await
+        self.with(
+            FaultOp::Get,
+            location,
+            self.inner.get_ranges(location, ranges),
+        )
+        .await
     }
 
     async fn head(&self, location: &Path) -> Result<ObjectMeta> {

@@ -75,7 +75,9 @@ impl Drop for AbortOnDrop {
             Ok(rt) => drop(rt.spawn(async move {
                 let _ = inner.abort().await;
             })),
-            Err(_) => tracing::warn!("an unfinished multipart upload could not be aborted (no runtime)"),
+            Err(_) => {
+                tracing::warn!("an unfinished multipart upload could not be aborted (no runtime)")
+            }
         }
     }
 }
