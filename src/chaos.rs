@@ -2,18 +2,26 @@
 //!
 //! Each cycle runs a small PV job as a child process of this binary, injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
-//! panic, crash or delay; see `cutpoint_core::failpoint`), or a store fault
-//! (`CUTPOINT_FAULTS`) — recovers the way an operator would (re-run with
-//! `--restore-from latest`, or from scratch when nothing was checkpointed),
-//! and then checks the end result against the failure-free truth:
+//! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
+//! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
+//! rewritten by a newer release (unreadable), the killed run's work dir
+//! reused, a transient GET failure on `_metadata` while restoring, a second
+//! writer started on the running job, a failing channel-state upload —
+//! recovers the way an operator would (re-run with `--restore-from latest`,
+//! or from scratch when nothing was checkpointed), and then checks the end
+//! result against the failure-free truth:
 //!
 //! * exactly-once jobs: every key's final count equals the generator's,
 //!   computed independently; at-least-once jobs: no count too low;
 //! * the transactional sink's committed output holds every update of every
-//!   key exactly once, and no staging file is left;
-//! * storage holds exactly `job.json` plus, for every checkpoint it still
-//!   has, its `_metadata` and the files that names — nothing leaked, nothing
-//!   missing.
+//!   key exactly once, and no staging file is left; the plain file sink's
+//!   output (at-least-once) is whole records only — every line parses — and
+//!   ends with every key's exact count;
+//! * storage holds exactly `job.json`, the writer leases and, for every
+//!   checkpoint it still has, its `_metadata` and the files that names —
+//!   nothing leaked, nothing missing (after an unreadable `_metadata`: every
+//!   file it names is still there, since no shared file may be deleted
+//!   while it exists).
 //!
 //! A cycle is fully determined by `(seed, cycle)`: its plan comes from a
 //! ChaCha stream of its own, so any failing cycle replays alone with
@@ -56,6 +64,8 @@ enum JobKind {
     AtLeastOnce,
     Unaligned,
     Transactional,
+    /// Exactly-once state, the plain (at-least-once) file sink.
+    FileSink,
 }
 
 impl JobKind {
@@ -65,6 +75,7 @@ impl JobKind {
             JobKind::AtLeastOnce => "at_least_once",
             JobKind::Unaligned => "unaligned",
             JobKind::Transactional => "exactly_once+2pc_sink",
+            JobKind::FileSink => "exactly_once+file_sink",
         }
     }
 }
@@ -75,6 +86,18 @@ enum Fault {
     TaskPanic,
     FailPoint { name: &'static str, actions: String },
     Store { what: &'static str, rules: String },
+    /// SIGKILL, then the newest `_metadata` rewritten as a newer release
+    /// would (`"version": 2`).
+    UnreadableMetadata { after_ms: u64 },
+    /// SIGKILL, then every recovery run uses the killed run's work dir.
+    ReusedWorkDir { after_ms: u64 },
+    /// SIGKILL, then the first recovery run's first `_metadata` GETs fail.
+    TransientMetadataGet { after_ms: u64, failures: u32 },
+    /// A second run of the job (`--restore-from latest`) started while the
+    /// first runs: the first is fenced.
+    SecondWriter { after_ms: u64 },
+    /// Unaligned snapshots whose channel-state uploads fail.
+    ChannelStateUpload { failures: u32 },
 }
 
 impl Fault {
@@ -84,6 +107,23 @@ impl Fault {
             Fault::TaskPanic => "task_panic",
             Fault::FailPoint { .. } => "fail_point",
             Fault::Store { .. } => "store_fault",
+            Fault::UnreadableMetadata { .. } => "unreadable_metadata",
+            Fault::ReusedWorkDir { .. } => "reused_work_dir",
+            Fault::TransientMetadataGet { .. } => "transient_metadata_get",
+            Fault::SecondWriter { .. } => "second_writer",
+            Fault::ChannelStateUpload { .. } => "channel_state_upload",
+        }
+    }
+
+    /// When the faulty run is killed (or the second writer starts).
+    fn after(&self) -> Option<Duration> {
+        match self {
+            Fault::Kill { after_ms }
+            | Fault::UnreadableMetadata { after_ms }
+            | Fault::ReusedWorkDir { after_ms }
+            | Fault::TransientMetadataGet { after_ms, .. }
+            | Fault::SecondWriter { after_ms } => Some(Duration::from_millis(*after_ms)),
+            _ => None,
         }
     }
 
@@ -93,6 +133,21 @@ impl Fault {
             Fault::TaskPanic => "a task fails once".into(),
             Fault::FailPoint { name, actions } => format!("{name}={actions}"),
             Fault::Store { what, rules } => format!("{what}: {rules}"),
+            Fault::UnreadableMetadata { after_ms } => {
+                format!("SIGKILL after {after_ms} ms, newest _metadata made unreadable")
+            }
+            Fault::ReusedWorkDir { after_ms } => {
+                format!("SIGKILL after {after_ms} ms, its work dir reused")
+            }
+            Fault::TransientMetadataGet { after_ms, failures } => format!(
+                "SIGKILL after {after_ms} ms, {failures} _metadata GETs fail on restore"
+            ),
+            Fault::SecondWriter { after_ms } => {
+                format!("a second writer starts after {after_ms} ms")
+            }
+            Fault::ChannelStateUpload { failures } => {
+                format!("{failures} channel-state uploads fail")
+            }
         }
     }
 }
@@ -142,20 +197,37 @@ fn plan(seed: u64, cycle: u64) -> Plan {
         };
         Fault::FailPoint { name, actions }
     } else {
-        match slot % 3 {
-            0 => Fault::Kill {
-                after_ms: rng.gen_range(100..1400),
-            },
+        let after_ms = rng.gen_range(100..1400);
+        match slot % 8 {
+            0 => Fault::Kill { after_ms },
             1 => Fault::TaskPanic,
-            _ => store_fault(&mut rng),
+            2 => store_fault(&mut rng),
+            3 => Fault::UnreadableMetadata { after_ms },
+            4 => Fault::ReusedWorkDir { after_ms },
+            5 => Fault::TransientMetadataGet {
+                after_ms,
+                failures: rng.gen_range(1..=3),
+            },
+            6 => Fault::SecondWriter { after_ms },
+            _ => Fault::ChannelStateUpload {
+                failures: rng.gen_range(1..=3),
+            },
         }
     };
     let job = match &fault {
         Fault::FailPoint { name, .. } if name.starts_with("sink::") => JobKind::Transactional,
-        _ => match rng.gen_range(0..20) {
+        // Skipping the newest checkpoint would replay committed output.
+        Fault::TransientMetadataGet { .. } => JobKind::Transactional,
+        Fault::ChannelStateUpload { .. } => JobKind::Unaligned,
+        Fault::SecondWriter { .. } => match rng.gen_bool(0.5) {
+            true => JobKind::ExactlyOnce,
+            false => JobKind::Unaligned,
+        },
+        _ => match rng.gen_range(0..24) {
             0..6 => JobKind::ExactlyOnce,
             6..12 => JobKind::Transactional,
             12..16 => JobKind::Unaligned,
+            16..20 => JobKind::FileSink,
             _ => JobKind::AtLeastOnce,
         },
     };
@@ -170,12 +242,13 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     });
     Plan {
         job,
-        fault,
         interval_ms: rng.gen_range(60..250),
         retention: rng.gen_range(1..=3),
         full: rng.gen_bool(0.2),
         task_failure,
-        budget: rng.gen_bool(0.25),
+        // A reused work dir matters most where evicted state is read back.
+        budget: matches!(fault, Fault::ReusedWorkDir { .. }) || rng.gen_bool(0.25),
+        fault,
     }
 }
 
@@ -346,6 +419,29 @@ struct CycleResult {
     checkpoints: usize,
 }
 
+/// The runs of one cycle: the job, its storage and files.
+struct Runs<'a> {
+    exe: &'a Path,
+    spec: PathBuf,
+    location: &'a str,
+    dir: &'a Path,
+    storage: CheckpointStorage,
+    job: JobId,
+    rt: &'a tokio::runtime::Handle,
+}
+
+impl Runs<'_> {
+    /// Whether storage has a restorable checkpoint (recover with `latest`).
+    fn restorable(&self) -> Result<bool> {
+        Ok(self.rt.block_on(async {
+            self.storage
+                .list_checkpoints(&self.job)
+                .await
+                .map(|l| l.iter().any(|c| c.metadata.is_ok()))
+        })?)
+    }
+}
+
 fn run_cycle(
     exe: &Path,
     p: &Plan,
@@ -355,40 +451,23 @@ fn run_cycle(
     rt: &tokio::runtime::Handle,
 ) -> Result<CycleResult> {
     let out = dir.join("out");
-    let spec = spec_json(p, &out);
     let spec_path = dir.join("spec.json");
-    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
-    let storage = CheckpointStorage::new(StorageLocation::parse(location)?);
-    let job = JobId::new("chaos")?;
-    let final_state = dir.join("final.jsonl");
-
-    let mut env: Vec<(&str, String)> = Vec::new();
-    let mut kill_after = None;
-    match &p.fault {
-        Fault::Kill { after_ms } => kill_after = Some(Duration::from_millis(*after_ms)),
-        Fault::FailPoint { name, actions } => {
-            env.push(("CUTPOINT_FAILPOINTS", format!("{name}={actions}")))
-        }
-        Fault::Store { rules, .. } => env.push(("CUTPOINT_FAULTS", rules.clone())),
-        Fault::TaskPanic => {}
-    }
-    let first = run_child(exe, &spec_path, location, dir, 0, false, &env, kill_after)?;
-    let fired = match &p.fault {
-        // Errors, crashes and panics leave their mark; a delay does not.
-        Fault::FailPoint { name, actions } if actions.contains("sleep") => {
-            let _ = name;
-            None
-        }
-        Fault::FailPoint { name, .. } => Some(
-            first.log.contains(&format!("fail point {name}"))
-                || first.log.contains(&format!("failpoint {name} panic")),
-        ),
-        Fault::Kill { .. } => Some(first.killed),
-        _ => Some(true),
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec_json(p, &out))?)?;
+    let runs = Runs {
+        exe,
+        spec: spec_path,
+        location,
+        dir,
+        storage: CheckpointStorage::new(StorageLocation::parse(location)?),
+        job: JobId::new("chaos")?,
+        rt,
     };
-    let faulty_run = first.describe();
-    let faulty_run_succeeded = first.succeeded();
-    let mut last = first;
+    let (first, mut last) = faulty_runs(&runs, p)?;
+    let fired = fired(p, &first);
+    let unreadable = match p.fault {
+        Fault::UnreadableMetadata { .. } => rt.block_on(make_newest_unreadable(&runs))?,
+        _ => None,
+    };
     let mut recoveries = 0;
     while !last.succeeded() {
         if recoveries == MAX_RECOVERIES {
@@ -399,26 +478,98 @@ fn run_cycle(
             );
         }
         recoveries += 1;
-        let restorable = rt.block_on(async {
-            storage
-                .list_checkpoints(&job)
-                .await
-                .map(|l| l.iter().any(|c| c.metadata.is_ok()))
-        })?;
-        last = run_child(
-            exe,
-            &spec_path,
-            location,
-            dir,
-            recoveries,
-            restorable,
-            &[],
-            None,
-        )?;
+        let env = match &p.fault {
+            Fault::TransientMetadataGet { failures, .. } if recoveries == 1 => {
+                vec![("CUTPOINT_FAULTS", format!("get:/_metadata:fail*{failures}"))]
+            }
+            _ => Vec::new(),
+        };
+        let work = match p.fault {
+            Fault::ReusedWorkDir { .. } => 0,
+            _ => recoveries + 1,
+        };
+        let child = spawn_child(&runs, recoveries + 1, work, runs.restorable()?, &env)?;
+        last = wait_child(child, None)?;
     }
+    check_results(p, &last.final_state, &out, expected)?;
+    let checkpoints = rt.block_on(check_storage(&runs.storage, &runs.job, unreadable))?;
+    Ok(CycleResult {
+        faulty_run: first.describe(),
+        faulty_run_succeeded: first.succeeded(),
+        recoveries,
+        fired,
+        checkpoints,
+    })
+}
 
-    // 1. Keyed state.
-    let text = std::fs::read_to_string(&final_state).context("reading the final state")?;
+/// The faulty run (and, for a second writer, the run that takes over):
+/// returns the faulty run and the last run that ended.
+fn faulty_runs(runs: &Runs<'_>, p: &Plan) -> Result<(RunEnd, RunEnd)> {
+    let mut env: Vec<(&str, String)> = Vec::new();
+    match &p.fault {
+        Fault::FailPoint { name, actions } => {
+            env.push(("CUTPOINT_FAILPOINTS", format!("{name}={actions}")))
+        }
+        Fault::Store { rules, .. } => env.push(("CUTPOINT_FAULTS", rules.clone())),
+        Fault::ChannelStateUpload { failures } => env.push((
+            "CUTPOINT_FAULTS",
+            format!("put:channel-state.jsonl:fail*{failures}"),
+        )),
+        _ => {}
+    }
+    let child = spawn_child(runs, 0, 0, false, &env)?;
+    let Fault::SecondWriter { after_ms } = p.fault else {
+        let first = wait_child(child, p.fault.after())?;
+        return Ok((first.clone_end(), first));
+    };
+    // The first runs on while the second takes the job over.
+    std::thread::sleep(Duration::from_millis(after_ms));
+    let second = spawn_child(runs, 1, 1, runs.restorable()?, &[])?;
+    // The first is fenced at its next publish or delete (or finished
+    // before the second took over); the second's result is checked.
+    let first = wait_child(child, None)?;
+    let second = wait_child(second, None)?;
+    Ok((first, second))
+}
+
+fn fired(p: &Plan, first: &RunEnd) -> Option<bool> {
+    match &p.fault {
+        // Errors, crashes and panics leave their mark; a delay does not.
+        Fault::FailPoint { actions, .. } if actions.contains("sleep") => None,
+        Fault::FailPoint { name, .. } => Some(
+            first.log.contains(&format!("fail point {name}"))
+                || first.log.contains(&format!("failpoint {name} panic")),
+        ),
+        Fault::SecondWriter { .. } => Some(first.log.contains("fenced")),
+        Fault::ChannelStateUpload { .. } => Some(first.log.contains("channel-state")),
+        f if f.after().is_some() => Some(first.killed),
+        _ => Some(true),
+    }
+}
+
+/// Rewrites the newest restorable `_metadata` as a newer release would;
+/// returns its id and the files it names (which must all survive).
+async fn make_newest_unreadable(runs: &Runs<'_>) -> Result<Option<(u64, Vec<String>)>> {
+    let listing = runs.storage.list_checkpoints(&runs.job).await?;
+    let Some(newest) = listing.iter().find(|l| l.metadata.is_ok()) else {
+        return Ok(None);
+    };
+    let id = newest.checkpoint_id;
+    let path = runs.storage.paths(&runs.job).metadata(id);
+    let bytes = runs.storage.store().get(&path).await?.bytes().await?;
+    let mut meta: serde_json::Value = serde_json::from_slice(&bytes)?;
+    meta["version"] = 2.into();
+    runs.storage
+        .store()
+        .put(&path, serde_json::to_vec(&meta)?.into())
+        .await?;
+    let files = newest.metadata.as_ref().expect("readable").files().map(|f| f.path.clone());
+    Ok(Some((id.0, files.collect())))
+}
+
+/// The job's results against the truth: keyed state, then sink output.
+fn check_results(p: &Plan, final_state: &Path, out: &Path, expected: &[i64]) -> Result<()> {
+    let text = std::fs::read_to_string(final_state).context("reading the final state")?;
     let mut actual = BTreeMap::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
@@ -445,24 +596,17 @@ fn run_cycle(
             &wrong[..wrong.len().min(5)]
         );
     }
-    // 2. Committed sink output.
-    if p.job == JobKind::Transactional {
-        check_committed_output(&out, expected)?;
+    match p.job {
+        JobKind::Transactional => check_committed_output(out, expected),
+        JobKind::FileSink => check_file_output(out, expected),
+        _ => Ok(()),
     }
-    // 3. Storage: nothing leaked, nothing missing.
-    let checkpoints = rt.block_on(check_storage(&storage, &job))?;
-    Ok(CycleResult {
-        faulty_run,
-        faulty_run_succeeded,
-        recoveries,
-        fired,
-        checkpoints,
-    })
 }
 
 fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     let sink = match p.job {
         JobKind::Transactional => json!({"type": "transactional_file", "dir": out}),
+        JobKind::FileSink => json!({"type": "file", "dir": out}),
         _ => json!({"type": "discard"}),
     };
     let mode = match p.job {
@@ -487,6 +631,10 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     if p.budget {
         spec["state"] = json!({"memory_budget_mb": 1});
     }
+    if let Fault::ChannelStateUpload { .. } = p.fault {
+        // Late barriers on partition 1: records in flight at every snapshot.
+        spec["inject_barrier_delay"] = json!({"partition": 1, "delay_ms": 150});
+    }
     if let Some((subtask, after_records, after_completed_checkpoint)) = p.task_failure {
         spec["inject_failure"] = json!({
             "subtask": subtask, "after_records": after_records,
@@ -503,11 +651,23 @@ struct RunEnd {
     killed: bool,
     timed_out: bool,
     log: String,
+    final_state: PathBuf,
 }
 
 impl RunEnd {
     fn succeeded(&self) -> bool {
         self.code == Some(0) && !self.killed
+    }
+
+    fn clone_end(&self) -> RunEnd {
+        RunEnd {
+            code: self.code,
+            signal: self.signal,
+            killed: self.killed,
+            timed_out: self.timed_out,
+            log: self.log.clone(),
+            final_state: self.final_state.clone(),
+        }
     }
 
     fn describe(&self) -> String {
@@ -525,61 +685,76 @@ impl RunEnd {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_child(
-    exe: &Path,
-    spec: &Path,
-    location: &str,
-    dir: &Path,
+/// A started run: the child, its log and final-state files.
+struct Started {
+    child: Child,
     n: u32,
+    log: PathBuf,
+    final_state: PathBuf,
+}
+
+/// Starts run `n` of the job with work dir `work-{work}`.
+fn spawn_child(
+    runs: &Runs<'_>,
+    n: u32,
+    work: u32,
     restore: bool,
     env: &[(&str, String)],
-    kill_after: Option<Duration>,
-) -> Result<RunEnd> {
-    let log_path = dir.join(format!("run-{n}.log"));
-    let mut cmd = Command::new(exe);
+) -> Result<Started> {
+    let log = runs.dir.join(format!("run-{n}.log"));
+    let final_state = runs.dir.join(format!("final-{n}.jsonl"));
+    let mut cmd = Command::new(runs.exe);
     cmd.arg("run")
         .arg("--job")
-        .arg(spec)
+        .arg(&runs.spec)
         .arg("--checkpoint-dir")
-        .arg(location)
+        .arg(runs.location)
         .arg("--work-dir")
-        .arg(dir.join(format!("work-{n}")))
+        .arg(runs.dir.join(format!("work-{work}")))
         .arg("--final-state")
-        .arg(dir.join("final.jsonl"))
+        .arg(&final_state)
         .env_remove("CUTPOINT_FAILPOINTS")
         .env_remove("CUTPOINT_FAULTS")
         .env("CUTPOINT_LOG", "info")
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path)?);
+        .stderr(std::fs::File::create(&log)?);
     if restore {
         cmd.args(["--restore-from", "latest"]);
     }
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().context("starting a job run")?;
+    Ok(Started {
+        child: cmd.spawn().context("starting a job run")?,
+        n,
+        log,
+        final_state,
+    })
+}
+
+/// Waits for a run to end, SIGKILLing it after `kill_after`.
+fn wait_child(mut run: Started, kill_after: Option<Duration>) -> Result<RunEnd> {
     let started = Instant::now();
     let (mut killed, mut timed_out) = (false, false);
     let status = loop {
-        if let Some(s) = child.try_wait()? {
+        if let Some(s) = run.child.try_wait()? {
             break s;
         }
         let elapsed = started.elapsed();
         if kill_after.is_some_and(|k| elapsed >= k) || elapsed >= RUN_LIMIT {
             timed_out = elapsed >= RUN_LIMIT;
             killed = true;
-            kill(&mut child)?;
-            break child.wait()?;
+            kill(&mut run.child)?;
+            break run.child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let mut log = String::new();
-    std::fs::File::open(&log_path)?.read_to_string(&mut log)?;
+    std::fs::File::open(&run.log)?.read_to_string(&mut log)?;
     if timed_out {
-        bail!("run {n} hung for {RUN_LIMIT:?}\n{}", tail(&log, 15));
+        bail!("run {} hung for {RUN_LIMIT:?}\n{}", run.n, tail(&log, 15));
     }
     Ok(RunEnd {
         code: status.code(),
@@ -587,6 +762,7 @@ fn run_child(
         killed,
         timed_out,
         log,
+        final_state: run.final_state,
     })
 }
 
@@ -629,10 +805,48 @@ fn check_committed_output(out: &Path, expected: &[i64]) -> Result<()> {
     Ok(())
 }
 
-/// Storage holds exactly `job.json` and what its checkpoints reference.
-/// Returns the number of checkpoints it holds.
-async fn check_storage(storage: &CheckpointStorage, job: &JobId) -> Result<usize> {
+/// The plain file sink's output: whole records only (every line parses),
+/// and every key's last update is its exact count (restores repeat
+/// updates; they never lose or tear one).
+fn check_file_output(out: &Path, expected: &[i64]) -> Result<()> {
+    let output = cutpoint_runtime::sink::read_output(out)
+        .context("the file sink's output holds a line that is not a whole record")?;
+    for (k, want) in expected.iter().enumerate().filter(|(_, c)| **c > 0) {
+        let last = output
+            .updates
+            .get(&Key::Int(k as i64))
+            .and_then(|v| v.iter().max().copied());
+        if last != Some(*want) {
+            bail!("file sink output of key {k}: last count {last:?}, want {want}");
+        }
+    }
+    Ok(())
+}
+
+/// Storage holds exactly `job.json`, the writer leases and what its
+/// checkpoints reference. With an `unreadable` checkpoint (id, files), that
+/// one is unreadable, every file it names is still there, and leftovers
+/// may stay (no shared file may be deleted while it exists). Returns the
+/// number of restorable checkpoints.
+async fn check_storage(
+    storage: &CheckpointStorage,
+    job: &JobId,
+    unreadable: Option<(u64, Vec<String>)>,
+) -> Result<usize> {
     let u = storage.usage(job).await?;
+    if let Some((id, files)) = unreadable {
+        let present: std::collections::BTreeSet<String> =
+            storage.list_job_objects(job).await?.into_iter().collect();
+        let gone: Vec<_> = files.iter().filter(|f| !present.contains(*f)).collect();
+        if !gone.is_empty() || u.unreadable.len() != 1 || !u.missing.is_empty() {
+            bail!(
+                "unreadable chk-{id}: its files deleted {gone:?}; unreadable {:?}; missing {:?}",
+                u.unreadable,
+                u.missing
+            );
+        }
+        return Ok(u.checkpoints.len());
+    }
     if !u.unreadable.is_empty() || !u.unreferenced.is_empty() || !u.missing.is_empty() {
         bail!(
             "storage is not exactly what its checkpoints reference: leaked {:?}, missing {:?}, unreadable {:?}",
@@ -657,7 +871,7 @@ mod tests {
         let n = 2 * failpoint::ALL.len() as u64;
         let mut names = std::collections::BTreeSet::new();
         let mut kinds = std::collections::BTreeSet::new();
-        for c in 0..n.max(6) {
+        for c in 0..n.max(16) {
             let p = plan(123, c);
             kinds.insert(p.fault.kind());
             if let Fault::FailPoint { name, .. } = p.fault {
@@ -665,6 +879,6 @@ mod tests {
             }
         }
         assert_eq!(names.len(), failpoint::ALL.len());
-        assert_eq!(kinds.len(), 4);
+        assert_eq!(kinds.len(), 9);
     }
 }

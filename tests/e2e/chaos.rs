@@ -1,6 +1,9 @@
 //! The seeded chaos harness in CI: `cutpoint chaos` (src/chaos.rs) over
-//! local storage and the S3 test server — every fault kind and every fail
-//! point, 0 wrong results, 0 leaked files.
+//! local storage and the S3 test server — every fault kind (crashes, fail
+//! points, store faults, and the operator mistakes of issue #14: unreadable
+//! metadata, a reused work dir, transient metadata reads on restore, a
+//! second writer, failing channel-state uploads) and every fail point, 0
+//! wrong results, 0 leaked files, every file-sink line a whole record.
 
 use std::process::Command;
 
@@ -51,7 +54,17 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
     assert_eq!(cycles.len(), 50);
     assert_eq!(summary["failed"], 0);
     assert_eq!(summary["passed"], 50);
-    for kind in ["sigkill", "task_panic", "fail_point", "store_fault"] {
+    for kind in [
+        "sigkill",
+        "task_panic",
+        "fail_point",
+        "store_fault",
+        "unreadable_metadata",
+        "reused_work_dir",
+        "transient_metadata_get",
+        "second_writer",
+        "channel_state_upload",
+    ] {
         assert!(
             summary["faults_by_kind"][kind].as_u64().unwrap_or(0) > 0,
             "fault kind {kind} not covered: {summary}"
@@ -66,6 +79,7 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
         "at_least_once",
         "unaligned",
         "exactly_once+2pc_sink",
+        "exactly_once+file_sink",
     ] {
         assert!(
             summary["jobs"][job].as_u64().unwrap_or(0) > 0,
