@@ -82,22 +82,41 @@ impl JobKind {
 
 #[derive(Debug, Clone)]
 enum Fault {
-    Kill { after_ms: u64 },
+    Kill {
+        after_ms: u64,
+    },
     TaskPanic,
-    FailPoint { name: &'static str, actions: String },
-    Store { what: &'static str, rules: String },
+    FailPoint {
+        name: &'static str,
+        actions: String,
+    },
+    Store {
+        what: &'static str,
+        rules: String,
+    },
     /// SIGKILL, then the newest `_metadata` rewritten as a newer release
     /// would (`"version": 2`).
-    UnreadableMetadata { after_ms: u64 },
+    UnreadableMetadata {
+        after_ms: u64,
+    },
     /// SIGKILL, then every recovery run uses the killed run's work dir.
-    ReusedWorkDir { after_ms: u64 },
+    ReusedWorkDir {
+        after_ms: u64,
+    },
     /// SIGKILL, then the first recovery run's first `_metadata` GETs fail.
-    TransientMetadataGet { after_ms: u64, failures: u32 },
+    TransientMetadataGet {
+        after_ms: u64,
+        failures: u32,
+    },
     /// A second run of the job (`--restore-from latest`) started while the
     /// first runs: the first is fenced.
-    SecondWriter { after_ms: u64 },
+    SecondWriter {
+        after_ms: u64,
+    },
     /// Unaligned snapshots whose channel-state uploads fail.
-    ChannelStateUpload { failures: u32 },
+    ChannelStateUpload {
+        failures: u32,
+    },
 }
 
 impl Fault {
@@ -139,9 +158,9 @@ impl Fault {
             Fault::ReusedWorkDir { after_ms } => {
                 format!("SIGKILL after {after_ms} ms, its work dir reused")
             }
-            Fault::TransientMetadataGet { after_ms, failures } => format!(
-                "SIGKILL after {after_ms} ms, {failures} _metadata GETs fail on restore"
-            ),
+            Fault::TransientMetadataGet { after_ms, failures } => {
+                format!("SIGKILL after {after_ms} ms, {failures} _metadata GETs fail on restore")
+            }
             Fault::SecondWriter { after_ms } => {
                 format!("a second writer starts after {after_ms} ms")
             }
@@ -563,7 +582,12 @@ async fn make_newest_unreadable(runs: &Runs<'_>) -> Result<Option<(u64, Vec<Stri
         .store()
         .put(&path, serde_json::to_vec(&meta)?.into())
         .await?;
-    let files = newest.metadata.as_ref().expect("readable").files().map(|f| f.path.clone());
+    let files = newest
+        .metadata
+        .as_ref()
+        .expect("readable")
+        .files()
+        .map(|f| f.path.clone());
     Ok(Some((id.0, files.collect())))
 }
 

@@ -61,7 +61,7 @@ pub const OPTIONS: &[OptionDoc] = &[
         env: "CUTPOINT_WORK_DIR",
         flag: "--work-dir",
         default: "(a temporary directory)",
-        help: "local working directory for the jobs' RocksDB instances; set it in production (a temporary one is left behind by a kill -9)",
+        help: "local working directory for the jobs' RocksDB instances (each job's folder is locked by one process and emptied when the job starts: state is only ever restored or built, never reopened); set it in production (a temporary one is left behind by a kill -9)",
     },
 ];
 
