@@ -34,12 +34,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::gc::{self, DeleteRefusal};
+use crate::fence::Fence;
+use crate::gc::registry::SharedRegistry;
+use crate::gc::{self, DeleteRefusal, GcConfig, GcFacts, GcHandle, GcRequest, SystemClock};
 use crate::recovery::{self, AfterFailure, AttemptFailure, ChosenBy, RecoveryPolicy};
-use crate::registry::SharedRegistry;
 use crate::restore::{self, RestoreFrom};
 use crate::stats::StatsBook;
-use crate::sweep::{orphans, SweepFacts};
 use crate::tracker::{
     Abort, AbortReason, AckOutcome, CheckpointTracker, PendingCheckpoint, Retained, TriggerRefusal,
 };
@@ -146,6 +146,16 @@ fn register_metrics(job: &cutpoint_core::JobId) {
     }
 }
 
+/// What GC must respect: the tracker's retained and pending checkpoints
+/// and the shared files pending acks name.
+fn facts(tracker: &CheckpointTracker) -> GcFacts {
+    GcFacts {
+        retained: tracker.retained().map(|r| r.id).collect(),
+        pending: tracker.pending().map(|p| p.id).collect(),
+        pending_files: tracker.pending_files().map(|f| f.path.clone()).collect(),
+    }
+}
+
 impl From<FailureKind> for AttemptFailure {
     fn from(k: FailureKind) -> Self {
         match k {
@@ -203,6 +213,9 @@ pub enum AckRejection {
     #[error("the job is not running")]
     NotRunning,
 }
+
+/// Where a savepoint request's answer goes.
+type SavepointReply = oneshot::Sender<Result<SavepointInfo, String>>;
 
 /// Live counters of the running attempt's tasks.
 type LiveCounters = Arc<Mutex<Option<Arc<[(TaskId, Arc<TaskCounters>)]>>>>;
@@ -394,18 +407,15 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
     let spec = Arc::new(cfg.spec);
     let runner = Runner {
         reuse_base: None,
-        undeleted: Default::default(),
-        doomed: Default::default(),
         superseded: Default::default(),
-        unreadable: Default::default(),
-        registry: SharedRegistry::new(),
+        gc: None,
         savepoints: Default::default(),
         spec: spec.clone(),
         storage: cfg.storage,
         local_dir: cfg.local_dir,
         work: None,
         lease: None,
-        fenced: Default::default(),
+        fence: None,
         commands: command_rx,
         status: status_tx,
         cancel: cancel.clone(),
@@ -432,26 +442,14 @@ struct Runner {
     /// completed. Its shared files are reused, so deleting it needs force
     /// (and then there is no base until the next completion).
     reuse_base: Option<CheckpointId>,
-    /// Checkpoints no longer retained whose deletion failed: the orphan
-    /// sweep (which never deletes a folder with `_metadata` on its own)
-    /// retries them.
-    undeleted: BTreeSet<CheckpointId>,
-    /// Aborted checkpoints whose folder could not be deleted: their
-    /// `_metadata` may have landed after all, so the registry holds their
-    /// shared files (reused ones too) until the folder is gone; the sweeps
-    /// retry the delete.
-    doomed: BTreeSet<CheckpointId>,
     /// Checkpoints of earlier runs newer than where this run started
     /// (all of them on a fresh start): deleted when this run completes its
     /// first checkpoint, so `latest` never resumes an abandoned timeline.
     superseded: BTreeSet<CheckpointId>,
-    /// Checkpoints whose `_metadata` exists but cannot be read (corrupt, a
-    /// newer format): while any exists, no shared file is deleted, since
-    /// it may be one of theirs.
-    unreadable: BTreeSet<CheckpointId>,
-    registry: SharedRegistry,
-    savepoints:
-        std::collections::HashMap<CheckpointId, oneshot::Sender<Result<SavepointInfo, String>>>,
+    /// The GC task (deletes, sweeps, savepoint copies), from the start of
+    /// the job to its end.
+    gc: Option<GcHandle>,
+    savepoints: std::collections::HashMap<CheckpointId, SavepointReply>,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,
     local_dir: PathBuf,
@@ -460,8 +458,9 @@ struct Runner {
     /// This run's writer lease (one writer per job): its epoch is checked
     /// before every publish and delete; its ids are the checkpoint ids.
     lease: Option<WriterLease>,
-    /// Set once a newer writer took the job: the run stops, deleting nothing.
-    fenced: std::sync::OnceLock<String>,
+    /// One writer per job: checked before publishing (and by GC before
+    /// deleting); once fenced, the run stops.
+    fence: Option<Arc<Fence>>,
     commands: mpsc::Receiver<Command>,
     status: watch::Sender<JobStatus>,
     cancel: CancellationToken,
@@ -507,6 +506,11 @@ struct Attempt {
 impl Runner {
     async fn run(mut self, restore_from: Option<RestoreFrom>) -> Result<JobOutcome, JobError> {
         let result = self.run_inner(restore_from).await;
+        // Whatever was handed to GC (aborted checkpoints, the final sweep)
+        // is done before the job counts as ended.
+        if let Some(gc) = self.gc.take() {
+            gc.shutdown(gc::Shutdown::Drain).await;
+        }
         self.status.send_modify(|s| {
             s.state = match &result {
                 Ok(_) => JobState::Finished,
@@ -540,6 +544,8 @@ impl Runner {
             .map_or(1, |m| m.0 + 1);
         let lease = self.storage.take_writer_lease(&job, above).await?;
         self.lease = Some(lease);
+        let fence = Arc::new(Fence::new(self.storage.clone(), job.clone(), lease.epoch));
+        self.fence = Some(fence.clone());
         tracing::info!(job = %job, epoch = lease.epoch, ids = ?(lease.first_id..=lease.last_id), "took the job's storage (older writers are fenced)");
         let mut restore = match &restore_from {
             Some(from) => Some(Arc::new(
@@ -553,7 +559,7 @@ impl Runner {
             )),
             None => None,
         };
-        let retained = self.load_retained().await?;
+        let (retained, registry, unreadable) = self.load_retained().await?;
         register_metrics(&job);
         // A savepoint imported as the lease's first id: the next one is free.
         let first = restore.as_ref().map_or(lease.first_id, |m| {
@@ -562,7 +568,27 @@ impl Runner {
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), CheckpointId(first), retained);
         tracker.grant_ids(CheckpointId(first), CheckpointId(lease.last_id));
-        self.sweep_orphans(&tracker).await;
+        let timeout = tracker.config().timeout_ms;
+        let gc = gc::spawn(
+            self.storage.clone(),
+            job.clone(),
+            fence,
+            registry,
+            unreadable,
+            GcConfig {
+                sweep_every: tracker
+                    .config()
+                    .orphan_sweep_interval_ms
+                    .map(Duration::from_millis),
+                min_age_ms: timeout,
+            },
+            Arc::new(SystemClock),
+        );
+        gc.send(GcRequest::Sweep {
+            facts: facts(&tracker),
+            min_age_ms: timeout,
+        });
+        self.gc = Some(gc);
 
         let mut outcome = JobOutcome::new();
         let mut excluded = recovery::excluded_at_start(
@@ -592,7 +618,7 @@ impl Runner {
             outcome.checkpoints_failed = tracker.failed_count;
             let (error, failure, at) = match end {
                 AttemptEnd::Finished(tables) => {
-                    self.sweep_finished(&tracker).await;
+                    self.sweep_finished(&tracker);
                     outcome.final_state = tables;
                     outcome.duration = started.elapsed();
                     return Ok(outcome);
@@ -639,17 +665,21 @@ impl Runner {
     }
 
     /// Every completed checkpoint in storage, oldest first; the registry
-    /// counts the shared files they reference. Checkpoints whose metadata
-    /// cannot be read (corrupt, a newer format) are remembered as
-    /// unreadable: while any exists, shared files are never deleted (they
-    /// may be its files). A storage error is an error.
-    async fn load_retained(&mut self) -> Result<Vec<Retained>, JobError> {
+    /// that counts the shared files they reference; the checkpoints whose
+    /// metadata cannot be read (corrupt, a newer format): while any exists,
+    /// shared files are never deleted (they may be its files). A storage
+    /// error is an error.
+    async fn load_retained(
+        &mut self,
+    ) -> Result<(Vec<Retained>, SharedRegistry, BTreeSet<CheckpointId>), JobError> {
         let mut retained = Vec::new();
+        let mut registry = SharedRegistry::new();
+        let mut unreadable = BTreeSet::new();
         let listings = self.storage.list_checkpoints(&self.spec.job_id).await?;
         for l in listings.into_iter().rev() {
             match l.metadata {
                 Ok(m) => {
-                    self.registry.register(&m);
+                    registry.register(&m);
                     retained.push(Retained {
                         id: m.checkpoint_id,
                         complete_timestamp: m.complete_timestamp,
@@ -657,12 +687,12 @@ impl Runner {
                 }
                 Err(e) if e.is_data_error() => {
                     tracing::warn!(checkpoint = %l.checkpoint_id, error = %e, "unusable checkpoint in storage: shared files are not deleted while it exists");
-                    self.unreadable.insert(l.checkpoint_id);
+                    unreadable.insert(l.checkpoint_id);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(retained)
+        Ok((retained, registry, unreadable))
     }
 
     /// Starts attempt `attempt_no` (restoring `restore`) and drives it to
@@ -768,13 +798,16 @@ impl Runner {
     /// nothing of ours is still uploading and leftovers of aborted or crashed
     /// checkpoints can go regardless of age (external tasks may still
     /// upload: for them the usual minimum age).
-    async fn sweep_finished(&mut self, tracker: &CheckpointTracker) {
-        let min_age = if self.spec.external_tasks.is_empty() {
+    fn sweep_finished(&mut self, tracker: &CheckpointTracker) {
+        let min_age_ms = if self.spec.external_tasks.is_empty() {
             0
         } else {
             tracker.config().timeout_ms
         };
-        self.sweep_orphans_older_than(tracker, min_age).await;
+        self.gc().send(GcRequest::Sweep {
+            facts: facts(tracker),
+            min_age_ms,
+        });
     }
 
     /// The checkpoint restored from turned out corrupt: the next older
@@ -863,21 +896,16 @@ impl Runner {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await; // the first tick is immediate; start one interval in
         let mut sweep = tokio::time::interval(Duration::from_millis(50));
-        let orphan_every = tracker
-            .config()
-            .orphan_sweep_interval_ms
-            .map(Duration::from_millis);
-        let mut orphan_sweep =
-            tokio::time::interval(orphan_every.unwrap_or(Duration::from_secs(3600)));
-        orphan_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        orphan_sweep.tick().await;
+        let fence = self.fence.clone().expect("the lease is taken at the start");
         loop {
-            if let Some(why) = self.fenced.get().cloned() {
-                return self
-                    .end_failed_with(tracker, attempt, why, AttemptFailure::Fatal)
-                    .await;
-            }
+            // What GC must respect, as of the last event.
+            self.gc().set_facts(facts(tracker));
             tokio::select! {
+                why = fence.fenced() => {
+                    return self
+                        .end_failed_with(tracker, attempt, why, AttemptFailure::Fatal)
+                        .await;
+                }
                 ev = events.recv() => {
                     let Some(ev) = ev else {
                         return self.end_failed(tracker, attempt, "all tasks vanished".into()).await;
@@ -1006,9 +1034,6 @@ impl Runner {
                         return self.end_failed(tracker, attempt, reason).await;
                     }
                 }
-                _ = orphan_sweep.tick(), if orphan_every.is_some() => {
-                    self.sweep_orphans(tracker).await;
-                }
                 _ = sweep.tick() => {
                     self.renew_lease(tracker).await;
                     for a in tracker.expire(now_millis()) {
@@ -1023,7 +1048,7 @@ impl Runner {
                     let aborted = tracker.abort_all(AbortReason::JobFailing);
                     self.join(attempt).await;
                     for a in aborted {
-                        self.clean_up(tracker, a.id, &a.files).await;
+                        self.clean_up(tracker, a.id, &a.files);
                     }
                     return AttemptEnd::Cancelled;
                 }
@@ -1145,7 +1170,7 @@ impl Runner {
                 }
                 if !tracker.is_retained(checkpoint) {
                     // A late ack of an aborted checkpoint: its uploads go.
-                    self.clean_up(tracker, checkpoint, &state.files).await;
+                    self.clean_up(tracker, checkpoint, &state.files);
                 }
                 Err(AckRejection::NotPending(checkpoint))
             }
@@ -1191,7 +1216,7 @@ impl Runner {
             self.reuse_base = None;
         }
         tracker.remove_retained(id);
-        self.discard_retained(tracker, id).await;
+        self.discard_retained(tracker, id);
         tracing::info!(checkpoint = %id, "checkpoint deleted on request");
         Ok(())
     }
@@ -1200,24 +1225,12 @@ impl Runner {
     /// (`_metadata` first), then the shared files only it used — only once
     /// `_metadata` is gone, so a checkpoint that still looks restorable
     /// never loses files.
-    async fn discard_retained(&mut self, tracker: &CheckpointTracker, id: CheckpointId) {
+    fn discard_retained(&mut self, tracker: &CheckpointTracker, id: CheckpointId) {
         self.stats_mut().discarded(id);
-        let deleted = match cutpoint_core::failpoint::check("coordinator::subsume") {
-            Ok(()) => self.delete_checkpoint(id).await,
-            Err(e) => {
-                tracing::warn!(checkpoint = %id, error = %e, "not deleting a discarded checkpoint");
-                false
-            }
-        };
-        if deleted {
-            self.undeleted.remove(&id);
-            let free =
-                self.registry
-                    .release(id, tracker.highest_pending(), tracker.lowest_pending());
-            self.delete_shared(&free).await;
-        } else {
-            self.undeleted.insert(id);
-        }
+        self.gc().send(GcRequest::Discard {
+            id,
+            facts: facts(tracker),
+        });
     }
 
     /// The commit point of a checkpoint: `_metadata`, create-only, written
@@ -1228,12 +1241,12 @@ impl Runner {
             .map_err(|e| e.to_string())?;
         cutpoint_core::failpoint::check("coordinator::write_metadata")
             .map_err(|e| e.to_string())?;
-        if !self.writer_ok().await {
+        if !self.fence().check().await {
             return Err(self
-                .fenced
-                .get()
-                .cloned()
-                .unwrap_or_else(|| "the writer epoch could not be checked".into()));
+                .fence()
+                .reason()
+                .unwrap_or("the writer epoch could not be checked")
+                .to_string());
         }
         self.storage
             .write_metadata(meta)
@@ -1270,7 +1283,8 @@ impl Runner {
         }
         // Only a crash or a delay makes sense here: the checkpoint is published.
         let _ = cutpoint_core::failpoint::check("coordinator::after_metadata");
-        self.registry.register(&meta);
+        let meta = Arc::new(meta);
+        self.gc().send(GcRequest::Published(meta.clone()));
         self.reuse_base = Some(p.id);
         let done = tracker.completed(p.id, now);
         self.stats_mut()
@@ -1313,37 +1327,24 @@ impl Runner {
             s.latest_completed = Some(p.id);
         });
         if let Some(reply) = self.savepoints.remove(&p.id) {
-            // Copy before retention can subsume the checkpoint.
-            let r = match SavepointId::new(format!("{job}-{}", p.id.0)) {
-                Ok(sp) => self
-                    .storage
-                    .create_savepoint(&meta, &sp)
-                    .await
-                    .map(|path| (sp, path))
-                    .map_err(|e| format!("copying checkpoint {} to a savepoint: {e}", p.id)),
-                Err(e) => Err(format!("no savepoint id for job {job}: {e}")),
-            }
-            .map(|(savepoint_id, external_path)| SavepointInfo {
-                savepoint_id,
-                checkpoint_id: p.id,
-                external_path,
-            });
-            tracing::info!(job = %job, checkpoint = %p.id, result = ?r, "savepoint");
-            let _ = reply.send(r);
+            self.copy_to_savepoint(meta.clone(), reply);
         }
         for a in done.aborted {
             let _ = self.discard(tracker, attempt, a).await;
         }
         for old in done.subsumed {
-            self.discard_retained(tracker, old).await;
+            self.discard_retained(tracker, old);
         }
         for old in std::mem::take(&mut self.superseded) {
             if tracker.remove_retained(old) {
                 tracing::info!(checkpoint = %old, "deleting a checkpoint of the timeline this run replaced");
-                self.discard_retained(tracker, old).await;
+                self.discard_retained(tracker, old);
             }
         }
-        self.sweep_abandoned(tracker, p.id).await;
+        self.gc().send(GcRequest::Abandoned {
+            below: p.id,
+            facts: facts(tracker),
+        });
         None
     }
 
@@ -1370,7 +1371,7 @@ impl Runner {
         if let Some(reply) = self.savepoints.remove(&a.id) {
             let _ = reply.send(Err(format!("checkpoint {} failed: {message}", a.id)));
         }
-        self.clean_up(tracker, a.id, &a.files).await;
+        self.clean_up(tracker, a.id, &a.files);
         self.stats_mut().failed(a.id, now_millis(), message.clone());
         self.status.send_modify(|s| {
             s.checkpoints_failed = tracker.failed_count;
@@ -1388,11 +1389,41 @@ impl Runner {
         })
     }
 
-    /// Deletes a checkpoint that will never complete: its folder, and the
-    /// shared files among `files` that nothing retained protects (new
-    /// uploads have unique names, so only this checkpoint knew them).
-    /// Then collects deferred shared files that became free.
-    async fn clean_up(
+    /// Has GC copy a just-published checkpoint into a savepoint (before
+    /// any request that could delete it) and answers `reply` when it is done.
+    fn copy_to_savepoint(&self, meta: Arc<CheckpointMetadata>, reply: SavepointReply) {
+        let (job, id) = (meta.job_id.clone(), meta.checkpoint_id);
+        let sp = match SavepointId::new(format!("{job}-{}", id.0)) {
+            Ok(sp) => sp,
+            Err(e) => {
+                let _ = reply.send(Err(format!("no savepoint id for job {job}: {e}")));
+                return;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        self.gc().send(GcRequest::Savepoint {
+            meta,
+            id: sp.clone(),
+            reply: tx,
+        });
+        tokio::spawn(async move {
+            let r = match rx.await {
+                Ok(Ok(external_path)) => Ok(SavepointInfo {
+                    savepoint_id: sp,
+                    checkpoint_id: id,
+                    external_path,
+                }),
+                Ok(Err(e)) => Err(format!("copying checkpoint {id} to a savepoint: {e}")),
+                Err(_) => Err("the job ended before the savepoint was copied".into()),
+            };
+            tracing::info!(job = %job, checkpoint = %id, result = ?r, "savepoint");
+            let _ = reply.send(r);
+        });
+    }
+
+    /// Hands a checkpoint that will never complete to GC: its folder, and
+    /// the shared files only its acks named (see [`crate::gc`]).
+    fn clean_up(
         &mut self,
         tracker: &CheckpointTracker,
         id: CheckpointId,
@@ -1403,186 +1434,11 @@ impl Runner {
                 "checkpoint {id} did not complete (the job failed or stopped)"
             )));
         }
-        if self.delete_checkpoint(id).await {
-            let pending: std::collections::HashSet<&str> =
-                tracker.pending_files().map(|f| f.path.as_str()).collect();
-            let own: Vec<String> = files
-                .iter()
-                .filter(|f| {
-                    f.path.starts_with("shared/")
-                        && !self.registry.is_protected(&f.path)
-                        && !pending.contains(f.path.as_str())
-                })
-                .map(|f| f.path.clone())
-                .collect();
-            self.delete_shared(&own).await;
-        } else {
-            // Its `_metadata` may exist (a publish reported as failed can
-            // have landed): every shared file it names stays until the
-            // folder is gone.
-            self.registry.register_files(id, files.iter());
-            self.doomed.insert(id);
-        }
-        let free = self.registry.collect(tracker.lowest_pending());
-        self.delete_shared(&free).await;
-    }
-
-    /// Retries deleting aborted checkpoints whose folder could not be
-    /// deleted; once one is gone, the shared files only it held go too.
-    async fn retry_doomed(&mut self, tracker: &CheckpointTracker) {
-        for id in std::mem::take(&mut self.doomed) {
-            if self.delete_checkpoint(id).await {
-                let free =
-                    self.registry
-                        .release(id, tracker.highest_pending(), tracker.lowest_pending());
-                self.delete_shared(&free).await;
-            } else {
-                self.doomed.insert(id);
-            }
-        }
-    }
-
-    /// Deletes shared files nothing references any more, unless a
-    /// checkpoint with unreadable metadata exists (it may reference them).
-    async fn delete_shared(&self, paths: &[String]) {
-        if paths.is_empty() {
-            return;
-        }
-        if !self.unreadable.is_empty() {
-            tracing::warn!(files = paths.len(), unreadable = ?self.unreadable, "not deleting shared files: a checkpoint with unreadable _metadata may reference them");
-            return;
-        }
-        self.delete_files(paths).await
-    }
-
-    /// Deletes files of the job (relative paths); failures are left to the
-    /// orphan sweep.
-    async fn delete_files(&self, paths: &[String]) {
-        if paths.is_empty() || !self.writer_ok().await {
-            return;
-        }
-        let deleted = match cutpoint_core::failpoint::check("coordinator::delete_shared") {
-            Ok(()) => {
-                self.storage
-                    .delete_state_files(&self.spec.job_id, paths)
-                    .await
-            }
-            Err(e) => Err(e.into()),
-        };
-        if let Err(e) = deleted {
-            tracing::warn!(error = %e, "deleting files failed; the orphan sweep retries");
-        }
-    }
-
-    /// Deletes what no retained or pending checkpoint needs and is older
-    /// than the checkpoint timeout (see [`crate::sweep`]).
-    async fn sweep_orphans(&mut self, tracker: &CheckpointTracker) {
-        self.sweep_orphans_older_than(tracker, tracker.config().timeout_ms)
-            .await
-    }
-
-    async fn sweep_orphans_older_than(&mut self, tracker: &CheckpointTracker, min_age_ms: u64) {
-        if !self.writer_ok().await {
-            return;
-        }
-        for id in std::mem::take(&mut self.undeleted) {
-            self.discard_retained(tracker, id).await;
-        }
-        self.retry_doomed(tracker).await;
-        let job = &self.spec.job_id;
-        if let Err(e) = cutpoint_core::failpoint::check("coordinator::orphan_sweep") {
-            tracing::warn!(error = %e, "orphan sweep skipped");
-            return;
-        }
-        let objects = match self.storage.list_job_objects_detailed(job).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "orphan sweep: listing failed");
-                return;
-            }
-        };
-        let retained = tracker.retained().map(|r| r.id).collect();
-        let pending = tracker.pending().map(|p| p.id).collect();
-        let pending_files = tracker.pending_files().map(|f| f.path.clone()).collect();
-        let plan = orphans(&SweepFacts {
-            objects: &objects,
-            retained: &retained,
-            pending: &pending,
-            pending_files: &pending_files,
-            registry: &self.registry,
-            now_ms: now_millis(),
-            min_age_ms,
+        self.gc().send(GcRequest::Abort {
+            id,
+            files: files.to_vec(),
+            facts: facts(tracker),
         });
-        if plan.unaccounted != self.unreadable {
-            tracing::warn!(job = %job, unreadable = ?plan.unaccounted, "checkpoints with unreadable _metadata: shared files are not deleted while any exists");
-            self.unreadable = plan.unaccounted;
-        }
-        if plan.delete.is_empty() {
-            return;
-        }
-        tracing::info!(job = %job, objects = plan.delete.len(), "orphan sweep: deleting leftovers");
-        // `_metadata` objects come first; delete them before the rest.
-        let (metas, rest): (Vec<_>, Vec<_>) = plan
-            .delete
-            .into_iter()
-            .partition(|p| p.ends_with("/_metadata"));
-        for m in &metas {
-            if let Err(e) = self.storage.delete_state_file(job, m).await {
-                tracing::warn!(error = %e, "orphan sweep failed");
-                return;
-            }
-        }
-        self.delete_files(&rest).await;
-    }
-
-    /// Deletes checkpoint folders below `below` that are neither retained
-    /// nor pending: leftovers of aborted uploads or of a crashed process.
-    async fn sweep_abandoned(&self, tracker: &CheckpointTracker, below: CheckpointId) {
-        let job = &self.spec.job_id;
-        if !self.writer_ok().await {
-            return;
-        }
-        let dirs = match self.storage.checkpoint_dirs(job).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, "listing checkpoint folders failed");
-                return;
-            }
-        };
-        for id in dirs.into_iter().filter(|id| *id < below) {
-            let keep =
-                tracker.retained().any(|r| r.id == id) || tracker.pending().any(|p| p.id == id);
-            if keep {
-                continue;
-            }
-            // A `_metadata` here that is not retained could not be read: keep it.
-            let meta = format!("chk-{}/_metadata", id.0);
-            match self.storage.object_size(job, &meta).await {
-                Ok(None) => {
-                    let _ = self.delete_checkpoint(id).await;
-                }
-                Ok(Some(_)) => {
-                    tracing::warn!(checkpoint = %id, "unreadable checkpoint left in place")
-                }
-                Err(e) => {
-                    tracing::warn!(checkpoint = %id, error = %e, "cannot check checkpoint folder")
-                }
-            }
-        }
-    }
-
-    /// Deletes a checkpoint folder (`_metadata` first); false if that failed.
-    async fn delete_checkpoint(&self, id: CheckpointId) -> bool {
-        if !self.writer_ok().await {
-            return false;
-        }
-        match self.storage.delete_checkpoint(&self.spec.job_id, id).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(checkpoint = %id, error = %e, "deleting checkpoint failed; the next sweep retries");
-                false
-            }
-        }
     }
 
     /// Takes the next writer lease when the ids run low (see
@@ -1600,43 +1456,22 @@ impl Runner {
             Ok(new) => {
                 tracing::info!(epoch = new.epoch, ids = ?(new.first_id..=new.last_id), "writer lease renewed");
                 tracker.grant_ids(CheckpointId(new.first_id), CheckpointId(new.last_id));
+                self.fence().renewed(new.epoch);
                 self.lease = Some(new);
             }
-            Err(e @ StorageError::Fenced { .. }) => {
-                tracing::error!(error = %e, "fenced");
-                let _ = self.fenced.set(e.to_string());
-            }
+            Err(e @ StorageError::Fenced { .. }) => self.fence().fence(e.to_string()),
             Err(e) => tracing::warn!(error = %e, "renewing the writer lease failed; retrying"),
         }
     }
 
-    /// Whether this run still owns the job's storage (no newer writer
-    /// epoch). A newer one fences it for good: the run ends without
-    /// deleting anything. A check that cannot be made skips this delete or
-    /// publish (tried again later).
-    async fn writer_ok(&self) -> bool {
-        if self.fenced.get().is_some() {
-            return false;
-        }
-        let Some(lease) = self.lease else {
-            return false;
-        };
-        match self
-            .storage
-            .check_writer(&self.spec.job_id, lease.epoch)
-            .await
-        {
-            Ok(()) => true,
-            Err(e @ StorageError::Fenced { .. }) => {
-                tracing::error!(job = %self.spec.job_id, error = %e, "fenced");
-                let _ = self.fenced.set(e.to_string());
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check the writer epoch; not deleting or publishing now");
-                false
-            }
-        }
+    fn gc(&self) -> &GcHandle {
+        self.gc.as_ref().expect("GC runs from the start of the job")
+    }
+
+    fn fence(&self) -> &Fence {
+        self.fence
+            .as_ref()
+            .expect("the lease is taken at the start")
     }
 
     /// Cancels the execution, waits for all its threads, then deletes the
@@ -1664,7 +1499,7 @@ impl Runner {
         tracker.stop("restarting");
         self.join(attempt).await;
         for a in aborted {
-            self.clean_up(tracker, a.id, &a.files).await;
+            self.clean_up(tracker, a.id, &a.files);
         }
         AttemptEnd::Failed { error, failure, at }
     }

@@ -1,32 +1,33 @@
 //! The checkpoint coordinator and the job runner around it.
 //!
-//! - [`tracker`]: the functional core. A state machine over facts (trigger,
-//!   ack, decline, timeout, completion, task finished) that decides what
-//!   happens — which checkpoint id to use, when one is complete, which fail,
-//!   which completed ones are subsumed by retention, when failures exceed the
-//!   tolerable count. No I/O; unit-tested directly.
-//! - [`job`]: the imperative shell. Runs one job: starts executions, feeds
-//!   task events and timers into the tracker, and carries out its decisions
-//!   against storage (write `_metadata` last, delete aborted and subsumed
-//!   checkpoints) and the execution (trigger, abort, notify, restart).
-//! - [`registry`]: reference counts of shared (incremental) state files,
-//!   with deferred release while checkpoints are pending.
+//! Pure decisions (no I/O, unit-tested directly):
+//! - [`tracker`]: checkpoint decisions — ids from the writer lease, when a
+//!   checkpoint is complete, which fail, which retention subsumes, when
+//!   failures exceed the tolerable count.
+//! - [`recovery`]: which checkpoint to restore, what a storage error means,
+//!   fallback past corrupt data, exclusions, restarts.
+//! - [`gc::rules`], [`gc::registry`], [`gc::sweep`]: which checkpoints a
+//!   user may delete, shared-file reference counts, the orphan sweep's
+//!   classification.
+//!
+//! The imperative shell:
+//! - [`job`]: runs one job — starts executions, feeds task events and
+//!   timers into the tracker, writes `_metadata` last, hands deletions to
+//!   GC, restarts as recovery decides.
+//! - [`gc`]: the GC task: deletes, sweeps, retries and savepoint copies off
+//!   the coordinator's loop.
+//! - [`restore`]: resolving a restore point from storage.
+//! - [`fence`]: one writer per job, checked before publishing and deleting.
 //! - [`workdir`]: the job's local directory: locked, emptied at start.
 //! - [`stats`]: checkpoint statistics in Flink's shape, for the API.
-//! - [`gc`]: the deletion rules users' deletes follow (pure).
-//! - [`sweep`]: classifying orphans (what crashed writers left) for deletion.
-//! - [`recovery`]: the recovery policy (pure): which checkpoint to restore,
-//!   what a storage error means, fallback, exclusions, restarts.
-//! - [`restore`]: its I/O side: resolving a restore point from storage.
 
 pub mod error;
+pub mod fence;
 pub mod gc;
 pub mod job;
 pub mod recovery;
-pub mod registry;
 pub mod restore;
 pub mod stats;
-pub mod sweep;
 pub mod tracker;
 pub mod workdir;
 

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cutpoint_coordinator::registry::SharedRegistry;
+use cutpoint_coordinator::gc::registry::SharedRegistry;
 use cutpoint_coordinator::stats::CheckpointStatus;
 use cutpoint_coordinator::RestoreFrom;
 use cutpoint_core::{

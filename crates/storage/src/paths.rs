@@ -39,6 +39,11 @@ pub fn parse_writer_epoch(name: &str) -> Option<u64> {
     (name.len() == 20).then(|| name.parse().ok())?
 }
 
+/// `chk-{n}/_metadata`, relative to the job folder.
+pub fn metadata_relative(id: CheckpointId) -> String {
+    format!("{CHECKPOINT_PREFIX}{}/{METADATA_NAME}", id.0)
+}
+
 /// Parses `chk-{n}` into `n`.
 pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
     name.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()

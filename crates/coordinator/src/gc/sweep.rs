@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashSet};
 use cutpoint_core::CheckpointId;
 use cutpoint_storage::JobObject;
 
-use crate::registry::SharedRegistry;
+use super::registry::SharedRegistry;
 
 /// What the sweep knows when it classifies.
 #[derive(Clone, Copy)]

@@ -1,0 +1,500 @@
+//! Garbage collection of a job's checkpoint storage, as a task of its own.
+//!
+//! The coordinator's loop decides *what* is no longer needed (retention,
+//! aborts, user deletes) and hands it here as [`GcRequest`]s; the GC task
+//! does the I/O — deletes, the orphan sweep, retries, savepoint copies — so
+//! acknowledgements and timeouts never wait for a listing or a slow delete.
+//! Like SlateDB's garbage collector, it has one owner (the job's runner),
+//! its own ticker, an injected [`Clock`], a cancellation token, and a
+//! shutdown that either drains its queue or abandons it.
+//!
+//! Homes:
+//! - [`rules`]: which checkpoints a user may delete (pure).
+//! - [`registry`]: reference counts of shared files (pure), owned by the task.
+//! - [`sweep`]: the orphan sweep's classification (pure).
+//!
+//! Invariants:
+//! - Requests are applied in the order the coordinator sent them: a
+//!   checkpoint's files are registered ([`GcRequest::Published`]) before any
+//!   later request may release what it references, and a savepoint is
+//!   copied before any request that deletes its checkpoint.
+//! - A shared file is deleted only when no retained checkpoint references
+//!   it, no pending one has acked it, no checkpoint pending when its count
+//!   dropped can still reference it (deferred release), and no `_metadata`
+//!   that cannot be read exists (it may reference any shared file: while one
+//!   does, shared-file GC is suspended, and the logs and `checkpoints usage`
+//!   say so).
+//! - A checkpoint folder is deleted `_metadata` first; its shared files are
+//!   released only once that succeeded. A folder that cannot be deleted
+//!   keeps every shared file it names registered until a retry succeeds.
+//! - Nothing is deleted once the run is fenced ([`crate::fence`]).
+//! - Periodic sweeps read the coordinator's latest [`GcFacts`] and spare
+//!   objects younger than the checkpoint timeout, so an upload in flight, or
+//!   a checkpoint whose publication this task has not applied yet, is never
+//!   collected. Sweeps with a minimum age of 0 are only sent as requests,
+//!   after everything they depend on.
+
+pub mod registry;
+pub mod rules;
+pub mod sweep;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cutpoint_core::{CheckpointId, CheckpointMetadata, JobId, SavepointId, StateFile};
+use cutpoint_storage::{CheckpointStorage, StorageError};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::fence::Fence;
+use registry::SharedRegistry;
+pub use rules::{may_delete, DeleteRefusal};
+use sweep::{orphans, SweepFacts};
+
+/// Wall-clock time in ms since the epoch (injected so tests control age).
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        cutpoint_core::now_millis()
+    }
+}
+
+/// What the coordinator knows that GC must respect.
+#[derive(Debug, Clone, Default)]
+pub struct GcFacts {
+    pub retained: BTreeSet<CheckpointId>,
+    pub pending: BTreeSet<CheckpointId>,
+    /// Shared files named by acks of pending checkpoints.
+    pub pending_files: HashSet<String>,
+}
+
+impl GcFacts {
+    fn highest_pending(&self) -> Option<CheckpointId> {
+        self.pending.last().copied()
+    }
+
+    fn lowest_pending(&self) -> Option<CheckpointId> {
+        self.pending.first().copied()
+    }
+}
+
+/// Work for the GC task, applied in order.
+#[derive(Debug)]
+pub enum GcRequest {
+    /// A checkpoint was published: its shared files gain references.
+    Published(Arc<CheckpointMetadata>),
+    /// Copy a published checkpoint into `savepoints/{id}/` (before anything
+    /// can delete it) and answer with its path.
+    Savepoint {
+        meta: Arc<CheckpointMetadata>,
+        id: SavepointId,
+        reply: oneshot::Sender<Result<String, StorageError>>,
+    },
+    /// A checkpoint is no longer retained (retention, a superseded timeline,
+    /// a user's delete): its folder goes, then the shared files only it
+    /// referenced.
+    Discard { id: CheckpointId, facts: GcFacts },
+    /// A checkpoint that will never complete: its folder and the shared
+    /// files only its acks named (`files`).
+    Abort {
+        id: CheckpointId,
+        files: Vec<StateFile>,
+        facts: GcFacts,
+    },
+    /// Folders of checkpoints below `below` that are neither retained nor
+    /// pending and have no `_metadata`: leftovers of aborts and crashes.
+    Abandoned { below: CheckpointId, facts: GcFacts },
+    /// An orphan sweep now, sparing objects younger than `min_age_ms`.
+    Sweep { facts: GcFacts, min_age_ms: u64 },
+    /// Answered once every request before it was applied.
+    Flush(oneshot::Sender<()>),
+}
+
+/// How the GC task ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Apply every request sent so far, then stop.
+    Drain,
+    /// Stop now, even in the middle of a sweep: what is left is found by
+    /// the next start's orphan sweep.
+    Abandon,
+}
+
+/// Settings of the GC task.
+#[derive(Debug, Clone)]
+pub struct GcConfig {
+    /// Periodic orphan sweeps (and retries of failed deletes); `None`: only
+    /// retries, every [`GcConfig::RETRY_EVERY`].
+    pub sweep_every: Option<Duration>,
+    /// Minimum age of what a periodic sweep deletes.
+    pub min_age_ms: u64,
+}
+
+impl GcConfig {
+    /// How often failed deletes are retried without periodic sweeps.
+    pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+}
+
+/// The owner's handle: send requests, publish facts, shut down.
+#[derive(Debug)]
+pub struct GcHandle {
+    requests: mpsc::UnboundedSender<GcRequest>,
+    facts: watch::Sender<GcFacts>,
+    cancel: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl GcHandle {
+    pub fn send(&self, r: GcRequest) {
+        // The task only stops after `shutdown`, which consumes the handle.
+        let _ = self.requests.send(r);
+    }
+
+    /// The coordinator's current facts, for periodic sweeps.
+    pub fn set_facts(&self, facts: GcFacts) {
+        self.facts.send_replace(facts);
+    }
+
+    /// Waits until every request sent so far was applied.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(GcRequest::Flush(tx));
+        let _ = rx.await;
+    }
+
+    /// Stops the task as `how` says and waits for it.
+    pub async fn shutdown(self, how: Shutdown) {
+        match how {
+            Shutdown::Drain => drop(self.requests),
+            Shutdown::Abandon => self.cancel.cancel(),
+        }
+        let _ = self.join.await;
+    }
+}
+
+/// Starts the GC task of `job` with the registry and unreadable
+/// checkpoints found at start.
+pub fn spawn(
+    storage: CheckpointStorage,
+    job: JobId,
+    fence: Arc<Fence>,
+    registry: SharedRegistry,
+    unreadable: BTreeSet<CheckpointId>,
+    config: GcConfig,
+    clock: Arc<dyn Clock>,
+) -> GcHandle {
+    let (requests, rx) = mpsc::unbounded_channel();
+    let (facts, facts_rx) = watch::channel(GcFacts::default());
+    let cancel = CancellationToken::new();
+    let task = GcTask {
+        storage,
+        job,
+        fence,
+        registry,
+        unreadable,
+        undeleted: BTreeSet::new(),
+        doomed: BTreeSet::new(),
+        config,
+        clock,
+        facts: facts_rx,
+    };
+    let join = tokio::spawn(task.run(rx, cancel.clone()));
+    GcHandle {
+        requests,
+        facts,
+        cancel,
+        join,
+    }
+}
+
+struct GcTask {
+    storage: CheckpointStorage,
+    job: JobId,
+    fence: Arc<Fence>,
+    registry: SharedRegistry,
+    /// Checkpoints whose `_metadata` exists but cannot be read: while any
+    /// exists, no shared file is deleted.
+    unreadable: BTreeSet<CheckpointId>,
+    /// No longer retained, but deleting the folder failed: retried.
+    undeleted: BTreeSet<CheckpointId>,
+    /// Aborted, but deleting the folder failed (its `_metadata` may have
+    /// landed): their files stay registered; retried.
+    doomed: BTreeSet<CheckpointId>,
+    config: GcConfig,
+    clock: Arc<dyn Clock>,
+    facts: watch::Receiver<GcFacts>,
+}
+
+impl GcTask {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<GcRequest>, cancel: CancellationToken) {
+        let every = self.config.sweep_every.unwrap_or(GcConfig::RETRY_EVERY);
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            let work = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                r = rx.recv() => match r {
+                    Some(r) => Work::Request(r),
+                    None => return,
+                },
+                _ = ticker.tick() => Work::Tick,
+            };
+            // Cancelling abandons whatever is under way at its next await.
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = self.apply(work) => {}
+            }
+        }
+    }
+
+    async fn apply(&mut self, work: Work) {
+        match work {
+            Work::Request(r) => self.handle(r).await,
+            Work::Tick => {
+                self.retry().await;
+                if self.config.sweep_every.is_some() {
+                    let facts = self.facts.borrow().clone();
+                    self.sweep(&facts, self.config.min_age_ms).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, r: GcRequest) {
+        match r {
+            GcRequest::Published(meta) => self.registry.register(&meta),
+            GcRequest::Savepoint { meta, id, reply } => {
+                let r = self.storage.create_savepoint(&meta, &id).await;
+                tracing::info!(job = %self.job, checkpoint = %meta.checkpoint_id, savepoint = %id, ok = r.is_ok(), "savepoint copy");
+                let _ = reply.send(r);
+            }
+            GcRequest::Discard { id, facts } => self.discard(id, &facts).await,
+            GcRequest::Abort { id, files, facts } => self.abort(id, &files, &facts).await,
+            GcRequest::Abandoned { below, facts } => self.abandoned(below, &facts).await,
+            GcRequest::Sweep { facts, min_age_ms } => {
+                self.retry().await;
+                self.sweep(&facts, min_age_ms).await;
+            }
+            GcRequest::Flush(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Deletes a checkpoint that is no longer retained: its folder
+    /// (`_metadata` first), then the shared files only it referenced — only
+    /// once `_metadata` is gone, so a checkpoint that still looks
+    /// restorable never loses files.
+    async fn discard(&mut self, id: CheckpointId, facts: &GcFacts) {
+        let deleted = match cutpoint_core::failpoint::check("coordinator::subsume") {
+            Ok(()) => self.delete_checkpoint(id).await,
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "not deleting a discarded checkpoint");
+                false
+            }
+        };
+        if deleted {
+            self.undeleted.remove(&id);
+            let free = self
+                .registry
+                .release(id, facts.highest_pending(), facts.lowest_pending());
+            self.delete_shared(&free).await;
+        } else {
+            self.undeleted.insert(id);
+        }
+    }
+
+    /// Deletes a checkpoint that will never complete: its folder, and the
+    /// shared files among `files` that nothing retained or pending protects
+    /// (new uploads have unique names, so only this checkpoint knew them).
+    /// If the folder cannot be deleted, its `_metadata` may exist (a
+    /// publish reported as failed can have landed): every shared file it
+    /// names stays registered until a retry deletes the folder.
+    async fn abort(&mut self, id: CheckpointId, files: &[StateFile], facts: &GcFacts) {
+        if self.delete_checkpoint(id).await {
+            let own: Vec<String> = files
+                .iter()
+                .filter(|f| {
+                    f.path.starts_with("shared/")
+                        && !self.registry.is_protected(&f.path)
+                        && !facts.pending_files.contains(&f.path)
+                })
+                .map(|f| f.path.clone())
+                .collect();
+            self.delete_shared(&own).await;
+        } else {
+            self.registry.register_files(id, files.iter());
+            self.doomed.insert(id);
+        }
+        let free = self.registry.collect(facts.lowest_pending());
+        self.delete_shared(&free).await;
+    }
+
+    /// Retries failed deletes: discarded checkpoints, then doomed ones.
+    async fn retry(&mut self) {
+        let facts = self.facts.borrow().clone();
+        for id in std::mem::take(&mut self.undeleted) {
+            self.discard(id, &facts).await;
+        }
+        for id in std::mem::take(&mut self.doomed) {
+            if self.delete_checkpoint(id).await {
+                let free =
+                    self.registry
+                        .release(id, facts.highest_pending(), facts.lowest_pending());
+                self.delete_shared(&free).await;
+            } else {
+                self.doomed.insert(id);
+            }
+        }
+        let free = self.registry.collect(facts.lowest_pending());
+        self.delete_shared(&free).await;
+    }
+
+    /// Deletes what no retained or pending checkpoint needs and is older
+    /// than `min_age_ms` (see [`sweep`]); updates the unreadable ones.
+    async fn sweep(&mut self, facts: &GcFacts, min_age_ms: u64) {
+        if let Err(e) = cutpoint_core::failpoint::check("coordinator::orphan_sweep") {
+            tracing::warn!(error = %e, "orphan sweep skipped");
+            return;
+        }
+        if !self.fence.check().await {
+            return;
+        }
+        let objects = match self.storage.list_job_objects_detailed(&self.job).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphan sweep: listing failed");
+                return;
+            }
+        };
+        let plan = orphans(&SweepFacts {
+            objects: &objects,
+            retained: &facts.retained,
+            pending: &facts.pending,
+            pending_files: &facts.pending_files,
+            registry: &self.registry,
+            now_ms: self.clock.now_ms(),
+            min_age_ms,
+        });
+        // Folders this task is still deleting are not a person's to judge.
+        let unreadable: BTreeSet<_> = plan.unaccounted.difference(&self.doomed).copied().collect();
+        if unreadable != self.unreadable {
+            tracing::warn!(job = %self.job, ?unreadable, "checkpoints with unreadable _metadata: shared files are not deleted while any exists");
+            self.unreadable = unreadable;
+        }
+        if plan.delete.is_empty() {
+            return;
+        }
+        tracing::info!(job = %self.job, objects = plan.delete.len(), "orphan sweep: deleting leftovers");
+        // `_metadata` objects first, then the rest.
+        let (metas, rest): (Vec<_>, Vec<_>) = plan
+            .delete
+            .into_iter()
+            .partition(|p| p.ends_with("/_metadata"));
+        if self.delete_files(&metas).await {
+            self.delete_files(&rest).await;
+        }
+    }
+
+    /// Deletes checkpoint folders below `below` that are neither retained
+    /// nor pending and have no `_metadata`.
+    async fn abandoned(&mut self, below: CheckpointId, facts: &GcFacts) {
+        if !self.fence.check().await {
+            return;
+        }
+        let dirs = match self.storage.checkpoint_dirs(&self.job).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing checkpoint folders failed");
+                return;
+            }
+        };
+        for id in dirs.into_iter().filter(|id| *id < below) {
+            if facts.retained.contains(&id)
+                || facts.pending.contains(&id)
+                || self.doomed.contains(&id)
+                || self.undeleted.contains(&id)
+            {
+                continue;
+            }
+            // A `_metadata` here that is not retained could not be read: keep it.
+            let meta = cutpoint_storage::paths::metadata_relative(id);
+            match self.storage.object_size(&self.job, &meta).await {
+                Ok(None) => {
+                    let _ = self.delete_checkpoint(id).await;
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(checkpoint = %id, "unreadable checkpoint left in place")
+                }
+                Err(e) => {
+                    tracing::warn!(checkpoint = %id, error = %e, "cannot check checkpoint folder")
+                }
+            }
+        }
+    }
+
+    /// Deletes a checkpoint folder (`_metadata` first); false if that failed.
+    async fn delete_checkpoint(&self, id: CheckpointId) -> bool {
+        if !self.fence.check().await {
+            return false;
+        }
+        match self.storage.delete_checkpoint(&self.job, id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(checkpoint = %id, error = %e, "deleting checkpoint failed; retried later");
+                false
+            }
+        }
+    }
+
+    /// Deletes shared files nothing references any more — unless a
+    /// checkpoint with unreadable metadata exists (it may reference them).
+    async fn delete_shared(&self, paths: &[String]) {
+        if paths.is_empty() {
+            return;
+        }
+        if !self.unreadable.is_empty() {
+            tracing::warn!(files = paths.len(), unreadable = ?self.unreadable, "not deleting shared files: a checkpoint with unreadable _metadata may reference them");
+            return;
+        }
+        self.delete_files(paths).await;
+    }
+
+    /// Deletes files of the job (relative paths); false if that failed
+    /// (the orphan sweep retries).
+    async fn delete_files(&self, paths: &[String]) -> bool {
+        if paths.is_empty() {
+            return true;
+        }
+        if !self.fence.check().await {
+            return false;
+        }
+        let deleted = match cutpoint_core::failpoint::check("coordinator::delete_shared") {
+            Ok(()) => self.storage.delete_state_files(&self.job, paths).await,
+            Err(e) => Err(e.into()),
+        };
+        match deleted {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting files failed; the orphan sweep retries");
+                false
+            }
+        }
+    }
+}
+
+enum Work {
+    Request(GcRequest),
+    Tick,
+}
