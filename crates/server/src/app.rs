@@ -48,6 +48,9 @@ pub struct AppState {
     pub work_dir: PathBuf,
     pub token: Option<String>,
     pub metrics: Option<PrometheusHandle>,
+    /// Whether `POST /v1/jobs` accepts the spec's test knobs
+    /// ([`crate::routes::TEST_KNOBS`]); off unless `--enable-test-knobs`.
+    pub test_knobs: bool,
     jobs: Mutex<BTreeMap<JobId, JobEntry>>,
 }
 
@@ -63,6 +66,7 @@ impl AppState {
             work_dir,
             token,
             metrics,
+            test_knobs: false,
             jobs: Mutex::new(BTreeMap::new()),
         }
     }

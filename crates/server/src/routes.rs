@@ -106,6 +106,15 @@ fn parse_restore(v: &Value) -> ApiResult<RestoreFrom> {
     }
 }
 
+/// Job spec fields that exist for tests only; refused unless the server runs
+/// with `--enable-test-knobs` (`inject_processing_delay_us` alone could make
+/// a job that never stops).
+pub const TEST_KNOBS: [&str; 3] = [
+    "inject_failure",
+    "inject_barrier_delay",
+    "inject_processing_delay_us",
+];
+
 /// `POST /v1/jobs`: the body is a job spec, plus optional `restore_from`.
 pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
     let Value::Object(mut obj) = body else {
@@ -113,6 +122,13 @@ pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResul
             "the body must be a JSON object (a job spec)",
         ));
     };
+    if !st.test_knobs {
+        if let Some(knob) = TEST_KNOBS.iter().find(|k| obj.contains_key(**k)) {
+            return Err(ApiError::invalid(format!(
+                "{knob} is a test knob, refused by this server (start it with --enable-test-knobs to allow it)"
+            )));
+        }
+    }
     let restore = obj
         .remove("restore_from")
         .map(|v| parse_restore(&v))

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Longest a request may take (408 beyond).
     pub request_timeout: Duration,
+    /// Accept the job spec's test knobs (`inject_*`) from `POST /v1/jobs`.
+    pub test_knobs: bool,
 }
 
 impl ServerConfig {
@@ -146,12 +148,9 @@ pub async fn serve(
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok();
-    let state = Arc::new(AppState::new(
-        config.storage,
-        config.work_dir,
-        config.token,
-        metrics,
-    ));
+    let mut state = AppState::new(config.storage, config.work_dir, config.token, metrics);
+    state.test_knobs = config.test_knobs;
+    let state = Arc::new(state);
     let app = router(state.clone(), config.body_limit, config.request_timeout);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -160,7 +159,7 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(%addr, auth = state.token.is_some(), "cutpoint server listening");
+    tracing::info!(%addr, auth = state.token.is_some(), test_knobs = state.test_knobs, "cutpoint server listening");
     bound(addr);
     let stop = shutdown.clone();
     axum::serve(listener, app)
