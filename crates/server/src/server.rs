@@ -11,7 +11,6 @@ use axum::{middleware, Router};
 use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::{auth, routes, AppState};
@@ -88,7 +87,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(body_limit, reject_oversized))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req
@@ -131,6 +130,24 @@ async fn reject_oversized(
             .into_response()
         }
         _ => next.run(req).await,
+    }
+}
+
+/// Answers 408 (problem+json) to a request still running after `limit`
+/// (its handler is dropped, as a disconnect would).
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => crate::ApiError::new(
+            crate::ErrorKind::Timeout,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
     }
 }
 
