@@ -66,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
-    /// Restart a job on a server from a checkpoint id (or `latest`).
+    /// Restart a job on a server from a checkpoint id (or `latest`, or
+    /// `savepoint:ID`).
     Restore {
         job: JobId,
         #[arg(long)]

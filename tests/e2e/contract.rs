@@ -528,6 +528,15 @@ async fn fuzzer_findings_get_the_documented_answers() {
             false,
             400,
         ),
+        // A whole-number float near 2^51, parsed exactly: an id, not found.
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-f/restore".to_string(),
+            json!({"checkpoint_id": 2_251_799_813_685_247.0}),
+            true,
+            404,
+        ),
         // `type: null` where the document has no null (the job kept running).
         (
             Method::POST,

@@ -161,6 +161,12 @@ mod tests {
             json!({"size": 682, "xs": [1000, 0.5, -2, 1e20, u64::MAX], "zero": 0})
         );
         assert!(v["size"].is_u64() && v["xs"][2].is_i64() && v["xs"][3].is_f64());
+        // Parsed exactly (serde_json's float_roundtrip): no neighbouring float.
+        let big: Value = parse(b"[2251799813685247.0, 9007199254740991.0]").unwrap();
+        assert_eq!(
+            big,
+            json!([2_251_799_813_685_247u64, 9_007_199_254_740_991u64])
+        );
     }
 
     #[derive(Deserialize, Debug)]
