@@ -11,15 +11,18 @@
 # documented rules a schema cannot state and generated jobs cheap. Responses
 # may take up to the server's documented 30 s limit (a cancel waits for its
 # final checkpoint); a slower one fails max_response_time.
+# One worker: generation in two threads makes Python 3.11's ast.parse
+# (called by hypothesis) fail at random with "AST constructor recursion
+# depth mismatch" (CPython gh-106905), and one keeps a seeded run in order.
 #
 #   scripts/fuzz-api.sh                  # the pinned seed (CI: reproducible)
 #   scripts/fuzz-api.sh --seed 12345     # another seed; or FUZZ_SEED=12345
 #   scripts/fuzz-api.sh --seed random    # a fresh seed, printed first
-#   FUZZ_MAX_EXAMPLES=N                  # cases per operation and phase (default 25)
+#   FUZZ_MAX_EXAMPLES=N                  # cases per operation and phase (default 500)
 #   CUTPOINT_BIN=path                    # the server binary (default: the release build)
 #
-# Takes about 3 minutes on 2 cores with the default 25 examples (about 6,000
-# requests). Run by scripts/test.sh after the Rust tests; prints the seed,
+# Takes about 2 minutes on 2 cores with the default 500 examples (about
+# 8,500 generated cases, 100 s of schemathesis). Run by scripts/test.sh after the Rust tests; prints the seed,
 # the case counts and schemathesis' summary; exits non-zero on any failure
 # or if the server died.
 set -euo pipefail
@@ -83,8 +86,8 @@ FUZZ_WORK="$work/cwd" FUZZ_INPUT="$work/input.ndjson" FUZZ_STORAGE_ROOT="file://
 SCHEMATHESIS_HOOKS=scripts/fuzz_hooks.py \
   "$venv/bin/st" run api/openapi.yaml --url "http://$addr" -H "Authorization: Bearer fuzz" \
   --checks all --phases examples,coverage,fuzzing,stateful \
-  --max-examples "${FUZZ_MAX_EXAMPLES:-25}" --seed "$seed" --generation-database none \
-  --workers 2 --request-timeout 35 --max-response-time 31 --no-color \
+  --max-examples "${FUZZ_MAX_EXAMPLES:-500}" --seed "$seed" --generation-database none \
+  --workers 1 --request-timeout 35 --max-response-time 31 --no-color \
   --report ndjson --report-ndjson-path "$work/events.ndjson" || rc=$?
 python3 - "$work/events.ndjson" <<'EOF' || true
 import collections, json, sys
