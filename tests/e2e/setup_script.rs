@@ -19,7 +19,11 @@ fn fake_root(dir: &Path, installed: &[&str], removed: &[&str]) -> PathBuf {
     let status: String = installed
         .iter()
         .map(|p| entry(p, "install ok installed"))
-        .chain(removed.iter().map(|p| entry(p, "deinstall ok config-files")))
+        .chain(
+            removed
+                .iter()
+                .map(|p| entry(p, "deinstall ok config-files")),
+        )
         .collect();
     std::fs::write(root.join("var/lib/dpkg/status"), status).unwrap();
     // the library files of the fresh image: the C++ interface library only
