@@ -66,7 +66,8 @@ enum Command {
         #[command(subcommand)]
         command: CheckpointsCommand,
     },
-    /// Restart a job on a server from a checkpoint id (or `latest`).
+    /// Restart a job on a server from a checkpoint id (or `latest`, or
+    /// `savepoint:ID`).
     Restore {
         job: JobId,
         #[arg(long)]
@@ -125,6 +126,10 @@ struct ServeSettings {
     /// File holding the bearer token (else the CUTPOINT_TOKEN variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Accept the job spec's test knobs (inject_*) from POST /v1/jobs; for
+    /// tests only (refused with 400 otherwise).
+    #[arg(long)]
+    enable_test_knobs: bool,
 }
 
 impl ServeSettings {
@@ -137,6 +142,7 @@ impl ServeSettings {
                 checkpoint_dir: self.checkpoint_dir,
                 work_dir: self.work_dir,
                 token_file: self.token_file,
+                enable_test_knobs: self.enable_test_knobs,
             },
         )?)
     }
@@ -471,6 +477,7 @@ async fn serve(config: crate::config::Config) -> Result<()> {
         token: config.token,
         body_limit: config.body_limit,
         request_timeout: config.request_timeout,
+        test_knobs: config.test_knobs,
     };
     cutpoint_server::serve(server, shutdown, |addr| {
         println!("{}", json!({ "listening": addr.to_string() }));

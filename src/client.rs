@@ -301,16 +301,16 @@ pub async fn storage_rows(c: &Client, job: Option<&str>) -> Result<Vec<Value>> {
 }
 
 pub async fn restore(c: &Client, job: &str, checkpoint: &str, as_json: bool) -> Result<()> {
-    let id = match checkpoint.parse::<u64>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(checkpoint),
+    let body = match (
+        checkpoint.strip_prefix("savepoint:"),
+        checkpoint.parse::<u64>(),
+    ) {
+        (Some(savepoint), _) => json!({ "savepoint_id": savepoint }),
+        (None, Ok(n)) => json!({ "checkpoint_id": n }),
+        (None, Err(_)) => json!({ "checkpoint_id": checkpoint }),
     };
     let v = c
-        .call(
-            Method::POST,
-            &format!("/v1/jobs/{job}/restore"),
-            Some(json!({ "checkpoint_id": id })),
-        )
+        .call(Method::POST, &format!("/v1/jobs/{job}/restore"), Some(body))
         .await?;
     if as_json {
         return print_json(&v);

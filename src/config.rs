@@ -50,6 +50,13 @@ pub const OPTIONS: &[OptionDoc] = &[
         help: "longest a request may take (408 beyond)",
     },
     OptionDoc {
+        key: "server.enable_test_knobs",
+        env: "CUTPOINT_ENABLE_TEST_KNOBS",
+        flag: "--enable-test-knobs",
+        default: "false",
+        help: "accept the job spec's test knobs (inject_failure, inject_barrier_delay, inject_processing_delay_us) from POST /v1/jobs; for tests only",
+    },
+    OptionDoc {
         key: "storage.checkpoint_dir",
         env: "CUTPOINT_CHECKPOINT_DIR",
         flag: "--checkpoint-dir",
@@ -79,6 +86,7 @@ struct ServerSection {
     token_file: Option<PathBuf>,
     body_limit_bytes: Option<u64>,
     request_timeout_ms: Option<u64>,
+    enable_test_knobs: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -95,6 +103,8 @@ pub struct Flags {
     pub checkpoint_dir: Option<String>,
     pub work_dir: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// `--enable-test-knobs` (a switch: absent means "not given").
+    pub enable_test_knobs: bool,
 }
 
 /// The effective configuration.
@@ -108,6 +118,8 @@ pub struct Config {
     pub token_source: String,
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// Accept the job spec's test knobs from the API.
+    pub test_knobs: bool,
 }
 
 /// A configuration error names the option.
@@ -120,6 +132,25 @@ pub enum ConfigError {
         option: &'static str,
         reason: String,
     },
+}
+
+/// An on/off option: on if its flag is given, else its environment variable
+/// (`true`/`false`, `1`/`0`), else the file, else off.
+fn switch(
+    option: &'static str,
+    flag: bool,
+    env: Option<String>,
+    file: Option<bool>,
+) -> Result<bool, ConfigError> {
+    if flag {
+        return Ok(true);
+    }
+    match env.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        Some(s) if s == "true" || s == "1" => Ok(true),
+        Some(s) if s == "false" || s == "0" => Ok(false),
+        Some(s) => Err(invalid(option, format!("{s:?} is not true or false"))),
+        None => Ok(file.unwrap_or(false)),
+    }
 }
 
 fn invalid(option: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -199,6 +230,12 @@ impl Config {
             100,
         )?;
 
+        let test_knobs = switch(
+            "server.enable_test_knobs",
+            flags.enable_test_knobs,
+            env("CUTPOINT_ENABLE_TEST_KNOBS"),
+            fc.server.enable_test_knobs,
+        )?;
         let token_file = flags
             .token_file
             .or_else(|| env("CUTPOINT_TOKEN_FILE").map(PathBuf::from))
@@ -229,6 +266,7 @@ impl Config {
             token_source,
             body_limit: body_limit as usize,
             request_timeout: Duration::from_millis(timeout),
+            test_knobs,
         })
     }
 
@@ -240,6 +278,7 @@ impl Config {
                 token_file: None,
                 body_limit_bytes: Some(self.body_limit as u64),
                 request_timeout_ms: Some(self.request_timeout.as_millis() as u64),
+                enable_test_knobs: Some(self.test_knobs),
             },
             storage: StorageSection {
                 checkpoint_dir: Some(self.checkpoint_dir.clone()),
@@ -282,6 +321,7 @@ listen = "127.0.0.1:9000"
 token_file = "TOKEN"
 body_limit_bytes = 2048
 request_timeout_ms = 5000
+enable_test_knobs = true
 [storage]
 checkpoint_dir = "/tmp/chk"
 work_dir = "/tmp/work"
@@ -300,7 +340,9 @@ work_dir = "/tmp/work"
         );
         assert_eq!(c.checkpoint_dir, "/tmp/chk");
         assert_eq!(c.work_dir, Some(PathBuf::from("/tmp/work")));
+        assert!(c.test_knobs);
         let shown = c.show();
+        assert!(shown.contains("enable_test_knobs = true"), "{shown}");
         assert!(
             !shown.contains("sekret") && shown.contains("********"),
             "{shown}"
@@ -332,6 +374,29 @@ work_dir = "/tmp/work"
         };
         let c = Config::resolve(Some(f.path()), &env, flags).unwrap();
         assert_eq!((c.listen.port(), c.checkpoint_dir.as_str()), (3, "/c"));
+    }
+
+    #[test]
+    fn test_knobs_are_off_unless_enabled_by_file_env_or_flag() {
+        let dir = [("CUTPOINT_CHECKPOINT_DIR", "/a")];
+        let off = Config::resolve(None, &env_of(&dir), Flags::default()).unwrap();
+        assert!(!off.test_knobs);
+        let on_file = file("[server]\nenable_test_knobs = true\n");
+        let c = Config::resolve(Some(on_file.path()), &env_of(&dir), Flags::default()).unwrap();
+        assert!(c.test_knobs);
+        let env = env_of(&[dir[0], ("CUTPOINT_ENABLE_TEST_KNOBS", "false")]);
+        let c = Config::resolve(Some(on_file.path()), &env, Flags::default()).unwrap();
+        assert!(!c.test_knobs, "the environment overrides the file");
+        let flags = Flags {
+            enable_test_knobs: true,
+            ..Flags::default()
+        };
+        assert!(Config::resolve(None, &env, flags).unwrap().test_knobs);
+        let env = env_of(&[dir[0], ("CUTPOINT_ENABLE_TEST_KNOBS", "maybe")]);
+        let e = Config::resolve(None, &env, Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.enable_test_knobs"), "{e}");
     }
 
     #[test]

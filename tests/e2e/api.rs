@@ -24,14 +24,26 @@ pub struct Server {
 
 impl Server {
     pub fn start(chk: &Path, token: Option<&str>) -> Server {
-        Self::start_logging(chk, token, None)
+        Self::start_with(chk, token, None, &[])
     }
 
     /// Like `start`, with debug logs written to `log`.
     pub fn start_logging(chk: &Path, token: Option<&str>, log: Option<&Path>) -> Server {
+        Self::start_with(chk, token, log, &[])
+    }
+
+    /// Like `start_logging`, with more `serve` arguments (e.g.
+    /// `--enable-test-knobs` for specs with test knobs).
+    pub fn start_with(
+        chk: &Path,
+        token: Option<&str>,
+        log: Option<&Path>,
+        args: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--checkpoint-dir"])
             .arg(chk)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(match log {
                 Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
@@ -304,17 +316,28 @@ async fn external_task_acks_complete_checkpoints_and_declines_fail_them() {
             .unwrap()
             .starts_with("urn:cutpoint:problem:"));
     }
-    let (s, e) = server
-        .post(&format!("{path}/acks"), &json!({"task": "ext", "files": [{"path": format!("{prefix}missing.bin"), "size": 1, "crc32c": 0}]}))
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
-    let (s, e) = server
-        .post(
-            &format!("{path}/acks"),
-            &json!({"task": "nope", "files": []}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    // Not uploaded yet, or not what was uploaded: 409, upload and ack again.
+    for (name, size) in [("missing.bin", 1), ("offsets.bin", 8)] {
+        let (s, e) = server
+            .post(&format!("{path}/acks"), &json!({"task": "ext", "files": [{"path": format!("{prefix}{name}"), "size": size, "crc32c": 0}]}))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{name}: {e}");
+        assert!(e["detail"].as_str().unwrap().contains(name), "{e}");
+    }
+    // A task the running job does not have: 409; a malformed name: 400.
+    for (task, status) in [
+        ("nope", StatusCode::CONFLICT),
+        ("../x", StatusCode::BAD_REQUEST),
+    ] {
+        let (s, e) = server
+            .post(&format!("{path}/acks"), &json!({"task": task, "files": []}))
+            .await;
+        assert_eq!(s, status, "{task}: {e}");
+        let (s, _) = server
+            .get(&format!("/v1/jobs/pv-ext/checkpoints/pending?task={task}"))
+            .await;
+        assert_eq!(s, status, "pending?task={task}");
+    }
     let (s, _) = server
         .post(
             "/v1/jobs/pv-ext/checkpoints/999/acks",
@@ -382,6 +405,79 @@ async fn external_task_acks_complete_checkpoints_and_declines_fail_them() {
     );
     let (s, _) = server.post("/v1/jobs/pv-ext/cancel", &json!({})).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// The spec's test knobs are refused over HTTP unless the server was
+/// started with `--enable-test-knobs`; with it, a job with one runs (and the
+/// knob takes effect), and the knobs' bounds still hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_knobs_need_the_servers_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let knobs = [
+        (
+            "inject_failure",
+            json!({"subtask": 0, "after_records": 100_000}),
+        ),
+        (
+            "inject_barrier_delay",
+            json!({"partition": 1, "delay_ms": 10}),
+        ),
+        ("inject_processing_delay_us", json!(10)),
+    ];
+    let spec = |knob: &str, value: &Value| {
+        pv(
+            "pv-knob",
+            400_000,
+            1_000,
+            400_000,
+            json!({"checkpoint": {"interval_ms": 100}, knob: value}),
+        )
+    };
+    let plain = Server::start(&dir.path().join("plain"), None);
+    for (knob, value) in &knobs {
+        let (s, e) = plain.post("/v1/jobs", &spec(knob, value)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{knob}: {e}");
+        let detail = e["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(knob) && detail.contains("--enable-test-knobs"),
+            "{e}"
+        );
+    }
+    let (s, jobs) = plain.get("/v1/jobs").await;
+    assert_eq!(
+        (s, jobs["jobs"].as_array().unwrap().len()),
+        (StatusCode::OK, 0)
+    );
+
+    let testing = Server::start_with(
+        &dir.path().join("testing"),
+        None,
+        None,
+        &["--enable-test-knobs"],
+    );
+    let (s, e) = testing
+        .post(
+            "/v1/jobs",
+            &spec("inject_processing_delay_us", &json!(1e19)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inject_processing_delay_us"),
+        "{e}"
+    );
+    let (s, job) = testing
+        .post("/v1/jobs", &spec(knobs[0].0, &knobs[0].1))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    let done = testing
+        .wait("/v1/jobs/pv-knob", |j| j["result"].is_object())
+        .await;
+    assert_eq!(done["result"]["state"], "FINISHED", "{done}");
+    assert_eq!(done["restarts"], 1, "the injected failure happened: {done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

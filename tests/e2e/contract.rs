@@ -81,6 +81,36 @@ impl Contract {
         );
     }
 
+    /// Whether `instance` is valid against `schema` (a schema of the
+    /// document, `$ref`s into its components allowed).
+    fn valid(&self, schema: &Value, instance: &Value) -> bool {
+        let schema = json!({ "components": self.doc["components"], "allOf": [schema] });
+        jsonschema::validator_for(&schema)
+            .expect("schema compiles")
+            .is_valid(instance)
+    }
+
+    /// Whether `body` is a valid JSON request body of the operation.
+    fn body_valid(&self, method: &Method, template: &str, body: &Value) -> bool {
+        let op = &self.doc["paths"][template][method.as_str().to_lowercase()];
+        let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+        assert!(schema.is_object(), "{method} {template} takes no JSON body");
+        self.valid(schema, body)
+    }
+
+    /// Whether `value` is valid for the parameter `name` of `template`.
+    fn param_valid(&self, template: &str, name: &str, value: &Value) -> bool {
+        let params = self.doc["paths"][template]["parameters"]
+            .as_array()
+            .unwrap();
+        let param = params
+            .iter()
+            .map(|p| self.resolve(p))
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{template} has no parameter {name}"));
+        self.valid(&param["schema"], value)
+    }
+
     /// Every operation of the document was exercised.
     fn assert_complete(&self) {
         let mut missing = Vec::new();
@@ -415,6 +445,156 @@ async fn every_operation_matches_the_openapi_contract() {
         409
     );
     d.contract.assert_complete();
+}
+
+/// What schemathesis found where the document and the server disagreed
+/// (issue #14): each request now gets the answer the document gives it —
+/// the schema and the server agree on valid (accepted) and invalid (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzer_findings_get_the_documented_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Server::start(&chk, None);
+    let mut d = Driver {
+        server: &server,
+        contract: Contract::load(),
+    };
+    let spec = pv(
+        "pv-f",
+        50_000_000,
+        1_000,
+        100_000,
+        json!({"external_tasks": ["ext"]}),
+    );
+    assert_eq!(
+        d.call(Method::POST, "/v1/jobs", "/v1/jobs", Some(spec))
+            .await
+            .0,
+        201
+    );
+
+    // `after` is any u64 (it was unbounded in the document).
+    let pending = "/v1/jobs/{job_id}/checkpoints/pending";
+    for (after, valid, status) in [
+        (json!(u64::MAX), true, 200),
+        (json!(18_446_744_073_709_551_616.0), false, 400),
+    ] {
+        assert_eq!(d.contract.param_valid(pending, "after", &after), valid);
+        let path = format!("/v1/jobs/pv-f/checkpoints/pending?after={after}&wait_ms=0");
+        assert_eq!(
+            d.call(Method::GET, pending, &path, None).await.0,
+            status,
+            "after={after}"
+        );
+    }
+
+    // Bodies: (operation, body, valid by the document, the server's answer).
+    let jobs = "/v1/jobs";
+    let mut untyped = pv("pv-untyped", 10, 2, 10, json!({"aggregate": {}}));
+    untyped["source"].as_object_mut().unwrap().remove("type");
+    let cases = [
+        // A source or aggregate without its `type` tag.
+        (Method::POST, jobs, jobs.to_string(), untyped, false, 400),
+        (
+            Method::POST,
+            jobs,
+            jobs.to_string(),
+            pv("pv-typed", 10, 2, 10, json!({})),
+            true,
+            201,
+        ),
+        // Both restore points, a null one, a checkpoint id as a string.
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-f/restore".to_string(),
+            json!({"checkpoint_id": "latest", "savepoint_id": ""}),
+            false,
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-f/restore".to_string(),
+            json!({"checkpoint_id": null, "savepoint_id": "pv-f-1"}),
+            false,
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-f/restore".to_string(),
+            json!({"checkpoint_id": "1"}),
+            false,
+            400,
+        ),
+        // A whole-number float near 2^51, parsed exactly: an id, not found.
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/restore",
+            "/v1/jobs/pv-f/restore".to_string(),
+            json!({"checkpoint_id": 2_251_799_813_685_247.0}),
+            true,
+            404,
+        ),
+        // `type: null` where the document has no null (the job kept running).
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/cancel",
+            "/v1/jobs/pv-f/cancel".to_string(),
+            json!({"checkpoint": false, "savepoint": false, "type": null}),
+            false,
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{job_id}/checkpoints",
+            "/v1/jobs/pv-f/checkpoints".to_string(),
+            json!({"type": null}),
+            false,
+            400,
+        ),
+    ];
+    for (method, template, path, body, valid, status) in cases {
+        assert_eq!(
+            d.contract.body_valid(&method, template, &body),
+            valid,
+            "{body}"
+        );
+        let (s, answer) = d.call(method, template, &path, Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {answer}");
+    }
+    let (_, job) = d
+        .call(Method::GET, "/v1/jobs/{job_id}", "/v1/jobs/pv-f", None)
+        .await;
+    assert_eq!(job["result"], Value::Null, "pv-f still runs: {job}");
+
+    // A whole-number float is an integer: an ack with `"size": 3.0`.
+    let (s, t) = d
+        .call(
+            Method::POST,
+            "/v1/jobs/{job_id}/checkpoints",
+            "/v1/jobs/pv-f/checkpoints",
+            None,
+        )
+        .await;
+    assert_eq!(s, 202, "{t}");
+    let n = t["checkpoint_id"].as_u64().unwrap();
+    let prefix = format!("chk-{n}/ext/0/");
+    std::fs::create_dir_all(chk.join("jobs/pv-f").join(&prefix)).unwrap();
+    std::fs::write(chk.join("jobs/pv-f").join(&prefix).join("s.bin"), b"abc").unwrap();
+    let ack = json!({"task": "ext", "files": [{"path": format!("{prefix}s.bin"), "size": 3.0, "crc32c": 0.0}]});
+    let acks = "/v1/jobs/{job_id}/checkpoints/{checkpoint_id}/acks";
+    assert!(d.contract.body_valid(&Method::POST, acks, &ack));
+    let path = format!("/v1/jobs/pv-f/checkpoints/{n}/acks");
+    let (s, a) = d.call(Method::POST, acks, &path, Some(ack)).await;
+    assert_eq!(s, 200, "{a}");
+    let c = server
+        .wait(&format!("/v1/jobs/pv-f/checkpoints/{n}"), |c| {
+            c["status"] != "IN_PROGRESS"
+        })
+        .await;
+    assert_eq!(c["status"], "COMPLETED", "{c}");
 }
 
 #[test]

@@ -43,15 +43,20 @@ pub struct JobSpec {
     /// API. Each is one task, `{name}[0]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_tasks: Vec<crate::OperatorId>,
-    /// Fault injection for demos and tests; absent in production specs.
+    /// Test knob (like the two below): fault injection for demos and tests,
+    /// absent in production specs. `cutpoint serve` refuses specs with test
+    /// knobs unless started with `--enable-test-knobs`; `cutpoint run`
+    /// accepts them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_failure: Option<InjectFailure>,
     /// Test knob: one source partition waits this long after a trigger
-    /// before it injects the barrier (makes alignment observable).
+    /// before it injects the barrier (makes alignment observable); at most
+    /// [`JobSpec::MAX_BARRIER_DELAY_MS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_barrier_delay: Option<BarrierDelay>,
     /// Test knob: every aggregate subtask sleeps this long per batch of
-    /// records (a slow, back-pressuring consumer).
+    /// records (a slow, back-pressuring consumer); at most
+    /// [`JobSpec::MAX_PROCESSING_DELAY_US`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_processing_delay_us: Option<u64>,
 }
@@ -307,7 +312,8 @@ impl StateConfig {
     /// Entries one of `parallelism` keyed subtasks may keep in memory.
     pub fn budget_entries(&self, parallelism: u32) -> Option<usize> {
         self.memory_budget_mb.map(|mb| {
-            (mb * 1024 * 1024 / Self::BYTES_PER_ENTRY / parallelism.max(1) as u64).max(1) as usize
+            let bytes = mb.saturating_mul(1024 * 1024);
+            (bytes / Self::BYTES_PER_ENTRY / parallelism.max(1) as u64).max(1) as usize
         })
     }
 }
@@ -356,6 +362,12 @@ fn yes() -> bool {
 }
 
 impl JobSpec {
+    /// Upper bound of the test knob `inject_processing_delay_us` (a task
+    /// sleeps this long per batch and notices a cancel only between sleeps).
+    pub const MAX_PROCESSING_DELAY_US: u64 = 100_000;
+    /// Upper bound of the test knob `inject_barrier_delay.delay_ms`.
+    pub const MAX_BARRIER_DELAY_MS: u64 = 10_000;
+
     /// Parses and validates a JSON spec.
     pub fn from_json(text: &str) -> Result<Self, CoreError> {
         let spec: JobSpec =
@@ -473,6 +485,21 @@ impl JobSpec {
             if d.partition >= self.source_parallelism() {
                 return bad("inject_barrier_delay.partition must be a source partition".into());
             }
+            if d.delay_ms > Self::MAX_BARRIER_DELAY_MS {
+                return bad(format!(
+                    "inject_barrier_delay.delay_ms must be at most {}",
+                    Self::MAX_BARRIER_DELAY_MS
+                ));
+            }
+        }
+        if self
+            .inject_processing_delay_us
+            .is_some_and(|d| d > Self::MAX_PROCESSING_DELAY_US)
+        {
+            return bad(format!(
+                "inject_processing_delay_us must be at most {} (a task sleeping longer cannot be cancelled in time)",
+                Self::MAX_PROCESSING_DELAY_US
+            ));
         }
         if let Some(f) = &self.inject_failure {
             if f.subtask >= self.parallelism {
@@ -543,6 +570,21 @@ mod tests {
         assert!(e.contains("key_by"), "{e}");
         let zero = PV.replace("\"keys\":3", "\"keys\":0");
         assert!(JobSpec::from_json(&zero).is_err());
+    }
+
+    #[test]
+    fn test_knobs_are_bounded() {
+        let with = |extra: &str| JobSpec::from_json(&PV.replace("}}", &format!("}},{extra}}}")));
+        with(r#""inject_processing_delay_us":100000"#).unwrap();
+        let e = with(r#""inject_processing_delay_us":10000000000000000000"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("inject_processing_delay_us"), "{e}");
+        with(r#""inject_barrier_delay":{"partition":1,"delay_ms":10000}"#).unwrap();
+        let e = with(r#""inject_barrier_delay":{"partition":1,"delay_ms":10001}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("delay_ms"), "{e}");
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct AppState {
     pub work_dir: PathBuf,
     pub token: Option<String>,
     pub metrics: Option<PrometheusHandle>,
+    /// Whether `POST /v1/jobs` accepts the spec's test knobs
+    /// ([`crate::routes::TEST_KNOBS`]); off unless `--enable-test-knobs`.
+    pub test_knobs: bool,
     jobs: Mutex<BTreeMap<JobId, JobEntry>>,
     /// Jobs with a restore operation in progress.
     operations: Mutex<std::collections::BTreeSet<JobId>>,
@@ -120,6 +123,7 @@ impl AppState {
             work_dir,
             token,
             metrics,
+            test_knobs: false,
             jobs: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(Default::default()),
         }

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The resource is not in a state that allows this (409).
     Conflict,
+    /// The request took longer than the server allows (408).
+    Timeout,
     /// Request body too large (413).
     TooLarge,
     /// The stored data is corrupt or inconsistent (422).
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Timeout => StatusCode::REQUEST_TIMEOUT,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::Data => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not-found",
             ErrorKind::MethodNotAllowed => "method-not-allowed",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::Timeout => "request-timeout",
             ErrorKind::TooLarge => "payload-too-large",
             ErrorKind::Data => "corrupt-data",
             ErrorKind::Unavailable => "unavailable",
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "Not found",
             ErrorKind::MethodNotAllowed => "Method not allowed",
             ErrorKind::Conflict => "Conflict with the current state",
+            ErrorKind::Timeout => "Request timed out",
             ErrorKind::TooLarge => "Request body too large",
             ErrorKind::Data => "Stored checkpoint data is unusable",
             ErrorKind::Unavailable => "Temporarily unavailable",
@@ -143,9 +148,9 @@ impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
             JobError::Storage(s) => s.into(),
-            JobError::NoCheckpoint { .. } | JobError::CheckpointNotFound { .. } => {
-                ApiError::not_found(e.to_string())
-            }
+            JobError::NoCheckpoint { .. }
+            | JobError::CheckpointNotFound { .. }
+            | JobError::SavepointNotFound(_) => ApiError::not_found(e.to_string()),
             JobError::Restore(_) => ApiError::new(ErrorKind::Data, e.to_string()),
             JobError::Cancelled | JobError::Failed { .. } | JobError::WorkDirInUse { .. } => {
                 ApiError::conflict(e.to_string())

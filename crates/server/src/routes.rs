@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorKind};
-use crate::extract::{ApiJson, CheckpointPath, JobPath, OptionalJson};
+use crate::extract::{non_null, ApiJson, CheckpointPath, JobPath, OptionalJson};
 use crate::{views, AppState};
 
 type S = State<Arc<AppState>>;
@@ -91,20 +91,35 @@ pub async fn method_not_allowed() -> ApiError {
 
 // ---- jobs -----------------------------------------------------------------
 
-fn parse_restore(v: &Value) -> ApiResult<RestoreFrom> {
+/// A restore point as JSON: a checkpoint id (an integer), `"latest"` or,
+/// where `savepoints` is set, `"savepoint:ID"` / `"savepoint:PATH"`.
+fn parse_restore(field: &str, v: &Value, savepoints: bool) -> ApiResult<RestoreFrom> {
+    let expected = if savepoints {
+        "a checkpoint id, \"latest\" or \"savepoint:ID\""
+    } else {
+        "a checkpoint id or \"latest\""
+    };
+    let wrong = || ApiError::invalid(format!("{field} must be {expected}, got {v}"));
     match v {
-        Value::String(s) => s.parse().map_err(ApiError::invalid),
+        Value::String(s) if s == "latest" || (savepoints && s.starts_with("savepoint:")) => s
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("{field}: {e}"))),
         Value::Number(n) => n
             .as_u64()
             .map(|n| RestoreFrom::Checkpoint(CheckpointId(n)))
-            .ok_or_else(|| {
-                ApiError::invalid("restore_from must be a non-negative checkpoint id or \"latest\"")
-            }),
-        _ => Err(ApiError::invalid(
-            "restore_from must be a checkpoint id or \"latest\"",
-        )),
+            .ok_or_else(wrong),
+        _ => Err(wrong()),
     }
 }
+
+/// Job spec fields that exist for tests only; refused unless the server runs
+/// with `--enable-test-knobs` (`inject_processing_delay_us` alone could make
+/// a job that never stops).
+pub const TEST_KNOBS: [&str; 3] = [
+    "inject_failure",
+    "inject_barrier_delay",
+    "inject_processing_delay_us",
+];
 
 /// `POST /v1/jobs`: the body is a job spec, plus optional `restore_from`.
 pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResult<Response> {
@@ -113,9 +128,16 @@ pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResul
             "the body must be a JSON object (a job spec)",
         ));
     };
+    if !st.test_knobs {
+        if let Some(knob) = TEST_KNOBS.iter().find(|k| obj.contains_key(**k)) {
+            return Err(ApiError::invalid(format!(
+                "{knob} is a test knob, refused by this server (start it with --enable-test-knobs to allow it)"
+            )));
+        }
+    }
     let restore = obj
         .remove("restore_from")
-        .map(|v| parse_restore(&v))
+        .map(|v| parse_restore("restore_from", &v, true))
         .transpose()?;
     let spec: JobSpec = serde_json::from_value(Value::Object(obj))
         .map_err(|e| ApiError::invalid(format!("invalid job spec: {e}")))?;
@@ -157,7 +179,7 @@ pub struct CancelRequest {
     /// keeps running.
     #[serde(default)]
     savepoint: bool,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "non_null")]
     checkpoint_type: Option<CheckpointType>,
 }
 
@@ -197,6 +219,11 @@ pub async fn cancel_job(
                     return Err(ApiError::conflict(format!(
                         "final checkpoint {id} failed ({}); the job keeps running",
                         why.unwrap_or_default()
+                    )))
+                }
+                _ if entry.result().is_some() => {
+                    return Err(ApiError::conflict(format!(
+                        "job {job} ended before its final checkpoint {id} completed"
                     )))
                 }
                 _ if Instant::now() > deadline => {
@@ -259,7 +286,9 @@ pub async fn list_savepoints(State(st): S) -> ApiResult<Json<Value>> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
+    #[serde(default, deserialize_with = "non_null")]
     checkpoint_id: Option<Value>,
+    #[serde(default, deserialize_with = "non_null")]
     savepoint_id: Option<String>,
 }
 
@@ -271,7 +300,7 @@ pub async fn restore_job(
     ApiJson(req): ApiJson<RestoreRequest>,
 ) -> ApiResult<Response> {
     let from = match (&req.checkpoint_id, &req.savepoint_id) {
-        (Some(c), None) => parse_restore(c)?,
+        (Some(c), None) => parse_restore("checkpoint_id", c, false)?,
         // An id, or the savepoint's path (its `external_path`).
         (None, Some(sp)) if sp.contains('/') => RestoreFrom::SavepointPath(sp.clone()),
         (None, Some(sp)) => RestoreFrom::Savepoint(
@@ -298,7 +327,7 @@ pub async fn restore_job(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TriggerRequest {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "non_null")]
     checkpoint_type: Option<CheckpointType>,
 }
 
@@ -452,17 +481,17 @@ pub struct PendingQuery {
 /// Longest a long-poll waits.
 pub const MAX_WAIT_MS: u64 = 20_000;
 
+/// The external task `name` of the running job: 400 if `name` is not a task
+/// name, 409 if the job (as it runs now) has no such external task.
 fn external_task(spec: &JobSpec, name: &str) -> ApiResult<OperatorId> {
-    spec.external_tasks
-        .iter()
-        .find(|t| t.as_str() == name)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "{name:?} is not an external task of job {}",
-                spec.job_id
-            ))
-        })
+    let task = OperatorId::new(name).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if spec.external_tasks.contains(&task) {
+        return Ok(task);
+    }
+    Err(ApiError::conflict(format!(
+        "{name:?} is not an external task of job {} (its external tasks: {:?})",
+        spec.job_id, spec.external_tasks
+    )))
 }
 
 /// `GET .../checkpoints/pending?after=N&wait_ms=M&task=T`: checkpoints in
@@ -526,7 +555,8 @@ pub struct AckRequest {
 }
 
 /// Checks a handle lies under `chk-{n}/{task}/0/` or `shared/{task}/0/`
-/// (one valid file name, no `..`) and exists in storage with that size.
+/// (one valid file name, no `..`; else 400) and exists in storage with that
+/// size (else 409: upload it first).
 async fn validate_handle(
     st: &AppState,
     job: &JobId,
@@ -561,12 +591,12 @@ async fn validate_handle(
         .object_size(job, &relative)
         .await?
         .ok_or_else(|| {
-            ApiError::invalid(format!(
+            ApiError::conflict(format!(
                 "{relative} does not exist in checkpoint storage: upload it before acknowledging"
             ))
         })?;
     if size != h.size {
-        return Err(ApiError::invalid(format!(
+        return Err(ApiError::conflict(format!(
             "{relative} has {size} bytes in storage, the ack says {}",
             h.size
         )));

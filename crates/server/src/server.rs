@@ -11,7 +11,6 @@ use axum::{middleware, Router};
 use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::{auth, routes, AppState};
@@ -28,6 +27,8 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// Longest a request may take (408 beyond).
     pub request_timeout: Duration,
+    /// Accept the job spec's test knobs (`inject_*`) from `POST /v1/jobs`.
+    pub test_knobs: bool,
 }
 
 impl ServerConfig {
@@ -86,7 +87,7 @@ pub fn router(state: Arc<AppState>, body_limit: usize, timeout: Duration) -> Rou
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(body_limit, reject_oversized))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(middleware::from_fn_with_state(timeout, time_limit))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req
@@ -132,6 +133,24 @@ async fn reject_oversized(
     }
 }
 
+/// Answers 408 (problem+json) to a request still running after `limit`
+/// (its handler is dropped, as a disconnect would).
+async fn time_limit(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => crate::ApiError::new(
+            crate::ErrorKind::Timeout,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
 /// Binds, reports the bound address through `bound`, and serves until
 /// `shutdown` fires (then drains in-flight requests and cancels the jobs).
 pub async fn serve(
@@ -146,12 +165,9 @@ pub async fn serve(
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
         .ok();
-    let state = Arc::new(AppState::new(
-        config.storage,
-        config.work_dir,
-        config.token,
-        metrics,
-    ));
+    let mut state = AppState::new(config.storage, config.work_dir, config.token, metrics);
+    state.test_knobs = config.test_knobs;
+    let state = Arc::new(state);
     let app = router(state.clone(), config.body_limit, config.request_timeout);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -160,7 +176,7 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(%addr, auth = state.token.is_some(), "cutpoint server listening");
+    tracing::info!(%addr, auth = state.token.is_some(), test_knobs = state.test_knobs, "cutpoint server listening");
     bound(addr);
     let stop = shutdown.clone();
     axum::serve(listener, app)

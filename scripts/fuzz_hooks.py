@@ -1,0 +1,179 @@
+"""schemathesis hooks for scripts/fuzz-api.sh (loaded through SCHEMATHESIS_HOOKS).
+
+api/openapi.yaml states every rule a JSON Schema can state; the server
+answers 400 to what it forbids and accepts (or answers 404/409 for an
+unknown or busy resource) what it allows. A few documented rules lie beyond
+a schema: one field against another, or against the deployment. Positive
+(schema-valid) requests are made to keep them here, so that
+positive_data_acceptance still holds every other rule to account:
+
+- POST /v1/jobs: the cross-field rules of the JobSubmission description
+  (parallelism <= max_parallelism, key_by `app_id` and a sum of `value` or
+  `app_id` with a generator, a join names one of two or more sources). Test
+  knobs are dropped: this server runs as in production, without
+  --enable-test-knobs, and refuses them (400, tested in tests/e2e/api.rs).
+  Savepoint paths are put under this server's storage root (a path elsewhere
+  is a documented 400).
+- POST .../restore: the same for `savepoint_id` paths.
+- POST .../acks: a handle lies under `chk-{checkpoint_id}/{task}/0/` of the
+  request's own checkpoint and task (another prefix is a documented 400).
+
+One check is narrowed, not excluded: ensure_resource_availability (ST302)
+reads a 404 from an operation below a just-created job as "the job is
+gone". POST /v1/jobs/{job_id}/restore answers 404 when storage holds no such
+checkpoint or savepoint as the body names (documented: the 404's detail
+names the checkpoint or savepoint); that one case is dropped, a 404 that
+names the job is still a failure.
+
+Generated jobs are also made cheap and harmless on a 2-core machine: a
+generator emits at most 10,000 events on at most 2 partitions, parallelism is
+at most 2, files sources read the fuzz input file, file sinks write into the
+fuzz work directory (never a generated path), restarts and checkpoint
+timeouts are short. Long-polls wait at most 200 ms. Only the body (or query)
+of a request generated as valid there is changed; negative cases go out as
+generated.
+"""
+
+import os
+
+import schemathesis
+from schemathesis.core.parameters import ParameterLocation
+
+WORK = os.environ["FUZZ_WORK"]
+STORAGE_ROOT = os.environ["FUZZ_STORAGE_ROOT"]
+INPUT = os.environ["FUZZ_INPUT"]
+KNOBS = ("inject_failure", "inject_barrier_delay", "inject_processing_delay_us")
+MAX_EVENTS = 10_000
+MAX_WAIT_MS = 200
+
+
+def _valid_at(case, location):
+    meta = case.meta
+    return meta is None or not meta.is_negative_at(location)
+
+
+def _cap(obj, key, lo=None, hi=None):
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    value = int(value)
+    if lo is not None:
+        value = max(value, lo)
+    if hi is not None:
+        value = min(value, hi)
+    obj[key] = value
+
+
+def _savepoint_path(path):
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return f"{STORAGE_ROOT}/savepoints/{name}"
+
+
+def _source(src):
+    src = dict(src)
+    if src.get("type") == "generator":
+        _cap(src, "partitions", hi=2)
+        _cap(src, "events", hi=MAX_EVENTS)
+    elif src.get("type") == "files":
+        src["paths"] = [INPUT] * min(len(src.get("paths") or [INPUT]), 2)
+    return src
+
+
+def _sources(spec):
+    spec["source"] = _source(spec["source"])
+    if isinstance(spec.get("union"), list):
+        spec["union"] = [_source(s) for s in spec["union"][:1]]
+    agg = spec.get("aggregate") or {}
+    if agg.get("type") == "join":
+        if not spec.get("union"):
+            spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]
+        agg = dict(agg, dimension_source=min(int(agg["dimension_source"]), len(spec["union"])))
+    sources = [spec["source"], *spec.get("union", [])]
+    if any(s.get("type") == "generator" for s in sources):
+        spec["key_by"] = "app_id"
+        if agg.get("type") == "sum" and agg.get("field") not in ("value", "app_id"):
+            agg = dict(agg, field="value")
+    spec["aggregate"] = agg
+
+
+def _settings(spec):
+    _cap(spec, "parallelism", hi=2)
+    if "max_parallelism" in spec:
+        _cap(spec, "max_parallelism", lo=spec.get("parallelism", 2))
+    sink = spec.get("sink")
+    if isinstance(sink, dict) and "dir" in sink:
+        spec["sink"] = dict(sink, dir=os.path.join(WORK, "sinks", str(spec["job_id"])))
+    if isinstance(spec.get("checkpoint"), dict):
+        c = spec["checkpoint"] = dict(spec["checkpoint"])
+        _cap(c, "interval_ms", lo=200)
+        _cap(c, "timeout_ms", hi=5000)
+        _cap(c, "min_pause_ms", hi=1000)
+        _cap(c, "orphan_sweep_interval_ms", lo=1000)
+    if isinstance(spec.get("restart"), dict):
+        r = spec["restart"] = dict(spec["restart"])
+        _cap(r, "max_attempts", hi=2)
+        _cap(r, "delay_ms", hi=500)
+
+
+def job_spec(spec):
+    spec = {k: v for k, v in spec.items() if k not in KNOBS}
+    _sources(spec)
+    _settings(spec)
+    restore = spec.get("restore_from")
+    if isinstance(restore, str) and restore.startswith("savepoint:") and "/" in restore:
+        spec["restore_from"] = "savepoint:" + _savepoint_path(restore[len("savepoint:"):])
+    return spec
+
+
+def restore_request(body):
+    sp = body.get("savepoint_id")
+    if isinstance(sp, str) and "/" in sp:
+        body = dict(body, savepoint_id=_savepoint_path(sp))
+    return body
+
+
+def ack_request(body, checkpoint_id):
+    task = body.get("task")
+    files = []
+    for f in body.get("files") or []:
+        f = dict(f)
+        name = f["path"].rsplit("/", 1)[-1]
+        scope = "shared" if f["path"].startswith("shared/") else f"chk-{int(checkpoint_id)}"
+        f["path"] = f"{scope}/{task}/0/{name}"
+        files.append(f)
+    if "files" in body:
+        body = dict(body, files=files)
+    return body
+
+
+def _problem_detail(response):
+    try:
+        return str(response.json().get("detail", ""))
+    except Exception:  # not a problem+json body: keep the failure
+        return ""
+
+
+@schemathesis.hook
+def filter_failure(context, failure, case, response):
+    if getattr(failure, "code", None) != "ST302" or response.status_code != 404:
+        return True
+    detail = _problem_detail(response)
+    names_restore_point = detail.startswith(("checkpoint ", "savepoint ", "no restorable checkpoint"))
+    return not (case.operation.path.endswith("/restore") and names_restore_point)
+
+
+@schemathesis.hook
+def map_case(context, case):
+    method, path = case.operation.method.upper(), case.operation.path
+    body_ok = _valid_at(case, ParameterLocation.BODY) and isinstance(case.body, dict)
+    if method == "POST" and path == "/v1/jobs" and body_ok:
+        case.body = job_spec(case.body)
+    elif method == "POST" and path.endswith("/restore") and body_ok:
+        case.body = restore_request(case.body)
+    elif method == "POST" and path.endswith("/acks") and body_ok:
+        checkpoint_id = (case.path_parameters or {}).get("checkpoint_id", "0")
+        if str(checkpoint_id).isdigit():
+            case.body = ack_request(case.body, checkpoint_id)
+    elif path.endswith("/pending") and case.query and _valid_at(case, ParameterLocation.QUERY):
+        _cap(case.query, "wait_ms", hi=MAX_WAIT_MS)
+    return case
