@@ -396,7 +396,9 @@ async fn every_operation_matches_the_openapi_contract() {
     assert!(j["records_in"].as_u64().unwrap() > 0, "{j}");
     assert_eq!(j["current_offsets"].as_array().unwrap().len(), 2, "{j}");
 
-    // A savepoint (checkpoint 4, full); the external task acks it too.
+    // A savepoint (a full checkpoint: the restored run's first, 1001, as
+    // its writer lease starts above the first run's); the external task
+    // acks it too.
     let (status, text) = d
         .concurrent_with_ext_ack(Method::POST, "/v1/jobs/pv-c/savepoints", None, 3)
         .await;
@@ -411,9 +413,9 @@ async fn every_operation_matches_the_openapi_contract() {
     let (_, sps) = d
         .call(Method::GET, "/v1/savepoints", "/v1/savepoints", None)
         .await;
-    assert_eq!(sps["savepoints"][0]["savepoint_id"], "pv-c-4", "{sps}");
+    assert_eq!(sps["savepoints"][0]["savepoint_id"], "pv-c-1001", "{sps}");
 
-    // Stop with a final checkpoint (5), acked by the external task as well.
+    // Stop with a final checkpoint (1002), acked by the external task as well.
     let (status, text) = d
         .concurrent_with_ext_ack(
             Method::POST,
@@ -431,7 +433,7 @@ async fn every_operation_matches_the_openapi_contract() {
     );
     assert_eq!(status, 200, "{text}");
     let body: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(body["final_checkpoint"], 5, "{body}");
+    assert_eq!(body["final_checkpoint"], 1002, "{body}");
     assert_eq!(body["result"]["state"], "CANCELLED", "{body}");
     assert_eq!(
         d.call(
