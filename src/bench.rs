@@ -20,7 +20,7 @@ use cutpoint_core::{CheckpointConfig, CheckpointType, JobId, JobSpec, Key};
 use cutpoint_runtime::source::generator_app_id;
 use serde_json::json;
 
-use crate::cli::{final_counts, open_storage};
+use crate::jobs::{final_counts, open_storage};
 
 /// The benchmark variants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

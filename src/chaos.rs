@@ -200,7 +200,7 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(cycle);
     let slot = (cycle / 2).wrapping_add(seed);
-    let fault = if cycle % 2 == 0 {
+    let fault = if cycle.is_multiple_of(2) {
         let name = failpoint::ALL[(slot % failpoint::ALL.len() as u64) as usize];
         let action = match rng.gen_range(0..4) {
             0 => "return".to_string(),
@@ -325,7 +325,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
         );
     }
     let exe = std::env::current_exe().context("locating this binary")?;
-    let (root, _tmp) = crate::cli::dir_or_temp(args.work_dir.clone(), "cutpoint-chaos-")?;
+    let (root, _tmp) = crate::jobs::dir_or_temp(args.work_dir.clone(), "cutpoint-chaos-")?;
     let base = match &args.checkpoint_dir {
         Some(b) => b.trim_end_matches('/').to_string(),
         None => root.join("storage").display().to_string(),

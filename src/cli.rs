@@ -1,18 +1,17 @@
 //! Command-line definitions and the commands that act on storage directly.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
-use cutpoint_core::{CheckpointId, JobId, JobSpec, Key};
+use cutpoint_coordinator::{JobOutcome, RestoreFrom};
+use cutpoint_core::{CheckpointId, JobId, JobSpec};
 
 use crate::client::{self, Client};
-use cutpoint_storage::faults::{FaultRule, FaultyStore};
-use cutpoint_storage::{CheckpointStorage, StorageLocation};
+use crate::jobs::{dir_or_temp, final_counts, open_storage, run_job};
+use cutpoint_storage::CheckpointStorage;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -485,73 +484,6 @@ async fn serve(config: crate::config::Config) -> Result<()> {
     })
     .await?;
     Ok(())
-}
-
-/// `dir`, or a temporary directory (removed when the guard drops).
-pub(crate) fn dir_or_temp(
-    dir: Option<PathBuf>,
-    prefix: &str,
-) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
-    Ok(match dir {
-        Some(d) => (d, None),
-        None => {
-            let t = tempfile::Builder::new().prefix(prefix).tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    })
-}
-
-/// Opens checkpoint storage. For testing only, `CUTPOINT_FAULTS` wraps the
-/// store in a fault injector (see `FaultRule::parse_list`).
-pub fn open_storage(location: &str) -> Result<CheckpointStorage> {
-    let mut loc = StorageLocation::parse(location)?;
-    if let Ok(rules) = std::env::var("CUTPOINT_FAULTS") {
-        let rules = FaultRule::parse_list(&rules).map_err(anyhow::Error::msg)?;
-        tracing::warn!(?rules, "CUTPOINT_FAULTS: injecting storage faults");
-        let faulty = FaultyStore::new(loc.store.clone());
-        for r in rules {
-            faulty.add_rule(r);
-        }
-        loc = loc.with_store(faulty);
-    }
-    Ok(CheckpointStorage::new(loc))
-}
-
-/// Runs a job to its end with a temporary work dir unless one is given.
-pub async fn run_job(
-    spec: JobSpec,
-    storage: CheckpointStorage,
-    restore_from: Option<RestoreFrom>,
-    work_dir: Option<PathBuf>,
-) -> Result<JobOutcome> {
-    let (local_dir, _tmp) = dir_or_temp(work_dir, "cutpoint-work-")?;
-    let handle = spawn_job(JobConfig {
-        spec,
-        storage,
-        restore_from,
-        local_dir,
-    });
-    let cancel = handle.canceller();
-    let progress = crate::progress::follow_job(handle.control());
-    let ctrl_c = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("interrupted: stopping the job");
-            cancel.cancel();
-        }
-    });
-    let outcome = handle.join().await;
-    ctrl_c.abort();
-    progress.abort();
-    Ok(outcome?)
-}
-
-/// The final state, merged over subtasks, sorted by key.
-pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
-    outcome
-        .final_state
-        .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), *v)))
-        .collect()
 }
 
 fn write_final_state(spec: &JobSpec, outcome: &JobOutcome, path: &PathBuf) -> Result<()> {

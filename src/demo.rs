@@ -10,7 +10,7 @@ use cutpoint_core::{CheckpointConfig, JobId, JobSpec, Key};
 use cutpoint_runtime::source::generator_app_id;
 use serde_json::json;
 
-use crate::cli::{final_counts, open_storage, run_job};
+use crate::jobs::{final_counts, open_storage, run_job};
 
 const SEED: u64 = 42;
 

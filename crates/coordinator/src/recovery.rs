@@ -66,7 +66,7 @@ pub fn newest_restorable(candidates: &[Candidate], excluded: &BTreeSet<Checkpoin
         .iter()
         .filter(|c| !excluded.contains(&c.id))
         .collect();
-    sorted.sort_by(|a, b| b.id.cmp(&a.id));
+    sorted.sort_by_key(|c| std::cmp::Reverse(c.id));
     let mut skipped = Vec::new();
     for c in sorted {
         match &c.read {

@@ -19,8 +19,9 @@ use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{Message, CHANNEL_CAPACITY};
-use crate::task::{AggregateTask, SourceControl, SourceTask, TaskContext, TaskCounters};
-use crate::worker::AbortRegistry;
+use crate::context::AbortRegistry;
+use crate::context::{TaskContext, TaskCounters};
+use crate::task::{AggregateTask, SourceControl, SourceTask};
 use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
 
 /// Everything needed to start one attempt.

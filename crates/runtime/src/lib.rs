@@ -22,6 +22,7 @@
 //! and stop when the execution's cancellation token fires.
 
 pub mod channel;
+mod context;
 mod error;
 pub mod events;
 pub mod execution;
@@ -30,10 +31,11 @@ pub mod source;
 mod task;
 mod worker;
 
+pub use context::TaskCounters;
 pub use error::RuntimeError;
 pub use events::{Barrier, FailureKind, TaskEvent};
 pub use execution::{Execution, ExecutionConfig};
-pub use task::{TaskCounters, BUDGET_CAP};
+pub use task::BUDGET_CAP;
 
 /// Operator id of the source tasks.
 pub const SOURCE_OPERATOR: &str = "source";

@@ -12,7 +12,7 @@
 //! they are replayed, so they count twice.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,55 +23,14 @@ use cutpoint_core::{
     keygroup, now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
 use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
-use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{self, Message, BATCH_SIZE};
-use crate::sink::{Sink, SinkRecovery, StagingInUse};
+use crate::context::{TaskContext, TaskCounters};
+use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
-use crate::worker::{AbortRegistry, SnapshotJob, Worker, WorkerJob};
+use crate::worker::{SnapshotJob, Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
-
-/// What every task of one execution shares.
-pub(crate) struct TaskContext {
-    pub spec: Arc<JobSpec>,
-    pub storage: CheckpointStorage,
-    pub events: tokio::sync::mpsc::UnboundedSender<TaskEvent>,
-    pub cancel: CancellationToken,
-    pub rt: tokio::runtime::Handle,
-    pub aborts: Arc<AbortRegistry>,
-    pub attempt: u32,
-    pub any_completed: Arc<AtomicBool>,
-    /// Staging files of transactional sinks a restorable checkpoint names.
-    pub staging_in_use: StagingInUse,
-}
-
-/// Live counters of one task, read by the API while the job runs (one
-/// atomic update per batch, not per record).
-#[derive(Debug, Default)]
-pub struct TaskCounters {
-    records: AtomicU64,
-    offset: AtomicU64,
-}
-
-impl TaskCounters {
-    fn add(&self, records: u64, offset: Option<u64>) {
-        self.records.fetch_add(records, Ordering::Relaxed);
-        if let Some(o) = offset {
-            self.offset.store(o, Ordering::Relaxed);
-        }
-    }
-
-    /// Records read (sources) or processed (aggregates) by this attempt.
-    pub fn records(&self) -> u64 {
-        self.records.load(Ordering::Relaxed)
-    }
-
-    /// A source's current offset (0 for other tasks).
-    pub fn offset(&self) -> u64 {
-        self.offset.load(Ordering::Relaxed)
-    }
-}
 
 /// Commands to a source task.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 //! It owns the subtask's RocksDB instance; the task thread never touches it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -16,57 +16,9 @@ use cutpoint_core::{
 };
 use cutpoint_state::snapshot::{shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget};
 use cutpoint_state::{FrozenDelta, RocksStore, StateError};
-use tokio_util::sync::CancellationToken;
 
-use crate::task::TaskContext;
+use crate::context::TaskContext;
 use crate::{Barrier, TaskEvent};
-
-/// Cancellation tokens per checkpoint, children of the execution's token:
-/// aborting checkpoint `n` cancels its uploads everywhere.
-///
-/// Bounded: tokens are dropped below each completed checkpoint, and only
-/// the newest [`AbortRegistry::KEEP`] are kept while checkpoints keep
-/// failing. A snapshot that finds no token for an old checkpoint uploads
-/// and acks it; the coordinator treats that as a late ack of an aborted
-/// checkpoint and deletes its files: wasted work, never wrong.
-#[derive(Debug)]
-pub(crate) struct AbortRegistry {
-    parent: CancellationToken,
-    tokens: Mutex<BTreeMap<CheckpointId, CancellationToken>>,
-}
-
-impl AbortRegistry {
-    pub(crate) fn new(parent: CancellationToken) -> Self {
-        Self {
-            parent,
-            tokens: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// Tokens kept at most.
-    pub(crate) const KEEP: usize = 64;
-
-    pub(crate) fn token(&self, id: CheckpointId) -> CancellationToken {
-        let mut tokens = self.tokens.lock().unwrap();
-        let token = tokens
-            .entry(id)
-            .or_insert_with(|| self.parent.child_token())
-            .clone();
-        while tokens.len() > Self::KEEP {
-            tokens.pop_first();
-        }
-        token
-    }
-
-    pub(crate) fn abort(&self, id: CheckpointId) {
-        self.token(id).cancel();
-    }
-
-    /// Drops tokens of checkpoints older than `id` (they are settled).
-    pub(crate) fn forget_below(&self, id: CheckpointId) {
-        self.tokens.lock().unwrap().retain(|k, _| *k >= id);
-    }
-}
 
 /// Work handed from the task thread (synchronous phase) to the worker.
 pub(crate) struct SnapshotJob {

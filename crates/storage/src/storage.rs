@@ -161,6 +161,16 @@ impl CheckpointStorage {
         &self.store
     }
 
+    /// The same storage (root, location) through another store, e.g. a
+    /// [`crate::faults::FaultyStore`] wrapping this one's.
+    pub fn with_store(&self, store: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            store,
+            root: self.root.clone(),
+            url: self.url.clone(),
+        }
+    }
+
     pub fn paths(&self, job: &JobId) -> JobPaths {
         JobPaths::new(&self.root, job)
     }
@@ -413,7 +423,11 @@ impl CheckpointStorage {
                 loop {
                     let n = file.read(&mut buf).await.map_err(io)?;
                     if n == 0 {
-                        return Ok(());
+                        // Every part landed (or the upload is aborted below).
+                        return writer
+                            .wait_for_capacity(0)
+                            .await
+                            .map_err(|e| StorageError::store("put", &path, e));
                     }
                     crc = checksum::crc32c_append(crc, &buf[..n]);
                     writer
