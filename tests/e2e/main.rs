@@ -9,6 +9,7 @@ mod common;
 mod contract;
 mod defects;
 mod docker;
+mod gc;
 mod incremental;
 mod operators;
 mod pipeline;

@@ -50,7 +50,9 @@ pub enum FaultAction {
 #[derive(Debug, Clone)]
 pub struct FaultRule {
     pub op: FaultOp,
-    /// Matches paths containing this string.
+    /// Matches paths containing this string; ending in `$`, paths ending
+    /// with the rest (e.g. a listing of exactly `jobs/pv`, not of
+    /// `jobs/pv/_writer`).
     pub path_contains: String,
     pub action: FaultAction,
     /// How many more times the rule fires; `None` = always.
@@ -120,9 +122,11 @@ type Rules = Arc<Mutex<Vec<FaultRule>>>;
 fn matching(rules: &Rules, op: FaultOp, path: &str) -> Option<FaultAction> {
     let mut rules = rules.lock().unwrap();
     let rule = rules.iter_mut().find(|r| {
-        (r.op == op || r.op == FaultOp::Any)
-            && path.contains(&r.path_contains)
-            && r.remaining != Some(0)
+        let hit = match r.path_contains.strip_suffix('$') {
+            Some(suffix) => path.ends_with(suffix),
+            None => path.contains(&r.path_contains),
+        };
+        (r.op == op || r.op == FaultOp::Any) && hit && r.remaining != Some(0)
     })?;
     if let Some(n) = rule.remaining.as_mut() {
         *n -= 1;
@@ -317,17 +321,34 @@ impl ObjectStore for FaultyStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let fail = prefix
-            .map(|p| matching(&self.rules, FaultOp::List, p.as_ref()) == Some(FaultAction::Fail))
-            .unwrap_or(false);
-        if fail {
-            let err = object_store::Error::Generic {
-                store: "FaultyStore",
-                source: "injected List failure".into(),
-            };
-            return Box::pin(futures::stream::once(async move { Err(err) }));
+        use futures::StreamExt;
+        let action = prefix.and_then(|p| matching(&self.rules, FaultOp::List, p.as_ref()));
+        let inner = self.inner.list(prefix);
+        match action {
+            None => inner,
+            Some(FaultAction::Fail) => {
+                let err = object_store::Error::Generic {
+                    store: "FaultyStore",
+                    source: "injected List failure".into(),
+                };
+                Box::pin(futures::stream::once(async move { Err(err) }))
+            }
+            // The listing starts after the delay.
+            Some(FaultAction::Delay(d)) => Box::pin(
+                futures::stream::once(async move {
+                    tokio::time::sleep(d).await;
+                    inner
+                })
+                .flatten(),
+            ),
+            Some(FaultAction::FailAfter) => {
+                let err = object_store::Error::Generic {
+                    store: "FaultyStore",
+                    source: "injected List failure".into(),
+                };
+                Box::pin(inner.chain(futures::stream::once(async move { Err(err) })))
+            }
         }
-        self.inner.list(prefix)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

@@ -121,12 +121,17 @@ pub enum GcRequest {
 /// How the GC task ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shutdown {
-    /// Apply every request sent so far, then stop.
-    Drain,
-    /// Stop now, even in the middle of a sweep: what is left is found by
-    /// the next start's orphan sweep.
+    /// Apply every request sent so far, then stop — but stop anyway after
+    /// `within` (slow storage must not hold the job's end for long).
+    Drain { within: Duration },
+    /// Stop now, even in the middle of a sweep or a delete.
     Abandon,
 }
+
+/// How long a job's end waits for GC to finish its queue (the final sweep,
+/// aborted checkpoints); what is left then is collected by the next
+/// start's orphan sweep.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Settings of the GC task.
 #[derive(Debug, Clone)]
@@ -170,13 +175,30 @@ impl GcHandle {
         let _ = rx.await;
     }
 
-    /// Stops the task as `how` says and waits for it.
+    /// Stops the task as `how` says and waits for it. Whatever it did not
+    /// get to is found by the next start's orphan sweep.
     pub async fn shutdown(self, how: Shutdown) {
+        let GcHandle {
+            requests,
+            cancel,
+            mut join,
+            ..
+        } = self;
         match how {
-            Shutdown::Drain => drop(self.requests),
-            Shutdown::Abandon => self.cancel.cancel(),
+            Shutdown::Drain { within } => {
+                drop(requests);
+                if tokio::time::timeout(within, &mut join).await.is_ok() {
+                    return;
+                }
+                tracing::warn!(
+                    ?within,
+                    "GC did not finish its queue in time; the next start's sweep collects the rest"
+                );
+                cancel.cancel();
+            }
+            Shutdown::Abandon => cancel.cancel(),
         }
-        let _ = self.join.await;
+        let _ = join.await;
     }
 }
 
@@ -497,4 +519,141 @@ impl GcTask {
 enum Work {
     Request(GcRequest),
     Tick,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use cutpoint_storage::faults::{FaultAction, FaultOp, FaultRule, FaultyStore};
+    use cutpoint_storage::StorageLocation;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    /// Storage over memory whose listings of the job folder hang for a
+    /// minute (a sweep lists it; the writer check lists `_writer/` only).
+    async fn slow_listing() -> (CheckpointStorage, JobId, Arc<Fence>) {
+        let faulty = FaultyStore::new(Arc::new(InMemory::new()));
+        faulty.add_rule(FaultRule {
+            op: FaultOp::List,
+            path_contains: "jobs/gc$".into(),
+            action: FaultAction::Delay(Duration::from_secs(60)),
+            remaining: None,
+        });
+        let storage = CheckpointStorage::new(StorageLocation {
+            store: faulty,
+            root: object_store::path::Path::from("root"),
+            url: "memory:///root".into(),
+        });
+        let job = JobId::new("gc").unwrap();
+        let lease = storage.take_writer_lease(&job, 1).await.unwrap();
+        let fence = Arc::new(Fence::new(storage.clone(), job.clone(), lease.epoch));
+        (storage, job, fence)
+    }
+
+    fn spawn_on(storage: &CheckpointStorage, job: &JobId, fence: Arc<Fence>) -> GcHandle {
+        spawn(
+            storage.clone(),
+            job.clone(),
+            fence,
+            SharedRegistry::new(),
+            BTreeSet::new(),
+            GcConfig {
+                sweep_every: None,
+                min_age_ms: 0,
+            },
+            Arc::new(SystemClock),
+        )
+    }
+
+    #[tokio::test]
+    async fn abandon_stops_in_the_middle_of_a_hanging_sweep() {
+        let (storage, job, fence) = slow_listing().await;
+        let gc = spawn_on(&storage, &job, fence);
+        gc.send(GcRequest::Sweep {
+            facts: GcFacts::default(),
+            min_age_ms: 0,
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), gc.shutdown(Shutdown::Abandon))
+            .await
+            .expect("abandoned at once");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn drain_applies_the_queue_and_gives_up_after_its_deadline() {
+        let (storage, job, fence) = slow_listing().await;
+        // A retained checkpoint to discard (its folder has a file).
+        storage
+            .put_state_file(
+                &job,
+                cutpoint_storage::StateScope::Checkpoint(CheckpointId(1)),
+                &cutpoint_core::OperatorId::new("agg").unwrap(),
+                cutpoint_core::SubtaskIndex(0),
+                "MANIFEST-1",
+                bytes::Bytes::from_static(b"m"),
+            )
+            .await
+            .unwrap();
+        let gc = spawn_on(&storage, &job, fence.clone());
+        gc.send(GcRequest::Discard {
+            id: CheckpointId(1),
+            facts: GcFacts::default(),
+        });
+        gc.flush().await;
+        let left = storage
+            .list_checkpoint_objects(&job, CheckpointId(1))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "discarded: {left:?}");
+        // A sweep that hangs: the drain gives up after its deadline.
+        gc.send(GcRequest::Sweep {
+            facts: GcFacts::default(),
+            min_age_ms: 0,
+        });
+        let t = Instant::now();
+        gc.shutdown(Shutdown::Drain {
+            within: Duration::from_millis(300),
+        })
+        .await;
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fenced_gc_deletes_nothing() {
+        let (storage, job, fence) = slow_listing().await;
+        storage
+            .put_state_file(
+                &job,
+                cutpoint_storage::StateScope::Checkpoint(CheckpointId(1)),
+                &cutpoint_core::OperatorId::new("agg").unwrap(),
+                cutpoint_core::SubtaskIndex(0),
+                "MANIFEST-1",
+                bytes::Bytes::from_static(b"m"),
+            )
+            .await
+            .unwrap();
+        // Another writer takes the job.
+        storage.take_writer_lease(&job, 1).await.unwrap();
+        let gc = spawn_on(&storage, &job, fence.clone());
+        gc.send(GcRequest::Discard {
+            id: CheckpointId(1),
+            facts: GcFacts::default(),
+        });
+        gc.flush().await;
+        assert!(fence.reason().is_some(), "fenced");
+        let left = storage
+            .list_checkpoint_objects(&job, CheckpointId(1))
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "nothing deleted");
+        gc.shutdown(Shutdown::Abandon).await;
+    }
 }

@@ -12,7 +12,10 @@ impl Runner {
         // Whatever was handed to GC (aborted checkpoints, the final sweep)
         // is done before the job counts as ended.
         if let Some(gc) = self.gc.take() {
-            gc.shutdown(gc::Shutdown::Drain).await;
+            gc.shutdown(gc::Shutdown::Drain {
+                within: gc::DRAIN_DEADLINE,
+            })
+            .await;
         }
         self.status.send_modify(|s| {
             s.state = match &result {
