@@ -864,7 +864,7 @@ async fn check_storage(
         let gone: Vec<_> = files.iter().filter(|f| !present.contains(*f)).collect();
         if !gone.is_empty() || u.unreadable.len() != 1 || !u.missing.is_empty() {
             bail!(
-                "unreadable chk-{id}: its files deleted {gone:?}; unreadable {:?}; missing {:?}",
+                "unreadable checkpoint {id}: its files deleted {gone:?}; unreadable {:?}; missing {:?}",
                 u.unreadable,
                 u.missing
             );

@@ -71,7 +71,10 @@ pub fn newest_restorable(candidates: &[Candidate], excluded: &BTreeSet<Checkpoin
     for c in sorted {
         match &c.read {
             MetadataRead::Readable => return Choice::Restore { id: c.id, skipped },
-            MetadataRead::Unusable(why) => skipped.push(format!("chk-{}: {why}", c.id.0)),
+            MetadataRead::Unusable(why) => skipped.push(format!(
+                "{}: {why}",
+                cutpoint_core::layout::checkpoint_dir(c.id)
+            )),
             MetadataRead::Unreachable(why) => {
                 return Choice::Unreachable {
                     id: c.id,

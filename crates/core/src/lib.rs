@@ -2,7 +2,8 @@
 //!
 //! What lives here: validated id newtypes ([`JobId`], [`OperatorId`],
 //! [`CheckpointId`], [`SubtaskIndex`]), key groups, the job specification,
-//! checkpoint options, state handles and the versioned checkpoint metadata.
+//! checkpoint options, state handles, the versioned checkpoint metadata and
+//! the relative layout of a job's folder ([`layout`]).
 //! Nothing here does I/O; everything is plain data with serde support, so the
 //! storage, runtime and coordinator crates agree on one set of types.
 
@@ -11,6 +12,7 @@ pub mod error;
 pub mod failpoint;
 pub mod ids;
 pub mod keygroup;
+pub mod layout;
 pub mod metadata;
 pub mod record;
 pub mod spec;

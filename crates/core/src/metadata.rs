@@ -94,6 +94,18 @@ pub struct SubtaskState {
     pub ack_timestamp: u64,
 }
 
+impl StateFile {
+    /// Its path, checked: scope, operator, subtask, file name.
+    pub fn state_path(&self) -> Result<crate::layout::StatePath<'_>, CoreError> {
+        crate::layout::StatePath::parse(&self.path)
+    }
+
+    /// Whether it lies under `shared/` (referenced by many checkpoints).
+    pub fn is_shared(&self) -> bool {
+        crate::layout::is_shared(&self.path)
+    }
+}
+
 impl SubtaskState {
     /// Every file of this subtask: state files, then channel state.
     pub fn all_files_mut(&mut self) -> impl Iterator<Item = &mut StateFile> {
@@ -164,7 +176,7 @@ impl CheckpointMetadata {
 
     /// The shared files (under `shared/`) this checkpoint references.
     pub fn shared_files(&self) -> impl Iterator<Item = &StateFile> {
-        self.files().filter(|f| f.path.starts_with("shared/"))
+        self.files().filter(|f| f.is_shared())
     }
 
     /// Checks version, ids and that every file lies where it may.
@@ -176,8 +188,17 @@ impl CheckpointMetadata {
                 self.job_id, self.checkpoint_id
             )));
         }
-        let own = format!("chk-{}/", id.0);
-        self.check_files(&[&own, "shared/"])
+        for file in self.files() {
+            let path = file.state_path()?;
+            if path.checkpoint().is_some_and(|owner| owner != id) {
+                return Err(CoreError::InconsistentMetadata(format!(
+                    "state file {:?} belongs to another checkpoint than {id}",
+                    file.path
+                )));
+            }
+            check_local_name(file)?;
+        }
+        Ok(())
     }
 
     /// Checks a savepoint's metadata: known version, and every file a clean
@@ -204,21 +225,29 @@ impl CheckpointMetadata {
                 .path
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
-            let name_ok = !file.local_name.is_empty()
-                && !file.local_name.contains('/')
-                && file.local_name != ".."
-                && file.local_name != ".";
-            if !under || !clean || !name_ok {
+            if !under || !clean {
                 return Err(CoreError::InconsistentMetadata(format!(
-                    "state file {:?} ({:?}) lies outside {}",
+                    "state file {:?} lies outside {}",
                     file.path,
-                    file.local_name,
                     prefixes.join(" and ")
                 )));
             }
+            check_local_name(file)?;
         }
         Ok(())
     }
+}
+
+/// The name a state file gets in a local RocksDB directory: one segment.
+fn check_local_name(file: &StateFile) -> Result<(), CoreError> {
+    let n = &file.local_name;
+    if n.is_empty() || n.contains('/') || n == "." || n == ".." {
+        return Err(CoreError::InconsistentMetadata(format!(
+            "state file {:?} has a bad local name {n:?}",
+            file.path
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

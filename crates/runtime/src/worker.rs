@@ -139,7 +139,9 @@ impl Worker {
         if token.is_cancelled() {
             return Ok(());
         }
-        let dir = self.store.checkpoint(&format!("chk-{}", id.0))?;
+        let dir = self
+            .store
+            .checkpoint(&cutpoint_core::layout::checkpoint_dir(id))?;
         let checkpointed = started.elapsed();
         let target = SnapshotTarget {
             storage: &self.ctx.storage,

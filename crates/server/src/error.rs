@@ -182,6 +182,7 @@ impl From<DeleteRefusal> for ApiError {
     fn from(e: DeleteRefusal) -> Self {
         match e {
             DeleteRefusal::NotFound(_) => ApiError::not_found(e.to_string()),
+            DeleteRefusal::NotDeletedYet(_) => ApiError::new(ErrorKind::Unavailable, e.to_string()),
             _ => ApiError::conflict(e.to_string()),
         }
     }

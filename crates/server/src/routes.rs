@@ -11,9 +11,10 @@ use axum::Json;
 use cutpoint_coordinator::gc::registry::SharedRegistry;
 use cutpoint_coordinator::stats::CheckpointStatus;
 use cutpoint_coordinator::RestoreFrom;
+use cutpoint_core::layout::StatePath;
 use cutpoint_core::{
-    now_millis, CheckpointId, CheckpointType, JobId, JobSpec, OperatorId, StateFile, SubtaskState,
-    TaskId,
+    now_millis, CheckpointId, CheckpointType, JobId, JobSpec, OperatorId, StateFile, SubtaskIndex,
+    SubtaskState, TaskId,
 };
 use cutpoint_storage::{JobPaths, StateScope};
 use serde::Deserialize;
@@ -525,8 +526,9 @@ pub async fn pending_checkpoints(
                     "decline_url": format!("/v1/jobs/{job}/checkpoints/{}/declines", c.id),
                 });
                 if let Some(t) = &task {
-                    v["upload_prefix"] = json!(format!("chk-{}/{t}/0/", c.id));
-                    v["shared_prefix"] = json!(format!("shared/{t}/0/"));
+                    let prefix = |scope: StateScope| scope.prefix(t, SubtaskIndex(0));
+                    v["upload_prefix"] = json!(prefix(StateScope::Checkpoint(c.id)));
+                    v["shared_prefix"] = json!(prefix(StateScope::Shared));
                 }
                 v
             })
@@ -564,28 +566,21 @@ async fn validate_handle(
     task: &OperatorId,
     h: FileHandle,
 ) -> ApiResult<StateFile> {
-    let name = h
-        .path
-        .strip_prefix(&format!("chk-{}/{task}/0/", id.0))
-        .or_else(|| h.path.strip_prefix(&format!("shared/{task}/0/")))
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "{:?} lies outside chk-{id}/{task}/0/ and shared/{task}/0/",
-                h.path
-            ))
-        })?;
-    if !cutpoint_storage::paths::valid_file_name(name) {
+    let (own, shared) = (
+        StateScope::Checkpoint(id).prefix(task, SubtaskIndex(0)),
+        StateScope::Shared.prefix(task, SubtaskIndex(0)),
+    );
+    let path = StatePath::parse(&h.path).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let mine = path.operator == task.as_str()
+        && path.subtask == 0
+        && path.checkpoint().is_none_or(|c| c == id);
+    if !mine {
         return Err(ApiError::invalid(format!(
-            "{:?}: file names may only contain [A-Za-z0-9._-]",
+            "{:?} lies outside {own} and {shared}",
             h.path
         )));
     }
-    let scope = if h.path.starts_with("shared/") {
-        StateScope::Shared
-    } else {
-        StateScope::Checkpoint(id)
-    };
-    let relative = JobPaths::state_file_relative(scope, task, cutpoint_core::SubtaskIndex(0), name);
+    let relative = JobPaths::state_file_relative(path.scope, task, SubtaskIndex(0), path.name);
     let size = st
         .storage
         .object_size(job, &relative)
@@ -603,7 +598,7 @@ async fn validate_handle(
     }
     Ok(StateFile {
         path: relative,
-        local_name: name.to_string(),
+        local_name: path.name.to_string(),
         size: h.size,
         crc32c: h.crc32c,
     })
@@ -623,7 +618,7 @@ pub async fn ack_checkpoint(
     let size: u64 = files.iter().map(|f| f.size).sum();
     let uploaded: u64 = files
         .iter()
-        .filter(|f| !f.path.starts_with("shared/"))
+        .filter(|f| !f.is_shared())
         .map(|f| f.size)
         .sum();
     let state = SubtaskState {

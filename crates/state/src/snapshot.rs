@@ -71,7 +71,7 @@ impl UploadedSnapshot {
 pub fn shared_files(files: &[StateFile]) -> ConfirmedFiles {
     files
         .iter()
-        .filter(|f| f.path.starts_with("shared/"))
+        .filter(|f| f.is_shared())
         .map(|f| (f.local_name.clone(), f.clone()))
         .collect()
 }

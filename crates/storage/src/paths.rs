@@ -1,18 +1,25 @@
-//! The storage layout, built in this one place from validated parts:
+//! Object paths, built in this one place from validated parts: a job's
+//! folder under the storage root, and in it the relative names of
+//! `cutpoint_core::layout` (which documents every name; metadata stores
+//! state file paths relative to the job folder):
 //!
 //! ```text
-//! {root}/jobs/{job_id}/job.json
-//! {root}/jobs/{job_id}/_writer/{epoch:020}          one per writer that took the job
-//! {root}/jobs/{job_id}/chk-{n}/_metadata
-//! {root}/jobs/{job_id}/chk-{n}/{operator}/{subtask}/{file}
-//! {root}/jobs/{job_id}/shared/{operator}/{subtask}/{file}
+//! {root}/jobs/{job_id}/{relative}            job.json, _writer/…, chk-{n}/…, shared/…
+//! {root}/savepoints/{savepoint_id}/_metadata a savepoint (self-contained, user-owned)
+//! {root}/savepoints/{savepoint_id}/{relative to it}
 //! ```
 //!
-//! Job and operator ids are validated newtypes; file names are checked here.
-//! State file paths inside metadata are stored relative to the job folder.
+//! Job, operator and savepoint ids are validated newtypes; file names are
+//! checked by the layout.
 
-use cutpoint_core::{CheckpointId, JobId, OperatorId, SubtaskIndex};
+use cutpoint_core::layout;
+use cutpoint_core::{CheckpointId, JobId, OperatorId, SavepointId, SubtaskIndex};
 use object_store::path::Path;
+
+pub use cutpoint_core::layout::{
+    parse_checkpoint_dir, parse_writer_epoch, valid_file_name, StateScope, CHECKPOINT_PREFIX,
+    METADATA_NAME, WRITERS_DIR,
+};
 
 /// Paths of one job under a storage root.
 #[derive(Debug, Clone)]
@@ -20,44 +27,17 @@ pub struct JobPaths {
     job_root: Path,
 }
 
-/// Whether a state file belongs to one checkpoint or is shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateScope {
-    Checkpoint(CheckpointId),
-    Shared,
-}
-
-/// Prefix of every checkpoint folder name.
-pub const CHECKPOINT_PREFIX: &str = "chk-";
-/// Name of the metadata object inside a checkpoint folder.
-pub const METADATA_NAME: &str = "_metadata";
-/// Folder of the writer epochs inside a job folder.
-pub const WRITERS_DIR: &str = "_writer";
-
-/// Parses a writer epoch object's name.
-pub fn parse_writer_epoch(name: &str) -> Option<u64> {
-    (name.len() == 20).then(|| name.parse().ok())?
-}
-
 /// `chk-{n}/_metadata`, relative to the job folder.
 pub fn metadata_relative(id: CheckpointId) -> String {
-    format!("{CHECKPOINT_PREFIX}{}/{METADATA_NAME}", id.0)
+    layout::metadata(id)
 }
 
-/// Parses `chk-{n}` into `n`.
-pub fn parse_checkpoint_dir(name: &str) -> Option<CheckpointId> {
-    name.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()
-}
-
-/// A state file name: 1–255 characters of `[A-Za-z0-9._-]`, not `.`/`..`.
-pub fn valid_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+/// `root/a/b/c` for a relative path `a/b/c` (no empty or dot segments:
+/// callers pass names of the layout).
+fn under(root: &Path, relative: &str) -> Path {
+    relative
+        .split('/')
+        .fold(root.clone(), |p, seg| p.child(seg))
 }
 
 impl JobPaths {
@@ -68,8 +48,18 @@ impl JobPaths {
     }
 
     /// `{root}/savepoints/{id}` — a savepoint's folder.
-    pub fn savepoint_root(root: &Path, id: &cutpoint_core::SavepointId) -> Path {
+    pub fn savepoint_root(root: &Path, id: &SavepointId) -> Path {
         root.child("savepoints").child(id.as_str())
+    }
+
+    /// An object of a savepoint, by its path relative to the savepoint.
+    pub fn savepoint_file(root: &Path, id: &SavepointId, relative: &str) -> Path {
+        under(&Self::savepoint_root(root, id), relative)
+    }
+
+    /// `{root}/savepoints` — parent of every savepoint.
+    pub fn savepoints_root(root: &Path) -> Path {
+        root.child("savepoints")
     }
 
     /// `{root}/jobs` — parent of every job folder.
@@ -82,30 +72,29 @@ impl JobPaths {
     }
 
     pub fn job_spec(&self) -> Path {
-        self.job_root.child("job.json")
+        self.job_root.child(layout::JOB_SPEC)
     }
 
     pub fn checkpoint_dir(&self, id: CheckpointId) -> Path {
-        self.job_root.child(format!("{CHECKPOINT_PREFIX}{}", id.0))
+        self.job_root.child(layout::checkpoint_dir(id))
     }
 
     pub fn metadata(&self, id: CheckpointId) -> Path {
         self.checkpoint_dir(id).child(METADATA_NAME)
     }
 
-    /// `_writer/`: the writer epochs of the job (see
-    /// [`crate::CheckpointStorage::take_writer_epoch`]).
+    /// `_writer/`: the writer leases of the job.
     pub fn writers_dir(&self) -> Path {
         self.job_root.child(WRITERS_DIR)
     }
 
-    /// `_writer/{epoch:020}`: the object a writer takes the job with.
+    /// `_writer/{epoch:020}`: the lease a writer takes the job with.
     pub fn writer_epoch(&self, epoch: u64) -> Path {
-        self.writers_dir().child(format!("{epoch:020}"))
+        under(&self.job_root, &layout::writer_lease(epoch))
     }
 
     pub fn shared_dir(&self) -> Path {
-        self.job_root.child("shared")
+        self.job_root.child(layout::SHARED_DIR)
     }
 
     /// Relative path (as stored in metadata) of a subtask's state file.
@@ -117,20 +106,13 @@ impl JobPaths {
         subtask: SubtaskIndex,
         name: &str,
     ) -> String {
-        assert!(valid_file_name(name), "invalid state file name {name:?}");
-        let dir = match scope {
-            StateScope::Checkpoint(id) => format!("{CHECKPOINT_PREFIX}{}", id.0),
-            StateScope::Shared => "shared".to_string(),
-        };
-        format!("{dir}/{operator}/{subtask}/{name}")
+        layout::state_file(scope, operator, subtask, name)
     }
 
-    /// Absolute object path of a relative state file path (already checked
-    /// by `CheckpointMetadata::verify` or built by `state_file_relative`).
+    /// Absolute object path of a relative path (a state file already
+    /// checked by `CheckpointMetadata::verify` or built by the layout).
     pub fn resolve(&self, relative: &str) -> Path {
-        relative
-            .split('/')
-            .fold(self.job_root.clone(), |p, seg| p.child(seg))
+        under(&self.job_root, relative)
     }
 
     /// Path relative to the job folder, if `path` lies under it.
@@ -163,14 +145,14 @@ mod tests {
             "base/jobs/pv/shared/agg/1/000009.sst"
         );
         assert_eq!(p.relative(&p.resolve(&rel)).unwrap(), rel);
-        assert_eq!(parse_checkpoint_dir("chk-12"), Some(CheckpointId(12)));
-        assert_eq!(parse_checkpoint_dir("chk-x"), None);
-    }
-
-    #[test]
-    #[should_panic]
-    fn bad_file_names_panic() {
-        let op = OperatorId::new("agg").unwrap();
-        JobPaths::state_file_relative(StateScope::Shared, &op, SubtaskIndex(0), "../x");
+        assert_eq!(
+            p.writer_epoch(3).as_ref(),
+            "base/jobs/pv/_writer/00000000000000000003"
+        );
+        let sp = SavepointId::new("pv-12").unwrap();
+        assert_eq!(
+            JobPaths::savepoint_file(&Path::from("base"), &sp, "shared/agg/0/a.sst").as_ref(),
+            "base/savepoints/pv-12/shared/agg/0/a.sst"
+        );
     }
 }

@@ -177,7 +177,11 @@ impl CheckpointStorage {
 
     /// User-facing location of a checkpoint folder (Flink's `external_path`).
     pub fn external_path(&self, job: &JobId, id: CheckpointId) -> String {
-        format!("{}/jobs/{job}/chk-{}", self.url, id.0)
+        format!(
+            "{}/jobs/{job}/{}",
+            self.url,
+            cutpoint_core::layout::checkpoint_dir(id)
+        )
     }
 
     // ---- job spec -------------------------------------------------------
@@ -643,9 +647,10 @@ impl CheckpointStorage {
     /// What storage holds for `job` against what its checkpoints reference.
     pub async fn usage(&self, job: &JobId) -> Result<JobUsage, StorageError> {
         let objects = self.list_job_objects_detailed(job).await?;
-        let mut referenced = std::collections::BTreeSet::from(["job.json".to_string()]);
+        use cutpoint_core::layout;
+        let mut referenced = std::collections::BTreeSet::from([layout::JOB_SPEC.to_string()]);
         for e in self.writer_epochs(job).await? {
-            referenced.insert(format!("{}/{e:020}", paths::WRITERS_DIR));
+            referenced.insert(layout::writer_lease(e));
         }
         let mut usage = JobUsage {
             objects: objects.len(),
@@ -656,12 +661,13 @@ impl CheckpointStorage {
             match l.metadata {
                 Ok(m) => {
                     usage.checkpoints.push(m.checkpoint_id);
-                    referenced.insert(format!("chk-{}/_metadata", m.checkpoint_id.0));
+                    referenced.insert(paths::metadata_relative(m.checkpoint_id));
                     referenced.extend(m.files().map(|f| f.path.clone()));
                 }
-                Err(e) => usage
-                    .unreadable
-                    .push(format!("chk-{}: {e}", l.checkpoint_id.0)),
+                Err(e) => usage.unreadable.push(format!(
+                    "{}: {e}",
+                    cutpoint_core::layout::checkpoint_dir(l.checkpoint_id)
+                )),
             }
         }
         let present: std::collections::BTreeSet<&str> =
@@ -681,8 +687,8 @@ impl CheckpointStorage {
         usage.missing = referenced
             .into_iter()
             .filter(|r| {
-                r != "job.json"
-                    && !r.starts_with(paths::WRITERS_DIR)
+                r != layout::JOB_SPEC
+                    && !r.starts_with(layout::WRITERS_DIR)
                     && !present.contains(r.as_str())
             })
             .collect();
@@ -743,11 +749,7 @@ impl CheckpointStorage {
     }
 
     fn savepoint_file(&self, id: &SavepointId, relative: &str) -> Path {
-        relative
-            .split('/')
-            .fold(JobPaths::savepoint_root(&self.root, id), |p, seg| {
-                p.child(seg)
-            })
+        JobPaths::savepoint_file(&self.root, id, relative)
     }
 
     /// Copies a completed checkpoint into `savepoints/{id}/`: self-contained
@@ -783,10 +785,14 @@ impl CheckpointStorage {
         id: &SavepointId,
     ) -> Result<String, StorageError> {
         let job_paths = self.paths(&meta.job_id);
-        let own = format!("chk-{}/", meta.checkpoint_id.0);
         let mut copy = meta.clone();
         for f in copy.subtasks.iter_mut().flat_map(|s| s.all_files_mut()) {
-            let relative = f.path.strip_prefix(&own).unwrap_or(&f.path).to_string();
+            let relative = cutpoint_core::layout::in_savepoint(&f.state_path().map_err(|e| {
+                StorageError::CorruptMetadata {
+                    path: f.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?);
             let (from, to) = (
                 job_paths.resolve(&f.path),
                 self.savepoint_file(id, &relative),
@@ -828,7 +834,12 @@ impl CheckpointStorage {
         let mut meta = self.read_savepoint(savepoint).await?;
         let job_paths = self.paths(job);
         for f in meta.subtasks.iter_mut().flat_map(|s| s.all_files_mut()) {
-            let target = format!("chk-{}/{}", id.0, f.path);
+            let target = cutpoint_core::layout::imported(&f.path, id).map_err(|e| {
+                StorageError::CorruptMetadata {
+                    path: f.path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
             let (from, to) = (
                 self.savepoint_file(savepoint, &f.path),
                 job_paths.resolve(&target),
@@ -853,7 +864,7 @@ impl CheckpointStorage {
     pub async fn list_savepoints(
         &self,
     ) -> Result<Vec<(SavepointId, Result<CheckpointMetadata, StorageError>)>, StorageError> {
-        let prefix = self.root.child("savepoints");
+        let prefix = JobPaths::savepoints_root(&self.root);
         let listing = self
             .store
             .list_with_delimiter(Some(&prefix))

@@ -100,8 +100,13 @@ pub enum GcRequest {
     },
     /// A checkpoint is no longer retained (retention, a superseded timeline,
     /// a user's delete): its folder goes, then the shared files only it
-    /// referenced.
-    Discard { id: CheckpointId, facts: GcFacts },
+    /// referenced. `done` learns whether the folder is gone (else a retry
+    /// deletes it later).
+    Discard {
+        id: CheckpointId,
+        facts: GcFacts,
+        done: Option<oneshot::Sender<bool>>,
+    },
     /// A checkpoint that will never complete: its folder and the shared
     /// files only its acks named (`files`).
     Abort {
@@ -301,7 +306,12 @@ impl GcTask {
                 tracing::info!(job = %self.job, checkpoint = %meta.checkpoint_id, savepoint = %id, ok = r.is_ok(), "savepoint copy");
                 let _ = reply.send(r);
             }
-            GcRequest::Discard { id, facts } => self.discard(id, &facts).await,
+            GcRequest::Discard { id, facts, done } => {
+                let deleted = self.discard(id, &facts).await;
+                if let Some(done) = done {
+                    let _ = done.send(deleted);
+                }
+            }
             GcRequest::Abort { id, files, facts } => self.abort(id, &files, &facts).await,
             GcRequest::Abandoned { below, facts } => self.abandoned(below, &facts).await,
             GcRequest::Sweep { facts, min_age_ms } => {
@@ -318,7 +328,7 @@ impl GcTask {
     /// (`_metadata` first), then the shared files only it referenced — only
     /// once `_metadata` is gone, so a checkpoint that still looks
     /// restorable never loses files.
-    async fn discard(&mut self, id: CheckpointId, facts: &GcFacts) {
+    async fn discard(&mut self, id: CheckpointId, facts: &GcFacts) -> bool {
         let deleted = match cutpoint_core::failpoint::check("coordinator::subsume") {
             Ok(()) => self.delete_checkpoint(id).await,
             Err(e) => {
@@ -335,6 +345,7 @@ impl GcTask {
         } else {
             self.undeleted.insert(id);
         }
+        deleted
     }
 
     /// Deletes a checkpoint that will never complete: its folder, and the
@@ -348,7 +359,7 @@ impl GcTask {
             let own: Vec<String> = files
                 .iter()
                 .filter(|f| {
-                    f.path.starts_with("shared/")
+                    f.is_shared()
                         && !self.registry.is_protected(&f.path)
                         && !facts.pending_files.contains(&f.path)
                 })
@@ -367,7 +378,7 @@ impl GcTask {
     async fn retry(&mut self) {
         let facts = self.facts.borrow().clone();
         for id in std::mem::take(&mut self.undeleted) {
-            self.discard(id, &facts).await;
+            let _ = self.discard(id, &facts).await;
         }
         for id in std::mem::take(&mut self.doomed) {
             if self.delete_checkpoint(id).await {
@@ -602,6 +613,7 @@ mod tests {
         gc.send(GcRequest::Discard {
             id: CheckpointId(1),
             facts: GcFacts::default(),
+            done: None,
         });
         gc.flush().await;
         let left = storage
@@ -646,6 +658,7 @@ mod tests {
         gc.send(GcRequest::Discard {
             id: CheckpointId(1),
             facts: GcFacts::default(),
+            done: None,
         });
         gc.flush().await;
         assert!(fence.reason().is_some(), "fenced");

@@ -44,7 +44,7 @@ impl SharedRegistry {
             return;
         }
         let mut paths: Vec<String> = files
-            .filter(|f| f.path.starts_with("shared/"))
+            .filter(|f| f.is_shared())
             .map(|f| f.path.clone())
             .collect();
         paths.sort();

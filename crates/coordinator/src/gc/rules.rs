@@ -23,6 +23,8 @@ pub enum DeleteRefusal {
     Newest(CheckpointId),
     #[error("the job is not running")]
     NotRunning,
+    #[error("checkpoint {0} is no longer restorable, but deleting its files failed (storage); they are deleted on a retry")]
+    NotDeletedYet(CheckpointId),
 }
 
 /// Whether the user may delete `id`, given the `retained` checkpoints, the

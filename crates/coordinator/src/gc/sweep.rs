@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use cutpoint_core::CheckpointId;
+use cutpoint_core::{layout, CheckpointId};
 use cutpoint_storage::JobObject;
 
 use super::registry::SharedRegistry;
@@ -51,7 +51,7 @@ pub fn orphans(f: &SweepFacts<'_>) -> SweepPlan {
         .iter()
         .filter_map(|o| {
             let (dir, name) = o.path.split_once('/')?;
-            (name == "_metadata").then(|| cutpoint_storage::paths::parse_checkpoint_dir(dir))?
+            (name == layout::METADATA_NAME).then(|| layout::parse_checkpoint_dir(dir))?
         })
         .collect();
     let unaccounted: BTreeSet<CheckpointId> = with_metadata
@@ -66,13 +66,13 @@ pub fn orphans(f: &SweepFacts<'_>) -> SweepPlan {
         .filter(|o| {
             let mut parts = o.path.splitn(2, '/');
             let (first, rest) = (parts.next().unwrap_or(""), parts.next());
-            if let Some(id) = cutpoint_storage::paths::parse_checkpoint_dir(first) {
+            if let Some(id) = layout::parse_checkpoint_dir(first) {
                 return rest.is_some()
                     && !f.retained.contains(&id)
                     && !f.pending.contains(&id)
                     && !with_metadata.contains(&id);
             }
-            if first == "shared" && rest.is_some() {
+            if layout::is_shared(&o.path) {
                 return unaccounted.is_empty()
                     && !f.registry.is_protected(&o.path)
                     && !f.pending_files.contains(&o.path);

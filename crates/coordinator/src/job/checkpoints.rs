@@ -69,21 +69,34 @@ impl Runner {
     }
 
     /// Deletes a retained checkpoint on a user's request.
-    pub(super) async fn delete_retained(
+    /// Deletes a retained checkpoint on a user's request, if the rules
+    /// allow it; `reply` is answered once GC deleted it (or could not).
+    pub(super) fn delete_retained(
         &mut self,
         tracker: &mut CheckpointTracker,
         id: CheckpointId,
         force: bool,
-    ) -> Result<(), DeleteRefusal> {
+        reply: oneshot::Sender<Result<(), DeleteRefusal>>,
+    ) {
         let retained: Vec<CheckpointId> = tracker.retained().map(|r| r.id).collect();
-        gc::may_delete(id, &retained, self.reuse_base, force)?;
+        if let Err(refusal) = gc::may_delete(id, &retained, self.reuse_base, force) {
+            let _ = reply.send(Err(refusal));
+            return;
+        }
         if self.reuse_base == Some(id) {
             self.reuse_base = None;
         }
         tracker.remove_retained(id);
-        self.discard_retained(tracker, id);
-        tracing::info!(checkpoint = %id, "checkpoint deleted on request");
-        Ok(())
+        let (done, deleted) = oneshot::channel();
+        self.retire(tracker, id, Some(done));
+        tokio::spawn(async move {
+            let r = match deleted.await {
+                Ok(true) => Ok(()),
+                _ => Err(DeleteRefusal::NotDeletedYet(id)),
+            };
+            tracing::info!(checkpoint = %id, result = ?r, "checkpoint deleted on request");
+            let _ = reply.send(r);
+        });
     }
 
     /// Deletes a checkpoint that is no longer retained: its folder
@@ -91,10 +104,21 @@ impl Runner {
     /// `_metadata` is gone, so a checkpoint that still looks restorable
     /// never loses files.
     pub(super) fn discard_retained(&mut self, tracker: &CheckpointTracker, id: CheckpointId) {
+        self.retire(tracker, id, None);
+    }
+
+    /// Hands a checkpoint that is no longer retained to GC.
+    fn retire(
+        &mut self,
+        tracker: &CheckpointTracker,
+        id: CheckpointId,
+        done: Option<oneshot::Sender<bool>>,
+    ) {
         self.stats_mut().discarded(id);
         self.gc().send(GcRequest::Discard {
             id,
             facts: facts(tracker),
+            done,
         });
     }
 

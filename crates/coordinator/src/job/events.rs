@@ -221,7 +221,7 @@ impl Runner {
                 reply,
             ),
             Command::DeleteCheckpoint { id, force, reply } => {
-                let _ = reply.send(self.delete_retained(tracker, id, force).await);
+                self.delete_retained(tracker, id, force, reply);
                 Verdict::Continue
             }
             Command::TriggerSavepoint { reply } => {
