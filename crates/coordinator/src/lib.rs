@@ -35,7 +35,7 @@ pub use error::JobError;
 pub use gc::DeleteRefusal;
 pub use job::{
     spawn_job, AckRejection, JobConfig, JobControl, JobHandle, JobOutcome, JobState, JobStatus,
-    SavepointInfo, TaskProgress,
+    SavepointError, SavepointInfo, TaskProgress,
 };
 pub use restore::RestoreFrom;
 pub use tracker::{CheckpointTracker, TriggerRefusal};

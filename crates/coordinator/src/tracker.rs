@@ -126,16 +126,24 @@ pub struct Retained {
 #[derive(Debug)]
 pub struct CheckpointTracker {
     config: CheckpointConfig,
+    /// The next id to hand out (from the writer lease, never reused).
     next_id: CheckpointId,
     /// The last id the tracker may hand out (`None`: no limit).
     last_id: Option<CheckpointId>,
+    /// Checkpoints in flight, by id (each knows its trigger time, to find
+    /// expired ones).
     pending: BTreeMap<CheckpointId, PendingCheckpoint>,
-    /// Triggered at (ms), to find expired checkpoints.
+    /// Completed checkpoints managed by retention, oldest first.
     retained: VecDeque<Retained>,
+    /// Failures since the last completion (against `tolerable_failures`).
     consecutive_failures: u32,
+    /// When the last checkpoint completed (for `min_pause_ms`).
     last_completion_ms: Option<u64>,
+    /// Why no checkpoint may be triggered (tasks finishing, restarting).
     stopped: Option<String>,
+    /// Checkpoints completed since the tracker was made.
     pub completed_count: u64,
+    /// Checkpoints failed (declined, expired, not published) since.
     pub failed_count: u64,
 }
 

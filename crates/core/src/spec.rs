@@ -264,7 +264,9 @@ pub struct CheckpointConfig {
     /// Type of the periodic checkpoints.
     #[serde(rename = "type")]
     pub checkpoint_type: CheckpointType,
-    /// Barrier handling: `exactly_once` (aligned) or `at_least_once`.
+    /// Barrier handling: `exactly_once` (aligned), `at_least_once` (not
+    /// aligned) or `unaligned` (exactly-once, barriers overtake in-flight
+    /// records, which are persisted); see [`CheckpointingMode`].
     pub mode: CheckpointingMode,
     /// How often to delete what crashed writers left behind (also done at
     /// start); `null` = only at start. Objects younger than `timeout_ms`

@@ -10,6 +10,19 @@
 //! barrier `n` arrived. Records read from an early input in between are in
 //! the snapshot and are counted (`records_beyond_barrier`): after a restore
 //! they are replayed, so they count twice.
+//!
+//! Unaligned (exactly-once): barrier `n` also arrives on a priority channel
+//! that overtakes the queued records; the task snapshots at once and
+//! collects, as channel state, every record still ahead of `n` on each
+//! input until `n` arrives there in band; the worker persists them with the
+//! snapshot and a restore replays them first. An aligned checkpoint that
+//! waits longer than `aligned_checkpoint_timeout_ms` turns unaligned.
+//!
+//! Under a memory budget the working table evicts clean entries (read
+//! through from RocksDB) and hands dirty ones to the worker to write
+//! behind; past [`BUDGET_CAP`] budgets the task waits for the worker.
+//!
+//! Shared with the snapshot workers: [`crate::context`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

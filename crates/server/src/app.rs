@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cutpoint_coordinator::{restore, spawn_job, JobConfig, JobControl, RestoreFrom};
+use cutpoint_coordinator::{
+    restore, spawn_job, JobConfig, JobControl, JobError, JobState, RestoreFrom,
+};
 use cutpoint_core::{now_millis, JobId, JobSpec};
 use cutpoint_storage::CheckpointStorage;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,7 +27,8 @@ use crate::error::{ApiError, ErrorKind};
 /// How a job that is no longer running ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobResult {
-    pub state: &'static str,
+    /// Finished, failed or cancelled.
+    pub state: JobState,
     pub records_read: u64,
     pub restarts: u32,
     pub duration_ms: u64,
@@ -33,6 +36,36 @@ pub struct JobResult {
     pub failures: Vec<String>,
     pub error: Option<String>,
     pub end_timestamp: u64,
+}
+
+impl JobResult {
+    fn of(r: Result<cutpoint_coordinator::JobOutcome, JobError>) -> Self {
+        match r {
+            Ok(o) => JobResult {
+                state: JobState::Finished,
+                records_read: o.records_read,
+                restarts: o.restarts,
+                duration_ms: o.duration.as_millis() as u64,
+                keys: o.final_state.iter().map(|t| t.len()).sum(),
+                failures: o.failures,
+                error: None,
+                end_timestamp: now_millis(),
+            },
+            Err(e) => JobResult {
+                state: match e {
+                    JobError::Cancelled => JobState::Cancelled,
+                    _ => JobState::Failed,
+                },
+                records_read: 0,
+                restarts: 0,
+                duration_ms: 0,
+                keys: 0,
+                failures: Vec::new(),
+                error: Some(e.to_string()),
+                end_timestamp: now_millis(),
+            },
+        }
+    }
 }
 
 /// A job this server started.
@@ -211,33 +244,8 @@ impl AppState {
         }
         let result = entry.result.clone();
         tokio::spawn(async move {
-            let r = match handle.join().await {
-                Ok(o) => JobResult {
-                    state: "FINISHED",
-                    records_read: o.records_read,
-                    restarts: o.restarts,
-                    duration_ms: o.duration.as_millis() as u64,
-                    keys: o.final_state.iter().map(|t| t.len()).sum(),
-                    failures: o.failures,
-                    error: None,
-                    end_timestamp: now_millis(),
-                },
-                Err(e) => JobResult {
-                    state: if matches!(e, cutpoint_coordinator::JobError::Cancelled) {
-                        "CANCELLED"
-                    } else {
-                        "FAILED"
-                    },
-                    records_read: 0,
-                    restarts: 0,
-                    duration_ms: 0,
-                    keys: 0,
-                    failures: Vec::new(),
-                    error: Some(e.to_string()),
-                    end_timestamp: now_millis(),
-                },
-            };
-            tracing::info!(job = %id, state = r.state, error = ?r.error, "job ended");
+            let r = JobResult::of(handle.join().await);
+            tracing::info!(job = %id, state = ?r.state, error = ?r.error, "job ended");
             *result.lock().expect("result lock") = Some(r);
             if let Err(e) = tokio::fs::remove_dir_all(&local_dir).await {
                 tracing::debug!(error = %e, "removing the job's work dir");

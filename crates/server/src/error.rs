@@ -3,7 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cutpoint_coordinator::{AckRejection, DeleteRefusal, JobError, TriggerRefusal};
+use cutpoint_coordinator::{AckRejection, DeleteRefusal, JobError, SavepointError, TriggerRefusal};
 use cutpoint_storage::StorageError;
 use serde_json::json;
 
@@ -126,9 +126,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        let kind = match &e {
+impl ApiError {
+    /// The kind of answer a storage error gets.
+    fn from_storage_kind(e: &StorageError) -> ErrorKind {
+        match e {
             StorageError::MetadataMissing { .. } | StorageError::JobSpecMissing { .. } => {
                 ErrorKind::NotFound
             }
@@ -139,8 +140,13 @@ impl From<StorageError> for ApiError {
             }
             StorageError::AlreadyExists { .. } => ErrorKind::Conflict,
             _ => ErrorKind::Unavailable,
-        };
-        ApiError::new(kind, e.to_string())
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::new(ApiError::from_storage_kind(&e), e.to_string())
     }
 }
 
@@ -156,6 +162,21 @@ impl From<JobError> for ApiError {
                 ApiError::conflict(e.to_string())
             }
             _ => ApiError::new(ErrorKind::Internal, e.to_string()),
+        }
+    }
+}
+
+impl From<SavepointError> for ApiError {
+    /// A storage failure while copying is the storage's kind (503, …); the
+    /// rest conflict with the job's state.
+    fn from(e: SavepointError) -> Self {
+        match e {
+            SavepointError::Copy { ref source, .. } => {
+                let kind = ApiError::from_storage_kind(source);
+                ApiError::new(kind, e.to_string())
+            }
+            SavepointError::Name { .. } => ApiError::new(ErrorKind::Internal, e.to_string()),
+            e => ApiError::conflict(e.to_string()),
         }
     }
 }
@@ -185,5 +206,57 @@ impl From<DeleteRefusal> for ApiError {
             DeleteRefusal::NotDeletedYet(_) => ApiError::new(ErrorKind::Unavailable, e.to_string()),
             _ => ApiError::conflict(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutpoint_core::CheckpointId;
+
+    fn store_error() -> StorageError {
+        StorageError::ObjectStore {
+            op: "get",
+            path: "p".into(),
+            source: object_store::Error::Generic {
+                store: "test",
+                source: "down".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn errors_map_to_the_statuses_the_contract_documents() {
+        let status = |e: ApiError| e.kind.status().as_u16();
+        assert_eq!(status(store_error().into()), 503);
+        let missing = StorageError::MetadataMissing {
+            job: "j".into(),
+            checkpoint: 3,
+        };
+        assert_eq!(status(missing.into()), 404);
+        let corrupt = StorageError::CorruptMetadata {
+            path: "p".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(status(corrupt.into()), 422);
+        assert_eq!(status(JobError::Storage(store_error()).into()), 503);
+        assert_eq!(status(JobError::Restore("x".into()).into()), 422);
+        assert_eq!(
+            status(JobError::WorkDirInUse { path: "w".into() }.into()),
+            409
+        );
+        // A savepoint whose copy failed in storage is the storage's kind, not 409.
+        let copy = SavepointError::Copy {
+            checkpoint: CheckpointId(1),
+            source: store_error(),
+        };
+        assert_eq!(status(copy.into()), 503);
+        assert_eq!(status(SavepointError::JobEnded.into()), 409);
+        assert_eq!(status(DeleteRefusal::NotFound(CheckpointId(1)).into()), 404);
+        assert_eq!(status(DeleteRefusal::Newest(CheckpointId(1)).into()), 409);
+        assert_eq!(
+            status(DeleteRefusal::NotDeletedYet(CheckpointId(1)).into()),
+            503
+        );
     }
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cutpoint_coordinator::gc::registry::SharedRegistry;
 use cutpoint_coordinator::stats::CheckpointStatus;
-use cutpoint_coordinator::RestoreFrom;
+use cutpoint_coordinator::{recovery, restore, RestoreFrom};
 use cutpoint_core::layout::StatePath;
 use cutpoint_core::{
     now_millis, CheckpointId, CheckpointType, JobId, JobSpec, OperatorId, StateFile, SubtaskIndex,
@@ -194,7 +194,8 @@ pub async fn cancel_job(
     if req.as_ref().is_some_and(|r| r.savepoint) {
         let entry = st.running(&job)?;
         let sp = entry.control.trigger_savepoint().await.map_err(|e| {
-            ApiError::conflict(format!("savepoint failed ({e}); the job keeps running"))
+            let e = ApiError::from(e);
+            ApiError::new(e.kind, format!("{}; the job keeps running", e.detail))
         })?;
         savepoint = Some(sp);
     }
@@ -248,11 +249,7 @@ pub async fn cancel_job(
 /// never deleted by retention); answers when it is stored.
 pub async fn trigger_savepoint(State(st): S, JobPath(job): JobPath) -> ApiResult<Response> {
     let entry = st.running(&job)?;
-    let sp = entry
-        .control
-        .trigger_savepoint()
-        .await
-        .map_err(ApiError::conflict)?;
+    let sp = entry.control.trigger_savepoint().await?;
     Ok((StatusCode::CREATED, Json(json!(sp))).into_response())
 }
 
@@ -397,10 +394,27 @@ pub async fn latest_checkpoint(
             "job {job} is not running here; storage keeps no failed checkpoints"
         )));
     }
-    let listing = st.storage.list_checkpoints(&job).await?;
-    let newest = listing.iter().find(|l| l.metadata.is_ok()).ok_or_else(|| {
-        ApiError::not_found(format!("no completed checkpoint of job {job} in storage"))
-    })?;
+    // The newest restorable checkpoint, by the recovery policy's one rule.
+    let mut listing = st.storage.list_checkpoints(&job).await?;
+    let candidates: Vec<_> = listing.iter().map(restore::candidate).collect();
+    let choice = recovery::newest_restorable(&candidates, &Default::default());
+    let id = match choice {
+        recovery::Choice::Restore { id, .. } => id,
+        recovery::Choice::Nothing { .. } => {
+            return Err(ApiError::not_found(format!(
+                "no completed checkpoint of job {job} in storage"
+            )))
+        }
+        recovery::Choice::Unreachable { id, .. } => {
+            let at = listing.iter().position(|l| l.checkpoint_id == id);
+            let l = listing.swap_remove(at.expect("chosen from the listing"));
+            return Err(l.metadata.expect_err("unreachable").into());
+        }
+    };
+    let newest = listing
+        .iter()
+        .find(|l| l.checkpoint_id == id)
+        .expect("chosen from the listing");
     Ok(Json(views::listing(&job, newest)))
 }
 
@@ -556,6 +570,24 @@ pub struct AckRequest {
     files: Vec<FileHandle>,
 }
 
+/// An external task's file handle, checked (pure): a state file path of
+/// the task's own subtask 0, under checkpoint `id`'s folder or `shared/`
+/// (one valid file name, no `..`); else 400.
+fn handle_path<'a>(path: &'a str, id: CheckpointId, task: &OperatorId) -> ApiResult<StatePath<'a>> {
+    let parsed = StatePath::parse(path).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let mine = parsed.operator == task.as_str()
+        && parsed.subtask == 0
+        && parsed.checkpoint().is_none_or(|c| c == id);
+    if !mine {
+        return Err(ApiError::invalid(format!(
+            "{path:?} lies outside {} and {}",
+            StateScope::Checkpoint(id).prefix(task, SubtaskIndex(0)),
+            StateScope::Shared.prefix(task, SubtaskIndex(0)),
+        )));
+    }
+    Ok(parsed)
+}
+
 /// Checks a handle lies under `chk-{n}/{task}/0/` or `shared/{task}/0/`
 /// (one valid file name, no `..`; else 400) and exists in storage with that
 /// size (else 409: upload it first).
@@ -566,20 +598,7 @@ async fn validate_handle(
     task: &OperatorId,
     h: FileHandle,
 ) -> ApiResult<StateFile> {
-    let (own, shared) = (
-        StateScope::Checkpoint(id).prefix(task, SubtaskIndex(0)),
-        StateScope::Shared.prefix(task, SubtaskIndex(0)),
-    );
-    let path = StatePath::parse(&h.path).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mine = path.operator == task.as_str()
-        && path.subtask == 0
-        && path.checkpoint().is_none_or(|c| c == id);
-    if !mine {
-        return Err(ApiError::invalid(format!(
-            "{:?} lies outside {own} and {shared}",
-            h.path
-        )));
-    }
+    let path = handle_path(&h.path, id, task)?;
     let relative = JobPaths::state_file_relative(path.scope, task, SubtaskIndex(0), path.name);
     let size = st
         .storage
@@ -678,4 +697,30 @@ pub async fn storage_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResu
     Ok(Json(
         json!({"job_id": job, "job_spec_stored": spec_stored, "checkpoints": rows}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn external_handles_must_lie_in_the_tasks_own_folders() {
+        let task = OperatorId::new("ext").unwrap();
+        let id = CheckpointId(7);
+        for ok in ["chk-7/ext/0/state.bin", "shared/ext/0/a-1.sst"] {
+            assert!(handle_path(ok, id, &task).is_ok(), "{ok}");
+        }
+        for bad in [
+            "chk-6/ext/0/state.bin", // another checkpoint
+            "chk-7/agg/0/state.bin", // another task
+            "shared/ext/1/a.sst",    // another subtask
+            "chk-7/ext/0/../x",      // not a file name
+            "chk-7/ext/0",           // no file
+            "elsewhere/ext/0/a.sst", // outside both
+        ] {
+            let e = handle_path(bad, id, &task).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Invalid, "{bad}: {e:?}");
+        }
+    }
 }

@@ -76,13 +76,55 @@ pub fn shared_files(files: &[StateFile]) -> ConfirmedFiles {
         .collect()
 }
 
+/// What happens to one file of a local RocksDB checkpoint.
+#[derive(Debug, PartialEq, Eq)]
 enum Plan {
+    /// A completed checkpoint holds it already: reference that.
     Reuse(StateFile),
     Upload {
         local: PathBuf,
         scope: StateScope,
         remote: String,
     },
+}
+
+/// The upload plan (pure) for the files `(name, local path, size)` of a
+/// RocksDB checkpoint: incremental — an SST that `confirmed` holds with the
+/// same name and size is reused, any other SST goes to `shared/` under a
+/// fresh unique name; everything else (and everything of a full
+/// checkpoint) goes to `own` under its own name.
+fn plan(
+    files: Vec<(String, PathBuf, u64)>,
+    checkpoint_type: CheckpointType,
+    confirmed: &ConfirmedFiles,
+    own: StateScope,
+) -> Vec<Plan> {
+    files
+        .into_iter()
+        .map(|(name, local, size)| {
+            let is_sst = name.ends_with(".sst");
+            if checkpoint_type == CheckpointType::Incremental && is_sst {
+                match confirmed.get(&name) {
+                    Some(h) if h.size == size => Plan::Reuse(h.clone()),
+                    _ => {
+                        let stem = name.trim_end_matches(".sst");
+                        let remote = format!("{stem}-{}.sst", uuid::Uuid::new_v4().simple());
+                        Plan::Upload {
+                            local,
+                            scope: StateScope::Shared,
+                            remote,
+                        }
+                    }
+                }
+            } else {
+                Plan::Upload {
+                    local,
+                    scope: own,
+                    remote: name,
+                }
+            }
+        })
+        .collect()
 }
 
 /// Stores the local RocksDB checkpoint in `dir`.
@@ -117,33 +159,12 @@ pub async fn upload_snapshot(
         names.push((name, entry.path(), size));
     }
     names.sort();
-    let own = StateScope::Checkpoint(target.checkpoint);
-    let plans: Vec<Plan> = names
-        .into_iter()
-        .map(|(name, local, size)| {
-            let is_sst = name.ends_with(".sst");
-            if checkpoint_type == CheckpointType::Incremental && is_sst {
-                match confirmed.get(&name) {
-                    Some(h) if h.size == size => Plan::Reuse(h.clone()),
-                    _ => {
-                        let stem = name.trim_end_matches(".sst");
-                        let remote = format!("{stem}-{}.sst", uuid::Uuid::new_v4().simple());
-                        Plan::Upload {
-                            local,
-                            scope: StateScope::Shared,
-                            remote,
-                        }
-                    }
-                }
-            } else {
-                Plan::Upload {
-                    local,
-                    scope: own,
-                    remote: name,
-                }
-            }
-        })
-        .collect();
+    let plans = plan(
+        names,
+        checkpoint_type,
+        confirmed,
+        StateScope::Checkpoint(target.checkpoint),
+    );
     let mut out = UploadedSnapshot::default();
     // Paths another writer had already created: never ours to delete.
     let theirs = std::sync::Mutex::new(std::collections::HashSet::new());
@@ -380,4 +401,81 @@ fn copy_range(
     }
     to.apply(batch)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(name: &str, size: u64) -> StateFile {
+        StateFile {
+            path: format!("shared/agg/0/{}-abc.sst", name.trim_end_matches(".sst")),
+            local_name: name.into(),
+            size,
+            crc32c: 0,
+        }
+    }
+
+    fn files() -> Vec<(String, PathBuf, u64)> {
+        [
+            "000007.sst",
+            "000009.sst",
+            "000010.sst",
+            "MANIFEST-000011",
+            "CURRENT",
+        ]
+        .iter()
+        .map(|n| (n.to_string(), PathBuf::from(format!("/db/{n}")), 100))
+        .collect()
+    }
+
+    #[test]
+    fn incremental_reuses_confirmed_ssts_of_the_same_size_only() {
+        let confirmed: ConfirmedFiles = [
+            ("000007.sst".to_string(), handle("000007.sst", 100)),
+            ("000009.sst".to_string(), handle("000009.sst", 99)),
+        ]
+        .into();
+        let own = StateScope::Checkpoint(CheckpointId(4));
+        let p = plan(files(), CheckpointType::Incremental, &confirmed, own);
+        assert_eq!(p[0], Plan::Reuse(handle("000007.sst", 100)));
+        for (i, name) in [(1, "000009"), (2, "000010")] {
+            // Same name, other size (a new file with a reused number), or new.
+            let Plan::Upload { scope, remote, .. } = &p[i] else {
+                panic!("{:?}", p[i])
+            };
+            assert_eq!(*scope, StateScope::Shared);
+            assert!(remote.starts_with(&format!("{name}-")) && remote.ends_with(".sst"));
+        }
+        for i in [3, 4] {
+            let Plan::Upload { scope, remote, .. } = &p[i] else {
+                panic!("{:?}", p[i])
+            };
+            assert_eq!((*scope, remote.as_str()), (own, files()[i].0.as_str()));
+        }
+    }
+
+    #[test]
+    fn full_uploads_everything_under_its_own_folder() {
+        let confirmed: ConfirmedFiles =
+            [("000007.sst".to_string(), handle("000007.sst", 100))].into();
+        let own = StateScope::Checkpoint(CheckpointId(5));
+        let p = plan(files(), CheckpointType::Full, &confirmed, own);
+        assert!(p.iter().zip(files()).all(|(p, (name, _, _))| matches!(
+            p,
+            Plan::Upload { scope, remote, .. } if *scope == own && *remote == name
+        )));
+    }
+
+    #[test]
+    fn fresh_shared_names_never_repeat() {
+        let none = ConfirmedFiles::new();
+        let own = StateScope::Checkpoint(CheckpointId(1));
+        let a = plan(files(), CheckpointType::Incremental, &none, own);
+        let b = plan(files(), CheckpointType::Incremental, &none, own);
+        assert_ne!(
+            a[0], b[0],
+            "a restore re-creating a file number gets a new object"
+        );
+    }
 }

@@ -234,7 +234,10 @@ impl Runner {
             tracing::debug!(checkpoint = %a.id, reason = %message, "checkpoint aborted");
         }
         if let Some(reply) = self.savepoints.remove(&a.id) {
-            let _ = reply.send(Err(format!("checkpoint {} failed: {message}", a.id)));
+            let _ = reply.send(Err(SavepointError::CheckpointFailed {
+                checkpoint: a.id,
+                reason: message.clone(),
+            }));
         }
         self.clean_up(tracker, a.id, &a.files);
         self.stats_mut().failed(a.id, now_millis(), message.clone());
@@ -262,7 +265,10 @@ impl Runner {
         let sp = match SavepointId::new(format!("{job}-{}", id.0)) {
             Ok(sp) => sp,
             Err(e) => {
-                let _ = reply.send(Err(format!("no savepoint id for job {job}: {e}")));
+                let _ = reply.send(Err(SavepointError::Name {
+                    checkpoint: id,
+                    source: e,
+                }));
                 return;
             }
         };
@@ -279,8 +285,11 @@ impl Runner {
                     checkpoint_id: id,
                     external_path,
                 }),
-                Ok(Err(e)) => Err(format!("copying checkpoint {id} to a savepoint: {e}")),
-                Err(_) => Err("the job ended before the savepoint was copied".into()),
+                Ok(Err(source)) => Err(SavepointError::Copy {
+                    checkpoint: id,
+                    source,
+                }),
+                Err(_) => Err(SavepointError::JobEnded),
             };
             tracing::info!(job = %job, checkpoint = %id, result = ?r, "savepoint");
             let _ = reply.send(r);
@@ -296,9 +305,10 @@ impl Runner {
         files: &[cutpoint_core::StateFile],
     ) {
         if let Some(reply) = self.savepoints.remove(&id) {
-            let _ = reply.send(Err(format!(
-                "checkpoint {id} did not complete (the job failed or stopped)"
-            )));
+            let _ = reply.send(Err(SavepointError::CheckpointFailed {
+                checkpoint: id,
+                reason: "the job failed or stopped first".into(),
+            }));
         }
         self.gc().send(GcRequest::Abort {
             id,

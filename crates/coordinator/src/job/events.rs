@@ -230,7 +230,7 @@ impl Runner {
                         self.savepoints.insert(id, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e.into()));
                     }
                 }
                 Verdict::Continue

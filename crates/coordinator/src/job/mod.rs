@@ -188,7 +188,7 @@ enum Command {
         reply: oneshot::Sender<Result<(), DeleteRefusal>>,
     },
     TriggerSavepoint {
-        reply: oneshot::Sender<Result<SavepointInfo, String>>,
+        reply: SavepointReply,
     },
 }
 
@@ -215,7 +215,39 @@ pub enum AckRejection {
 }
 
 /// Where a savepoint request's answer goes.
-type SavepointReply = oneshot::Sender<Result<SavepointInfo, String>>;
+type SavepointReply = oneshot::Sender<Result<SavepointInfo, SavepointError>>;
+
+/// Why a savepoint was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SavepointError {
+    /// Its checkpoint could not be triggered (the job is not running, too
+    /// many in flight, …).
+    #[error("savepoint not triggered: {0}")]
+    Refused(#[from] TriggerRefusal),
+    /// Its checkpoint failed (declined, expired, or the job failed).
+    #[error("checkpoint {checkpoint} of the savepoint failed: {reason}")]
+    CheckpointFailed {
+        checkpoint: CheckpointId,
+        reason: String,
+    },
+    /// Copying the completed checkpoint into `savepoints/` failed.
+    #[error("copying checkpoint {checkpoint} to a savepoint: {source}")]
+    Copy {
+        checkpoint: CheckpointId,
+        #[source]
+        source: StorageError,
+    },
+    /// `{job}-{checkpoint}` is not a valid savepoint id (too long).
+    #[error("no savepoint id for checkpoint {checkpoint}: {source}")]
+    Name {
+        checkpoint: CheckpointId,
+        #[source]
+        source: cutpoint_core::CoreError,
+    },
+    /// The job ended before the savepoint was stored.
+    #[error("the job ended before the savepoint was stored")]
+    JobEnded,
+}
 
 /// Live counters of the running attempt's tasks.
 type LiveCounters = Arc<Mutex<Option<Arc<[(TaskId, Arc<TaskCounters>)]>>>>;
@@ -295,10 +327,10 @@ impl JobControl {
 
     /// Takes a savepoint: a full checkpoint, copied to `savepoints/` when it
     /// completes (self-contained, never deleted by retention).
-    pub async fn trigger_savepoint(&self) -> Result<SavepointInfo, String> {
+    pub async fn trigger_savepoint(&self) -> Result<SavepointInfo, SavepointError> {
         self.ask(|reply| Command::TriggerSavepoint { reply })
             .await
-            .unwrap_or_else(|| Err("the job ended".into()))
+            .unwrap_or(Err(SavepointError::JobEnded))
     }
 
     /// Deletes a retained checkpoint (and the shared files only it used).
