@@ -531,7 +531,9 @@ async fn storage_rows(
     let mut rows = Vec::new();
     for job in &jobs {
         for l in storage.list_checkpoints(job).await? {
-            rows.push(cutpoint_server::views::listing(job, &l));
+            rows.push(serde_json::to_value(cutpoint_server::views::listing(
+                job, &l,
+            ))?);
         }
     }
     Ok(rows)

@@ -146,7 +146,7 @@ pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResul
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let id = spec.job_id.clone();
     let entry = st.start_job(spec, restore).await?;
-    let mut resp = (StatusCode::CREATED, Json(views::job(&entry))).into_response();
+    let mut resp = (StatusCode::CREATED, views::json(views::job(&entry))).into_response();
     if let Ok(v) = format!("/v1/jobs/{id}").parse() {
         resp.headers_mut().insert(header::LOCATION, v);
     }
@@ -154,7 +154,7 @@ pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResul
 }
 
 pub async fn list_jobs(State(st): S) -> Json<Value> {
-    let jobs: Vec<Value> = st.jobs().iter().map(|(_, e)| views::job(e)).collect();
+    let jobs: Vec<views::JobView> = st.jobs().iter().map(|(_, e)| views::job(e)).collect();
     Json(json!({ "jobs": jobs }))
 }
 
@@ -167,7 +167,7 @@ fn known(st: &AppState, job: &JobId) -> ApiResult<crate::app::JobEntry> {
 }
 
 pub async fn get_job(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
-    Ok(Json(views::job(&known(&st, &job)?)))
+    Ok(views::json(views::job(&known(&st, &job)?)))
 }
 
 #[derive(Deserialize)]
@@ -239,10 +239,11 @@ pub async fn cancel_job(
         final_checkpoint = Some(id);
     }
     st.stop_job(&job).await?;
-    let mut body = views::job(&known(&st, &job)?);
-    body["final_checkpoint"] = json!(final_checkpoint);
-    body["savepoint"] = json!(savepoint);
-    Ok(Json(body))
+    Ok(views::json(views::CancelView {
+        job: views::job(&known(&st, &job)?),
+        final_checkpoint,
+        savepoint,
+    }))
 }
 
 /// `POST /v1/jobs/{id}/savepoints`: take a savepoint (full, self-contained,
@@ -312,12 +313,14 @@ pub async fn restore_job(
         }
     };
     let entry = st.restore_job(job, from.clone()).await?;
-    let mut body = views::job(&entry);
-    body["restoring_from"] = match from {
-        RestoreFrom::Checkpoint(id) => json!(id),
-        other => json!(other.to_string()),
+    let body = views::RestoreView {
+        job: views::job(&entry),
+        restoring_from: match from {
+            RestoreFrom::Checkpoint(id) => json!(id),
+            other => json!(other.to_string()),
+        },
     };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok((StatusCode::ACCEPTED, views::json(body)).into_response())
 }
 
 // ---- checkpoints ------------------------------------------------------------
@@ -352,12 +355,14 @@ pub async fn trigger_checkpoint(
 }
 
 pub async fn list_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
-    Ok(Json(views::overview(&known(&st, &job)?.control.stats())))
+    Ok(views::json(views::overview(
+        &known(&st, &job)?.control.stats(),
+    )))
 }
 
 pub async fn checkpoint_config(State(st): S, JobPath(job): JobPath) -> ApiResult<Json<Value>> {
     let spec = st.job_spec(&job).await?;
-    Ok(Json(views::config(&spec)))
+    Ok(views::json(views::config(&spec)))
 }
 
 #[derive(Deserialize)]
@@ -384,7 +389,8 @@ pub async fn latest_checkpoint(
             stats.latest_failed
         };
         return c
-            .map(|c| Json(views::checkpoint(&c, false)))
+            .as_ref()
+            .map(|c| views::json(views::checkpoint(c, false)))
             .ok_or_else(|| {
                 ApiError::not_found(format!("job {job} has no {status} checkpoint yet"))
             });
@@ -415,7 +421,7 @@ pub async fn latest_checkpoint(
         .iter()
         .find(|l| l.checkpoint_id == id)
         .expect("chosen from the listing");
-    Ok(Json(views::listing(&job, newest)))
+    Ok(views::json(views::listing(&job, newest)))
 }
 
 pub async fn get_checkpoint(
@@ -424,11 +430,14 @@ pub async fn get_checkpoint(
 ) -> ApiResult<Json<Value>> {
     if let Some(e) = st.job(&job) {
         if let Some(c) = e.control.stats().get(id) {
-            return Ok(Json(views::checkpoint(c, true)));
+            return Ok(views::json(views::checkpoint(c, true)));
         }
     }
     match st.storage.read_metadata(&job, id).await {
-        Ok(m) => Ok(Json(views::stored(&m, &st.storage.external_path(&job, id)))),
+        Ok(m) => Ok(views::json(views::stored(
+            &m,
+            &st.storage.external_path(&job, id),
+        ))),
         Err(cutpoint_storage::StorageError::MetadataMissing { .. }) => Err(ApiError::not_found(
             format!("checkpoint {id} of job {job} not found"),
         )),
@@ -693,7 +702,7 @@ pub async fn storage_checkpoints(State(st): S, JobPath(job): JobPath) -> ApiResu
             "storage holds nothing for job {job}"
         )));
     }
-    let rows: Vec<Value> = listing.iter().map(|l| views::listing(&job, l)).collect();
+    let rows: Vec<views::ListingView> = listing.iter().map(|l| views::listing(&job, l)).collect();
     Ok(Json(
         json!({"job_id": job, "job_spec_stored": spec_stored, "checkpoints": rows}),
     ))
