@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use cutpoint_core::{CheckpointId, CheckpointType, SubtaskState, TaskId};
-use cutpoint_state::StateTable;
+use cutpoint_state::{StateError, StateTable};
 
 /// Checkpoint barrier `n`, injected by sources between two records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,19 @@ pub struct Barrier {
     /// restored from). `None`: reuse nothing, upload every file. Carried by
     /// the barrier, so no notification can be missed or arrive late.
     pub reuse: Option<CheckpointId>,
+}
+
+/// Why a task failed, typed up to the coordinator (which words it).
+#[derive(Debug, thiserror::Error)]
+pub enum TaskFailure {
+    #[error("restore failed: {0}")]
+    Restore(#[source] crate::RuntimeError),
+    #[error("snapshot worker: {0}")]
+    Worker(#[source] StateError),
+    #[error(transparent)]
+    Task(crate::RuntimeError),
+    #[error("task panicked: {0}")]
+    Panic(String),
 }
 
 /// How bad a task's failure is: what the coordinator's recovery needs.
@@ -59,12 +72,12 @@ pub enum TaskEvent {
     Decline {
         checkpoint: CheckpointId,
         task: TaskId,
-        reason: String,
+        reason: StateError,
     },
     /// The task failed; `kind` says whether a restart can help.
     Failed {
         task: TaskId,
-        error: String,
+        error: TaskFailure,
         kind: FailureKind,
     },
     /// A source read all its input and waits for the final checkpoint

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::context::AbortRegistry;
 use crate::context::{TaskContext, TaskCounters};
+use crate::events::TaskFailure;
 use crate::task::{AggregateTask, SourceControl, SourceTask};
 use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
 
@@ -190,10 +191,11 @@ impl Execution {
             threads.push(spawn(&ctx, task.clone(), move || {
                 let (state, replay) = t.open_state().map_err(|e| {
                     // A failed restore is reported as such, with the file named.
+                    let kind = FailureKind::of(&e, true);
                     let _ = events.send(TaskEvent::Failed {
                         task: id,
-                        error: format!("restore failed: {e}"),
-                        kind: FailureKind::of(&e, true),
+                        error: TaskFailure::Restore(e),
+                        kind,
                     });
                     RuntimeError::Cancelled
                 })?;
@@ -295,14 +297,17 @@ fn spawn(
                     tracing::debug!(%task, error = %e, "task stopped after cancellation");
                     None
                 }
-                Ok(Err(e)) => Some((e.to_string(), FailureKind::of(&e, false))),
+                Ok(Err(e)) => {
+                    let kind = FailureKind::of(&e, false);
+                    Some((TaskFailure::Task(e), kind))
+                }
                 Err(panic) => {
                     let msg = panic
                         .downcast_ref::<String>()
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_else(|| "panic".into());
-                    Some((format!("task panicked: {msg}"), FailureKind::Transient))
+                    Some((TaskFailure::Panic(msg), FailureKind::Transient))
                 }
             };
             if let Some((error, kind)) = failure {

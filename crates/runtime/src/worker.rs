@@ -78,12 +78,14 @@ impl Worker {
                         }),
                     };
                     if let Err(e) = done {
+                        // Reported here, with the error; the task then
+                        // stops as cancelled.
                         let _ = self.ctx.events.send(TaskEvent::Failed {
                             task: self.task.clone(),
-                            error: format!("snapshot worker: {e}"),
+                            error: crate::events::TaskFailure::Worker(e),
                             kind: crate::FailureKind::Transient,
                         });
-                        return Err(e);
+                        return Err(StateError::Cancelled);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -221,7 +223,7 @@ impl Worker {
             Err(e) => TaskEvent::Decline {
                 checkpoint: id,
                 task: self.task.clone(),
-                reason: e.to_string(),
+                reason: e,
             },
         };
         let _ = self.ctx.events.send(event);

@@ -80,7 +80,7 @@ impl Runner {
                 task,
                 reason,
             } => self
-                .decline(tracker, attempt, checkpoint, task, reason)
+                .decline(tracker, attempt, checkpoint, task, reason.to_string())
                 .await
                 .map_or(Next::Continue, Next::from),
             TaskEvent::Failed { task, error, kind } => {
