@@ -152,7 +152,9 @@ async fn a_reused_work_dir_starts_empty_and_is_never_shared() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     let (events, keys) = (400_000, 20_000);
-    // What a killed run leaves: RocksDB instances with its counts.
+    // What a killed run leaves: its lock file, RocksDB instances with its counts.
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join(".lock"), b"").unwrap();
     for a in 0..2 {
         let base = work.join(format!("attempt-0/agg-{a}"));
         let mut db =
@@ -949,4 +951,76 @@ async fn force_deletes_a_running_jobs_only_checkpoint() {
         "nothing reused from the deleted base"
     );
     assert_checkpoint_state(&storage, &meta, 5_000, 50_000_000).await;
+}
+
+/// Review finding: two concurrent submits of one job. Exactly one starts;
+/// the other is refused before it takes the job's storage, so the one that
+/// runs is never fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submits_of_one_job_start_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Serve::start(&dir.path().join("chk"), &[]);
+    let spec = pv_json("pv-twice", serde_json::json!({}));
+    let ((a, _), (b, _)) = tokio::join!(
+        server.send(reqwest::Method::POST, "/v1/jobs", spec.clone()),
+        server.send(reqwest::Method::POST, "/v1/jobs", spec.clone()),
+    );
+    let mut statuses = [a.as_u16(), b.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.checkpoint("pv-twice", "incremental").await;
+    let job = server.get("/v1/jobs/pv-twice").await;
+    assert_eq!(job["state"], "RUNNING", "not fenced: {job}");
+}
+
+/// Review finding: a restore whose job fails while restoring (a state
+/// file of the chosen checkpoint is gone) rolls back to the job's latest
+/// checkpoint, and says so on the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_that_fails_after_starting_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Serve::start(&chk, &[]);
+    server
+        .post("/v1/jobs", pv_json("pv-rollback", serde_json::json!({})))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let broken = server.checkpoint("pv-rollback", "incremental").await;
+    let latest = server.checkpoint("pv-rollback", "full").await;
+    // A shared file of the incremental one goes missing (the full one has none).
+    let storage = storage_at(chk.to_str().unwrap());
+    let job = JobId::new("pv-rollback").unwrap();
+    let meta = storage
+        .read_metadata(&job, CheckpointId(broken))
+        .await
+        .unwrap();
+    let shared = meta
+        .shared_files()
+        .next()
+        .expect("an incremental checkpoint has shared files");
+    storage.delete_state_file(&job, &shared.path).await.unwrap();
+    let (status, problem) = server
+        .send(
+            reqwest::Method::POST,
+            "/v1/jobs/pv-rollback/restore",
+            serde_json::json!({ "checkpoint_id": broken }),
+        )
+        .await;
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{status} {problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("started again from its latest checkpoint"),
+        "{problem}"
+    );
+    let view = server
+        .wait_job("pv-rollback", |j| j["state"] == "RUNNING")
+        .await;
+    assert_eq!(view["last_restore"]["outcome"], "rolled_back", "{view}");
+    assert_eq!(view["restored_from"][0], latest, "{view}");
 }

@@ -8,6 +8,11 @@
 //! waits on [`Fence::fenced`] (the coordinator's loop) learns why. A check
 //! that cannot be made (storage does not answer) fails that one attempt
 //! only: the publish fails or the delete waits for a later try.
+//!
+//! Renewing the lease creates the next epoch: it is [`Fence::claim`]ed
+//! first, so a check racing the renewal does not mistake it for another
+//! writer's; if the renewal's outcome is unknown the claim is withdrawn
+//! (better to fence ourselves than to overlook a writer that took it).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -21,8 +26,9 @@ use tokio::sync::Notify;
 pub struct Fence {
     storage: CheckpointStorage,
     job: JobId,
-    /// The epoch of the current lease (changes when the lease is renewed).
-    epoch: AtomicU64,
+    /// The newest epoch that is ours: the current lease's, or the next one
+    /// while a renewal creates it.
+    claimed: AtomicU64,
     reason: OnceLock<String>,
     notify: Notify,
 }
@@ -32,15 +38,25 @@ impl Fence {
         Self {
             storage,
             job,
-            epoch: AtomicU64::new(epoch),
+            claimed: AtomicU64::new(epoch),
             reason: OnceLock::new(),
             notify: Notify::new(),
         }
     }
 
+    /// A renewal is about to create `epoch`.
+    pub fn claim(&self, epoch: u64) {
+        self.claimed.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The renewal's outcome is unknown: only `current` is surely ours.
+    pub fn unclaim(&self, current: u64) {
+        self.claimed.store(current, Ordering::SeqCst);
+    }
+
     /// A renewed lease's epoch.
     pub fn renewed(&self, epoch: u64) {
-        self.epoch.store(epoch, Ordering::SeqCst);
+        self.claim(epoch);
     }
 
     /// Why the run is fenced, if it is.
@@ -61,7 +77,7 @@ impl Fence {
         if self.reason.get().is_some() {
             return false;
         }
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.claimed.load(Ordering::SeqCst);
         match self.storage.check_writer(&self.job, epoch).await {
             Ok(()) => true,
             Err(e @ StorageError::Fenced { .. }) => {
@@ -84,5 +100,55 @@ impl Fence {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cutpoint_storage::StorageLocation;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    fn storage() -> CheckpointStorage {
+        CheckpointStorage::new(StorageLocation {
+            store: Arc::new(InMemory::new()),
+            root: object_store::path::Path::from("root"),
+            url: "memory:///root".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_renewal_in_progress_is_not_another_writer_but_a_new_writer_is() {
+        let (storage, job) = (storage(), JobId::new("f").unwrap());
+        let lease = storage.take_writer_lease(&job, 1).await.unwrap();
+        let fence = Fence::new(storage.clone(), job.clone(), lease.epoch);
+        assert!(fence.check().await);
+        // A renewal creates epoch 2 while a check runs (the GC task's).
+        fence.claim(lease.epoch + 1);
+        let renewed = storage
+            .renew_writer_lease(&job, lease.clone(), 0)
+            .await
+            .unwrap();
+        assert!(fence.check().await, "our own renewal does not fence us");
+        fence.renewed(renewed.epoch);
+        // Another process takes the job: fenced for good.
+        storage.take_writer_lease(&job, 1).await.unwrap();
+        assert!(!fence.check().await);
+        assert!(fence.reason().unwrap().contains("fenced"));
+        assert!(!fence.check().await);
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_claim_does_not_hide_a_writer_that_took_that_epoch() {
+        let (storage, job) = (storage(), JobId::new("g").unwrap());
+        let lease = storage.take_writer_lease(&job, 1).await.unwrap();
+        let fence = Fence::new(storage.clone(), job.clone(), lease.epoch);
+        fence.claim(lease.epoch + 1);
+        fence.unclaim(lease.epoch);
+        storage.take_writer_lease(&job, 1).await.unwrap();
+        assert!(!fence.check().await);
     }
 }

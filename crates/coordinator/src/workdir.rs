@@ -10,6 +10,8 @@
 //!   the directory removes whatever a killed run left in it, and each
 //!   attempt's folder is created fresh. Local state is only ever what this
 //!   attempt restored or built, never a killed run's RocksDB.
+//! - Only a work dir is emptied: a directory that holds files but no
+//!   `.lock` (not one cutpoint made) is refused, never wiped.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,6 +41,17 @@ impl WorkDir {
     pub fn take(path: &Path) -> Result<Self, JobError> {
         std::fs::create_dir_all(path).map_err(|e| io(path, e))?;
         let lock_path = path.join(LOCK_NAME);
+        let ours = lock_path.exists()
+            || std::fs::read_dir(path)
+                .map_err(|e| io(path, e))?
+                .next()
+                .is_none();
+        if !ours {
+            return Err(JobError::WorkDir {
+                path: path.display().to_string(),
+                reason: "it holds files but is not a cutpoint work dir (no .lock): pass a new or empty directory".into(),
+            });
+        }
         let lock = File::options()
             .create(true)
             .truncate(false)
@@ -95,8 +108,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_directory_that_is_not_a_work_dir_is_never_wiped() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("notes.txt"), b"mine").unwrap();
+        assert!(matches!(
+            WorkDir::take(d.path()),
+            Err(JobError::WorkDir { .. })
+        ));
+        assert!(d.path().join("notes.txt").exists());
+    }
+
+    #[test]
     fn one_owner_and_an_empty_start() {
         let d = tempfile::tempdir().unwrap();
+        // What a killed run leaves: its lock file and its state.
+        std::fs::write(d.path().join(LOCK_NAME), b"").unwrap();
         let leftover = d.path().join("attempt-0/agg-0/db");
         std::fs::create_dir_all(&leftover).unwrap();
         std::fs::write(leftover.join("CURRENT"), b"MANIFEST-000005").unwrap();

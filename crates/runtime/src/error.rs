@@ -19,6 +19,10 @@ pub enum RuntimeError {
     },
     #[error("sink: {0}")]
     Sink(String),
+    /// A transaction the restored checkpoint pre-committed is gone: the
+    /// checkpoint cannot be restored as it is.
+    #[error("sink: {0}")]
+    MissingTransaction(String),
     #[error("state: {0}")]
     State(#[from] StateError),
     #[error("cannot restore: {0}")]
@@ -41,7 +45,7 @@ impl RuntimeError {
     /// that no longer fits the input).
     pub fn is_fatal(&self) -> bool {
         match self {
-            RuntimeError::Restore(_) => true,
+            RuntimeError::Restore(_) | RuntimeError::MissingTransaction(_) => true,
             RuntimeError::State(StateError::Storage(e)) => e.is_data_error(),
             RuntimeError::State(StateError::CorruptState { .. }) => true,
             _ => false,

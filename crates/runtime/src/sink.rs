@@ -357,7 +357,7 @@ impl TxnFileSink {
             return Ok(());
         }
         if !from.exists() {
-            return Err(RuntimeError::Sink(format!(
+            return Err(RuntimeError::MissingTransaction(format!(
                 "pre-committed transaction {handle} is missing from {} and was never committed",
                 dir.display()
             )));

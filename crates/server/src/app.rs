@@ -115,8 +115,57 @@ pub enum RestoreOutcome {
     Failed { error: String },
 }
 
+/// How long a restore waits to see the restored job running before it
+/// counts as restored anyway (its tasks may take long to download state).
+const RESTORE_CONFIRM: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits until every task of the started job restored its state (or the
+/// job ended by itself): an error if it failed or was cancelled.
+async fn started(entry: &JobEntry) -> Result<(), ApiError> {
+    let mut control = entry.control.clone();
+    let wait = control.wait_for(|s| s.tasks_running || s.state.is_final());
+    let Ok(s) = tokio::time::timeout(RESTORE_CONFIRM, wait).await else {
+        return Ok(());
+    };
+    if matches!(s.state, JobState::Failed | JobState::Cancelled) {
+        // Its result is recorded right after; a rollback needs it ended.
+        for _ in 0..200 {
+            if entry.result().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    match s.state {
+        JobState::Failed | JobState::Cancelled => Err(ApiError::new(
+            ErrorKind::Data,
+            format!(
+                "the restored job did not start: {}",
+                s.last_failure.unwrap_or_else(|| "it ended".into())
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Removes a job from the starting ones when dropped.
+pub(crate) struct StartGuard {
+    state: Arc<AppState>,
+    job: JobId,
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        self.state
+            .starting
+            .lock()
+            .expect("starting lock")
+            .remove(&self.job);
+    }
+}
+
 /// Removes a job from the operations in progress when dropped.
-struct OperationGuard {
+pub(crate) struct OperationGuard {
     state: Arc<AppState>,
     job: JobId,
 }
@@ -142,6 +191,8 @@ pub struct AppState {
     jobs: Mutex<BTreeMap<JobId, JobEntry>>,
     /// Jobs with a restore operation in progress.
     operations: Mutex<std::collections::BTreeSet<JobId>>,
+    /// Jobs being started (between the check and the spawn).
+    starting: Mutex<std::collections::BTreeSet<JobId>>,
 }
 
 impl AppState {
@@ -159,6 +210,7 @@ impl AppState {
             test_knobs: false,
             jobs: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(Default::default()),
+            starting: Mutex::new(Default::default()),
         }
     }
 
@@ -206,25 +258,20 @@ impl AppState {
         restore_from: Option<RestoreFrom>,
     ) -> Result<JobEntry, ApiError> {
         let id = spec.job_id.clone();
-        if let Some(e) = self.job(&id) {
-            if e.result().is_none() {
-                return Err(ApiError::conflict(format!(
-                    "job {id} is already running; cancel it first"
-                )));
-            }
-        }
+        // Claimed before anything is awaited: two starts of one job never
+        // both spawn (the second would take the storage from the first).
+        let _starting = self.claim_start(&id)?;
         if let Some(from) = &restore_from {
             restore::resolve(&self.storage, &id, from.clone()).await?;
         }
-        let local_dir = self
-            .work_dir
-            .join(id.as_str())
-            .join(format!("run-{}", now_millis()));
+        // One work dir per job: locked while the job runs, emptied when it
+        // starts again (a killed run's files go then).
+        let local_dir = self.work_dir.join(id.as_str());
         let handle = spawn_job(JobConfig {
             spec,
             storage: self.storage.clone(),
             restore_from,
-            local_dir: local_dir.clone(),
+            local_dir,
         });
         let entry = JobEntry {
             control: handle.control(),
@@ -232,26 +279,47 @@ impl AppState {
             result: Arc::new(Mutex::new(None)),
             last_restore: Arc::new(Mutex::new(None)),
         };
-        {
-            let mut jobs = self.jobs.lock().expect("jobs lock");
-            if let Some(e) = jobs.get(&id) {
-                if e.result().is_none() {
-                    handle.cancel();
-                    return Err(ApiError::conflict(format!("job {id} is already running")));
-                }
-            }
-            jobs.insert(id.clone(), entry.clone());
-        }
+        self.jobs
+            .lock()
+            .expect("jobs lock")
+            .insert(id.clone(), entry.clone());
         let result = entry.result.clone();
         tokio::spawn(async move {
             let r = JobResult::of(handle.join().await);
             tracing::info!(job = %id, state = ?r.state, error = ?r.error, "job ended");
             *result.lock().expect("result lock") = Some(r);
-            if let Err(e) = tokio::fs::remove_dir_all(&local_dir).await {
-                tracing::debug!(error = %e, "removing the job's work dir");
-            }
         });
         Ok(entry)
+    }
+
+    /// Marks `job` as starting, unless it runs or starts already.
+    pub(crate) fn claim_start(self: &Arc<Self>, job: &JobId) -> Result<StartGuard, ApiError> {
+        let jobs = self.jobs.lock().expect("jobs lock");
+        if jobs.get(job).is_some_and(|e| e.result().is_none()) {
+            return Err(ApiError::conflict(format!(
+                "job {job} is already running; cancel it first"
+            )));
+        }
+        if !self
+            .starting
+            .lock()
+            .expect("starting lock")
+            .insert(job.clone())
+        {
+            return Err(ApiError::conflict(format!("job {job} is starting already")));
+        }
+        Ok(StartGuard {
+            state: self.clone(),
+            job: job.clone(),
+        })
+    }
+
+    /// Whether a restore of `job` is in progress (a submit must wait).
+    pub fn restoring(&self, job: &JobId) -> bool {
+        self.operations
+            .lock()
+            .expect("operations lock")
+            .contains(job)
     }
 
     /// Restores `job` from `from` (see the module docs): stops the running
@@ -272,7 +340,10 @@ impl AppState {
             .map_err(|e| ApiError::new(ErrorKind::Internal, format!("restore task: {e}")))?
     }
 
-    fn begin_operation(self: &Arc<Self>, job: &JobId) -> Result<OperationGuard, ApiError> {
+    pub(crate) fn begin_operation(
+        self: &Arc<Self>,
+        job: &JobId,
+    ) -> Result<OperationGuard, ApiError> {
         if !self
             .operations
             .lock()
@@ -306,10 +377,13 @@ impl AppState {
             outcome,
         };
         let error = match self.start_job(spec.clone(), Some(from.clone())).await {
-            Ok(entry) => {
-                entry.record(record(RestoreOutcome::Restored));
-                return Ok(entry);
-            }
+            Ok(entry) => match started(&entry).await {
+                Ok(()) => {
+                    entry.record(record(RestoreOutcome::Restored));
+                    return Ok(entry);
+                }
+                Err(e) => e,
+            },
             Err(e) => e,
         };
         let Some(previous) = previous else {

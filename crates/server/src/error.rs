@@ -166,6 +166,15 @@ impl From<JobError> for ApiError {
     }
 }
 
+impl From<cutpoint_coordinator::gc::DeleteError> for ApiError {
+    fn from(e: cutpoint_coordinator::gc::DeleteError) -> Self {
+        match e {
+            cutpoint_coordinator::gc::DeleteError::Refused(r) => r.into(),
+            cutpoint_coordinator::gc::DeleteError::Storage(s) => s.into(),
+        }
+    }
+}
+
 impl From<SavepointError> for ApiError {
     /// A storage failure while copying is the storage's kind (503, …); the
     /// rest conflict with the job's state.

@@ -8,7 +8,6 @@ use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use cutpoint_coordinator::gc::registry::SharedRegistry;
 use cutpoint_coordinator::stats::CheckpointStatus;
 use cutpoint_coordinator::{recovery, restore, RestoreFrom};
 use cutpoint_core::layout::StatePath;
@@ -145,6 +144,11 @@ pub async fn submit_job(State(st): S, ApiJson(body): ApiJson<Value>) -> ApiResul
     spec.validate()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let id = spec.job_id.clone();
+    if st.restoring(&id) {
+        return Err(ApiError::conflict(format!(
+            "a restore of job {id} is in progress"
+        )));
+    }
     let entry = st.start_job(spec, restore).await?;
     let mut resp = (StatusCode::CREATED, views::json(views::job(&entry))).into_response();
     if let Ok(v) = format!("/v1/jobs/{id}").parse() {
@@ -463,32 +467,11 @@ pub async fn delete_checkpoint(
         e.control.delete_checkpoint(id, force).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
-    // The job does not run here: work on storage alone.
-    let listing = st.storage.list_checkpoints(&job).await?;
-    let mut metas = Vec::new();
-    let mut unreadable = false;
-    for l in listing {
-        match l.metadata {
-            Ok(m) => metas.push(m),
-            Err(e) if e.is_data_error() => unreadable = true,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let ids: Vec<_> = metas.iter().map(|m| m.checkpoint_id).collect();
-    cutpoint_coordinator::gc::may_delete(id, &ids, None, force)?;
-    let mut registry = SharedRegistry::new();
-    for m in &metas {
-        registry.register(m);
-    }
-    let free = registry.release(id, None, None);
-    st.storage.delete_checkpoint(&job, id).await?;
-    if unreadable {
-        // A checkpoint whose metadata cannot be read may reference any
-        // shared file: keep them all (a later sweep collects them).
-        tracing::warn!(job = %job, checkpoint = %id, "shared files kept: a checkpoint with unreadable _metadata may reference them");
-    } else {
-        st.storage.delete_state_files(&job, &free).await?;
-    }
+    // The job does not run here: work on storage alone, while no restore
+    // or start of it can begin here.
+    let _op = st.begin_operation(&job)?;
+    let _claim = st.claim_start(&job)?;
+    cutpoint_coordinator::gc::delete_from_storage(&st.storage, &job, id, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -584,7 +567,9 @@ pub struct AckRequest {
 /// (one valid file name, no `..`); else 400.
 fn handle_path<'a>(path: &'a str, id: CheckpointId, task: &OperatorId) -> ApiResult<StatePath<'a>> {
     let parsed = StatePath::parse(path).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mine = parsed.operator == task.as_str()
+    let canonical = JobPaths::state_file_relative(parsed.scope, task, SubtaskIndex(0), parsed.name);
+    let mine = canonical == path
+        && parsed.operator == task.as_str()
         && parsed.subtask == 0
         && parsed.checkpoint().is_none_or(|c| c == id);
     if !mine {
@@ -721,12 +706,13 @@ mod tests {
             assert!(handle_path(ok, id, &task).is_ok(), "{ok}");
         }
         for bad in [
-            "chk-6/ext/0/state.bin", // another checkpoint
-            "chk-7/agg/0/state.bin", // another task
-            "shared/ext/1/a.sst",    // another subtask
-            "chk-7/ext/0/../x",      // not a file name
-            "chk-7/ext/0",           // no file
-            "elsewhere/ext/0/a.sst", // outside both
+            "chk-6/ext/0/state.bin",    // another checkpoint
+            "chk-7/agg/0/state.bin",    // another task
+            "shared/ext/1/a.sst",       // another subtask
+            "chk-7/ext/0/../x",         // not a file name
+            "chk-7/ext/0",              // no file
+            "chk-7/shared/ext/0/a.sst", // an old release's import form
+            "elsewhere/ext/0/a.sst",    // outside both
         ] {
             let e = handle_path(bad, id, &task).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Invalid, "{bad}: {e:?}");

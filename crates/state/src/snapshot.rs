@@ -389,8 +389,11 @@ fn copy_range(
     let mut batch = FrozenDelta::default();
     let mut failed = None;
     from.scan(range, |k, v| {
+        if failed.is_some() {
+            return; // the copy failed: read on, keep nothing
+        }
         batch.entries.insert(k, v);
-        if batch.entries.len() >= MERGE_BATCH && failed.is_none() {
+        if batch.entries.len() >= MERGE_BATCH {
             if let Err(e) = to.apply(std::mem::take(&mut batch)) {
                 failed = Some(e);
             }

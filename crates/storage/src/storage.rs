@@ -87,7 +87,7 @@ pub const IDS_PER_LEASE: u64 = 1000;
 
 /// A writer's hold on a job (`_writer/{epoch}`): its epoch, and the
 /// checkpoint ids it may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WriterLease {
     pub epoch: u64,
     pub first_id: u64,
@@ -95,6 +95,23 @@ pub struct WriterLease {
     /// Who took it (for people reading storage).
     pub pid: u32,
     pub taken_ms: u64,
+    /// Unique to this lease: how a writer recognises its own lease when
+    /// the answer to its create was lost.
+    #[serde(default)]
+    pub nonce: String,
+}
+
+impl WriterLease {
+    fn new(epoch: u64, first_id: u64) -> Self {
+        WriterLease {
+            epoch,
+            first_id,
+            last_id: first_id + IDS_PER_LEASE - 1,
+            pid: std::process::id(),
+            taken_ms: cutpoint_core::now_millis(),
+            nonce: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
 }
 
 /// An object of a job, for the orphan sweep.
@@ -263,11 +280,13 @@ impl CheckpointStorage {
     ) -> Result<WriterLease, StorageError> {
         loop {
             let newest = self.newest_lease(job).await?;
-            let epoch = newest.map_or(1, |l| l.epoch + 1);
+            let epoch = newest.as_ref().map_or(1, |l| l.epoch + 1);
             let first = newest.map_or(0, |l| l.last_id + 1).max(min_first_id).max(1);
-            match self.create_lease(job, epoch, first).await {
+            let lease = WriterLease::new(epoch, first);
+            match self.create_lease(job, &lease).await {
+                Ok(()) => return Ok(lease),
                 Err(StorageError::AlreadyExists { .. }) => continue,
-                other => return other,
+                Err(e) => return Err(e),
             }
         }
     }
@@ -275,6 +294,9 @@ impl CheckpointStorage {
     /// Renews `lease` when its ids run out: the next epoch, with the next
     /// ids, only if no other writer took the job meanwhile (else
     /// [`StorageError::Fenced`]: a fenced writer never fences the new one).
+    /// A create whose answer was lost (a timeout, or `AlreadyExists` on the
+    /// retry of a PUT that landed) is read back: the lease is ours if it
+    /// carries our nonce.
     pub async fn renew_writer_lease(
         &self,
         job: &JobId,
@@ -283,39 +305,39 @@ impl CheckpointStorage {
     ) -> Result<WriterLease, StorageError> {
         self.check_writer(job, lease.epoch).await?;
         let first = (lease.last_id + 1).max(min_first_id);
-        match self.create_lease(job, lease.epoch + 1, first).await {
-            Err(StorageError::AlreadyExists { .. }) => Err(StorageError::Fenced {
-                job: job.to_string(),
-                epoch: lease.epoch,
-                newer: lease.epoch + 1,
-            }),
-            other => other,
+        let new = WriterLease::new(lease.epoch + 1, first);
+        let Err(e) = self.create_lease(job, &new).await else {
+            return Ok(new);
+        };
+        let path = self.paths(job).writer_epoch(new.epoch);
+        match self.get_optional(&path).await {
+            Ok(Some(bytes)) => match serde_json::from_slice::<WriterLease>(&bytes) {
+                Ok(found) if found.nonce == new.nonce => Ok(new),
+                _ => Err(StorageError::Fenced {
+                    job: job.to_string(),
+                    epoch: lease.epoch,
+                    newer: new.epoch,
+                }),
+            },
+            _ => Err(e),
         }
     }
 
-    async fn create_lease(
-        &self,
-        job: &JobId,
-        epoch: u64,
-        first_id: u64,
-    ) -> Result<WriterLease, StorageError> {
-        let lease = WriterLease {
-            epoch,
-            first_id,
-            last_id: first_id + IDS_PER_LEASE - 1,
-            pid: std::process::id(),
-            taken_ms: cutpoint_core::now_millis(),
-        };
-        let path = self.paths(job).writer_epoch(epoch);
-        let body = serde_json::to_vec(&lease).expect("lease serializes");
+    /// Writes a lease create-only, then (best effort) deletes the epochs
+    /// below the previous one: fenced writers only need to see a newer one.
+    async fn create_lease(&self, job: &JobId, lease: &WriterLease) -> Result<(), StorageError> {
+        let path = self.paths(job).writer_epoch(lease.epoch);
+        let body = serde_json::to_vec(lease).expect("lease serializes");
         self.put_create(&path, Bytes::from(body)).await?;
-        // Fenced writers only need to see a newer epoch: keep the last two.
-        for old in self.writer_epochs(job).await? {
-            if old + 1 < epoch {
-                self.delete(&self.paths(job).writer_epoch(old)).await?;
+        match self.writer_epochs(job).await {
+            Ok(epochs) => {
+                for old in epochs.into_iter().filter(|e| e + 1 < lease.epoch) {
+                    let _ = self.delete(&self.paths(job).writer_epoch(old)).await;
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "old writer leases not pruned"),
         }
-        Ok(lease)
+        Ok(())
     }
 
     /// The newest lease recorded for `job`, if any.

@@ -28,9 +28,11 @@
 //!   released only once that succeeded. A folder that cannot be deleted
 //!   keeps every shared file it names registered until a retry succeeds.
 //! - Nothing is deleted once the run is fenced ([`crate::fence`]).
-//! - Periodic sweeps read the coordinator's latest [`GcFacts`] and spare
-//!   objects younger than the checkpoint timeout, so an upload in flight, or
-//!   a checkpoint whose publication this task has not applied yet, is never
+//! - Periodic sweeps read the coordinator's latest [`GcFacts`], and first
+//!   apply every request sent before those facts (each fact set carries the
+//!   number of requests sent before it): a checkpoint the facts call
+//!   retained is registered before its files are judged. They spare objects
+//!   younger than the checkpoint timeout, so an upload in flight is never
 //!   collected. Sweeps with a minimum age of 0 are only sent as requests,
 //!   after everything they depend on.
 
@@ -51,6 +53,53 @@ use crate::fence::Fence;
 use registry::SharedRegistry;
 pub use rules::{may_delete, DeleteRefusal};
 use sweep::{orphans, SweepFacts};
+
+/// Why a delete through storage alone did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error(transparent)]
+    Refused(#[from] DeleteRefusal),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Deletes checkpoint `id` of a job that does not run in this process, by
+/// the same rules and in the same order as the GC task: it takes a writer
+/// lease first (a run of the job elsewhere is fenced: one writer per job),
+/// deletes the folder `_metadata` first, then the shared files only it
+/// referenced — none while a checkpoint with unreadable metadata exists.
+pub async fn delete_from_storage(
+    storage: &CheckpointStorage,
+    job: &JobId,
+    id: CheckpointId,
+    force: bool,
+) -> Result<(), DeleteError> {
+    let mut metas = Vec::new();
+    let mut unreadable = false;
+    for l in storage.list_checkpoints(job).await? {
+        match l.metadata {
+            Ok(m) => metas.push(m),
+            Err(e) if e.is_data_error() => unreadable = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let ids: Vec<_> = metas.iter().map(|m| m.checkpoint_id).collect();
+    may_delete(id, &ids, None, force)?;
+    let lease = storage.take_writer_lease(job, 1).await?;
+    tracing::info!(%job, epoch = lease.epoch, checkpoint = %id, "took the job's storage to delete a checkpoint");
+    let mut registry = SharedRegistry::new();
+    for m in &metas {
+        registry.register(m);
+    }
+    let free = registry.release(id, None, None);
+    storage.delete_checkpoint(job, id).await?;
+    if unreadable {
+        tracing::warn!(%job, checkpoint = %id, "shared files kept: a checkpoint with unreadable _metadata may reference them");
+    } else {
+        storage.delete_state_files(job, &free).await?;
+    }
+    Ok(())
+}
 
 /// Wall-clock time in ms since the epoch (injected so tests control age).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -74,6 +123,9 @@ pub struct GcFacts {
     pub pending: BTreeSet<CheckpointId>,
     /// Shared files named by acks of pending checkpoints.
     pub pending_files: HashSet<String>,
+    /// Requests the coordinator had sent when it stated these facts (set
+    /// by [`GcHandle::set_facts`]).
+    pub seq: u64,
 }
 
 impl GcFacts {
@@ -114,9 +166,16 @@ pub enum GcRequest {
         files: Vec<StateFile>,
         facts: GcFacts,
     },
-    /// Folders of checkpoints below `below` that are neither retained nor
-    /// pending and have no `_metadata`: leftovers of aborts and crashes.
-    Abandoned { below: CheckpointId, facts: GcFacts },
+    /// Folders of this run's checkpoints (ids from `from`, its first) below
+    /// `below` that are neither retained nor pending and have no
+    /// `_metadata`: leftovers of its aborts. (Earlier runs' leftovers are
+    /// the age-gated sweep's: a writer fenced a moment ago may still be
+    /// about to publish one of its folders.)
+    Abandoned {
+        from: CheckpointId,
+        below: CheckpointId,
+        facts: GcFacts,
+    },
     /// An orphan sweep now, sparing objects younger than `min_age_ms`.
     Sweep { facts: GcFacts, min_age_ms: u64 },
     /// Answered once every request before it was applied.
@@ -157,6 +216,8 @@ impl GcConfig {
 #[derive(Debug)]
 pub struct GcHandle {
     requests: mpsc::UnboundedSender<GcRequest>,
+    /// Requests sent so far.
+    sent: std::sync::atomic::AtomicU64,
     facts: watch::Sender<GcFacts>,
     cancel: CancellationToken,
     join: tokio::task::JoinHandle<()>,
@@ -165,11 +226,14 @@ pub struct GcHandle {
 impl GcHandle {
     pub fn send(&self, r: GcRequest) {
         // The task only stops after `shutdown`, which consumes the handle.
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self.requests.send(r);
     }
 
-    /// The coordinator's current facts, for periodic sweeps.
-    pub fn set_facts(&self, facts: GcFacts) {
+    /// The coordinator's current facts, for periodic sweeps (stamped with
+    /// the requests sent before them).
+    pub fn set_facts(&self, mut facts: GcFacts) {
+        facts.seq = self.sent.load(std::sync::atomic::Ordering::SeqCst);
         self.facts.send_replace(facts);
     }
 
@@ -232,10 +296,12 @@ pub fn spawn(
         config,
         clock,
         facts: facts_rx,
+        applied: 0,
     };
     let join = tokio::spawn(task.run(rx, cancel.clone()));
     GcHandle {
         requests,
+        sent: Default::default(),
         facts,
         cancel,
         join,
@@ -258,6 +324,8 @@ struct GcTask {
     config: GcConfig,
     clock: Arc<dyn Clock>,
     facts: watch::Receiver<GcFacts>,
+    /// Requests applied so far.
+    applied: u64,
 }
 
 impl GcTask {
@@ -280,18 +348,25 @@ impl GcTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                _ = self.apply(work) => {}
+                _ = self.apply(work, &mut rx) => {}
             }
         }
     }
 
-    async fn apply(&mut self, work: Work) {
+    async fn apply(&mut self, work: Work, rx: &mut mpsc::UnboundedReceiver<GcRequest>) {
         match work {
             Work::Request(r) => self.handle(r).await,
             Work::Tick => {
                 self.retry().await;
                 if self.config.sweep_every.is_some() {
                     let facts = self.facts.borrow().clone();
+                    // Everything the facts already reflect is applied first.
+                    while self.applied < facts.seq {
+                        match rx.recv().await {
+                            Some(r) => self.handle(r).await,
+                            None => return,
+                        }
+                    }
                     self.sweep(&facts, self.config.min_age_ms).await;
                 }
             }
@@ -299,6 +374,7 @@ impl GcTask {
     }
 
     async fn handle(&mut self, r: GcRequest) {
+        self.applied += 1;
         match r {
             GcRequest::Published(meta) => self.registry.register(&meta),
             GcRequest::Savepoint { meta, id, reply } => {
@@ -313,7 +389,9 @@ impl GcTask {
                 }
             }
             GcRequest::Abort { id, files, facts } => self.abort(id, &files, &facts).await,
-            GcRequest::Abandoned { below, facts } => self.abandoned(below, &facts).await,
+            GcRequest::Abandoned { from, below, facts } => {
+                self.abandoned(from, below, &facts).await
+            }
             GcRequest::Sweep { facts, min_age_ms } => {
                 self.retry().await;
                 self.sweep(&facts, min_age_ms).await;
@@ -442,7 +520,7 @@ impl GcTask {
 
     /// Deletes checkpoint folders below `below` that are neither retained
     /// nor pending and have no `_metadata`.
-    async fn abandoned(&mut self, below: CheckpointId, facts: &GcFacts) {
+    async fn abandoned(&mut self, from: CheckpointId, below: CheckpointId, facts: &GcFacts) {
         if !self.fence.check().await {
             return;
         }
@@ -453,7 +531,7 @@ impl GcTask {
                 return;
             }
         };
-        for id in dirs.into_iter().filter(|id| *id < below) {
+        for id in dirs.into_iter().filter(|id| (from..below).contains(id)) {
             if facts.retained.contains(&id)
                 || facts.pending.contains(&id)
                 || self.doomed.contains(&id)

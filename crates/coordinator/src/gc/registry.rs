@@ -7,8 +7,10 @@
 //! deferred list until every checkpoint up to the highest one pending at
 //! release time has settled (completed or aborted), and are deleted only if
 //! still unreferenced then. A checkpoint triggered later cannot reference
-//! them: snapshot workers learn of each completion before the next trigger
-//! and reuse only files of the newest completed checkpoint.
+//! them: its barrier names the newest completed checkpoint (or none) as the
+//! one whose shared files its snapshots may reuse, and that one is retained.
+//! Checkpoints whose folder could not be deleted (their `_metadata` may
+//! exist) hold references too, until the folder is gone.
 
 use std::collections::{BTreeMap, HashMap};
 

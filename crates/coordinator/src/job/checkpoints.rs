@@ -68,7 +68,6 @@ impl Runner {
         }
     }
 
-    /// Deletes a retained checkpoint on a user's request.
     /// Deletes a retained checkpoint on a user's request, if the rules
     /// allow it; `reply` is answered once GC deleted it (or could not).
     pub(super) fn delete_retained(
@@ -162,7 +161,7 @@ impl Runner {
             complete_timestamp: now,
             parallelism: self.spec.parallelism,
             max_parallelism: self.spec.max_parallelism,
-            writer_epoch: self.lease.map(|l| l.epoch),
+            writer_epoch: self.lease.as_ref().map(|l| l.epoch),
             subtasks: p.acks.values().cloned().collect(),
         };
         let written = self.write_metadata(&meta).await;
@@ -207,6 +206,7 @@ impl Runner {
             }
         }
         self.gc().send(GcRequest::Abandoned {
+            from: self.first_id,
             below: p.id,
             facts: facts(tracker),
         });

@@ -58,6 +58,7 @@ impl Runner {
             TaskEvent::Started { at, .. } => {
                 attempt.started += 1;
                 if attempt.started == attempt.internal {
+                    self.status.send_modify(|s| s.tasks_running = true);
                     if let Some(f) = attempt.failure_at.take() {
                         outcome
                             .restore_ms

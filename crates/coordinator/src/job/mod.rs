@@ -94,6 +94,8 @@ pub struct JobStatus {
     pub last_failure: Option<String>,
     /// Corrupt checkpoints skipped while restoring, and why.
     pub restore_fallbacks: Vec<String>,
+    /// Every task of the current attempt restored its state and runs.
+    pub tasks_running: bool,
 }
 
 /// The result of a job that ran to the end of its input.
@@ -153,6 +155,7 @@ fn facts(tracker: &CheckpointTracker) -> GcFacts {
         retained: tracker.retained().map(|r| r.id).collect(),
         pending: tracker.pending().map(|p| p.id).collect(),
         pending_files: tracker.pending_files().map(|f| f.path.clone()).collect(),
+        seq: 0,
     }
 }
 
@@ -447,6 +450,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         local_dir: cfg.local_dir,
         work: None,
         lease: None,
+        first_id: CheckpointId(0),
         fence: None,
         commands: command_rx,
         status: status_tx,
@@ -490,6 +494,8 @@ struct Runner {
     /// This run's writer lease (one writer per job): its epoch is checked
     /// before every publish and delete; its ids are the checkpoint ids.
     lease: Option<WriterLease>,
+    /// The first checkpoint id of this run (its first lease's).
+    first_id: CheckpointId,
     /// One writer per job: checked before publishing (and by GC before
     /// deleting); once fenced, the run stops.
     fence: Option<Arc<Fence>>,

@@ -17,6 +17,9 @@ impl Runner {
             })
             .await;
         }
+        // The work dir is free before the job counts as ended (a restore
+        // starts the job again in it at once).
+        drop(self.work.take());
         self.status.send_modify(|s| {
             s.state = match &result {
                 Ok(_) => JobState::Finished,
@@ -125,7 +128,11 @@ impl Runner {
             .await
             .map_err(|e| JobError::Internal(e.to_string()))??;
         self.work = Some(Arc::new(work));
-        self.storage.write_job_spec(&self.spec).await?;
+        // A restore point that does not exist fails here, before this run
+        // takes the job's storage (fencing whoever writes it now).
+        if let Some(from) = restore_from {
+            restore::resolve(&self.storage, &job, from.clone()).await?;
+        }
         let above = self
             .storage
             .checkpoint_dirs(&job)
@@ -133,10 +140,12 @@ impl Runner {
             .last()
             .map_or(1, |m| m.0 + 1);
         let lease = self.storage.take_writer_lease(&job, above).await?;
-        self.lease = Some(lease);
+        self.lease = Some(lease.clone());
+        self.first_id = CheckpointId(lease.first_id);
         let fence = Arc::new(Fence::new(self.storage.clone(), job.clone(), lease.epoch));
         self.fence = Some(fence.clone());
         tracing::info!(job = %job, epoch = lease.epoch, ids = ?(lease.first_id..=lease.last_id), "took the job's storage (older writers are fenced)");
+        self.storage.write_job_spec(&self.spec).await?;
         let restore = match restore_from {
             Some(from) => Some(Arc::new(
                 restore::prepare(
@@ -178,6 +187,7 @@ impl Runner {
             facts: facts(&tracker),
             min_age_ms: tracker.config().timeout_ms,
         });
+        gc.set_facts(facts(&tracker));
         self.gc = Some(gc);
         Ok((tracker, restore))
     }
@@ -258,6 +268,7 @@ impl Runner {
         *self.live.lock().expect("live lock") = Some(exec.counters());
         self.status.send_modify(|s| {
             s.state = JobState::Running;
+            s.tasks_running = false;
             s.attempt = attempt_no;
             s.restored_from = outcome.restored_from.clone();
         });
@@ -406,12 +417,19 @@ impl Runner {
     /// [`CheckpointStorage::renew_writer_lease`]).
     pub(super) async fn renew_lease(&mut self, tracker: &mut CheckpointTracker) {
         const RENEW_BELOW: u64 = 64;
-        let Some(lease) = self.lease.filter(|_| tracker.ids_left() < RENEW_BELOW) else {
+        let Some(lease) = self
+            .lease
+            .clone()
+            .filter(|_| tracker.ids_left() < RENEW_BELOW)
+        else {
             return;
         };
+        // The next epoch is ours while we create it: the GC task's checks
+        // must not take it for a newer writer.
+        self.fence().claim(lease.epoch + 1);
         match self
             .storage
-            .renew_writer_lease(&self.spec.job_id, lease, 0)
+            .renew_writer_lease(&self.spec.job_id, lease.clone(), 0)
             .await
         {
             Ok(new) => {
@@ -421,7 +439,12 @@ impl Runner {
                 self.lease = Some(new);
             }
             Err(e @ StorageError::Fenced { .. }) => self.fence().fence(e.to_string()),
-            Err(e) => tracing::warn!(error = %e, "renewing the writer lease failed; retrying"),
+            Err(e) => {
+                // Unknown whether it landed: rather fence ourselves later
+                // than ever overlook a writer that took that epoch.
+                self.fence().unclaim(lease.epoch);
+                tracing::warn!(error = %e, "renewing the writer lease failed; retrying");
+            }
         }
     }
 
