@@ -292,7 +292,9 @@ fn spawn(
         .spawn(move || {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(body));
             let failure = match outcome {
-                Ok(Ok(())) | Ok(Err(RuntimeError::Cancelled)) => None,
+                // A task whose neighbour is gone reports nothing: the neighbour
+                // reports why it went (its failure is the one to name).
+                Ok(Ok(())) | Ok(Err(RuntimeError::Cancelled | RuntimeError::Disconnected)) => None,
                 Ok(Err(e)) if cancel.is_cancelled() => {
                     tracing::debug!(%task, error = %e, "task stopped after cancellation");
                     None
