@@ -137,8 +137,11 @@ async fn started(entry: &JobEntry) -> Result<(), ApiError> {
         }
     }
     match s.state {
+        // The restore point does not fit the job as it is (a file gone, an
+        // offset outside the input, …): a conflict with the job, not a
+        // malformed request.
         JobState::Failed | JobState::Cancelled => Err(ApiError::new(
-            ErrorKind::Data,
+            ErrorKind::Conflict,
             format!(
                 "the restored job did not start: {}",
                 s.last_failure.unwrap_or_else(|| "it ended".into())
