@@ -238,6 +238,16 @@ fn plan(seed: u64, cycle: u64) -> Plan {
         // Skipping the newest checkpoint would replay committed output.
         Fault::TransientMetadataGet { .. } => JobKind::Transactional,
         Fault::ChannelStateUpload { .. } => JobKind::Unaligned,
+        // Not the two-phase-commit sink: skipping a checkpoint whose
+        // transactions were committed repeats them (a sink cannot take
+        // committed output back; docs/guarantees.md), and the staging files
+        // an unreadable checkpoint may name are kept.
+        Fault::UnreadableMetadata { .. } => match rng.gen_range(0..4) {
+            0 => JobKind::ExactlyOnce,
+            1 => JobKind::Unaligned,
+            2 => JobKind::FileSink,
+            _ => JobKind::AtLeastOnce,
+        },
         Fault::SecondWriter { .. } => match rng.gen_bool(0.5) {
             true => JobKind::ExactlyOnce,
             false => JobKind::Unaligned,

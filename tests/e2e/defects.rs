@@ -1021,3 +1021,97 @@ async fn a_restore_that_fails_after_starting_rolls_back() {
     assert_eq!(view["last_restore"]["outcome"], "rolled_back", "{view}");
     assert_eq!(view["restored_from"][0], latest, "{view}");
 }
+
+/// Found by the 1000-cycle chaos run: a `_metadata` write that hangs past
+/// the checkpoint timeout. The checkpoint publishes when the write ends,
+/// but meanwhile the orphan sweep judged its files by facts that no longer
+/// held it as pending (the last ack had taken it out of the tracker) and
+/// deleted the last-acking task's new SSTs: a completed checkpoint with
+/// missing files. Now its files count as pending while `_metadata` is
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_metadata_write_keeps_the_checkpoints_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/_metadata".into(),
+        action: FaultAction::Delay(std::time::Duration::from_millis(2500)),
+        remaining: Some(1),
+    });
+    let spec = pv_spec(
+        "pv-hanging-meta",
+        20_000_000,
+        2_000,
+        Some(1_000_000),
+        r#","checkpoint":{"interval_ms":null,"retention":5,"timeout_ms":800,"orphan_sweep_interval_ms":100}"#,
+    );
+    let mut job = spawn_job(JobConfig {
+        spec: spec.clone(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+    });
+    job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let id = job
+        .trigger_checkpoint(cutpoint_core::CheckpointType::Incremental)
+        .await
+        .unwrap();
+    job.wait_for(|s| s.checkpoints_completed >= 1).await;
+    job.cancel();
+    assert!(matches!(job.join().await, Err(JobError::Cancelled)));
+    let usage = storage.usage(&spec.job_id).await.unwrap();
+    assert_eq!(usage.checkpoints, vec![id], "{usage:?}");
+    assert_eq!(usage.missing, Vec::<String>::new(), "{usage:?}");
+}
+
+/// Found by the 1000-cycle chaos run: a panic in the GC task (here at its
+/// delete of shared files) ended the task, and the job ran on without GC,
+/// leaking every file retention released from then on. Now the job starts
+/// a new GC task on what storage holds; its sweeps collect what the old
+/// one left, and the end of the job leaves exactly what checkpoints name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_gc_task_is_restarted_and_nothing_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let chk = dir.path().join("chk");
+    let server = Serve::start(
+        &chk,
+        &[("CUTPOINT_FAILPOINTS", "coordinator::delete_shared=1*panic")],
+    );
+    let mut spec = pv_json("pv-gc-panic", serde_json::json!({}));
+    spec["source"]["events"] = 3_000_000.into();
+    spec["source"]["rate_per_s"] = 1_000_000.into();
+    spec["checkpoint"] = serde_json::json!({"interval_ms": null, "retention": 1});
+    server.post("/v1/jobs", spec).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Retention 1: when the full checkpoint completes, the first one's
+    // shared files are deleted (the fail point's hit).
+    for t in ["incremental", "full", "incremental"] {
+        server.checkpoint("pv-gc-panic", t).await;
+    }
+    server
+        .wait_job("pv-gc-panic", |j| j["state"] == "FINISHED")
+        .await;
+    let metrics = server
+        .http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"cutpoint_gc_restarts_total{job="pv-gc-panic"} 1"#),
+        "{metrics}"
+    );
+    let storage = storage_at(chk.to_str().unwrap());
+    let usage = storage
+        .usage(&JobId::new("pv-gc-panic").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(usage.unreferenced, Vec::<String>::new(), "{usage:?}");
+    assert_eq!(usage.missing, Vec::<String>::new(), "{usage:?}");
+}

@@ -28,10 +28,16 @@
 //!   released only once that succeeded. A folder that cannot be deleted
 //!   keeps every shared file it names registered until a retry succeeds.
 //! - Nothing is deleted once the run is fenced ([`crate::fence`]).
+//! - The task only ends when shut down. If it ends otherwise (a panic), the
+//!   runner starts a new one on what storage holds and discards again the
+//!   checkpoints it no longer retains (the lost requests); sweeps collect
+//!   the rest ([`GcHandle::has_stopped`]).
 //! - Periodic sweeps read the coordinator's latest [`GcFacts`], and first
 //!   apply every request sent before those facts (each fact set carries the
 //!   number of requests sent before it): a checkpoint the facts call
-//!   retained is registered before its files are judged. They spare objects
+//!   retained is registered before its files are judged. While a
+//!   checkpoint's `_metadata` is written (the tracker no longer holds it as
+//!   pending), the facts still name it and its files as pending. They spare objects
 //!   younger than the checkpoint timeout, so an upload in flight is never
 //!   collected. Sweeps with a minimum age of 0 are only sent as requests,
 //!   after everything they depend on.
@@ -242,6 +248,26 @@ impl GcHandle {
         let (tx, rx) = oneshot::channel();
         self.send(GcRequest::Flush(tx));
         let _ = rx.await;
+    }
+
+    /// Whether the task ended without being shut down (it panicked).
+    pub fn has_stopped(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Why a task that [has stopped](Self::has_stopped) ended.
+    pub async fn stopped(self) -> String {
+        match self.join.await {
+            Ok(()) => "it returned".to_string(),
+            Err(e) if e.is_panic() => {
+                let p = e.into_panic();
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .map_or("it panicked".to_string(), |m| format!("it panicked: {m}"))
+            }
+            Err(e) => e.to_string(),
+        }
     }
 
     /// Stops the task as `how` says and waits for it. Whatever it did not

@@ -247,6 +247,7 @@ impl Runner {
         attempt: &mut Attempt,
     ) -> Verdict {
         self.renew_lease(tracker).await;
+        self.restart_gc_if_stopped(tracker).await;
         for a in tracker.expire(now_millis()) {
             if let Verdict::FailJob(r) = self.discard(tracker, attempt, a).await {
                 return Verdict::FailJob(r);

@@ -167,6 +167,20 @@ impl Runner {
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), CheckpointId(first), retained);
         tracker.grant_ids(CheckpointId(first), CheckpointId(lease.last_id));
+        self.gc = Some(self.spawn_gc(&tracker, registry, unreadable, &[]));
+        Ok((tracker, restore))
+    }
+
+    /// Starts the GC task with what storage holds (`registry`,
+    /// `unreadable`) and the tracker's facts; it discards `discard` (no
+    /// longer retained), then sweeps.
+    fn spawn_gc(
+        &self,
+        tracker: &CheckpointTracker,
+        registry: SharedRegistry,
+        unreadable: BTreeSet<CheckpointId>,
+        discard: &[CheckpointId],
+    ) -> GcHandle {
         let config = GcConfig {
             sweep_every: tracker
                 .config()
@@ -176,20 +190,55 @@ impl Runner {
         };
         let gc = gc::spawn(
             self.storage.clone(),
-            job,
-            fence,
+            self.spec.job_id.clone(),
+            self.fence.clone().expect("the lease is taken first"),
             registry,
             unreadable,
             config,
             Arc::new(SystemClock),
         );
+        for id in discard {
+            gc.send(GcRequest::Discard {
+                id: *id,
+                facts: facts(tracker),
+                done: None,
+            });
+        }
         gc.send(GcRequest::Sweep {
-            facts: facts(&tracker),
+            facts: facts(tracker),
             min_age_ms: tracker.config().timeout_ms,
         });
-        gc.set_facts(facts(&tracker));
-        self.gc = Some(gc);
-        Ok((tracker, restore))
+        gc.set_facts(facts(tracker));
+        gc
+    }
+
+    /// The GC task stopped on its own (it only stops when shut down, so it
+    /// panicked): starts a new one on what storage holds now. Requests the
+    /// old one had not applied are lost: checkpoints in storage the tracker
+    /// no longer retains are discarded again; what else they would have
+    /// deleted is no longer referenced, so the new task's sweeps collect it.
+    pub(super) async fn restart_gc_if_stopped(&mut self, tracker: &CheckpointTracker) {
+        if !self.gc().has_stopped() {
+            return;
+        }
+        let (found, registry, unreadable) = match self.load_retained().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "GC stopped; listing storage to restart it failed (retried)");
+                return;
+            }
+        };
+        let kept: BTreeSet<CheckpointId> = tracker.retained().map(|r| r.id).collect();
+        let discard: Vec<CheckpointId> = found
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| !kept.contains(id))
+            .collect();
+        let new = self.spawn_gc(tracker, registry, unreadable, &discard);
+        let why = self.gc.replace(new).expect("GC runs").stopped().await;
+        tracing::error!(job = %self.spec.job_id, why = %why, discard = ?discard, "the GC task stopped; restarted it on what storage holds");
+        metrics::counter!("cutpoint_gc_restarts_total", "job" => self.spec.job_id.to_string())
+            .increment(1);
     }
 
     /// Every completed checkpoint in storage, oldest first; the registry
