@@ -10,8 +10,12 @@
 //! - [`channel`]: the messages on the wire between tasks (batches of records,
 //!   barriers, end of stream) and back-pressured sends.
 //! - [`sink`]: where aggregate updates go.
-//! - [`task`]: the source and aggregate task loops (barrier injection,
-//!   alignment, the synchronous snapshot phase).
+//! - [`barrier`]: barrier handling as a pure state machine (aligned,
+//!   at-least-once, unaligned, the aligned timeout, overlapping
+//!   checkpoints, end of input): decisions as values, unit-tested.
+//! - [`task`]: the source and aggregate task loops (barrier injection, the
+//!   synchronous snapshot phase, unaligned channel-state collection), driven
+//!   by those decisions.
 //! - [`worker`]: the per-subtask snapshot worker that runs the asynchronous
 //!   phase (RocksDB write, checkpoint, upload, ack) off the task thread.
 //! - [`execution`]: starting one attempt of a job (restoring state if asked)
@@ -21,6 +25,7 @@
 //! the async runtime. They report to the coordinator through [`TaskEvent`]s
 //! and stop when the execution's cancellation token fires.
 
+mod barrier;
 pub mod channel;
 mod context;
 mod error;

@@ -1,22 +1,18 @@
-//! Task loops: sources inject barriers; aggregate tasks align them, take
-//! the synchronous snapshot and hand the rest to their snapshot worker.
+//! Task loops: sources inject barriers; aggregate tasks carry out the
+//! barrier decisions of [`crate::barrier::BarrierHandler`] (which input to
+//! read, when to snapshot, when to start an unaligned snapshot), take the
+//! synchronous snapshot and hand the rest to their snapshot worker.
 //!
-//! Aligned (exactly-once) barrier handling: once barrier `n` arrived on an
-//! input channel, that channel is not read until barrier `n` arrived on every
-//! input that has not ended; then the task snapshots "everything before
-//! barrier n" and unblocks all inputs. A task with one input never blocks.
-//!
-//! At-least-once: no input is ever blocked; the task snapshots when the last
-//! barrier `n` arrived. Records read from an early input in between are in
-//! the snapshot and are counted (`records_beyond_barrier`): after a restore
-//! they are replayed, so they count twice.
+//! Aligned and at-least-once snapshots: the handler says when every live
+//! input delivered barrier `n`; the task freezes the state's delta and
+//! pre-commits the sink (`AggregateTask::sync_phase`).
 //!
 //! Unaligned (exactly-once): barrier `n` also arrives on a priority channel
 //! that overtakes the queued records; the task snapshots at once and
 //! collects, as channel state, every record still ahead of `n` on each
 //! input until `n` arrives there in band; the worker persists them with the
-//! snapshot and a restore replays them first. An aligned checkpoint that
-//! waits longer than `aligned_checkpoint_timeout_ms` turns unaligned.
+//! snapshot and a restore replays them first. The collection lives here
+//! (`Collecting`); which barrier starts when is the handler's decision.
 //!
 //! Under a memory budget the working table evicts clean entries (read
 //! through from RocksDB) and hands dirty ones to the worker to write
@@ -31,13 +27,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
-use cutpoint_core::spec::{join, AggregateSpec, CheckpointingMode, SourceSpec};
+use cutpoint_core::spec::{join, AggregateSpec, SourceSpec};
 use cutpoint_core::{
     keygroup, now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
 use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
 use tokio_util::sync::CancellationToken;
 
+use crate::barrier::{BarrierHandler, Decision};
 use crate::channel::{self, Message, BATCH_SIZE};
 use crate::context::{TaskContext, TaskCounters};
 use crate::sink::{Sink, SinkRecovery};
@@ -248,31 +245,6 @@ pub(crate) struct AggregateTask {
     pub priority: Option<Receiver<Barrier>>,
 }
 
-/// Bookkeeping for the barrier in progress.
-struct Alignment {
-    barrier: Option<Barrier>,
-    first_arrival: Option<Instant>,
-    /// Inputs that delivered the barrier.
-    arrived: Vec<bool>,
-    /// Aligned mode: arrived inputs are not read until all arrived.
-    block: bool,
-    /// Records read from inputs after their barrier (at-least-once mode).
-    beyond: u64,
-}
-
-impl Alignment {
-    fn readable(&self, input: usize) -> bool {
-        !(self.block && self.arrived[input])
-    }
-
-    fn reset(&mut self) {
-        self.barrier = None;
-        self.first_arrival = None;
-        self.beyond = 0;
-        self.arrived.iter_mut().for_each(|a| *a = false);
-    }
-}
-
 /// How an aggregate input's records change the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputKind {
@@ -443,6 +415,31 @@ impl AggregateTask {
         Ok(c)
     }
 
+    /// The synchronous phase of an aligned (or at-least-once) snapshot:
+    /// the state's delta frozen, the sink's transaction pre-committed.
+    fn sync_phase(
+        table: &mut cutpoint_state::StateTable,
+        sink: &mut Sink,
+        barrier: Barrier,
+        alignment: Duration,
+        records_beyond: u64,
+    ) -> Result<SnapshotJob, RuntimeError> {
+        cutpoint_core::failpoint::check("task::align")?;
+        let t0 = Instant::now();
+        cutpoint_core::failpoint::check("task::sync_phase")?;
+        let delta = table.freeze();
+        let pending_transactions = sink.snapshot(barrier.id)?;
+        Ok(SnapshotJob {
+            barrier,
+            delta,
+            sync_duration: t0.elapsed(),
+            alignment_duration: alignment,
+            records_beyond_barrier: records_beyond,
+            pending_transactions,
+            channel_state: None,
+        })
+    }
+
     /// Restores (or opens empty) state, and reads the channel state to
     /// replay; errors here are restore failures.
     pub(crate) fn open_state(&self) -> Result<(RestoredState, Vec<(u32, Record)>), RuntimeError> {
@@ -541,24 +538,14 @@ impl AggregateTask {
             .inject_processing_delay_us
             .map(Duration::from_micros);
         let kinds: Vec<InputKind> = (0..n as u32).map(|i| InputKind::of(&ctx.spec, i)).collect();
-        let mut ended = vec![false; n];
-        let mut align = Alignment {
-            barrier: None,
-            first_arrival: None,
-            arrived: vec![false; n],
-            block: mode == CheckpointingMode::ExactlyOnce,
-            beyond: 0,
-        };
+        let mut barriers = BarrierHandler::new(n, mode, aligned_timeout);
         // Unaligned snapshots: messages taken off an input while collecting
         // channel state wait here (in order, ahead of that input's channel)
-        // to be processed; `seen` is the newest in-band barrier per input.
+        // to be processed.
         let mut buffers: Vec<VecDeque<Message>> = (0..n).map(|_| VecDeque::new()).collect();
-        let mut seen = vec![CheckpointId(0); n];
         let mut collecting: Option<Collecting> = None;
         // Closed once every source finished (they hold its senders).
         let mut priority = self.priority.as_ref();
-        // The newest checkpoint this task snapshotted (or is snapshotting).
-        let mut last_started = CheckpointId(0);
         let inject = ctx
             .spec
             .inject_failure
@@ -566,10 +553,8 @@ impl AggregateTask {
             .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
         let mut records: u64 = 0;
         let mut snapshots: u64 = 0;
-        // An unaligned snapshot to take at the top of the next iteration,
-        // and one to take when the current collection is done.
+        // An unaligned snapshot to take at the top of the next iteration.
         let mut start: Option<(Barrier, Duration)> = None;
-        let mut deferred: Option<Barrier> = None;
         // The channel state of the checkpoint restored from comes first.
         for (input, r) in std::mem::take(&mut replay) {
             let kind = kinds.get(input as usize).copied().ok_or_else(|| {
@@ -598,8 +583,8 @@ impl AggregateTask {
                     &mut table,
                     &mut sink,
                     b,
-                    &seen,
-                    &ended,
+                    barriers.seen(),
+                    barriers.ended(),
                     &mut buffers,
                     alignment,
                 ) {
@@ -608,7 +593,7 @@ impl AggregateTask {
                 }
                 handed += 1;
                 snapshots += 1;
-                last_started = b.id;
+                barriers.started(b.id);
             }
             if collecting
                 .as_ref()
@@ -620,29 +605,18 @@ impl AggregateTask {
                 }
                 // A newer barrier an input delivered meanwhile starts now,
                 // before that input (held back) is read again.
-                start = deferred
-                    .take()
-                    .filter(|b| b.id > last_started)
-                    .map(|b| (b, Duration::ZERO));
+                start = barriers.take_deferred().map(|b| (b, Duration::ZERO));
                 continue;
             }
-            if ended.iter().all(|e| *e) {
+            if barriers.all_ended() {
                 break Ok(());
             }
             // An alignment past the aligned-checkpoint timeout turns unaligned.
-            // (Not while an unaligned snapshot is still collecting: it would
-            // be replaced before its delta reached the worker.)
-            if let (Some(limit), Some(barrier), Some(first), None) = (
-                aligned_timeout,
-                align.barrier,
-                align.first_arrival,
-                &collecting,
-            ) {
-                if first.elapsed() >= limit {
-                    start = Some((barrier, first.elapsed()));
-                    align.reset();
-                    continue;
-                }
+            if let Decision::StartUnaligned { barrier, alignment } =
+                barriers.check_timeout(Instant::now(), collecting.is_some())
+            {
+                start = Some((barrier, alignment));
+                continue;
             }
             // While collecting, drain what is queued before the barrier
             // first (without processing it), so the snapshot does not wait
@@ -655,7 +629,7 @@ impl AggregateTask {
                         .find_map(|j| self.inputs[j].try_recv().ok().map(|m| (j, m)));
                     if let Some((j, msg)) = took {
                         if let Message::Barrier(b) = &msg {
-                            seen[j] = seen[j].max(b.id);
+                            barriers.note_seen(j, b.id);
                         }
                         c.take(j, msg, &mut buffers[j]);
                         continue;
@@ -667,14 +641,14 @@ impl AggregateTask {
             // a newer barrier is not read: its records after that barrier
             // must not enter the state before the newer snapshot is taken.
             let current = collecting.as_ref().map(|c| c.barrier.id);
-            let ahead = |j: usize| current.is_some_and(|id| seen[j] > id);
+            let ahead = |j: usize| current.is_some_and(|id| barriers.seen()[j] > id);
             let (i, msg) = if let Some(j) = (0..n).find(|j| !buffers[*j].is_empty() && !ahead(*j)) {
                 (j, buffers[j].pop_front().expect("non-empty"))
             } else {
                 let mut sel = Select::new();
                 let mut index = Vec::with_capacity(n + 1);
                 for (i, rx) in self.inputs.iter().enumerate() {
-                    if !ended[i] && align.readable(i) && !ahead(i) {
+                    if barriers.readable(i) && !ahead(i) {
                         sel.recv(rx);
                         index.push(i);
                     }
@@ -683,12 +657,7 @@ impl AggregateTask {
                     sel.recv(p);
                     index.push(PRIORITY);
                 }
-                let wait = match (aligned_timeout, align.first_arrival) {
-                    (Some(limit), Some(first)) => limit
-                        .saturating_sub(first.elapsed())
-                        .min(Duration::from_millis(50)),
-                    _ => Duration::from_millis(50),
-                };
+                let wait = barriers.wait(Instant::now(), Duration::from_millis(50));
                 let op = match sel.select_timeout(wait) {
                     Ok(op) => op,
                     Err(_) => {
@@ -706,8 +675,10 @@ impl AggregateTask {
                         priority = None;
                         continue;
                     };
-                    if b.id > last_started {
-                        start = Some((b, Duration::ZERO));
+                    if let Decision::StartUnaligned { barrier, alignment } =
+                        barriers.on_priority_barrier(b)
+                    {
+                        start = Some((barrier, alignment));
                     }
                     continue;
                 }
@@ -717,20 +688,17 @@ impl AggregateTask {
                 if let Some(c) = collecting.as_mut().filter(|c| c.before[i]) {
                     // Still before the barrier on this input: channel state.
                     if let Message::Barrier(b) = &msg {
-                        seen[i] = seen[i].max(b.id);
+                        barriers.note_seen(i, b.id);
                     }
                     c.take(i, msg, &mut buffers[i]);
                     continue;
                 }
                 (i, msg)
             };
-            match msg {
+            let decision = match msg {
                 Message::Records(batch) => {
                     records += batch.len() as u64;
-                    if align.arrived[i] {
-                        // Read after this input's barrier: at-least-once only.
-                        align.beyond += batch.len() as u64;
-                    }
+                    barriers.on_records(i, batch.len() as u64);
                     self.counters.add(batch.len() as u64, None);
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
@@ -772,72 +740,38 @@ impl AggregateTask {
                             break Err(RuntimeError::Injected);
                         }
                     }
-                }
-                Message::Barrier(b) if mode == CheckpointingMode::Unaligned => {
-                    seen[i] = seen[i].max(b.id);
-                    // The in-band barrier came before its priority copy; while
-                    // collecting, it starts as soon as the collection is done.
-                    if b.id > last_started {
-                        if collecting.is_none() {
-                            start = Some((b, Duration::ZERO));
-                        } else if deferred.is_none_or(|d| d.id < b.id) {
-                            deferred = Some(b);
-                        }
-                    }
+                    Decision::Continue
                 }
                 Message::Barrier(b) => {
-                    seen[i] = seen[i].max(b.id);
-                    match align.barrier {
-                        // Older than one in progress or already snapshotted
-                        // (also unaligned, after a timeout): nothing to do.
-                        _ if b.id <= last_started => {}
-                        Some(cur) if b.id < cur.id => {}
-                        Some(cur) if b.id == cur.id => align.arrived[i] = true,
-                        // None, or a newer barrier overtook the one in progress
-                        // (at-least-once with concurrent or expired checkpoints):
-                        // align the newer one; the older cannot complete here.
-                        _ => {
-                            align.reset();
-                            align.barrier = Some(b);
-                            align.first_arrival = Some(Instant::now());
-                            align.arrived[i] = true;
-                        }
-                    }
+                    barriers.on_barrier(i, b, Instant::now(), collecting.is_some())
                 }
-                Message::EndOfStream => ended[i] = true,
-            }
-            // Aligned snapshot once every live input delivered the barrier.
-            if let Some(barrier) = align.barrier {
-                if (0..n).all(|j| align.arrived[j] || ended[j]) {
-                    if let Err(e) = cutpoint_core::failpoint::check("task::align") {
-                        break Err(e.into());
-                    }
-                    let alignment = align.first_arrival.map(|t| t.elapsed()).unwrap_or_default();
-                    let t0 = Instant::now();
-                    if let Err(e) = cutpoint_core::failpoint::check("task::sync_phase") {
-                        break Err(e.into());
-                    }
-                    let delta = table.freeze();
-                    let pending_transactions = match sink.snapshot(barrier.id) {
-                        Ok(p) => p,
+                Message::EndOfStream => barriers.on_end(i, Instant::now()),
+            };
+            match decision {
+                Decision::Continue => {}
+                Decision::StartUnaligned { barrier, alignment } => {
+                    start = Some((barrier, alignment))
+                }
+                Decision::Snapshot {
+                    barrier,
+                    alignment,
+                    records_beyond,
+                } => {
+                    let job = match Self::sync_phase(
+                        &mut table,
+                        &mut sink,
+                        barrier,
+                        alignment,
+                        records_beyond,
+                    ) {
+                        Ok(job) => job,
                         Err(e) => break Err(e),
                     };
                     snapshots += 1;
-                    last_started = barrier.id;
-                    let job = SnapshotJob {
-                        barrier,
-                        delta,
-                        sync_duration: t0.elapsed(),
-                        alignment_duration: alignment,
-                        records_beyond_barrier: align.beyond,
-                        pending_transactions,
-                        channel_state: None,
-                    };
                     handed += 1;
                     if snap_tx.send(WorkerJob::Snapshot(job)).is_err() {
                         break Err(RuntimeError::Internal("snapshot worker stopped".into()));
                     }
-                    align.reset();
                 }
             }
         };

@@ -28,18 +28,21 @@
 //!   released only once that succeeded. A folder that cannot be deleted
 //!   keeps every shared file it names registered until a retry succeeds.
 //! - Nothing is deleted once the run is fenced ([`crate::fence`]).
-//! - The task only ends when shut down. If it ends otherwise (a panic), the
-//!   runner starts a new one on what storage holds and discards again the
-//!   checkpoints it no longer retains (the lost requests); sweeps collect
-//!   the rest ([`GcHandle::has_stopped`]).
+//! - The task only ends when shut down. If it ends otherwise (a panic)
+//!   while an attempt runs, the runner starts a new one on what storage
+//!   holds, discards again the checkpoints it had handed over that are
+//!   still there, and sweeps no shared file until every checkpoint pending
+//!   then has settled (the lost task may have released files one of them
+//!   reuses; [`GcConfig::hold_shared_until`]). Lost savepoint copies fail
+//!   their request.
 //! - Periodic sweeps read the coordinator's latest [`GcFacts`], and first
 //!   apply every request sent before those facts (each fact set carries the
 //!   number of requests sent before it): a checkpoint the facts call
 //!   retained is registered before its files are judged. While a
-//!   checkpoint's `_metadata` is written (the tracker no longer holds it as
-//!   pending), the facts still name it and its files as pending. They spare objects
-//!   younger than the checkpoint timeout, so an upload in flight is never
-//!   collected. Sweeps with a minimum age of 0 are only sent as requests,
+//!   checkpoint's `_metadata` is written (the tracker no longer holds it
+//!   as pending), the facts still name it and its files as pending.
+//!   Periodic sweeps spare objects younger than the checkpoint timeout, so
+//!   an upload in flight is never collected. Sweeps with a minimum age of 0 are only sent as requests,
 //!   after everything they depend on.
 
 pub mod registry;
@@ -211,6 +214,10 @@ pub struct GcConfig {
     pub sweep_every: Option<Duration>,
     /// Minimum age of what a periodic sweep deletes.
     pub min_age_ms: u64,
+    /// A task started after its predecessor panicked: shared files that
+    /// one released may still be reused by checkpoints pending now, so no
+    /// shared file is swept until every checkpoint up to this id settled.
+    pub hold_shared_until: Option<CheckpointId>,
 }
 
 impl GcConfig {
@@ -293,7 +300,13 @@ impl GcHandle {
             }
             Shutdown::Abandon => cancel.cancel(),
         }
-        let _ = join.await;
+        if let Err(e) = join.await {
+            if e.is_panic() {
+                tracing::error!(
+                    "the GC task had panicked; the next start's sweep collects what it left"
+                );
+            }
+        }
     }
 }
 
@@ -515,7 +528,7 @@ impl GcTask {
                 return;
             }
         };
-        let plan = orphans(&SweepFacts {
+        let mut plan = orphans(&SweepFacts {
             objects: &objects,
             retained: &facts.retained,
             pending: &facts.pending,
@@ -529,6 +542,13 @@ impl GcTask {
         if unreadable != self.unreadable {
             tracing::warn!(job = %self.job, ?unreadable, "checkpoints with unreadable _metadata: shared files are not deleted while any exists");
             self.unreadable = unreadable;
+        }
+        if let Some(until) = self.config.hold_shared_until {
+            if facts.lowest_pending().is_some_and(|lp| lp <= until) {
+                plan.delete.retain(|p| !cutpoint_core::layout::is_shared(p));
+            } else {
+                self.config.hold_shared_until = None;
+            }
         }
         if plan.delete.is_empty() {
             return;
@@ -677,6 +697,7 @@ mod tests {
             GcConfig {
                 sweep_every: None,
                 min_age_ms: 0,
+                hold_shared_until: None,
             },
             Arc::new(SystemClock),
         )

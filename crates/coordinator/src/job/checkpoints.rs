@@ -114,6 +114,7 @@ impl Runner {
         done: Option<oneshot::Sender<bool>>,
     ) {
         self.stats_mut().discarded(id);
+        self.retired.insert(id);
         self.gc().send(GcRequest::Discard {
             id,
             facts: facts(tracker),

@@ -444,6 +444,8 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         reuse_base: None,
         superseded: Default::default(),
         gc: None,
+        retired: BTreeSet::new(),
+        gc_retry_at: None,
         savepoints: Default::default(),
         spec: spec.clone(),
         storage: cfg.storage,
@@ -485,6 +487,11 @@ struct Runner {
     /// The GC task (deletes, sweeps, savepoint copies), from the start of
     /// the job to its end.
     gc: Option<GcHandle>,
+    /// Checkpoints handed to GC to delete: a GC task restarted after a
+    /// panic deletes again those still in storage (its requests were lost).
+    retired: BTreeSet<CheckpointId>,
+    /// A failed GC restart is tried again after this.
+    gc_retry_at: Option<Instant>,
     savepoints: std::collections::HashMap<CheckpointId, SavepointReply>,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,

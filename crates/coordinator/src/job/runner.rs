@@ -167,19 +167,21 @@ impl Runner {
         let mut tracker =
             CheckpointTracker::new(self.spec.checkpoint.clone(), CheckpointId(first), retained);
         tracker.grant_ids(CheckpointId(first), CheckpointId(lease.last_id));
-        self.gc = Some(self.spawn_gc(&tracker, registry, unreadable, &[]));
+        self.gc = Some(self.spawn_gc(&tracker, registry, unreadable, &[], None));
         Ok((tracker, restore))
     }
 
     /// Starts the GC task with what storage holds (`registry`,
     /// `unreadable`) and the tracker's facts; it discards `discard` (no
-    /// longer retained), then sweeps.
+    /// longer retained), then sweeps. `hold_shared_until`: see
+    /// [`GcConfig::hold_shared_until`].
     fn spawn_gc(
         &self,
         tracker: &CheckpointTracker,
         registry: SharedRegistry,
         unreadable: BTreeSet<CheckpointId>,
         discard: &[CheckpointId],
+        hold_shared_until: Option<CheckpointId>,
     ) -> GcHandle {
         let config = GcConfig {
             sweep_every: tracker
@@ -187,6 +189,7 @@ impl Runner {
                 .orphan_sweep_interval_ms
                 .map(Duration::from_millis),
             min_age_ms: tracker.config().timeout_ms,
+            hold_shared_until,
         };
         let gc = gc::spawn(
             self.storage.clone(),
@@ -212,29 +215,35 @@ impl Runner {
         gc
     }
 
-    /// The GC task stopped on its own (it only stops when shut down, so it
-    /// panicked): starts a new one on what storage holds now. Requests the
-    /// old one had not applied are lost: checkpoints in storage the tracker
-    /// no longer retains are discarded again; what else they would have
-    /// deleted is no longer referenced, so the new task's sweeps collect it.
+    /// The GC task stopped on its own while the attempt runs (it only
+    /// stops when shut down, so it panicked): starts a new one on what
+    /// storage holds now. Its requests were lost: the checkpoints handed to
+    /// it for deletion that are still in storage are discarded again; the
+    /// shared files it had released are unreferenced now, and the new task
+    /// deletes none until every checkpoint pending now has settled (one of
+    /// them may reuse them).
     pub(super) async fn restart_gc_if_stopped(&mut self, tracker: &CheckpointTracker) {
-        if !self.gc().has_stopped() {
+        if !self.gc().has_stopped()
+            || self.fence().reason().is_some()
+            || self.gc_retry_at.is_some_and(|t| Instant::now() < t)
+        {
             return;
         }
         let (found, registry, unreadable) = match self.load_retained().await {
             Ok(found) => found,
             Err(e) => {
-                tracing::warn!(error = %e, "GC stopped; listing storage to restart it failed (retried)");
+                tracing::warn!(job = %self.spec.job_id, error = %e, "the GC task stopped; listing storage to restart it failed (retried in 1 s)");
+                self.gc_retry_at = Some(Instant::now() + Duration::from_secs(1));
                 return;
             }
         };
-        let kept: BTreeSet<CheckpointId> = tracker.retained().map(|r| r.id).collect();
         let discard: Vec<CheckpointId> = found
             .iter()
             .map(|r| r.id)
-            .filter(|id| !kept.contains(id))
+            .filter(|id| self.retired.contains(id))
             .collect();
-        let new = self.spawn_gc(tracker, registry, unreadable, &discard);
+        let hold = tracker.pending().map(|p| p.id).max();
+        let new = self.spawn_gc(tracker, registry, unreadable, &discard, hold);
         let why = self.gc.replace(new).expect("GC runs").stopped().await;
         tracing::error!(job = %self.spec.job_id, why = %why, discard = ?discard, "the GC task stopped; restarted it on what storage holds");
         metrics::counter!("cutpoint_gc_restarts_total", "job" => self.spec.job_id.to_string())
