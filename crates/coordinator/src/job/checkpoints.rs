@@ -165,18 +165,7 @@ impl Runner {
             writer_epoch: self.lease.as_ref().map(|l| l.epoch),
             subtasks: p.acks.values().cloned().collect(),
         };
-        // While `_metadata` is written (it may hang), GC's sweeps must
-        // count this checkpoint's files as pending: the tracker no longer
-        // holds it, and the loop states facts again only after this.
-        let mut publishing = facts(tracker);
-        publishing.pending.insert(p.id);
-        publishing.pending_files.extend(
-            p.acks
-                .values()
-                .flat_map(|s| &s.files)
-                .map(|f| f.path.clone()),
-        );
-        self.gc().set_facts(publishing);
+        self.gc().set_facts(publishing_facts(tracker, &p));
         let written = self.write_metadata(&meta).await;
         if let Err(e) = written {
             let a = tracker.publish_failed(p, e);

@@ -159,6 +159,21 @@ fn facts(tracker: &CheckpointTracker) -> GcFacts {
     }
 }
 
+/// The facts while checkpoint `p`'s `_metadata` is written (it may hang):
+/// GC's sweeps must still count it and its files as pending, though the
+/// tracker no longer holds it and the loop states facts only after this.
+fn publishing_facts(tracker: &CheckpointTracker, p: &PendingCheckpoint) -> GcFacts {
+    let mut f = facts(tracker);
+    f.pending.insert(p.id);
+    f.pending_files.extend(
+        p.acks
+            .values()
+            .flat_map(|s| &s.files)
+            .map(|f| f.path.clone()),
+    );
+    f
+}
+
 impl From<FailureKind> for AttemptFailure {
     fn from(k: FailureKind) -> Self {
         match k {
