@@ -29,7 +29,8 @@
 //!   keeps every shared file it names registered until a retry succeeds.
 //! - Nothing is deleted once the run is fenced ([`crate::fence`]).
 //! - The task only ends when shut down. If it ends otherwise (a panic)
-//!   while an attempt runs, the runner starts a new one on what storage
+//!   while an attempt runs or before the finished job's last sweep, the
+//!   runner starts a new one on what storage
 //!   holds, discards again the checkpoints it had handed over that are
 //!   still there, and sweeps no shared file until every checkpoint pending
 //!   then has settled (the lost task may have released files one of them
@@ -289,7 +290,8 @@ impl GcHandle {
         match how {
             Shutdown::Drain { within } => {
                 drop(requests);
-                if tokio::time::timeout(within, &mut join).await.is_ok() {
+                if let Ok(ended) = tokio::time::timeout(within, &mut join).await {
+                    log_panic(ended);
                     return;
                 }
                 tracing::warn!(
@@ -300,13 +302,14 @@ impl GcHandle {
             }
             Shutdown::Abandon => cancel.cancel(),
         }
-        if let Err(e) = join.await {
-            if e.is_panic() {
-                tracing::error!(
-                    "the GC task had panicked; the next start's sweep collects what it left"
-                );
-            }
-        }
+        log_panic(join.await);
+    }
+}
+
+/// A GC task found ended at shutdown may have panicked: say so.
+fn log_panic(ended: Result<(), tokio::task::JoinError>) {
+    if ended.is_err_and(|e| e.is_panic()) {
+        tracing::error!("the GC task had panicked; the next start's sweep collects what it left");
     }
 }
 

@@ -68,7 +68,7 @@ impl Runner {
             outcome.checkpoints_failed = tracker.failed_count;
             let (error, failure, at) = match end {
                 AttemptEnd::Finished(tables) => {
-                    self.sweep_finished(&tracker);
+                    self.sweep_finished(&tracker).await;
                     outcome.final_state = tables;
                     outcome.duration = started.elapsed();
                     return Ok(outcome);
@@ -223,10 +223,10 @@ impl Runner {
     /// deletes none until every checkpoint pending now has settled (one of
     /// them may reuse them).
     pub(super) async fn restart_gc_if_stopped(&mut self, tracker: &CheckpointTracker) {
-        if !self.gc().has_stopped()
-            || self.fence().reason().is_some()
-            || self.gc_retry_at.is_some_and(|t| Instant::now() < t)
-        {
+        if !self.gc().has_stopped() {
+            return;
+        }
+        if self.fence().reason().is_some() || self.gc_retry_at.is_some_and(|t| Instant::now() < t) {
             return;
         }
         let (found, registry, unreadable) = match self.load_retained().await {
@@ -384,17 +384,25 @@ impl Runner {
     /// After the job finished: every task of this process has stopped, so
     /// nothing of ours is still uploading and leftovers of aborted or crashed
     /// checkpoints can go regardless of age (external tasks may still
-    /// upload: for them the usual minimum age).
-    pub(super) fn sweep_finished(&mut self, tracker: &CheckpointTracker) {
+    /// upload: for them the usual minimum age). A GC task that stopped on
+    /// the way (a panic) is restarted and the sweep sent again, once.
+    pub(super) async fn sweep_finished(&mut self, tracker: &CheckpointTracker) {
         let min_age_ms = if self.spec.external_tasks.is_empty() {
             0
         } else {
             tracker.config().timeout_ms
         };
-        self.gc().send(GcRequest::Sweep {
-            facts: facts(tracker),
-            min_age_ms,
-        });
+        for _ in 0..2 {
+            self.restart_gc_if_stopped(tracker).await;
+            self.gc().send(GcRequest::Sweep {
+                facts: facts(tracker),
+                min_age_ms,
+            });
+            self.gc().flush().await;
+            if !self.gc().has_stopped() {
+                return;
+            }
+        }
     }
 
     /// The checkpoint restored from turned out corrupt: the next older
