@@ -2,14 +2,16 @@
 //!
 //! What lives here: validated id newtypes ([`JobId`], [`OperatorId`],
 //! [`CheckpointId`], [`SubtaskIndex`]), key groups, the job specification,
-//! checkpoint options, state handles, the versioned checkpoint metadata and
-//! the relative layout of a job's folder ([`layout`]).
+//! checkpoint options, state handles, the versioned checkpoint metadata,
+//! the job graph ([`graph`]: operators, partitioned edges, chains) and the
+//! relative layout of a job's folder ([`layout`]).
 //! Nothing here does I/O; everything is plain data with serde support, so the
 //! storage, runtime and coordinator crates agree on one set of types.
 
 pub mod checksum;
 pub mod error;
 pub mod failpoint;
+pub mod graph;
 pub mod ids;
 pub mod keygroup;
 pub mod layout;
@@ -18,6 +20,7 @@ pub mod record;
 pub mod spec;
 
 pub use error::CoreError;
+pub use graph::JobGraph;
 pub use ids::{CheckpointId, JobId, OperatorId, SavepointId, SubtaskIndex, TaskId};
 pub use keygroup::KeyGroupRange;
 pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CoreError, JobId};
+use crate::{CoreError, JobGraph, JobId, OperatorId};
 
 /// What to run and how to checkpoint it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -529,6 +529,46 @@ impl JobSpec {
     }
 
     /// Number of source subtasks (one per partition of every source).
+    /// The job as a [`JobGraph`]: every source partition a subtask of the
+    /// `source` operator, hash-partitioned by key into the keyed `agg`
+    /// operator, its sink chained to it (forward, same parallelism).
+    pub fn graph(&self) -> Result<JobGraph, CoreError> {
+        use crate::graph::{Edge, Operator, Partitioning, Role};
+        let id = |s: &str| OperatorId::new(s).expect("static operator id");
+        JobGraph::new(
+            vec![
+                Operator {
+                    id: id("source"),
+                    role: Role::Source,
+                    parallelism: self.source_parallelism(),
+                },
+                Operator {
+                    id: id("agg"),
+                    role: Role::Keyed,
+                    parallelism: self.parallelism,
+                },
+                Operator {
+                    id: id("sink"),
+                    role: Role::Sink,
+                    parallelism: self.parallelism,
+                },
+            ],
+            vec![
+                Edge {
+                    from: id("source"),
+                    to: id("agg"),
+                    partitioning: Partitioning::Hash,
+                },
+                Edge {
+                    from: id("agg"),
+                    to: id("sink"),
+                    partitioning: Partitioning::Forward,
+                },
+            ],
+            self.max_parallelism,
+        )
+    }
+
     pub fn source_parallelism(&self) -> u32 {
         self.sources().map(SourceSpec::partitions).sum()
     }

@@ -274,12 +274,11 @@ mod tests {
     use super::*;
     use cutpoint_core::CheckpointType;
 
-    fn barrier(id: u64, at: Instant) -> Barrier {
+    fn barrier(id: u64, _at: Instant) -> Barrier {
         Barrier {
             id: CheckpointId(id),
             checkpoint_type: CheckpointType::Incremental,
             trigger_timestamp: 0,
-            triggered_at: at,
             reuse: None,
         }
     }
@@ -464,6 +463,14 @@ mod tests {
         // Not collecting: an in-band barrier starts at once.
         let d = h.on_barrier(1, barrier(4, t0), t0, false);
         assert!(matches!(d, Decision::StartUnaligned { barrier, .. } if barrier.id.0 == 4));
+    }
+
+    #[test]
+    fn a_barrier_crosses_a_process_boundary_as_plain_data() {
+        let mut b = barrier(7, Instant::now());
+        b.reuse = Some(CheckpointId(5));
+        let text = serde_json::to_string(&b).unwrap();
+        assert_eq!(serde_json::from_str::<Barrier>(&text).unwrap(), b);
     }
 
     #[test]

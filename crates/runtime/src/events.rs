@@ -5,15 +5,15 @@ use std::time::Instant;
 use cutpoint_core::{CheckpointId, CheckpointType, SubtaskState, TaskId};
 use cutpoint_state::{StateError, StateTable};
 
-/// Checkpoint barrier `n`, injected by sources between two records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Checkpoint barrier `n`, injected by sources between two records. Plain
+/// data (no process-local clock or handle): it can cross a process
+/// boundary as it is, e.g. as JSON over a network exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Barrier {
     pub id: CheckpointId,
     pub checkpoint_type: CheckpointType,
     /// Wall-clock trigger time (ms since epoch).
     pub trigger_timestamp: u64,
-    /// Monotonic trigger instant, for alignment durations.
-    pub triggered_at: Instant,
     /// The checkpoint whose shared files this snapshot may reuse: the
     /// newest one this run completed before the trigger (or the one it
     /// restored from). `None`: reuse nothing, upload every file. Carried by

@@ -298,7 +298,6 @@ impl Runner {
             id,
             checkpoint_type,
             trigger_timestamp: now,
-            triggered_at: Instant::now(),
             reuse: self.reuse_base,
         };
         if !exec.trigger(barrier) {
