@@ -12,9 +12,12 @@
 //!
 //! RocksDB keys are `[key group: u16 BE][encoded key]`, values are `i64` LE,
 //! so a key-group range is one contiguous key range (rescaling reads ranges).
+//! [`layout`] is the layout of typed keyed state (value, list, map,
+//! reducing; Dataflow I), not yet used by the tables above.
 
 pub mod channel;
 mod error;
+pub mod layout;
 mod rocks;
 pub mod snapshot;
 mod table;
