@@ -49,8 +49,10 @@ pub enum LayoutError {
     },
     #[error("state {state:?}: value cannot be decoded: {why}")]
     Decode { state: String, why: String },
-    #[error("state {0:?} is declared twice with different kinds")]
+    #[error("state {0:?} is declared twice with different kinds (or used as another kind)")]
     KindConflict(String),
+    #[error("state {0:?} was not declared")]
+    Undeclared(String),
     #[error("a job has at most 65536 states")]
     TooManyStates,
 }

@@ -13,7 +13,8 @@
 //! RocksDB keys are `[key group: u16 BE][encoded key]`, values are `i64` LE,
 //! so a key-group range is one contiguous key range (rescaling reads ranges).
 //! [`layout`] is the layout of typed keyed state (value, list, map,
-//! reducing; Dataflow I), not yet used by the tables above.
+//! reducing; Dataflow I) and [`typed`] its in-memory table, written behind
+//! into the same kind of RocksDB store; no operator uses them yet.
 
 pub mod channel;
 mod error;
@@ -21,6 +22,7 @@ pub mod layout;
 mod rocks;
 pub mod snapshot;
 mod table;
+pub mod typed;
 
 pub use error::StateError;
 pub use rocks::{RocksStore, StateReader};

@@ -126,6 +126,58 @@ impl RocksStore {
         Ok(n)
     }
 
+    /// Writes encoded entries (typed state, [`crate::layout`]) in key
+    /// order: `Some` puts, `None` deletes (a tombstone hides the entry in
+    /// older SST files). One SST file, ingested; returns the entries.
+    pub fn apply_entries(
+        &mut self,
+        entries: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    ) -> Result<usize, StateError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        self.next_sst += 1;
+        let sst = self.scratch.join(format!("ingest-{}.sst", self.next_sst));
+        let opts = options();
+        let mut writer = SstFileWriter::create(&opts);
+        writer.open(&sst).map_err(self.rocks_err("sst open"))?;
+        for (k, v) in entries {
+            match v {
+                Some(v) => writer.put(k, v),
+                None => writer.delete(k),
+            }
+            .map_err(self.rocks_err("sst put"))?;
+        }
+        writer.finish().map_err(self.rocks_err("sst finish"))?;
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_opts(&ingest, vec![&sst])
+            .map_err(self.rocks_err("ingest"))?;
+        Ok(entries.len())
+    }
+
+    /// Reads every raw entry whose key group (the first two bytes) lies in
+    /// `range`, in key order.
+    pub fn scan_raw(
+        &self,
+        range: KeyGroupRange,
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StateError> {
+        let start = (range.start as u16).to_be_bytes();
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(self.rocks_err("scan"))?;
+            if k.len() < 2 || u16::from_be_bytes([k[0], k[1]]) as u32 > range.end {
+                break;
+            }
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
     /// Creates a RocksDB checkpoint (hard links) in a new directory under the
     /// scratch folder and returns it; the caller removes it after uploading.
     pub fn checkpoint(&self, name: &str) -> Result<PathBuf, StateError> {

@@ -1,0 +1,520 @@
+//! [`TypedTable`]: typed keyed state of one keyed subtask — value, list,
+//! map and reducing states of many keys and namespaces — worked on in
+//! memory, with the entries changed since the last snapshot kept as a
+//! delta that the snapshot worker writes behind into RocksDB
+//! ([`crate::RocksStore::apply_entries`]), in the layout of
+//! [`crate::layout`] (Dataflow I).
+//!
+//! Invariants:
+//! - Every write (put or delete) lands in the working entries and in the
+//!   delta; [`TypedTable::freeze`] swaps the delta out (O(1)). A delete is
+//!   kept in the delta as a tombstone, so an entry written to an earlier
+//!   SST file does not come back after a restore.
+//! - A list append writes one entry (user key: the next sequence number)
+//!   without reading the list. Sequence numbers only grow within a table;
+//!   a restored table continues above every number it loaded.
+//! - A restore loads a key-group range ([`TypedTable::load`]); rescaling
+//!   loads the ranges of several old subtasks into one table.
+//!
+//! Not built yet: eviction under a memory budget with read-through from
+//! RocksDB, TTL, and the operator API that uses these states.
+
+use std::collections::BTreeMap;
+
+use cutpoint_core::{keygroup, Key};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::layout::{
+    decode_entry, decode_value, encode_value, entry_key, entry_prefix, list_element, LayoutError,
+    StateDescriptor, StateKind, StateNames,
+};
+
+/// The key (and namespace) a keyed operator works on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyContext {
+    pub key: Key,
+    pub key_group: u16,
+    pub namespace: Vec<u8>,
+}
+
+impl KeyContext {
+    /// `key` in the default (empty) namespace.
+    pub fn new(key: Key, max_parallelism: u32) -> Self {
+        let key_group = keygroup::key_group(key.stable_hash(), max_parallelism) as u16;
+        Self {
+            key,
+            key_group,
+            namespace: Vec::new(),
+        }
+    }
+}
+
+/// The encoded entries changed since the previous snapshot (`None`:
+/// deleted), in key order.
+pub type TypedDelta = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Typed keyed state of one subtask, in memory.
+#[derive(Debug, Default)]
+pub struct TypedTable {
+    names: StateNames,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    delta: TypedDelta,
+    next_seq: u64,
+}
+
+impl TypedTable {
+    pub fn new(names: StateNames) -> Self {
+        Self {
+            names,
+            ..Self::default()
+        }
+    }
+
+    /// The value of a [`StateKind::Value`] state for `ctx`.
+    pub fn value<T: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+    ) -> Result<Option<T>, LayoutError> {
+        let k = self.key(d, StateKind::Value, ctx, &[])?;
+        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
+    }
+
+    pub fn set_value<T: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        value: &T,
+    ) -> Result<(), LayoutError> {
+        let k = self.key(d, StateKind::Value, ctx, &[])?;
+        self.put(k, d, value);
+        Ok(())
+    }
+
+    /// Combines `value` into a [`StateKind::Reducing`] state with `reduce`;
+    /// returns the new aggregate.
+    pub fn reduce<T: Serialize + DeserializeOwned + Clone>(
+        &mut self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        value: T,
+        reduce: impl FnOnce(T, T) -> T,
+    ) -> Result<T, LayoutError> {
+        let k = self.key(d, StateKind::Reducing, ctx, &[])?;
+        let next = match self.entries.get(&k) {
+            Some(old) => reduce(decode_value(d, old)?, value),
+            None => value,
+        };
+        self.put(k, d, &next);
+        Ok(next)
+    }
+
+    /// Appends to a [`StateKind::List`] state (one write, no read).
+    pub fn list_add<T: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        value: &T,
+    ) -> Result<(), LayoutError> {
+        self.next_seq += 1;
+        let k = self.key(d, StateKind::List, ctx, &list_element(self.next_seq))?;
+        self.put(k, d, value);
+        Ok(())
+    }
+
+    /// A list's elements in append order.
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+    ) -> Result<Vec<T>, LayoutError> {
+        self.scan(d, StateKind::List, ctx)?
+            .map(|(_, v)| decode_value(d, v))
+            .collect()
+    }
+
+    pub fn map_put<K: Serialize, V: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        key: &K,
+        value: &V,
+    ) -> Result<(), LayoutError> {
+        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
+        self.put(k, d, value);
+        Ok(())
+    }
+
+    pub fn map_get<K: Serialize, V: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        key: &K,
+    ) -> Result<Option<V>, LayoutError> {
+        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
+        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
+    }
+
+    pub fn map_remove<K: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+        key: &K,
+    ) -> Result<(), LayoutError> {
+        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
+        self.delete(k);
+        Ok(())
+    }
+
+    /// A map's entries, in the order of their encoded keys.
+    pub fn map_entries<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+        ctx: &KeyContext,
+    ) -> Result<Vec<(K, V)>, LayoutError> {
+        self.scan(d, StateKind::Map, ctx)?
+            .map(|(k, v)| {
+                let user = decode_entry(k)?.user_key;
+                let key = postcard::from_bytes(&user).map_err(|e| LayoutError::Decode {
+                    state: d.name.clone(),
+                    why: format!("map key: {e}"),
+                })?;
+                Ok((key, decode_value(d, v)?))
+            })
+            .collect()
+    }
+
+    /// Removes everything state `d` holds for `ctx` (any kind).
+    pub fn clear(&mut self, d: &StateDescriptor, ctx: &KeyContext) -> Result<(), LayoutError> {
+        let keys: Vec<Vec<u8>> = self
+            .scan(d, d.kind, ctx)?
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        for k in keys {
+            self.delete(k);
+        }
+        Ok(())
+    }
+
+    /// The changes since the last freeze, for the snapshot worker (O(1)).
+    pub fn freeze(&mut self) -> TypedDelta {
+        std::mem::take(&mut self.delta)
+    }
+
+    /// Loads entries read from RocksDB (a restore; several ranges when
+    /// rescaling); list sequence numbers continue above the loaded ones.
+    pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), LayoutError> {
+        let e = decode_entry(key)?;
+        if e.user_key.len() == 8 {
+            // Possibly a list element: keep appends above it either way.
+            let seq = u64::from_be_bytes(e.user_key.try_into().expect("8 bytes"));
+            self.next_seq = self.next_seq.max(seq);
+        }
+        self.entries.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    /// Entries in memory.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn key(
+        &self,
+        d: &StateDescriptor,
+        kind: StateKind,
+        ctx: &KeyContext,
+        user_key: &[u8],
+    ) -> Result<Vec<u8>, LayoutError> {
+        let state = self.state_id(d, kind)?;
+        let mut k = Vec::new();
+        entry_key(
+            ctx.key_group,
+            state,
+            &ctx.key,
+            &ctx.namespace,
+            user_key,
+            &mut k,
+        );
+        Ok(k)
+    }
+
+    fn state_id(&self, d: &StateDescriptor, kind: StateKind) -> Result<u16, LayoutError> {
+        let id = self
+            .names
+            .id(&d.name)
+            .ok_or_else(|| LayoutError::Undeclared(d.name.clone()))?;
+        match d.kind == kind {
+            true => Ok(id),
+            false => Err(LayoutError::KindConflict(d.name.clone())),
+        }
+    }
+
+    fn scan<'a>(
+        &'a self,
+        d: &StateDescriptor,
+        kind: StateKind,
+        ctx: &KeyContext,
+    ) -> Result<impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a, LayoutError> {
+        let state = self.state_id(d, kind)?;
+        let mut prefix = Vec::new();
+        entry_prefix(ctx.key_group, state, &ctx.key, &ctx.namespace, &mut prefix);
+        Ok(self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_slice(), v.as_slice())))
+    }
+
+    fn put<T: Serialize>(&mut self, k: Vec<u8>, d: &StateDescriptor, value: &T) {
+        let mut v = Vec::new();
+        encode_value(d, value, &mut v);
+        self.delta.insert(k.clone(), Some(v.clone()));
+        self.entries.insert(k, v);
+    }
+
+    fn delete(&mut self, k: Vec<u8>) {
+        if self.entries.remove(&k).is_some() || self.delta.contains_key(&k) {
+            self.delta.insert(k, None);
+        }
+    }
+}
+
+/// A map key as a user key: its postcard encoding.
+fn map_key<K: Serialize>(key: &K) -> Vec<u8> {
+    postcard::to_stdvec(key).expect("serde into a Vec")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RocksStore;
+    use cutpoint_core::KeyGroupRange;
+
+    const MAXP: u32 = 128;
+
+    fn desc(name: &str, kind: StateKind) -> StateDescriptor {
+        StateDescriptor {
+            name: name.into(),
+            kind,
+            codec_version: 1,
+        }
+    }
+
+    /// The fraud-detection example's states: a balance (value), recent
+    /// amounts (list), totals per merchant (map), the largest amount
+    /// (reducing).
+    struct States {
+        balance: StateDescriptor,
+        recent: StateDescriptor,
+        per_merchant: StateDescriptor,
+        largest: StateDescriptor,
+    }
+
+    fn states() -> (States, StateNames) {
+        let s = States {
+            balance: desc("balance", StateKind::Value),
+            recent: desc("recent", StateKind::List),
+            per_merchant: desc("per_merchant", StateKind::Map),
+            largest: desc("largest", StateKind::Reducing),
+        };
+        let mut names = StateNames::default();
+        for d in [&s.balance, &s.recent, &s.per_merchant, &s.largest] {
+            names.declare(d).unwrap();
+        }
+        (s, names)
+    }
+
+    fn account(n: i64) -> KeyContext {
+        KeyContext::new(Key::Int(n), MAXP)
+    }
+
+    /// Applies one payment to the table.
+    fn pay(t: &mut TypedTable, s: &States, who: i64, merchant: &str, amount: i64) {
+        let ctx = account(who);
+        let b: i64 = t.value(&s.balance, &ctx).unwrap().unwrap_or(0);
+        t.set_value(&s.balance, &ctx, &(b - amount)).unwrap();
+        t.list_add(&s.recent, &ctx, &amount).unwrap();
+        let m: i64 = t
+            .map_get(&s.per_merchant, &ctx, &merchant)
+            .unwrap()
+            .unwrap_or(0);
+        t.map_put(&s.per_merchant, &ctx, &merchant, &(m + amount))
+            .unwrap();
+        t.reduce(&s.largest, &ctx, amount, i64::max).unwrap();
+    }
+
+    #[test]
+    fn each_state_kind_keeps_its_own_values_per_key_and_namespace() {
+        let (s, names) = states();
+        let mut t = TypedTable::new(names);
+        pay(&mut t, &s, 1, "m1", 10);
+        pay(&mut t, &s, 1, "m2", 5);
+        pay(&mut t, &s, 1, "m1", 7);
+        pay(&mut t, &s, 2, "m1", 3);
+        let one = account(1);
+        assert_eq!(t.value::<i64>(&s.balance, &one).unwrap(), Some(-22));
+        assert_eq!(t.list::<i64>(&s.recent, &one).unwrap(), vec![10, 5, 7]);
+        assert_eq!(
+            t.map_entries::<String, i64>(&s.per_merchant, &one).unwrap(),
+            vec![("m1".into(), 17), ("m2".into(), 5)]
+        );
+        assert_eq!(t.reduce(&s.largest, &one, 0, i64::max).unwrap(), 10);
+        assert_eq!(t.list::<i64>(&s.recent, &account(2)).unwrap(), vec![3]);
+        // Another namespace of the same key is separate.
+        let mut window = account(1);
+        window.namespace = b"w-1".to_vec();
+        assert_eq!(
+            t.list::<i64>(&s.recent, &window).unwrap(),
+            Vec::<i64>::new()
+        );
+        // A state used as another kind is refused by name.
+        assert_eq!(
+            t.list::<i64>(&s.balance, &one),
+            Err(LayoutError::KindConflict("balance".into()))
+        );
+        let unknown = desc("nope", StateKind::Value);
+        assert_eq!(
+            t.value::<i64>(&unknown, &one),
+            Err(LayoutError::Undeclared("nope".into()))
+        );
+    }
+
+    #[test]
+    fn clear_and_remove_leave_tombstones_in_the_delta() {
+        let (s, names) = states();
+        let mut t = TypedTable::new(names);
+        pay(&mut t, &s, 1, "m1", 10);
+        pay(&mut t, &s, 1, "m2", 4);
+        let first = t.freeze();
+        assert!(first.values().all(Option::is_some));
+        assert!(t.freeze().is_empty(), "freeze takes the delta");
+        let one = account(1);
+        t.map_remove(&s.per_merchant, &one, &"m1").unwrap();
+        t.clear(&s.recent, &one).unwrap();
+        let second = t.freeze();
+        assert_eq!(second.len(), 3, "one map entry, two list elements");
+        assert!(second.values().all(Option::is_none));
+        assert_eq!(t.list::<i64>(&s.recent, &one).unwrap(), Vec::<i64>::new());
+        // Removing what is not there writes nothing.
+        t.map_remove(&s.per_merchant, &one, &"m9").unwrap();
+        assert!(t.freeze().is_empty());
+    }
+
+    fn store(dir: &std::path::Path) -> RocksStore {
+        RocksStore::open(&dir.join("db"), &dir.join("scratch"), MAXP).unwrap()
+    }
+
+    fn restore(stores: &[&RocksStore], range: KeyGroupRange, names: StateNames) -> TypedTable {
+        let mut t = TypedTable::new(names);
+        for s in stores {
+            s.scan_raw(range, |k, v| t.load(k, v).unwrap()).unwrap();
+        }
+        t
+    }
+
+    /// Written behind into RocksDB over two snapshots (with deletes), then
+    /// restored into a fresh table: the same answers, deleted entries stay
+    /// deleted, and appends continue after the restored list.
+    #[test]
+    fn a_restore_from_rocksdb_gives_the_same_state() {
+        let (s, names) = states();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names.clone());
+        for i in 0..50 {
+            pay(&mut t, &s, i % 7, ["m1", "m2", "m3"][i as usize % 3], i);
+        }
+        db.apply_entries(&t.freeze()).unwrap();
+        t.map_remove(&s.per_merchant, &account(3), &"m1").unwrap();
+        t.clear(&s.recent, &account(4)).unwrap();
+        pay(&mut t, &s, 5, "m9", 1000);
+        db.apply_entries(&t.freeze()).unwrap();
+
+        let all = KeyGroupRange {
+            start: 0,
+            end: MAXP - 1,
+        };
+        let mut back = restore(&[&db], all, names);
+        assert_eq!(back.len(), t.len());
+        for who in 0..7 {
+            let ctx = account(who);
+            assert_eq!(
+                back.value::<i64>(&s.balance, &ctx).unwrap(),
+                t.value::<i64>(&s.balance, &ctx).unwrap()
+            );
+            assert_eq!(
+                back.list::<i64>(&s.recent, &ctx).unwrap(),
+                t.list::<i64>(&s.recent, &ctx).unwrap()
+            );
+            assert_eq!(
+                back.map_entries::<String, i64>(&s.per_merchant, &ctx)
+                    .unwrap(),
+                t.map_entries::<String, i64>(&s.per_merchant, &ctx).unwrap()
+            );
+        }
+        assert_eq!(
+            back.map_get::<_, i64>(&s.per_merchant, &account(3), &"m1")
+                .unwrap(),
+            None
+        );
+        back.list_add(&s.recent, &account(5), &1).unwrap();
+        let recent: Vec<i64> = back.list(&s.recent, &account(5)).unwrap();
+        assert_eq!(
+            recent.last(),
+            Some(&1),
+            "appended after the restored elements: {recent:?}"
+        );
+        assert_eq!(recent[recent.len() - 2], 1000);
+    }
+
+    /// Rescaling: two subtasks' stores (key groups 0..=63 and 64..=127)
+    /// restored into one table (scale in), and one store's range split
+    /// (scale out): every key ends up exactly where its key group says.
+    #[test]
+    fn a_rescaled_restore_loads_key_group_ranges() {
+        let (s, names) = states();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let ranges = [
+            KeyGroupRange { start: 0, end: 63 },
+            KeyGroupRange {
+                start: 64,
+                end: 127,
+            },
+        ];
+        let mut stores = Vec::new();
+        for (i, range) in ranges.iter().enumerate() {
+            let mut t = TypedTable::new(names.clone());
+            for who in (0..200).filter(|w| range.contains(account(*w).key_group as u32)) {
+                pay(&mut t, &s, who, "m", who + i as i64);
+            }
+            let mut db = store(dirs[i].path());
+            db.apply_entries(&t.freeze()).unwrap();
+            stores.push(db);
+        }
+        let all = KeyGroupRange { start: 0, end: 127 };
+        let merged = restore(&[&stores[0], &stores[1]], all, names.clone());
+        for who in 0..200 {
+            let b = merged.value::<i64>(&s.balance, &account(who)).unwrap();
+            assert_eq!(b, Some(-who - (account(who).key_group >= 64) as i64));
+        }
+        let part = KeyGroupRange { start: 32, end: 95 };
+        let split = restore(&[&stores[0], &stores[1]], part, names);
+        for who in 0..200 {
+            let has = split
+                .value::<i64>(&s.balance, &account(who))
+                .unwrap()
+                .is_some();
+            assert_eq!(
+                has,
+                part.contains(account(who).key_group as u32),
+                "key {who}"
+            );
+        }
+    }
+}
