@@ -351,12 +351,12 @@ mod tests {
         h.on_records(1, 7); // input 1 before its barrier: not beyond
         let (id, _, beyond) = snapshot_of(h.on_barrier(1, barrier(1, t0), t0, false));
         assert_eq!((id, beyond), (1, 5));
-        h.on_records(0, 2);
-        let (_, _, beyond) = {
-            h.on_barrier(1, barrier(2, t0), t0, false);
-            snapshot_of(h.on_barrier(0, barrier(2, t0), t0, false))
-        };
-        assert_eq!(beyond, 0, "the count starts over per checkpoint");
+        h.on_records(0, 2); // nothing being aligned: not beyond
+        h.on_barrier(1, barrier(2, t0), t0, false);
+        h.on_records(1, 4); // after input 1's barrier 2: beyond
+        h.on_records(0, 1); // input 0 before its barrier 2: not beyond
+        let (_, _, beyond) = snapshot_of(h.on_barrier(0, barrier(2, t0), t0, false));
+        assert_eq!(beyond, 4, "the count starts over per checkpoint");
     }
 
     #[test]
@@ -463,6 +463,58 @@ mod tests {
         // Not collecting: an in-band barrier starts at once.
         let d = h.on_barrier(1, barrier(4, t0), t0, false);
         assert!(matches!(d, Decision::StartUnaligned { barrier, .. } if barrier.id.0 == 4));
+    }
+
+    #[test]
+    fn an_aligned_barrier_arriving_while_collecting_is_aligned_not_deferred() {
+        // Exactly-once after a timeout: checkpoint 1 turned unaligned and is
+        // still collecting when barrier 2 arrives in band.
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(10);
+        let mut h = BarrierHandler::new(2, CheckpointingMode::ExactlyOnce, Some(limit));
+        h.on_barrier(0, barrier(1, t0), t0, false);
+        assert!(matches!(
+            h.check_timeout(ms(t0, 20), false),
+            Decision::StartUnaligned { .. }
+        ));
+        h.started(CheckpointId(1));
+        assert_eq!(
+            h.on_barrier(0, barrier(2, t0), ms(t0, 21), true),
+            Decision::Continue
+        );
+        assert!(!h.readable(0), "aligned: blocked, not deferred");
+        assert_eq!(h.take_deferred(), None);
+        assert_eq!(
+            snapshot_of(h.on_barrier(1, barrier(2, t0), ms(t0, 22), true)).0,
+            2
+        );
+    }
+
+    #[test]
+    fn a_newer_aligned_barrier_unblocks_the_input_held_for_the_older() {
+        let t0 = Instant::now();
+        let mut h = BarrierHandler::new(2, CheckpointingMode::ExactlyOnce, None);
+        h.on_barrier(0, barrier(1, t0), t0, false);
+        assert!(!h.readable(0));
+        // Checkpoint 1 expired; 2 arrives first on input 1.
+        h.on_barrier(1, barrier(2, t0), t0, false);
+        assert!(h.readable(0), "input 0 waits for 2 now, not for 1");
+        assert!(!h.readable(1));
+        assert_eq!(snapshot_of(h.on_barrier(0, barrier(2, t0), t0, false)).0, 2);
+    }
+
+    #[test]
+    fn unaligned_never_counts_records_beyond_or_snapshots_aligned() {
+        let t0 = Instant::now();
+        let mut h = BarrierHandler::new(2, CheckpointingMode::Unaligned, None);
+        let d = h.on_barrier(0, barrier(1, t0), t0, false);
+        assert!(matches!(d, Decision::StartUnaligned { .. }));
+        h.started(CheckpointId(1));
+        h.on_records(0, 100);
+        assert_eq!(h.on_end(1, t0), Decision::Continue);
+        assert!(h.readable(0) && !h.readable(1));
+        assert_eq!(h.on_end(0, t0), Decision::Continue);
+        assert!(h.all_ended());
     }
 
     #[test]

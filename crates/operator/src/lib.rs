@@ -1,0 +1,195 @@
+//! The Rust operator API (Dataflow I): what a user's keyed operator
+//! implements, modelled on Flink's `KeyedProcessFunction`, and
+//! [`KeyedOperator`], which runs one over the typed state of one keyed
+//! subtask ([`cutpoint_state::typed::TypedTable`]).
+//!
+//! A [`KeyedProcessFunction`] names its states ([`StateDescriptor`]s), and
+//! for every record gets a [`KeyedContext`] bound to the record's key:
+//! value, list, map and reducing state of that key only, in the current
+//! namespace. It emits any number of outputs.
+//!
+//! Records are typed (`In`, `Out`: any Rust type; state values any serde
+//! type): a general value type would cost a per-record allocation and a
+//! dynamic check that Rust's types make unnecessary. The JSON job spec's
+//! built-in operators are implemented on the same traits.
+//!
+//! [`KeyedOperator`] is the part a task runs: it routes a record to its
+//! key group, calls the function, and takes part in checkpoints
+//! ([`KeyedOperator::snapshot`]: the changed entries, O(1), for the
+//! snapshot worker; [`KeyedOperator::restore_entry`]: the entries of a
+//! restored key-group range). Not built yet: the task and job that run it
+//! (the runtime still runs the fixed PV pipeline), timers, operator state.
+
+use cutpoint_core::Key;
+use cutpoint_state::layout::{LayoutError, StateDescriptor, StateNames};
+use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Why an operator could not process a record.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error(transparent)]
+    State(#[from] LayoutError),
+    /// The user's function failed.
+    #[error("{0}")]
+    User(String),
+}
+
+/// A keyed operator's logic (Flink's `KeyedProcessFunction`).
+pub trait KeyedProcessFunction: Send {
+    type In;
+    type Out;
+
+    /// The states this function uses; declared before any record.
+    fn states(&self) -> Vec<StateDescriptor>;
+
+    /// Processes one record of the context's key.
+    fn process(
+        &mut self,
+        record: Self::In,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Vec<Self::Out>,
+    ) -> Result<(), OperatorError>;
+}
+
+/// Typed state of the current key (and namespace).
+pub struct KeyedContext<'a> {
+    table: &'a mut TypedTable,
+    key: KeyContext,
+}
+
+impl KeyedContext<'_> {
+    pub fn current_key(&self) -> &Key {
+        &self.key.key
+    }
+
+    /// Works in `namespace` (e.g. a window) until set again.
+    pub fn set_namespace(&mut self, namespace: &[u8]) {
+        self.key.namespace = namespace.to_vec();
+    }
+
+    pub fn value<T: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+    ) -> Result<Option<T>, LayoutError> {
+        self.table.value(d, &self.key)
+    }
+
+    pub fn set_value<T: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        v: &T,
+    ) -> Result<(), LayoutError> {
+        self.table.set_value(d, &self.key, v)
+    }
+
+    pub fn list_add<T: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        v: &T,
+    ) -> Result<(), LayoutError> {
+        self.table.list_add(d, &self.key, v)
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, d: &StateDescriptor) -> Result<Vec<T>, LayoutError> {
+        self.table.list(d, &self.key)
+    }
+
+    pub fn map_put<K: Serialize, V: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        k: &K,
+        v: &V,
+    ) -> Result<(), LayoutError> {
+        self.table.map_put(d, &self.key, k, v)
+    }
+
+    pub fn map_get<K: Serialize, V: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+        k: &K,
+    ) -> Result<Option<V>, LayoutError> {
+        self.table.map_get(d, &self.key, k)
+    }
+
+    pub fn map_remove<K: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        k: &K,
+    ) -> Result<(), LayoutError> {
+        self.table.map_remove(d, &self.key, k)
+    }
+
+    pub fn map_entries<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+    ) -> Result<Vec<(K, V)>, LayoutError> {
+        self.table.map_entries(d, &self.key)
+    }
+
+    pub fn reduce<T: Serialize + DeserializeOwned + Clone>(
+        &mut self,
+        d: &StateDescriptor,
+        v: T,
+        f: impl FnOnce(T, T) -> T,
+    ) -> Result<T, LayoutError> {
+        self.table.reduce(d, &self.key, v, f)
+    }
+
+    pub fn clear(&mut self, d: &StateDescriptor) -> Result<(), LayoutError> {
+        self.table.clear(d, &self.key)
+    }
+}
+
+/// A keyed process function over the typed state of one subtask.
+pub struct KeyedOperator<F: KeyedProcessFunction> {
+    function: F,
+    key_of: Box<dyn Fn(&F::In) -> Key + Send>,
+    table: TypedTable,
+    max_parallelism: u32,
+}
+
+impl<F: KeyedProcessFunction> KeyedOperator<F> {
+    /// `function`, keyed by `key_of`; its states declared.
+    pub fn new(
+        function: F,
+        key_of: impl Fn(&F::In) -> Key + Send + 'static,
+        max_parallelism: u32,
+    ) -> Result<Self, OperatorError> {
+        let mut names = StateNames::default();
+        for d in function.states() {
+            names.declare(&d)?;
+        }
+        Ok(Self {
+            function,
+            key_of: Box::new(key_of),
+            table: TypedTable::new(names),
+            max_parallelism,
+        })
+    }
+
+    /// Processes one record; its outputs are appended to `out`.
+    pub fn process(&mut self, record: F::In, out: &mut Vec<F::Out>) -> Result<(), OperatorError> {
+        let key = KeyContext::new((self.key_of)(&record), self.max_parallelism);
+        let mut ctx = KeyedContext {
+            table: &mut self.table,
+            key,
+        };
+        self.function.process(record, &mut ctx, out)
+    }
+
+    /// The synchronous phase of a snapshot: the entries changed since the
+    /// last one (O(1)), for the snapshot worker to write behind.
+    pub fn snapshot(&mut self) -> TypedDelta {
+        self.table.freeze()
+    }
+
+    /// Loads one entry of a restored key-group range.
+    pub fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), OperatorError> {
+        Ok(self.table.load(key, value)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;
