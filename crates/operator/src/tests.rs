@@ -188,8 +188,11 @@ fn a_restored_operator_continues_exactly() {
         start: 0,
         end: MAXP - 1,
     };
-    db.scan_raw(all, |k, v| op.restore_entry(k, v).unwrap())
-        .unwrap();
+    db.scan_raw(all, |k, v| {
+        op.restore_entry(k, v).unwrap();
+        Ok(())
+    })
+    .unwrap();
     for p in &ps[offset..] {
         op.process(p.clone(), &mut committed).unwrap();
     }
@@ -221,8 +224,11 @@ fn a_rescaled_restore_continues_exactly() {
         end: MAXP - 1,
     };
     for db in &stores {
-        db.scan_raw(all, |k, v| one.restore_entry(k, v).unwrap())
-            .unwrap();
+        db.scan_raw(all, |k, v| {
+            one.restore_entry(k, v).unwrap();
+            Ok(())
+        })
+        .unwrap();
     }
     for p in &ps[8_000..] {
         op_process(&mut one, p, &mut out);

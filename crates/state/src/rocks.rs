@@ -77,12 +77,18 @@ impl RocksStore {
         if n == 0 {
             return Ok(0);
         }
-        self.next_sst += 1;
-        let sst = self.scratch.join(format!("ingest-{}.sst", self.next_sst));
-        let opts = options();
-        let mut writer = SstFileWriter::create(&opts);
-        writer.open(&sst).map_err(self.rocks_err("sst open"))?;
         let maxp = self.max_parallelism;
+        self.ingest_sst(|writer| Self::write_delta(writer, delta, maxp))?;
+        Ok(n)
+    }
+
+    /// The rows of a frozen delta into `writer`, in key order.
+    fn write_delta(
+        writer: &mut SstFileWriter,
+        delta: FrozenDelta,
+        maxp: u32,
+    ) -> Result<(), rocksdb::Error> {
+        let n = delta.entries.len();
         if delta.entries.keys().all(|k| matches!(k, Key::Int(_))) {
             // Integer keys: the 11-byte RocksDB key as one u128 (same order),
             // sorted without allocating per entry.
@@ -99,9 +105,7 @@ impl RocksStore {
             rows.sort_unstable_by_key(|r| r.0);
             for (k, v) in &rows {
                 let bytes = k.to_be_bytes();
-                writer
-                    .put(&bytes[5..], v.to_le_bytes())
-                    .map_err(self.rocks_err("sst put"))?;
+                writer.put(&bytes[5..], v.to_le_bytes())?;
             }
         } else {
             let mut rows: Vec<(Vec<u8>, i64)> = Vec::with_capacity(n);
@@ -112,18 +116,10 @@ impl RocksStore {
             }
             rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             for (k, v) in &rows {
-                writer
-                    .put(k, v.to_le_bytes())
-                    .map_err(self.rocks_err("sst put"))?;
+                writer.put(k, v.to_le_bytes())?;
             }
         }
-        writer.finish().map_err(self.rocks_err("sst finish"))?;
-        let mut ingest = IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_opts(&ingest, vec![&sst])
-            .map_err(self.rocks_err("ingest"))?;
-        Ok(n)
+        Ok(())
     }
 
     /// Writes encoded entries (typed state, [`crate::layout`]) in key
@@ -136,33 +132,44 @@ impl RocksStore {
         if entries.is_empty() {
             return Ok(0);
         }
+        self.ingest_sst(|writer| {
+            for (k, v) in entries {
+                match v {
+                    Some(v) => writer.put(k, v)?,
+                    None => writer.delete(k)?,
+                }
+            }
+            Ok(())
+        })?;
+        Ok(entries.len())
+    }
+
+    /// One SST file in the scratch folder, filled in key order by `write`,
+    /// then ingested (moved, no copy).
+    fn ingest_sst(
+        &mut self,
+        write: impl FnOnce(&mut SstFileWriter) -> Result<(), rocksdb::Error>,
+    ) -> Result<(), StateError> {
         self.next_sst += 1;
         let sst = self.scratch.join(format!("ingest-{}.sst", self.next_sst));
         let opts = options();
         let mut writer = SstFileWriter::create(&opts);
         writer.open(&sst).map_err(self.rocks_err("sst open"))?;
-        for (k, v) in entries {
-            match v {
-                Some(v) => writer.put(k, v),
-                None => writer.delete(k),
-            }
-            .map_err(self.rocks_err("sst put"))?;
-        }
+        write(&mut writer).map_err(self.rocks_err("sst put"))?;
         writer.finish().map_err(self.rocks_err("sst finish"))?;
         let mut ingest = IngestExternalFileOptions::default();
         ingest.set_move_files(true);
         self.db
             .ingest_external_file_opts(&ingest, vec![&sst])
-            .map_err(self.rocks_err("ingest"))?;
-        Ok(entries.len())
+            .map_err(self.rocks_err("ingest"))
     }
 
     /// Reads every raw entry whose key group (the first two bytes) lies in
-    /// `range`, in key order.
+    /// `range`, in key order; stops at the first error `f` returns.
     pub fn scan_raw(
         &self,
         range: KeyGroupRange,
-        mut f: impl FnMut(&[u8], &[u8]),
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
         let start = (range.start as u16).to_be_bytes();
         let iter = self
@@ -170,12 +177,22 @@ impl RocksStore {
             .iterator(IteratorMode::From(&start, Direction::Forward));
         for item in iter {
             let (k, v) = item.map_err(self.rocks_err("scan"))?;
-            if k.len() < 2 || u16::from_be_bytes([k[0], k[1]]) as u32 > range.end {
+            let Some(group) = k.first_chunk::<2>() else {
+                return Err(self.corrupt("a key without a key group"));
+            };
+            if u16::from_be_bytes(*group) as u32 > range.end {
                 break;
             }
-            f(&k, &v);
+            f(&k, &v)?;
         }
         Ok(())
+    }
+
+    fn corrupt(&self, reason: &str) -> StateError {
+        StateError::CorruptState {
+            dir: self.dir.display().to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     /// Creates a RocksDB checkpoint (hard links) in a new directory under the
@@ -197,25 +214,12 @@ impl RocksStore {
         range: KeyGroupRange,
         mut f: impl FnMut(Key, i64),
     ) -> Result<(), StateError> {
-        let start = (range.start as u16).to_be_bytes();
-        let iter = self
-            .db
-            .iterator(IteratorMode::From(&start, Direction::Forward));
-        for item in iter {
-            let (k, v) = item.map_err(self.rocks_err("scan"))?;
-            let group = u16::from_be_bytes([k[0], k[1]]) as u32;
-            if group > range.end {
-                break;
-            }
-            let corrupt = |reason: &str| StateError::CorruptState {
-                dir: self.dir.display().to_string(),
-                reason: reason.to_string(),
-            };
-            let key = Key::decode(&k[2..]).ok_or_else(|| corrupt("bad key"))?;
-            let value: [u8; 8] = v.as_ref().try_into().map_err(|_| corrupt("bad value"))?;
+        self.scan_raw(range, |k, v| {
+            let key = Key::decode(&k[2..]).ok_or_else(|| self.corrupt("bad key"))?;
+            let value: [u8; 8] = v.try_into().map_err(|_| self.corrupt("bad value"))?;
             f(key, i64::from_le_bytes(value));
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     pub fn dir(&self) -> &Path {

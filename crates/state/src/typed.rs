@@ -413,7 +413,11 @@ mod tests {
     fn restore(stores: &[&RocksStore], range: KeyGroupRange, names: StateNames) -> TypedTable {
         let mut t = TypedTable::new(names);
         for s in stores {
-            s.scan_raw(range, |k, v| t.load(k, v).unwrap()).unwrap();
+            s.scan_raw(range, |k, v| {
+                t.load(k, v).unwrap();
+                Ok(())
+            })
+            .unwrap();
         }
         t
     }
