@@ -189,6 +189,11 @@ impl CheckpointTracker {
         self.last_id = Some(last);
     }
 
+    /// The last id that may be handed out (`None`: no limit).
+    pub fn last_granted(&self) -> Option<CheckpointId> {
+        self.last_id
+    }
+
     /// Ids left before the tracker needs [`Self::grant_ids`] (`u64::MAX`
     /// without a limit).
     pub fn ids_left(&self) -> u64 {

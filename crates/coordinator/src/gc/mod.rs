@@ -30,10 +30,10 @@
 //! - Nothing is deleted once the run is fenced ([`crate::fence`]).
 //! - The task only ends when shut down. If it ends otherwise (a panic)
 //!   while an attempt runs or before the finished job's last sweep, the
-//!   runner starts a new one on what storage
-//!   holds, discards again the checkpoints it had handed over that are
-//!   still there, and sweeps no shared file until every checkpoint pending
-//!   then has settled (the lost task may have released files one of them
+//!   runner starts a new one on what storage holds, discards again the
+//!   checkpoints the run retained and no longer does that are still there
+//!   (never one unreadable at the start or with another writer's ids), and
+//!   sweeps no shared file until every checkpoint pending then has settled (the lost task may have released files one of them
 //!   reuses; [`GcConfig::hold_shared_until`]). Lost savepoint copies fail
 //!   their request.
 //! - Periodic sweeps read the coordinator's latest [`GcFacts`], and first

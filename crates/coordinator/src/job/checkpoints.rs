@@ -114,7 +114,6 @@ impl Runner {
         done: Option<oneshot::Sender<bool>>,
     ) {
         self.stats_mut().discarded(id);
-        self.retired.insert(id);
         self.gc().send(GcRequest::Discard {
             id,
             facts: facts(tracker),

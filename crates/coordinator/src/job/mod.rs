@@ -459,7 +459,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         reuse_base: None,
         superseded: Default::default(),
         gc: None,
-        retired: BTreeSet::new(),
+        retained_at_start: BTreeSet::new(),
         gc_retry_at: None,
         savepoints: Default::default(),
         spec: spec.clone(),
@@ -502,9 +502,10 @@ struct Runner {
     /// The GC task (deletes, sweeps, savepoint copies), from the start of
     /// the job to its end.
     gc: Option<GcHandle>,
-    /// Checkpoints handed to GC to delete: a GC task restarted after a
-    /// panic deletes again those still in storage (its requests were lost).
-    retired: BTreeSet<CheckpointId>,
+    /// The checkpoints storage held at the start, all retained then: with
+    /// the ids of this run's leases, the checkpoints this run may have
+    /// handed to GC to delete (see `restart_gc_if_stopped`).
+    retained_at_start: BTreeSet<CheckpointId>,
     /// A failed GC restart is tried again after this.
     gc_retry_at: Option<Instant>,
     savepoints: std::collections::HashMap<CheckpointId, SavepointReply>,

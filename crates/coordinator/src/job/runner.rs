@@ -159,6 +159,7 @@ impl Runner {
             None => None,
         };
         let (retained, registry, unreadable) = self.load_retained().await?;
+        self.retained_at_start = retained.iter().map(|r| r.id).collect();
         register_metrics(&job);
         // A savepoint imported as the lease's first id: the next one is free.
         let first = restore.as_ref().map_or(lease.first_id, |m| {
@@ -217,11 +218,13 @@ impl Runner {
 
     /// The GC task stopped on its own while the attempt runs (it only
     /// stops when shut down, so it panicked): starts a new one on what
-    /// storage holds now. Its requests were lost: the checkpoints handed to
-    /// it for deletion that are still in storage are discarded again; the
-    /// shared files it had released are unreferenced now, and the new task
-    /// deletes none until every checkpoint pending now has settled (one of
-    /// them may reuse them).
+    /// storage holds now. Its requests were lost: every checkpoint still in
+    /// storage that this run retained (at the start, or one of its own ids)
+    /// and no longer retains is discarded again; the shared files the old
+    /// task had released are unreferenced now, and the new task deletes none
+    /// until every checkpoint pending now has settled (one of them may
+    /// reuse them). Checkpoints that were unreadable at the start, or carry
+    /// another writer's ids, are left alone.
     pub(super) async fn restart_gc_if_stopped(&mut self, tracker: &CheckpointTracker) {
         if !self.gc().has_stopped() {
             return;
@@ -237,10 +240,13 @@ impl Runner {
                 return;
             }
         };
+        let ours = self.first_id..=tracker.last_granted().unwrap_or(CheckpointId(u64::MAX));
+        let kept: BTreeSet<CheckpointId> = tracker.retained().map(|r| r.id).collect();
         let discard: Vec<CheckpointId> = found
             .iter()
             .map(|r| r.id)
-            .filter(|id| self.retired.contains(id))
+            .filter(|id| self.retained_at_start.contains(id) || ours.contains(id))
+            .filter(|id| !kept.contains(id))
             .collect();
         let hold = tracker.pending().map(|p| p.id).max();
         let new = self.spawn_gc(tracker, registry, unreadable, &discard, hold);
