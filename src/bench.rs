@@ -151,6 +151,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         union: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
+        stages: Vec::new(),
         sink: SinkSpec::Discard,
         checkpoint: CheckpointConfig {
             interval_ms: (variant != Variant::None).then_some(interval_ms),
@@ -182,6 +183,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             }),
         },
         inject_failure: (variant == Variant::Recovery).then_some(InjectFailure {
+            operator: None,
             subtask: 0,
             after_records: events / 4,
             after_completed_checkpoint: true,

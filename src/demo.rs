@@ -40,6 +40,7 @@ pub async fn run(
         union: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
+        stages: Vec::new(),
         sink: SinkSpec::Discard,
         checkpoint: CheckpointConfig {
             interval_ms: Some(1000),
@@ -51,6 +52,7 @@ pub async fn run(
         inject_processing_delay_us: None,
         state: Default::default(),
         inject_failure: Some(InjectFailure {
+            operator: None,
             subtask: 0,
             after_records: events / 2 / parallelism as u64,
             after_completed_checkpoint: true,

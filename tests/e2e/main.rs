@@ -14,5 +14,6 @@ mod incremental;
 mod operators;
 mod pipeline;
 mod setup_script;
+mod stages;
 mod storage;
 mod unaligned;

@@ -685,6 +685,7 @@ async fn a_restart_never_jumps_to_a_newer_checkpoint_of_an_earlier_run() {
     // Restore the oldest; a task fails right after its first snapshot.
     let mut failing = spec.clone();
     failing.inject_failure = Some(cutpoint_core::spec::InjectFailure {
+        operator: None,
         subtask: 0,
         after_records: 1,
         after_completed_checkpoint: false,

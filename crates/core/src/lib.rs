@@ -3,7 +3,7 @@
 //! What lives here: validated id newtypes ([`JobId`], [`OperatorId`],
 //! [`CheckpointId`], [`SubtaskIndex`]), key groups, the job specification,
 //! checkpoint options, state handles, the versioned checkpoint metadata,
-//! the job graph ([`graph`]: operators, partitioned edges, chains) and the
+//! keyed stages ([`stage`]), the job graph ([`graph`]: operators, partitioned edges, chains) and the
 //! relative layout of a job's folder ([`layout`]).
 //! Nothing here does I/O; everything is plain data with serde support, so the
 //! storage, runtime and coordinator crates agree on one set of types.
@@ -18,6 +18,7 @@ pub mod layout;
 pub mod metadata;
 pub mod record;
 pub mod spec;
+pub mod stage;
 
 pub use error::CoreError;
 pub use graph::JobGraph;

@@ -30,6 +30,11 @@ pub struct JobSpec {
     /// Field of the input events to group by.
     pub key_by: String,
     pub aggregate: AggregateSpec,
+    /// Further keyed stages after `aggregate` (see [`crate::stage`]): each
+    /// re-keys the updates of the stage before and aggregates them again;
+    /// the last one feeds the sink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stage::StageSpec>,
     #[serde(default)]
     pub sink: SinkSpec,
     #[serde(default)]
@@ -349,6 +354,9 @@ impl Default for RestartConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InjectFailure {
+    /// The keyed stage that fails (default: `agg`, the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<OperatorId>,
     #[serde(default)]
     pub subtask: u32,
     pub after_records: u64,
@@ -504,11 +512,21 @@ impl JobSpec {
             ));
         }
         if let Some(f) = &self.inject_failure {
-            if f.subtask >= self.parallelism {
-                return bad("inject_failure.subtask must be below parallelism".into());
+            let stage = match &f.operator {
+                None => Some(self.keyed_stages().swap_remove(0)),
+                Some(op) => self.keyed_stages().into_iter().find(|s| &s.id == op),
+            };
+            match stage {
+                None => return bad("inject_failure.operator must name a keyed stage".into()),
+                Some(s) if f.subtask >= s.parallelism => {
+                    return bad(
+                        "inject_failure.subtask must be below the stage's parallelism".into(),
+                    )
+                }
+                Some(_) => {}
             }
         }
-        Ok(())
+        self.validate_stages()
     }
 
     /// Whether the job ends with a final checkpoint: sources that read all
@@ -528,47 +546,48 @@ impl JobSpec {
         std::iter::once(&self.source).chain(&self.union)
     }
 
-    /// Number of source subtasks (one per partition of every source).
     /// The job as a [`JobGraph`]: every source partition a subtask of the
     /// `source` operator, hash-partitioned by key into the keyed `agg`
-    /// operator, its sink chained to it (forward, same parallelism).
+    /// operator, each further stage hash-partitioned from the one before,
+    /// the sink chained to the last (forward, same parallelism).
     pub fn graph(&self) -> Result<JobGraph, CoreError> {
         use crate::graph::{Edge, Operator, Partitioning, Role};
-        let id = |s: &str| OperatorId::new(s).expect("static operator id");
-        JobGraph::new(
-            vec![
-                Operator {
-                    id: id("source"),
-                    role: Role::Source,
-                    parallelism: self.source_parallelism(),
-                },
-                Operator {
-                    id: id("agg"),
-                    role: Role::Keyed,
-                    parallelism: self.parallelism,
-                },
-                Operator {
-                    id: id("sink"),
-                    role: Role::Sink,
-                    parallelism: self.parallelism,
-                },
-            ],
-            vec![
-                Edge {
-                    from: id("source"),
-                    to: id("agg"),
-                    partitioning: Partitioning::Hash,
-                },
-                Edge {
-                    from: id("agg"),
-                    to: id("sink"),
-                    partitioning: Partitioning::Forward,
-                },
-            ],
-            self.max_parallelism,
-        )
+        let source = OperatorId::new("source").expect("static operator id");
+        let sink = OperatorId::new("sink").expect("static operator id");
+        let stages = self.keyed_stages();
+        let mut operators = vec![Operator {
+            id: source.clone(),
+            role: Role::Source,
+            parallelism: self.source_parallelism(),
+        }];
+        let mut edges = Vec::new();
+        let mut prev = source;
+        for s in &stages {
+            operators.push(Operator {
+                id: s.id.clone(),
+                role: Role::Keyed,
+                parallelism: s.parallelism,
+            });
+            edges.push(Edge {
+                from: std::mem::replace(&mut prev, s.id.clone()),
+                to: s.id.clone(),
+                partitioning: Partitioning::Hash,
+            });
+        }
+        operators.push(Operator {
+            id: sink.clone(),
+            role: Role::Sink,
+            parallelism: self.result_stage().parallelism,
+        });
+        edges.push(Edge {
+            from: prev,
+            to: sink,
+            partitioning: Partitioning::Forward,
+        });
+        JobGraph::new(operators, edges, self.max_parallelism)
     }
 
+    /// Number of source subtasks (one per partition of every source).
     pub fn source_parallelism(&self) -> u32 {
         self.sources().map(SourceSpec::partitions).sum()
     }

@@ -1,6 +1,12 @@
 //! One attempt of a job: wiring channels, restoring state, spawning tasks,
 //! and the [`Execution`] handle the coordinator drives it with.
 //!
+//! The tasks: one per source partition, then one per subtask of each keyed
+//! stage ([`JobSpec::keyed_stages`]); between two operators a hash exchange
+//! (every upstream subtask to every downstream one, plus a priority channel
+//! per downstream subtask in unaligned mode). The last stage's sink is
+//! chained into its tasks.
+//!
 //! Restoring happens inside each task thread, in parallel; a task reports
 //! [`TaskEvent::Started`] once its state is loaded. Any task failure (an
 //! error or a panic) is reported as [`TaskEvent::Failed`]; the coordinator
@@ -12,8 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
-use cutpoint_core::{CheckpointId, CheckpointMetadata, JobSpec, KeyGroupRange, OperatorId, TaskId};
+use std::collections::BTreeMap;
+
+use crossbeam_channel::{Receiver, Sender};
+use cutpoint_core::metadata::SourceOffset;
+use cutpoint_core::{
+    CheckpointId, CheckpointMetadata, JobSpec, KeyGroupRange, OperatorId, SubtaskState, TaskId,
+};
 use cutpoint_state::snapshot::LocalDirs;
 use cutpoint_storage::CheckpointStorage;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +33,9 @@ use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::context::AbortRegistry;
 use crate::context::{TaskContext, TaskCounters};
 use crate::events::TaskFailure;
-use crate::task::{AggregateTask, SourceControl, SourceTask};
-use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, AGGREGATE_OPERATOR, SOURCE_OPERATOR};
+use crate::exchange::Exchange;
+use crate::task::{AggregateTask, SourceControl, SourceTask, Upstream};
+use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, SOURCE_OPERATOR};
 
 /// Everything needed to start one attempt.
 pub struct ExecutionConfig {
@@ -58,51 +70,151 @@ fn operator(name: &str) -> OperatorId {
     OperatorId::new(name).expect("static operator id")
 }
 
-impl Execution {
-    /// Wires and starts every task. Fails only on what can be checked
-    /// before any thread runs (a checkpoint that does not fit the job).
-    pub fn start(cfg: ExecutionConfig) -> Result<Self, RuntimeError> {
-        let spec = cfg.spec.clone();
-        let sources_n = spec.source_parallelism();
-        let aggs_n = spec.parallelism;
-        let src_op = operator(SOURCE_OPERATOR);
-        let agg_op = operator(AGGREGATE_OPERATOR);
+/// The channels of one hash exchange: `up` senders to `down` receivers.
+struct Wiring {
+    /// Per upstream subtask: its sender to each downstream subtask.
+    senders: Vec<Vec<Sender<Message>>>,
+    /// Per downstream subtask: its receiver from each upstream subtask.
+    inputs: Vec<Vec<Receiver<Message>>>,
+    /// Unaligned mode: one priority channel per downstream subtask, on which
+    /// every upstream sends its barriers ahead of the queued records.
+    priority_tx: Vec<Sender<Barrier>>,
+    priority_rx: Vec<Option<Receiver<Barrier>>>,
+}
 
-        let mut source_offsets = vec![None; sources_n as usize];
-        let mut agg_states = Vec::new();
-        if let Some(meta) = &cfg.restore {
-            if meta.max_parallelism != spec.max_parallelism {
-                return Err(RuntimeError::Restore(format!(
-                    "checkpoint {} has max_parallelism {}, the job {}: key groups cannot be remapped",
-                    meta.checkpoint_id, meta.max_parallelism, spec.max_parallelism
-                )));
+impl Wiring {
+    fn new(up: u32, down: u32, unaligned: bool) -> Self {
+        let mut inputs: Vec<Vec<_>> = (0..down).map(|_| Vec::new()).collect();
+        let mut senders = Vec::new();
+        for _ in 0..up {
+            let mut outs = Vec::new();
+            for ins in inputs.iter_mut() {
+                let (tx, rx) = crossbeam_channel::bounded::<Message>(CHANNEL_CAPACITY);
+                outs.push(tx);
+                ins.push(rx);
             }
-            for s in &meta.subtasks {
-                if s.task.operator == src_op {
-                    let o = s.source_offset.ok_or_else(|| {
-                        RuntimeError::Restore(format!("source {} has no offset", s.task))
-                    })?;
-                    let slot = source_offsets
-                        .get_mut(o.partition as usize)
-                        .ok_or_else(|| {
-                            RuntimeError::Restore(format!(
-                            "checkpoint {} has partition {}, the job has {sources_n} partitions",
-                            meta.checkpoint_id, o.partition
-                        ))
-                        })?;
-                    *slot = Some(o);
-                } else if s.task.operator == agg_op {
-                    agg_states.push(s.clone());
-                }
-            }
-            if let Some(p) = source_offsets.iter().position(|o| o.is_none()) {
-                return Err(RuntimeError::Restore(format!(
-                    "checkpoint {} has no offset for partition {p}",
-                    meta.checkpoint_id
-                )));
+            senders.push(outs);
+        }
+        let (priority_tx, mut priority_rx): (Vec<_>, Vec<_>) = (0..down)
+            .filter(|_| unaligned)
+            .map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded::<Barrier>();
+                (tx, Some(rx))
+            })
+            .unzip();
+        priority_rx.resize_with(down as usize, || None);
+        Self {
+            senders,
+            inputs,
+            priority_tx,
+            priority_rx,
+        }
+    }
+
+    /// The exchanges of the upstream subtasks, in order.
+    fn exchanges(&mut self, ctx: &TaskContext) -> Vec<Exchange> {
+        std::mem::take(&mut self.senders)
+            .into_iter()
+            .map(|outs| {
+                Exchange::new(
+                    outs,
+                    self.priority_tx.clone(),
+                    ctx.spec.max_parallelism,
+                    ctx.cancel.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a checkpoint holds for this job: every source partition's offset
+/// and, per keyed stage, the state of its old subtasks.
+struct Restore {
+    offsets: Vec<Option<SourceOffset>>,
+    states: BTreeMap<OperatorId, Vec<SubtaskState>>,
+}
+
+impl Restore {
+    /// Splits `meta` by operator; fails if it does not fit the job (other
+    /// key groups, other partitions, an operator the job does not have).
+    fn of(spec: &JobSpec, meta: Option<&CheckpointMetadata>) -> Result<Self, RuntimeError> {
+        let sources_n = spec.source_parallelism();
+        let mut r = Restore {
+            offsets: vec![None; sources_n as usize],
+            states: BTreeMap::new(),
+        };
+        let Some(meta) = meta else {
+            return Ok(r);
+        };
+        let id = meta.checkpoint_id;
+        let bad = |m: String| Err(RuntimeError::Restore(format!("checkpoint {id} {m}")));
+        if meta.max_parallelism != spec.max_parallelism {
+            return bad(format!(
+                "has max_parallelism {}, the job {}: key groups cannot be remapped",
+                meta.max_parallelism, spec.max_parallelism
+            ));
+        }
+        let stages = spec.keyed_stages();
+        for s in &meta.subtasks {
+            if s.task.operator.as_str() == SOURCE_OPERATOR {
+                let Some(o) = s.source_offset else {
+                    return bad(format!("has no offset for source {}", s.task));
+                };
+                let Some(slot) = r.offsets.get_mut(o.partition as usize) else {
+                    return bad(format!(
+                        "has partition {}, the job has {sources_n} partitions",
+                        o.partition
+                    ));
+                };
+                *slot = Some(o);
+            } else if stages.iter().any(|st| st.id == s.task.operator) {
+                let list = r.states.entry(s.task.operator.clone()).or_default();
+                list.push(s.clone());
+            } else if !spec.external_tasks.contains(&s.task.operator) {
+                return bad(format!(
+                    "has state of operator {:?}, which the job does not have",
+                    s.task.operator.as_str()
+                ));
             }
         }
+        if let Some(p) = r.offsets.iter().position(|o| o.is_none()) {
+            return bad(format!("has no offset for partition {p}"));
+        }
+        Ok(r)
+    }
+}
 
+/// The tasks of an execution as they are spawned.
+#[derive(Default)]
+struct Spawned {
+    threads: Vec<JoinHandle<()>>,
+    tasks: Vec<TaskId>,
+    counters: Vec<(TaskId, Arc<TaskCounters>)>,
+    controls: Vec<Sender<SourceControl>>,
+    commits: Vec<Sender<CheckpointId>>,
+}
+
+impl Spawned {
+    fn add(&mut self, task: &TaskId, thread: JoinHandle<()>) {
+        self.threads.push(thread);
+        self.tasks.push(task.clone());
+    }
+
+    fn counters(&mut self, task: &TaskId) -> Arc<TaskCounters> {
+        let c = Arc::new(TaskCounters::default());
+        self.counters.push((task.clone(), c.clone()));
+        c
+    }
+}
+
+impl Execution {
+    /// Wires and starts every task: the sources, then each keyed stage,
+    /// each fed by a hash exchange from the operator before it. Fails only
+    /// on what can be checked before any thread runs (a checkpoint that
+    /// does not fit the job).
+    pub fn start(cfg: ExecutionConfig) -> Result<Self, RuntimeError> {
+        let spec = cfg.spec.clone();
+        let mut restore = Restore::of(&spec, cfg.restore.as_deref())?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(TaskContext {
             spec: spec.clone(),
@@ -115,103 +227,86 @@ impl Execution {
             any_completed: Arc::new(AtomicBool::new(false)),
             staging_in_use: cfg.staging_in_use.clone(),
         });
-
-        // channel[s][a]: source s -> aggregate a.
-        let mut agg_inputs: Vec<Vec<_>> = (0..aggs_n).map(|_| Vec::new()).collect();
-        let mut source_outputs = Vec::new();
-        for _ in 0..sources_n {
-            let mut outs = Vec::new();
-            for inputs in agg_inputs.iter_mut() {
-                let (tx, rx) = crossbeam_channel::bounded::<Message>(CHANNEL_CAPACITY);
-                outs.push(tx);
-                inputs.push(rx);
-            }
-            source_outputs.push(outs);
-        }
-
-        // Unaligned mode: one priority channel per aggregate, on which every
-        // source sends its barriers ahead of the queued records.
         let unaligned = spec.checkpoint.mode == cutpoint_core::spec::CheckpointingMode::Unaligned;
-        let (priority_tx, mut priority_rx): (Vec<_>, Vec<_>) = (0..aggs_n)
-            .filter(|_| unaligned)
-            .map(|_| {
-                let (tx, rx) = crossbeam_channel::unbounded::<Barrier>();
-                (tx, Some(rx))
+        let stages = spec.keyed_stages();
+        let mut up = spec.source_parallelism();
+        let mut wirings: Vec<Wiring> = stages
+            .iter()
+            .map(|s| {
+                Wiring::new(
+                    std::mem::replace(&mut up, s.parallelism),
+                    s.parallelism,
+                    unaligned,
+                )
             })
-            .unzip();
-        priority_rx.resize_with(aggs_n as usize, || None);
-
-        let mut threads = Vec::new();
-        let mut tasks = Vec::new();
-        let mut counters = Vec::new();
-        let mut controls = Vec::new();
-        for (s, outputs) in source_outputs.into_iter().enumerate() {
+            .collect();
+        let mut spawned = Spawned::default();
+        let src_op = operator(SOURCE_OPERATOR);
+        for (s, exchange) in wirings[0].exchanges(&ctx).into_iter().enumerate() {
             let task = TaskId::new(&src_op, s as u32);
-            let (ctl_tx, ctl_rx) = crossbeam_channel::unbounded();
-            controls.push(ctl_tx);
-            let c = Arc::new(TaskCounters::default());
-            counters.push((task.clone(), c.clone()));
+            let (ctl_tx, control) = crossbeam_channel::unbounded();
+            spawned.controls.push(ctl_tx);
             let t = SourceTask {
                 ctx: ctx.clone(),
                 task: task.clone(),
-                counters: c,
-                from: source_offsets[s],
-                outputs,
-                priority: priority_tx.clone(),
-                control: ctl_rx,
+                counters: spawned.counters(&task),
+                from: restore.offsets[s],
+                exchange,
+                control,
             };
-            threads.push(spawn(&ctx, task.clone(), move || t.run()));
-            tasks.push(task);
+            spawned.add(&task, spawn(&ctx, task.clone(), move || t.run()));
         }
-        let mut commit_senders = Vec::new();
-        for (a, (inputs, priority)) in agg_inputs.into_iter().zip(priority_rx).enumerate() {
-            let task = TaskId::new(&agg_op, a as u32);
-            let (commit_tx, commits) = crossbeam_channel::unbounded();
-            commit_senders.push(commit_tx);
-            let base = cfg.local_dir.join(format!("agg-{a}"));
-            let c = Arc::new(TaskCounters::default());
-            counters.push((task.clone(), c.clone()));
-            let t = AggregateTask {
-                ctx: ctx.clone(),
-                task: task.clone(),
-                counters: c,
-                range: KeyGroupRange::for_subtask(spec.max_parallelism, aggs_n, a as u32),
-                restore: agg_states.clone(),
-                restored_from: cfg.restore.as_ref().map(|m| m.checkpoint_id),
-                dirs: LocalDirs {
-                    db: base.join("db"),
-                    scratch: base.join("scratch"),
-                },
-                inputs,
-                commits,
-                priority,
+        for (k, stage) in stages.iter().enumerate() {
+            let (before, after) = wirings.split_at_mut(k + 1);
+            let wiring = &mut before[k];
+            let mut next = after.first_mut().map(|w| w.exchanges(&ctx).into_iter());
+            let states = restore.states.remove(&stage.id).unwrap_or_default();
+            let upstream = if k == 0 {
+                Upstream::Sources
+            } else {
+                Upstream::Stage
             };
-            let events = ctx.events.clone();
-            let id = task.clone();
-            threads.push(spawn(&ctx, task.clone(), move || {
-                let (state, replay) = t.open_state().map_err(|e| {
-                    // A failed restore is reported as such, with the file named.
-                    let kind = FailureKind::of(&e, true);
-                    let _ = events.send(TaskEvent::Failed {
-                        task: id,
-                        error: TaskFailure::Restore(e),
-                        kind,
-                    });
-                    RuntimeError::Cancelled
-                })?;
-                t.run(state, replay)
-            }));
-            tasks.push(task);
+            let inputs = std::mem::take(&mut wiring.inputs);
+            let priority = std::mem::take(&mut wiring.priority_rx);
+            for (a, (inputs, priority)) in inputs.into_iter().zip(priority).enumerate() {
+                let task = TaskId::new(&stage.id, a as u32);
+                let (commit_tx, commits) = crossbeam_channel::unbounded();
+                spawned.commits.push(commit_tx);
+                let base = cfg.local_dir.join(format!("{}-{a}", stage.id));
+                let t = AggregateTask {
+                    ctx: ctx.clone(),
+                    task: task.clone(),
+                    counters: spawned.counters(&task),
+                    stage: stage.clone(),
+                    upstream,
+                    next: next.as_mut().and_then(Iterator::next),
+                    range: KeyGroupRange::for_subtask(
+                        spec.max_parallelism,
+                        stage.parallelism,
+                        a as u32,
+                    ),
+                    restore: states.clone(),
+                    restored_from: cfg.restore.as_ref().map(|m| m.checkpoint_id),
+                    dirs: LocalDirs {
+                        db: base.join("db"),
+                        scratch: base.join("scratch"),
+                    },
+                    inputs,
+                    commits,
+                    priority,
+                };
+                spawned.add(&task, spawn_keyed(&ctx, task.clone(), t));
+            }
         }
         Ok(Self {
-            sources: controls,
-            commits: commit_senders,
+            sources: spawned.controls,
+            commits: spawned.commits,
             aborts: ctx.aborts.clone(),
             cancel,
             any_completed: ctx.any_completed.clone(),
-            tasks,
-            counters: counters.into(),
-            threads,
+            tasks: spawned.tasks,
+            counters: spawned.counters.into(),
+            threads: spawned.threads,
         })
     }
 
@@ -278,6 +373,24 @@ impl Drop for Execution {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Spawns a keyed task: restores its state (a failure is reported as a
+/// restore failure, with the file named), then runs it.
+fn spawn_keyed(ctx: &Arc<TaskContext>, task: TaskId, t: AggregateTask) -> JoinHandle<()> {
+    let events = ctx.events.clone();
+    spawn(ctx, task.clone(), move || {
+        let (state, replay) = t.open_state().map_err(|e| {
+            let kind = FailureKind::of(&e, true);
+            let _ = events.send(TaskEvent::Failed {
+                task,
+                error: TaskFailure::Restore(e),
+                kind,
+            });
+            RuntimeError::Cancelled
+        })?;
+        t.run(state, replay)
+    })
 }
 
 fn spawn(

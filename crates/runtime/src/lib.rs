@@ -30,6 +30,7 @@ pub mod channel;
 mod context;
 mod error;
 pub mod events;
+mod exchange;
 pub mod execution;
 pub mod sink;
 pub mod source;
@@ -44,5 +45,5 @@ pub use task::BUDGET_CAP;
 
 /// Operator id of the source tasks.
 pub const SOURCE_OPERATOR: &str = "source";
-/// Operator id of the keyed aggregate (with its chained sink).
-pub const AGGREGATE_OPERATOR: &str = "agg";
+/// Operator id of the first keyed stage.
+pub const AGGREGATE_OPERATOR: &str = cutpoint_core::stage::FIRST_STAGE;

@@ -25,18 +25,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{Receiver, Select};
 use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
 use cutpoint_core::spec::{join, AggregateSpec, SourceSpec};
+use cutpoint_core::stage::KeyedStage;
 use cutpoint_core::{
-    keygroup, now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
+    now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
 use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
 use tokio_util::sync::CancellationToken;
 
 use crate::barrier::{BarrierHandler, Decision};
-use crate::channel::{self, Message, BATCH_SIZE};
+use crate::channel::{Message, BATCH_SIZE};
 use crate::context::{TaskContext, TaskCounters};
+use crate::exchange::{Exchange, Output};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
 use crate::worker::{SnapshotJob, Worker, WorkerJob};
@@ -56,15 +58,14 @@ pub(crate) struct SourceTask {
     pub task: TaskId,
     pub counters: Arc<TaskCounters>,
     pub from: Option<SourceOffset>,
-    pub outputs: Vec<Sender<Message>>,
-    /// Unaligned mode: each output's priority channel (else empty).
-    pub priority: Vec<Sender<Barrier>>,
+    /// To the first keyed stage.
+    pub exchange: Exchange,
     pub control: Receiver<SourceControl>,
 }
 
 impl SourceTask {
-    pub(crate) fn run(self) -> Result<(), RuntimeError> {
-        let ctx = &self.ctx;
+    pub(crate) fn run(mut self) -> Result<(), RuntimeError> {
+        let ctx = self.ctx.clone();
         let spec = &ctx.spec;
         let partition = self.task.subtask.0;
         let mut reader = open_reader(spec, partition, self.from)?;
@@ -72,11 +73,6 @@ impl SourceTask {
             task: self.task.clone(),
             at: Instant::now(),
         });
-        let targets = self.outputs.len() as u32;
-        let maxp = spec.max_parallelism;
-        let mut batches: Vec<Vec<Record>> = (0..targets)
-            .map(|_| Vec::with_capacity(BATCH_SIZE))
-            .collect();
         let mut buf = Vec::with_capacity(BATCH_SIZE);
         let mut records: u64 = 0;
         let own_source = spec.source_of(partition).map(|(_, s, _)| s);
@@ -95,7 +91,7 @@ impl SourceTask {
         loop {
             while let Ok(control) = self.control.try_recv() {
                 if let SourceControl::Trigger(barrier) = control {
-                    self.inject(barrier, &mut batches, reader.offset())?;
+                    self.inject(barrier, reader.offset())?;
                 }
             }
             if ctx.cancel.is_cancelled() {
@@ -107,14 +103,7 @@ impl SourceTask {
             self.counters
                 .add(buf.len() as u64, Some(reader.offset().offset));
             for record in buf.drain(..) {
-                let group = keygroup::key_group(record.key.stable_hash(), maxp);
-                let t = keygroup::subtask_for_group(group, maxp, targets) as usize;
-                let batch = &mut batches[t];
-                batch.push(record);
-                if batch.len() == BATCH_SIZE {
-                    let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-                    channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
-                }
+                self.exchange.push(record)?;
             }
             if !more {
                 break;
@@ -135,9 +124,7 @@ impl SourceTask {
             });
             loop {
                 match self.control.recv_timeout(Duration::from_millis(20)) {
-                    Ok(SourceControl::Trigger(barrier)) => {
-                        self.inject(barrier, &mut batches, reader.offset())?
-                    }
+                    Ok(SourceControl::Trigger(barrier)) => self.inject(barrier, reader.offset())?,
                     Ok(SourceControl::Finish) => break,
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                         if ctx.cancel.is_cancelled() {
@@ -150,12 +137,7 @@ impl SourceTask {
                 }
             }
         }
-        for (t, batch) in batches.into_iter().enumerate() {
-            if !batch.is_empty() {
-                channel::send(&self.outputs[t], Message::Records(batch), &ctx.cancel)?;
-            }
-            channel::send(&self.outputs[t], Message::EndOfStream, &ctx.cancel)?;
-        }
+        self.exchange.end()?;
         let _ = ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,
@@ -165,14 +147,10 @@ impl SourceTask {
         Ok(())
     }
 
-    /// Injects `barrier`: sends what is batched, acknowledges with the
-    /// offset it was injected at, then sends the barrier downstream.
-    fn inject(
-        &self,
-        barrier: Barrier,
-        batches: &mut [Vec<Record>],
-        offset: SourceOffset,
-    ) -> Result<(), RuntimeError> {
+    /// Injects `barrier`: acknowledges with the offset it was injected
+    /// at, then sends it downstream (after what is batched; in unaligned
+    /// mode also ahead of the queues).
+    fn inject(&mut self, barrier: Barrier, offset: SourceOffset) -> Result<(), RuntimeError> {
         let ctx = &self.ctx;
         if let Some(d) = ctx
             .spec
@@ -183,17 +161,6 @@ impl SourceTask {
             std::thread::sleep(Duration::from_millis(d.delay_ms));
         }
         cutpoint_core::failpoint::check("source::inject_barrier")?;
-        // Unaligned: the barrier overtakes everything queued downstream;
-        // the in-band copy below marks where this input's cut lies.
-        for p in &self.priority {
-            let _ = p.send(barrier);
-        }
-        for (t, batch) in batches.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-                channel::send(&self.outputs[t], Message::Records(full), &ctx.cancel)?;
-            }
-        }
         let _ = ctx.events.send(TaskEvent::Ack {
             checkpoint: barrier.id,
             state: Box::new(SubtaskState {
@@ -202,10 +169,7 @@ impl SourceTask {
                 ..SubtaskState::empty(self.task.clone())
             }),
         });
-        for out in &self.outputs {
-            channel::send(out, Message::Barrier(barrier), &ctx.cancel)?;
-        }
-        Ok(())
+        self.exchange.barrier(barrier)
     }
 }
 
@@ -228,10 +192,25 @@ fn wait_written(
     Ok(())
 }
 
+/// Where a keyed stage's input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upstream {
+    /// The sources (input `i` is source partition `i`).
+    Sources,
+    /// The stage before (every input adds its record's value).
+    Stage,
+}
+
+/// One subtask of a keyed stage: its state, and its sink (the last stage)
+/// or the exchange to the next stage.
 pub(crate) struct AggregateTask {
     pub ctx: Arc<TaskContext>,
     pub task: TaskId,
     pub counters: Arc<TaskCounters>,
+    pub stage: KeyedStage,
+    pub upstream: Upstream,
+    /// To the next stage (`None`: the last stage, with the sink).
+    pub next: Option<Exchange>,
     pub range: KeyGroupRange,
     /// State of the old aggregate subtasks to restore from (empty: fresh).
     pub restore: Vec<SubtaskState>,
@@ -257,7 +236,10 @@ enum InputKind {
 }
 
 impl InputKind {
-    fn of(spec: &JobSpec, input: u32) -> Self {
+    fn of(spec: &JobSpec, upstream: Upstream, input: u32) -> Self {
+        if upstream == Upstream::Stage {
+            return InputKind::Add;
+        }
         match (&spec.aggregate, spec.source_of(input)) {
             (
                 AggregateSpec::Join {
@@ -274,7 +256,7 @@ impl InputKind {
 /// Applies a batch of one input to the state and the sink.
 fn apply(
     table: &mut cutpoint_state::StateTable,
-    sink: &mut Sink,
+    sink: &mut Output,
     kind: InputKind,
     batch: Vec<Record>,
 ) -> Result<(), RuntimeError> {
@@ -377,7 +359,7 @@ impl AggregateTask {
     fn start_unaligned(
         &self,
         table: &mut cutpoint_state::StateTable,
-        sink: &mut Sink,
+        sink: &mut Output,
         b: Barrier,
         seen: &[CheckpointId],
         ended: &[bool],
@@ -387,7 +369,7 @@ impl AggregateTask {
         cutpoint_core::failpoint::check("task::sync_phase")?;
         let t0 = Instant::now();
         let delta = table.freeze();
-        let pending_transactions = sink.snapshot(b.id)?;
+        let pending_transactions = sink.snapshot(b)?;
         let mut c = Collecting {
             barrier: b,
             delta,
@@ -419,7 +401,7 @@ impl AggregateTask {
     /// the state's delta frozen, the sink's transaction pre-committed.
     fn sync_phase(
         table: &mut cutpoint_state::StateTable,
-        sink: &mut Sink,
+        sink: &mut Output,
         barrier: Barrier,
         alignment: Duration,
         records_beyond: u64,
@@ -428,7 +410,7 @@ impl AggregateTask {
         let t0 = Instant::now();
         cutpoint_core::failpoint::check("task::sync_phase")?;
         let delta = table.freeze();
-        let pending_transactions = sink.snapshot(barrier.id)?;
+        let pending_transactions = sink.snapshot(barrier)?;
         Ok(SnapshotJob {
             barrier,
             delta,
@@ -438,6 +420,26 @@ impl AggregateTask {
             pending_transactions,
             channel_state: None,
         })
+    }
+
+    /// The sink (last stage; it recovers its transactions from the
+    /// restored state) or the exchange to the next stage.
+    fn output(&mut self) -> Result<Output, RuntimeError> {
+        let ctx = &self.ctx;
+        let Some(forward) = self.stage.forward else {
+            let recovery = SinkRecovery::for_subtask(
+                self.task.subtask.0,
+                self.stage.parallelism,
+                &self.restore,
+                ctx.staging_in_use.clone(),
+            );
+            let sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
+            return Ok(Output::Sink(sink));
+        };
+        let exchange = self.next.take().ok_or_else(|| {
+            RuntimeError::Internal(format!("{}: no exchange to the next stage", self.task))
+        })?;
+        Ok(Output::Next { exchange, forward })
     }
 
     /// Restores (or opens empty) state, and reads the channel state to
@@ -477,7 +479,7 @@ impl AggregateTask {
     }
 
     pub(crate) fn run(
-        self,
+        mut self,
         state: RestoredState,
         mut replay: Vec<(u32, Record)>,
     ) -> Result<(), RuntimeError> {
@@ -488,19 +490,13 @@ impl AggregateTask {
             confirmed,
             on_disk,
         } = state;
-        let recovery = SinkRecovery::for_subtask(
-            self.task.subtask.0,
-            ctx.spec.parallelism,
-            &self.restore,
-            ctx.staging_in_use.clone(),
-        );
-        let mut sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
+        let mut sink = self.output()?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
         // Memory budget: deltas handed to the worker vs written by it; clean
         // entries may be evicted only when the two are equal.
         let applied = Arc::new(AtomicU64::new(0));
         let mut handed: u64 = 0;
-        let budget = ctx.spec.state.budget_entries(ctx.spec.parallelism);
+        let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
         if let Some(b) = budget {
             table.set_budget(store.reader(), b, on_disk);
             table.evict_clean();
@@ -537,7 +533,9 @@ impl AggregateTask {
             .spec
             .inject_processing_delay_us
             .map(Duration::from_micros);
-        let kinds: Vec<InputKind> = (0..n as u32).map(|i| InputKind::of(&ctx.spec, i)).collect();
+        let kinds: Vec<InputKind> = (0..n as u32)
+            .map(|i| InputKind::of(&ctx.spec, self.upstream, i))
+            .collect();
         let mut barriers = BarrierHandler::new(n, mode, aligned_timeout);
         // Unaligned snapshots: messages taken off an input while collecting
         // channel state wait here (in order, ahead of that input's channel)
@@ -546,18 +544,26 @@ impl AggregateTask {
         let mut collecting: Option<Collecting> = None;
         // Closed once every source finished (they hold its senders).
         let mut priority = self.priority.as_ref();
+        let first_stage = cutpoint_core::OperatorId::new(cutpoint_core::stage::FIRST_STAGE)
+            .expect("static operator id");
         let inject = ctx
             .spec
             .inject_failure
             .as_ref()
-            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0);
+            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
+            .filter(|f| f.operator.as_ref().unwrap_or(&first_stage) == &self.task.operator);
         let mut records: u64 = 0;
         let mut snapshots: u64 = 0;
         // An unaligned snapshot to take at the top of the next iteration.
         let mut start: Option<(Barrier, Duration)> = None;
         // The channel state of the checkpoint restored from comes first.
         for (input, r) in std::mem::take(&mut replay) {
-            let kind = kinds.get(input as usize).copied().ok_or_else(|| {
+            // After a rescale the stage before may have had more subtasks.
+            let kind = match self.upstream {
+                Upstream::Stage => Some(InputKind::Add),
+                Upstream::Sources => kinds.get(input as usize).copied(),
+            };
+            let kind = kind.ok_or_else(|| {
                 RuntimeError::Restore(format!(
                     "channel state names input {input}, the job has {n}"
                 ))
@@ -703,7 +709,9 @@ impl AggregateTask {
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
                     }
-                    if let Err(e) = apply(&mut table, &mut sink, kinds[i], batch) {
+                    if let Err(e) =
+                        apply(&mut table, &mut sink, kinds[i], batch).and_then(|()| sink.flush())
+                    {
                         break Err(e);
                     }
                     if let Some(e) = table.take_error() {

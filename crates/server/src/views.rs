@@ -81,7 +81,9 @@ pub fn job(entry: &JobEntry) -> JobView {
     let mut tasks: Vec<String> = (0..spec.source_parallelism())
         .map(|i| format!("source[{i}]"))
         .collect();
-    tasks.extend((0..spec.parallelism).map(|i| format!("agg[{i}]")));
+    for stage in spec.keyed_stages() {
+        tasks.extend((0..stage.parallelism).map(|i| format!("{}[{i}]", stage.id)));
+    }
     tasks.extend(spec.external_tasks.iter().map(|t| format!("{t}[0]")));
     let progress = entry.control.progress();
     let sum = |op: &str| -> u64 {
@@ -95,7 +97,7 @@ pub fn job(entry: &JobEntry) -> JobView {
         job_id: spec.job_id.clone(),
         state: result.as_ref().map_or(status.state, |r| r.state),
         records_in: sum("source"),
-        records_out: sum("agg"),
+        records_out: sum(spec.result_stage().id.as_str()),
         current_offsets: progress
             .iter()
             .filter_map(|p| {

@@ -122,7 +122,7 @@ impl Runner {
     ) -> Next {
         attempt.finished += 1;
         match (table, offset) {
-            (Some(t), _) => attempt.tables.push(*t),
+            (Some(t), _) => attempt.tables.push((task.operator.clone(), *t)),
             (None, _) => {
                 outcome.records_read += records;
                 self.report_records(attempt);

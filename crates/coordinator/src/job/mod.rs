@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use cutpoint_core::spec::SinkSpec;
 use cutpoint_core::{
-    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, SavepointId,
+    now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, OperatorId, SavepointId,
     SubtaskState, TaskId, METADATA_VERSION,
 };
 use cutpoint_runtime::sink::StagingInUse;
@@ -101,8 +101,11 @@ pub struct JobStatus {
 /// The result of a job that ran to the end of its input.
 #[derive(Debug)]
 pub struct JobOutcome {
-    /// Final keyed state, one table per aggregate subtask.
+    /// Final keyed state of the last keyed stage (the one feeding the
+    /// sink: the job's result), one table per subtask.
     pub final_state: Vec<StateTable>,
+    /// Final state of the stages before the last, one table per subtask.
+    pub stage_state: Vec<(OperatorId, StateTable)>,
     /// Records the sources read in the last attempt (after its restore).
     pub records_read: u64,
     pub checkpoints_completed: u64,
@@ -122,6 +125,7 @@ impl JobOutcome {
     fn new() -> Self {
         Self {
             final_state: Vec::new(),
+            stage_state: Vec::new(),
             records_read: 0,
             checkpoints_completed: 0,
             checkpoints_failed: 0,
@@ -556,7 +560,7 @@ impl From<Verdict> for Next {
 
 /// How one attempt ended.
 enum AttemptEnd {
-    Finished(Vec<StateTable>),
+    Finished(Vec<(OperatorId, StateTable)>),
     Failed {
         error: String,
         failure: AttemptFailure,
@@ -575,7 +579,7 @@ struct Attempt {
     tasks: Vec<TaskId>,
     started: usize,
     finished: usize,
-    tables: Vec<StateTable>,
+    tables: Vec<(OperatorId, StateTable)>,
     failure_at: Option<Instant>,
     /// Sources that read all their input and wait for the final checkpoint.
     sources_ended: u32,

@@ -69,7 +69,11 @@ impl Runner {
             let (error, failure, at) = match end {
                 AttemptEnd::Finished(tables) => {
                     self.sweep_finished(&tracker).await;
-                    outcome.final_state = tables;
+                    let result = self.spec.result_stage().id;
+                    let (last, before): (Vec<_>, Vec<_>) =
+                        tables.into_iter().partition(|(op, _)| *op == result);
+                    outcome.final_state = last.into_iter().map(|(_, t)| t).collect();
+                    outcome.stage_state = before;
                     outcome.duration = started.elapsed();
                     return Ok(outcome);
                 }

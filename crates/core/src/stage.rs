@@ -1,0 +1,231 @@
+//! Keyed stages: the first keyed aggregate of a [`JobSpec`] (operator
+//! `agg`, fed by the sources) and the further stages of `stages`, each fed
+//! by the updates of the stage before it, re-keyed. The last stage feeds
+//! the sink. Pure data: the runtime builds one exchange and one keyed task
+//! per subtask for each stage from [`JobSpec::keyed_stages`].
+//!
+//! A stage's input record is an update of the stage before: the key it
+//! changed and its new aggregate value. [`Rekey`] says which key the
+//! update is grouped by downstream and [`StageAggregate`] what it adds.
+//!
+//! Invariants of a validated spec: stage ids are unique and none is
+//! `source`, `agg`, `sink` or an external task; every stage's parallelism
+//! is within `1..=max_parallelism`; there are at most
+//! [`JobSpec::MAX_STAGES`] of them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::JobSpec;
+use crate::{CoreError, Key, OperatorId, Record};
+
+/// A keyed stage after the first one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// Operator id (names its state in checkpoints and its tasks).
+    pub id: OperatorId,
+    /// Default: the job's `parallelism` (so rescaling the job rescales it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// The key the previous stage's updates are grouped by here.
+    pub key_by: Rekey,
+    pub aggregate: StageAggregate,
+}
+
+/// The new key of an update `(key, value)` of the previous stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Rekey {
+    /// The bucket of the new value: `floor(value / width)` (an integer key).
+    ValueBucket { width: i64 },
+    /// The same key.
+    Key,
+}
+
+/// What a later stage aggregates per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StageAggregate {
+    /// Number of updates received per key.
+    Count,
+    /// Sum of the updates' values per key.
+    Sum,
+}
+
+/// How a stage's updates become the next stage's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub rekey: Rekey,
+    pub aggregate: StageAggregate,
+}
+
+impl Forward {
+    /// The downstream record for an update of `key` to `value`.
+    #[inline]
+    pub fn record(&self, key: &Key, value: i64) -> Record {
+        let key = match self.rekey {
+            Rekey::ValueBucket { width } => Key::Int(value.div_euclid(width)),
+            Rekey::Key => key.clone(),
+        };
+        let value = match self.aggregate {
+            StageAggregate::Count => 1,
+            StageAggregate::Sum => value,
+        };
+        Record { key, value }
+    }
+}
+
+/// A keyed stage as the runtime runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyedStage {
+    pub id: OperatorId,
+    pub parallelism: u32,
+    /// Where its updates go: the next stage, or `None` for the sink.
+    pub forward: Option<Forward>,
+}
+
+/// Operator id of the first keyed stage.
+pub const FIRST_STAGE: &str = "agg";
+
+impl JobSpec {
+    /// Every keyed stage in order: `agg`, then `stages`.
+    pub fn keyed_stages(&self) -> Vec<KeyedStage> {
+        let first = KeyedStage {
+            id: OperatorId::new(FIRST_STAGE).expect("static operator id"),
+            parallelism: self.parallelism,
+            forward: None,
+        };
+        let mut out = vec![first];
+        for s in &self.stages {
+            if let Some(prev) = out.last_mut() {
+                prev.forward = Some(Forward {
+                    rekey: s.key_by,
+                    aggregate: s.aggregate,
+                });
+            }
+            out.push(KeyedStage {
+                id: s.id.clone(),
+                parallelism: s.parallelism.unwrap_or(self.parallelism),
+                forward: None,
+            });
+        }
+        out
+    }
+
+    /// The stage whose updates reach the sink (the job's result).
+    pub fn result_stage(&self) -> KeyedStage {
+        self.keyed_stages().pop().expect("at least one stage")
+    }
+
+    /// Keyed subtasks of all stages together (they share the memory budget).
+    pub fn keyed_subtasks(&self) -> u32 {
+        self.keyed_stages().iter().map(|s| s.parallelism).sum()
+    }
+
+    /// At most this many stages after the first.
+    pub const MAX_STAGES: usize = 16;
+
+    pub(crate) fn validate_stages(&self) -> Result<(), CoreError> {
+        let bad = |m: String| Err(CoreError::InvalidSpec(m));
+        if self.stages.len() > Self::MAX_STAGES {
+            return bad(format!("stages: at most {} stages", Self::MAX_STAGES));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &self.stages {
+            let id = s.id.as_str();
+            let external = self.external_tasks.iter().any(|t| t.as_str() == id);
+            if ["source", FIRST_STAGE, "sink"].contains(&id) || external || !seen.insert(id) {
+                return bad(format!(
+                    "stages: id {id:?} is taken (stage ids must be unique and not source, agg, sink or an external task)"
+                ));
+            }
+            if let Some(p) = s.parallelism {
+                if p == 0 || p > self.max_parallelism {
+                    return bad(format!(
+                        "stages: {id}.parallelism must be in 1..={}, got {p}",
+                        self.max_parallelism
+                    ));
+                }
+            }
+            if let Rekey::ValueBucket { width } = s.key_by {
+                if width <= 0 {
+                    return bad(format!(
+                        "stages: {id}.key_by.width must be positive, got {width}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(stages: &str) -> Result<JobSpec, CoreError> {
+        JobSpec::from_json(&format!(
+            r#"{{"job_id":"two","parallelism":3,"source":{{"type":"generator","events":10,"keys":3}},
+            "key_by":"app_id","aggregate":{{"type":"count"}},"stages":{stages}}}"#
+        ))
+    }
+
+    #[test]
+    fn stages_follow_agg_and_take_the_job_parallelism() {
+        let s = spec(
+            r#"[{"id":"hist","key_by":{"type":"value_bucket","width":10},"aggregate":{"type":"count"}},
+                {"id":"total","parallelism":1,"key_by":{"type":"key"},"aggregate":{"type":"sum"}}]"#,
+        )
+        .unwrap();
+        let stages = s.keyed_stages();
+        let ids: Vec<_> = stages.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["agg", "hist", "total"]);
+        assert_eq!(
+            stages.iter().map(|s| s.parallelism).collect::<Vec<_>>(),
+            [3, 3, 1]
+        );
+        assert!(stages[2].forward.is_none());
+        assert_eq!(s.result_stage().id.as_str(), "total");
+        assert_eq!(s.keyed_subtasks(), 7);
+        // agg's updates are bucketed and counted; hist's summed under their key.
+        let f = stages[0].forward.unwrap();
+        assert_eq!(
+            f.record(&Key::Int(5), 27),
+            Record {
+                key: Key::Int(2),
+                value: 1
+            }
+        );
+        assert_eq!(
+            f.record(&Key::Int(5), -1),
+            Record {
+                key: Key::Int(-1),
+                value: 1
+            }
+        );
+        let g = stages[1].forward.unwrap();
+        assert_eq!(
+            g.record(&Key::Int(2), 4),
+            Record {
+                key: Key::Int(2),
+                value: 4
+            }
+        );
+    }
+
+    #[test]
+    fn bad_stages_are_rejected_with_the_reason() {
+        let dup = r#"[{"id":"h","key_by":{"type":"key"},"aggregate":{"type":"count"}},
+                      {"id":"h","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(dup).unwrap_err().to_string().contains("taken"));
+        let agg = r#"[{"id":"agg","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(agg).unwrap_err().to_string().contains("taken"));
+        let width = r#"[{"id":"h","key_by":{"type":"value_bucket","width":0},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(width).unwrap_err().to_string().contains("width"));
+        let p =
+            r#"[{"id":"h","parallelism":0,"key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(p).unwrap_err().to_string().contains("parallelism"));
+        let unknown = r#"[{"id":"h","key_by":{"type":"key"},"aggregate":{"type":"max"}}]"#;
+        assert!(spec(unknown).is_err());
+    }
+}
