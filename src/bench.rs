@@ -146,6 +146,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             events,
             keys,
             seed: 42,
+            users: 1000,
             rate_per_s: None,
         },
         union: Vec::new(),

@@ -35,6 +35,7 @@ pub async fn run(
             events,
             keys,
             seed: SEED,
+            users: 1000,
             rate_per_s: (rate > 0).then_some(rate),
         },
         union: Vec::new(),

@@ -16,4 +16,5 @@ mod pipeline;
 mod setup_script;
 mod stages;
 mod storage;
+mod typed;
 mod unaligned;

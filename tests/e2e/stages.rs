@@ -44,7 +44,7 @@ fn spec_json(job: &str, parallelism: u32, mode: &str, extra: &str) -> String {
     )
 }
 
-fn stage_counts(o: &JobOutcome, stage: &str) -> BTreeMap<Key, i64> {
+pub(crate) fn stage_counts(o: &JobOutcome, stage: &str) -> BTreeMap<Key, i64> {
     o.stage_state
         .iter()
         .filter(|(op, _)| op.as_str() == stage)
@@ -52,7 +52,7 @@ fn stage_counts(o: &JobOutcome, stage: &str) -> BTreeMap<Key, i64> {
         .collect()
 }
 
-async fn run(
+pub(crate) async fn run(
     spec: String,
     dir: &Path,
     restore_from: Option<RestoreFrom>,
@@ -77,7 +77,7 @@ fn assert_both_stages(o: &JobOutcome) {
 }
 
 /// A restorable checkpoint of `job` taken at `parallelism`.
-async fn checkpoint_at(dir: &Path, job: &str, parallelism: u32) -> CheckpointMetadata {
+pub(crate) async fn checkpoint_at(dir: &Path, job: &str, parallelism: u32) -> CheckpointMetadata {
     let storage = storage_at(dir.join("chk").to_str().unwrap());
     let job = cutpoint_core::JobId::new(job).unwrap();
     let mut metas: Vec<_> = storage
@@ -100,11 +100,12 @@ async fn checkpoint_at(dir: &Path, job: &str, parallelism: u32) -> CheckpointMet
         .expect("a checkpoint at that parallelism")
 }
 
-/// Bytes of in-flight records the second stage's tasks persisted.
-fn hist_inflight(m: &CheckpointMetadata) -> u64 {
+/// Bytes of in-flight records the tasks of later stages (neither a source
+/// nor `agg`) persisted.
+pub(crate) fn hist_inflight(m: &CheckpointMetadata) -> u64 {
     m.subtasks
         .iter()
-        .filter(|s| s.task.operator.as_str() == "hist")
+        .filter(|s| !["source", "agg"].contains(&s.task.operator.as_str()))
         .map(|s| s.persisted_data_size)
         .sum()
 }
@@ -232,7 +233,7 @@ async fn two_stages_at_least_once_duplicates_are_the_records_beyond_the_barrier(
     eprintln!("at-least-once duplicates: agg {beyond_agg}, hist {beyond_agg} + {beyond_hist}");
 }
 
-fn completed_ids(chk: &Path, job: &str) -> Vec<u64> {
+pub(crate) fn completed_ids(chk: &Path, job: &str) -> Vec<u64> {
     let Ok(rd) = std::fs::read_dir(chk.join("jobs").join(job)) else {
         return Vec::new();
     };
@@ -242,7 +243,7 @@ fn completed_ids(chk: &Path, job: &str) -> Vec<u64> {
         .collect()
 }
 
-fn run_binary(spec: &Path, chk: &Path, restore: &str, out: &Path) -> serde_json::Value {
+pub(crate) fn run_binary(spec: &Path, chk: &Path, restore: &str, out: &Path) -> serde_json::Value {
     let o = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
         .args(["run", "--job"])
         .arg(spec)
@@ -258,7 +259,7 @@ fn run_binary(spec: &Path, chk: &Path, restore: &str, out: &Path) -> serde_json:
     serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
 }
 
-fn read_final(path: &Path) -> BTreeMap<Key, i64> {
+pub(crate) fn read_final(path: &Path) -> BTreeMap<Key, i64> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()

@@ -117,6 +117,10 @@ pub enum SourceSpec {
         keys: u64,
         #[serde(default = "default_seed")]
         seed: u64,
+        /// Distinct `user_id`s: event `i` has
+        /// `user_id = splitmix64((seed ^ 0x5DEECE66D) + i * 0xD1B54A32D192ED03) % users`.
+        #[serde(default = "default_users")]
+        users: u64,
         /// Total events per second over all partitions; unlimited if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate_per_s: Option<u64>,
@@ -145,6 +149,9 @@ fn default_partitions() -> u32 {
 }
 fn default_seed() -> u64 {
     42
+}
+fn default_users() -> u64 {
+    1000
 }
 
 /// What the files source does with a line that is not a JSON object with
@@ -176,6 +183,50 @@ pub enum AggregateSpec {
         dimension_source: u32,
         field: String,
     },
+    /// Number of distinct values of an integer field per key (typed state:
+    /// a map of the values seen and the count); updates carry the count
+    /// when it grows.
+    CountDistinct { field: String },
+    /// One record per key kept (typed state): `first` emits the first
+    /// value of each key and drops the rest; `last` emits every value that
+    /// differs from the kept one. Updates carry the kept value.
+    Dedup {
+        field: String,
+        #[serde(default)]
+        keep: Keep,
+    },
+}
+
+/// Which record [`AggregateSpec::Dedup`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    #[default]
+    First,
+    Last,
+}
+
+impl AggregateSpec {
+    /// The integer field the sources project as each record's value
+    /// (`None`: 1 per event). A join's is its dimension source's only.
+    pub fn value_field(&self) -> Option<&str> {
+        match self {
+            AggregateSpec::Count => None,
+            AggregateSpec::Sum { field }
+            | AggregateSpec::Join { field, .. }
+            | AggregateSpec::CountDistinct { field }
+            | AggregateSpec::Dedup { field, .. } => Some(field),
+        }
+    }
+
+    /// Whether its state is typed (value, map, … state) rather than one
+    /// integer per key.
+    pub fn is_typed(&self) -> bool {
+        matches!(
+            self,
+            AggregateSpec::CountDistinct { .. } | AggregateSpec::Dedup { .. }
+        )
+    }
 }
 
 /// The state of a [`AggregateSpec::Join`] key: `dimension << 40 | count`.
@@ -416,6 +467,9 @@ impl JobSpec {
                 return bad("aggregate.field must name the dimension field".into());
             }
         }
+        if self.aggregate.value_field() == Some("") {
+            return bad("aggregate.field must name a field".into());
+        }
         self.validate_rest()
     }
 
@@ -423,7 +477,10 @@ impl JobSpec {
         let bad = |m: String| Err(CoreError::InvalidSpec(m));
         match source {
             SourceSpec::Generator {
-                partitions, keys, ..
+                partitions,
+                keys,
+                users,
+                ..
             } => {
                 if *partitions == 0 || *partitions > 1024 {
                     return bad("source.partitions must be in 1..=1024".into());
@@ -437,12 +494,19 @@ impl JobSpec {
                         self.key_by
                     ));
                 }
-                if let AggregateSpec::Sum { field } = &self.aggregate {
-                    if field != "value" && field != "app_id" {
-                        return bad(format!(
-                            "aggregate.field: the generator produces app_id and value, not {field:?}"
-                        ));
-                    }
+                if *users == 0 {
+                    return bad("source.users must be at least 1".into());
+                }
+                // (A join's field belongs to its dimension source only.)
+                let field = match &self.aggregate {
+                    AggregateSpec::Join { .. } => None,
+                    a => a.value_field(),
+                };
+                if field.is_some_and(|f| !["app_id", "value", "user_id"].contains(&f)) {
+                    return bad(format!(
+                        "aggregate.field: the generator produces app_id, value and user_id, not {:?}",
+                        field.unwrap_or_default()
+                    ));
                 }
             }
             SourceSpec::Files { paths, .. } => {
@@ -474,6 +538,9 @@ impl JobSpec {
         }
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());
+        }
+        if self.aggregate.is_typed() && self.state.memory_budget_mb.is_some() {
+            return bad("state.memory_budget_mb: count_distinct and dedup keep their state in memory (no budget yet); set it to null".into());
         }
         if self.state.memory_budget_mb == Some(0) {
             return bad("state.memory_budget_mb must be positive (or null)".into());
@@ -613,6 +680,36 @@ mod tests {
 
     const PV: &str = r#"{"job_id":"pv","source":{"type":"generator","events":10,"keys":3},
         "key_by":"app_id","aggregate":{"type":"count"}}"#;
+
+    #[test]
+    fn typed_aggregates_name_a_generated_field_and_take_no_budget_yet() {
+        let spec = |agg: &str, extra: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"uv","source":{{"type":"generator","events":10,"keys":3,"users":5}},
+                    "key_by":"app_id","aggregate":{agg}{extra}}}"#
+            ))
+        };
+        let distinct = r#"{"type":"count_distinct","field":"user_id"}"#;
+        let s = spec(distinct, "").unwrap();
+        assert!(s.aggregate.is_typed());
+        assert_eq!(s.aggregate.value_field(), Some("user_id"));
+        let dedup = r#"{"type":"dedup","field":"user_id"}"#;
+        assert_eq!(
+            spec(dedup, "").unwrap().aggregate,
+            AggregateSpec::Dedup {
+                field: "user_id".into(),
+                keep: Keep::First
+            }
+        );
+        let budget = r#","state":{"memory_budget_mb":64}"#;
+        let err = spec(distinct, budget).unwrap_err().to_string();
+        assert!(err.contains("memory_budget_mb"), "{err}");
+        let err = spec(r#"{"type":"count_distinct","field":"nope"}"#, "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user_id"), "{err}");
+        assert!(spec(r#"{"type":"dedup","field":"user_id","keep":"middle"}"#, "").is_err());
+    }
 
     #[test]
     fn defaults_apply() {

@@ -17,8 +17,10 @@
 //! key group, calls the function, and takes part in checkpoints
 //! ([`KeyedOperator::snapshot`]: the changed entries, O(1), for the
 //! snapshot worker; [`KeyedOperator::restore_entry`]: the entries of a
-//! restored key-group range). Not built yet: the task and job that run it
-//! (the runtime still runs the fixed PV pipeline), timers, operator state.
+//! restored key-group range). [`builtins`]: the JSON spec's typed keyed
+//! aggregates (count-distinct, dedup) on this API, which the runtime runs.
+//! Not built yet: a task that runs a user's function (the runtime runs the
+//! built-ins only), timers, operator state.
 
 use cutpoint_core::Key;
 use cutpoint_state::layout::{LayoutError, StateDescriptor, StateNames};
@@ -142,10 +144,13 @@ impl KeyedContext<'_> {
     }
 }
 
+/// Extracts a record's key.
+type KeyFn<In> = Box<dyn Fn(&In) -> Key + Send>;
+
 /// A keyed process function over the typed state of one subtask.
 pub struct KeyedOperator<F: KeyedProcessFunction> {
     function: F,
-    key_of: Box<dyn Fn(&F::In) -> Key + Send>,
+    key_of: KeyFn<F::In>,
     table: TypedTable,
     max_parallelism: u32,
 }
@@ -190,6 +195,8 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         Ok(self.table.load(key, value)?)
     }
 }
+
+pub mod builtins;
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ pub enum RuntimeError {
     MissingTransaction(String),
     #[error("state: {0}")]
     State(#[from] StateError),
+    #[error("operator: {0}")]
+    Operator(#[from] cutpoint_operator::OperatorError),
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error("downstream task is gone")]

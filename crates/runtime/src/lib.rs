@@ -32,6 +32,7 @@ mod error;
 pub mod events;
 mod exchange;
 pub mod execution;
+mod keyed;
 pub mod sink;
 pub mod source;
 mod task;

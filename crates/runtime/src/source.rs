@@ -39,6 +39,13 @@ pub fn generator_app_id(seed: u64, keys: u64, i: u64) -> u64 {
     splitmix64(seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))) % keys
 }
 
+/// The generator's `user_id` of event `i`.
+#[inline]
+pub fn generator_user_id(seed: u64, users: u64, i: u64) -> u64 {
+    let x = (seed ^ 0x5_DEEC_E66D).wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    splitmix64(x) % users
+}
+
 /// Event-index range `[start, end)` of partition `p` of `n`.
 pub fn generator_range(events: u64, partitions: u32, p: u32) -> (u64, u64) {
     let n = partitions as u128;
@@ -53,7 +60,17 @@ pub struct GeneratorReader {
     keys: u64,
     next: u64,
     end: u64,
-    sum_app_id: bool,
+    users: u64,
+    value: GenValue,
+}
+
+/// Which generated field a record carries as its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenValue {
+    /// `value` (always 1) or no field.
+    One,
+    AppId,
+    UserId,
 }
 
 impl GeneratorReader {
@@ -61,7 +78,11 @@ impl GeneratorReader {
         let stop = self.end.min(self.next + max as u64);
         for i in self.next..stop {
             let app = generator_app_id(self.seed, self.keys, i) as i64;
-            let value = if self.sum_app_id { app } else { 1 };
+            let value = match self.value {
+                GenValue::One => 1,
+                GenValue::AppId => app,
+                GenValue::UserId => generator_user_id(self.seed, self.users, i) as i64,
+            };
             out.push(Record {
                 key: Key::Int(app),
                 value,
@@ -178,12 +199,10 @@ impl PartitionReader for FileReader {
 /// The field a source's records carry as their value (`None`: 1 per event).
 fn value_field(spec: &JobSpec, source: u32) -> Option<String> {
     match &spec.aggregate {
-        AggregateSpec::Count => None,
-        AggregateSpec::Sum { field } => Some(field.clone()),
         AggregateSpec::Join {
-            dimension_source,
-            field,
-        } => (*dimension_source == source).then(|| field.clone()),
+            dimension_source, ..
+        } if *dimension_source != source => None,
+        a => a.value_field().map(str::to_string),
     }
 }
 
@@ -204,6 +223,7 @@ pub fn open_reader(
             events,
             keys,
             seed,
+            users,
             ..
         } => {
             let (start, end) = generator_range(*events, *partitions, local);
@@ -223,7 +243,12 @@ pub fn open_reader(
                 keys: *keys,
                 next,
                 end,
-                sum_app_id: value.as_deref() == Some("app_id"),
+                users: *users,
+                value: match value.as_deref() {
+                    Some("app_id") => GenValue::AppId,
+                    Some("user_id") => GenValue::UserId,
+                    _ => GenValue::One,
+                },
             }))
         }
         SourceSpec::Files { paths, on_bad_line } => {

@@ -27,18 +27,18 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select};
 use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
-use cutpoint_core::spec::{join, AggregateSpec, SourceSpec};
+use cutpoint_core::spec::SourceSpec;
 use cutpoint_core::stage::KeyedStage;
-use cutpoint_core::{
-    now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
-};
-use cutpoint_state::snapshot::{self, LocalDirs, RestoredState};
+use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, Record, SubtaskState, TaskId};
+use cutpoint_state::snapshot::{self, ConfirmedFiles, LocalDirs};
+use cutpoint_state::{RocksStore, StateError, StateTable};
 use tokio_util::sync::CancellationToken;
 
 use crate::barrier::{BarrierHandler, Decision};
 use crate::channel::{Message, BATCH_SIZE};
 use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::{Exchange, Output};
+use crate::keyed::{Delta, InputKind, KeyedState};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
 use crate::worker::{SnapshotJob, Worker, WorkerJob};
@@ -177,6 +177,43 @@ impl SourceTask {
 /// budgets; beyond, the task waits for the snapshot worker (back-pressure).
 pub const BUDGET_CAP: usize = 2;
 
+/// The memory budget of an integer table, kept after each batch.
+struct Budget<'a> {
+    entries: usize,
+    /// Deltas the worker wrote so far.
+    applied: &'a AtomicU64,
+    worker: &'a crossbeam_channel::Sender<WorkerJob>,
+    cancel: &'a CancellationToken,
+}
+
+impl Budget<'_> {
+    /// Evicts clean entries once the worker wrote every delta `handed` to
+    /// it; hands it the dirty ones to write behind when that is not
+    /// enough (not while an unaligned snapshot's delta waits to be sent:
+    /// `collecting`). Far over the budget, waits for the worker first.
+    fn keep(
+        &self,
+        table: &mut StateTable,
+        handed: &mut u64,
+        collecting: bool,
+    ) -> Result<(), RuntimeError> {
+        if table.len() > self.entries * BUDGET_CAP && !collecting {
+            wait_written(self.applied, *handed, self.cancel)?;
+        }
+        if table.over_budget() && self.applied.load(Ordering::SeqCst) == *handed {
+            table.evict_clean();
+            if table.over_budget() && !collecting {
+                *handed += 1;
+                let spill = WorkerJob::Spill(table.freeze());
+                if self.worker.send(spill).is_err() {
+                    return Err(RuntimeError::Internal("snapshot worker stopped".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Waits until the worker has written every delta it was handed.
 fn wait_written(
     applied: &AtomicU64,
@@ -190,6 +227,15 @@ fn wait_written(
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(())
+}
+
+/// A keyed subtask's state, opened (restored or empty).
+pub(crate) struct Opened {
+    store: RocksStore,
+    state: KeyedState,
+    confirmed: ConfirmedFiles,
+    /// RocksDB holds entries the integer table does not (read through).
+    on_disk: bool,
 }
 
 /// Where a keyed stage's input comes from.
@@ -224,68 +270,6 @@ pub(crate) struct AggregateTask {
     pub priority: Option<Receiver<Barrier>>,
 }
 
-/// How an aggregate input's records change the state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InputKind {
-    /// Count or sum: add the value; the sink gets the new aggregate.
-    Add,
-    /// A join's counted side: add 1; the sink gets the new count.
-    JoinCount,
-    /// A join's dimension side: set the key's dimension; no update.
-    JoinDimension,
-}
-
-impl InputKind {
-    fn of(spec: &JobSpec, upstream: Upstream, input: u32) -> Self {
-        if upstream == Upstream::Stage {
-            return InputKind::Add;
-        }
-        match (&spec.aggregate, spec.source_of(input)) {
-            (
-                AggregateSpec::Join {
-                    dimension_source, ..
-                },
-                Some((s, _, _)),
-            ) if s == *dimension_source => InputKind::JoinDimension,
-            (AggregateSpec::Join { .. }, _) => InputKind::JoinCount,
-            _ => InputKind::Add,
-        }
-    }
-}
-
-/// Applies a batch of one input to the state and the sink.
-fn apply(
-    table: &mut cutpoint_state::StateTable,
-    sink: &mut Output,
-    kind: InputKind,
-    batch: Vec<Record>,
-) -> Result<(), RuntimeError> {
-    match kind {
-        InputKind::Add => {
-            for r in batch {
-                let v = table.add(r.key.clone(), r.value);
-                sink.emit(&r.key, v)?;
-            }
-        }
-        InputKind::JoinCount => {
-            for r in batch {
-                let v = table.add(r.key.clone(), 1);
-                sink.emit(&r.key, join::count(v))?;
-            }
-        }
-        InputKind::JoinDimension => {
-            for r in batch {
-                let old = table.get(&r.key).unwrap_or(0);
-                let new = join::with_dimension(old, r.value);
-                if new != old {
-                    table.add(r.key, new - old);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The index of the priority channel in a select.
 const PRIORITY: usize = usize::MAX;
 /// Batches an unaligned snapshot takes off its inputs ahead of processing.
@@ -306,7 +290,7 @@ fn gone(cancel: &CancellationToken) -> RuntimeError {
 /// they are not in its state) and replayed after a restore from it.
 struct Collecting {
     barrier: Barrier,
-    delta: cutpoint_state::FrozenDelta,
+    delta: Delta,
     sync_duration: Duration,
     alignment: Duration,
     pending_transactions: Vec<PendingTransaction>,
@@ -358,7 +342,7 @@ impl AggregateTask {
     #[allow(clippy::too_many_arguments)]
     fn start_unaligned(
         &self,
-        table: &mut cutpoint_state::StateTable,
+        state: &mut KeyedState,
         sink: &mut Output,
         b: Barrier,
         seen: &[CheckpointId],
@@ -368,7 +352,7 @@ impl AggregateTask {
     ) -> Result<Collecting, RuntimeError> {
         cutpoint_core::failpoint::check("task::sync_phase")?;
         let t0 = Instant::now();
-        let delta = table.freeze();
+        let delta = state.freeze();
         let pending_transactions = sink.snapshot(b)?;
         let mut c = Collecting {
             barrier: b,
@@ -400,7 +384,7 @@ impl AggregateTask {
     /// The synchronous phase of an aligned (or at-least-once) snapshot:
     /// the state's delta frozen, the sink's transaction pre-committed.
     fn sync_phase(
-        table: &mut cutpoint_state::StateTable,
+        state: &mut KeyedState,
         sink: &mut Output,
         barrier: Barrier,
         alignment: Duration,
@@ -409,7 +393,7 @@ impl AggregateTask {
         cutpoint_core::failpoint::check("task::align")?;
         let t0 = Instant::now();
         cutpoint_core::failpoint::check("task::sync_phase")?;
-        let delta = table.freeze();
+        let delta = state.freeze();
         let pending_transactions = sink.snapshot(barrier)?;
         Ok(SnapshotJob {
             barrier,
@@ -444,21 +428,26 @@ impl AggregateTask {
 
     /// Restores (or opens empty) state, and reads the channel state to
     /// replay; errors here are restore failures.
-    pub(crate) fn open_state(&self) -> Result<(RestoredState, Vec<(u32, Record)>), RuntimeError> {
-        let maxp = self.ctx.spec.max_parallelism;
-        let state = if self.restore.is_empty() {
+    pub(crate) fn open_state(&self) -> Result<(Opened, Vec<(u32, Record)>), RuntimeError> {
+        let spec = &self.ctx.spec;
+        let maxp = spec.max_parallelism;
+        let typed = match self.upstream {
+            Upstream::Sources => cutpoint_operator::builtins::builtin(&spec.aggregate, maxp)?,
+            Upstream::Stage => None,
+        };
+        let restored = if self.restore.is_empty() {
             snapshot::open_empty(&self.dirs, maxp)?
         } else {
             // Under a memory budget the table reads through from RocksDB
-            // instead of loading the whole range.
-            let load = match self.ctx.spec.state.memory_budget_mb {
-                Some(_) => snapshot::TableLoad::Lazy,
-                None => snapshot::TableLoad::Eager,
+            // instead of loading the whole range; typed state loads below.
+            let load = match (spec.state.memory_budget_mb, &typed) {
+                (None, None) => snapshot::TableLoad::Eager,
+                _ => snapshot::TableLoad::Lazy,
             };
             snapshot::restore(
                 &self.ctx.rt,
                 &self.ctx.storage,
-                &self.ctx.spec.job_id,
+                &spec.job_id,
                 &self.restore,
                 self.range,
                 &self.dirs,
@@ -466,38 +455,62 @@ impl AggregateTask {
                 load,
             )?
         };
+        let state = match typed {
+            None => KeyedState::Counts(restored.table),
+            Some(mut op) => {
+                restored.store.scan_raw(self.range, |k, v| {
+                    op.restore_entry(k, v)
+                        .map_err(|e| StateError::CorruptState {
+                            dir: self.dirs.db.display().to_string(),
+                            reason: e.to_string(),
+                        })
+                })?;
+                KeyedState::Typed {
+                    op,
+                    updates: Vec::new(),
+                }
+            }
+        };
         let replay = cutpoint_state::channel::read_channel_state(
             &self.ctx.rt,
             &self.ctx.storage,
-            &self.ctx.spec.job_id,
+            &spec.job_id,
             &self.restore,
             self.range,
             &self.dirs.scratch,
             maxp,
         )?;
-        Ok((state, replay))
+        let opened = Opened {
+            store: restored.store,
+            state,
+            confirmed: restored.confirmed,
+            on_disk: restored.on_disk,
+        };
+        Ok((opened, replay))
     }
 
     pub(crate) fn run(
         mut self,
-        state: RestoredState,
+        opened: Opened,
         mut replay: Vec<(u32, Record)>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
-        let RestoredState {
+        let Opened {
             store,
-            mut table,
+            mut state,
             confirmed,
             on_disk,
-        } = state;
+        } = opened;
         let mut sink = self.output()?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
         // Memory budget: deltas handed to the worker vs written by it; clean
         // entries may be evicted only when the two are equal.
         let applied = Arc::new(AtomicU64::new(0));
         let mut handed: u64 = 0;
-        let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
-        if let Some(b) = budget {
+        let budget = state
+            .counts()
+            .and(ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks()));
+        if let (Some(b), Some(table)) = (budget, state.counts()) {
             table.set_budget(store.reader(), b, on_disk);
             table.evict_clean();
         }
@@ -568,12 +581,12 @@ impl AggregateTask {
                     "channel state names input {input}, the job has {n}"
                 ))
             })?;
-            apply(&mut table, &mut sink, kind, vec![r])?;
+            state.apply(&mut sink, kind, vec![r])?;
             records += 1;
             self.counters.add(1, None);
         }
-        if let Some(e) = table.take_error() {
-            return Err(e.into());
+        if let Some(e) = state.take_error() {
+            return Err(e);
         }
         let result = loop {
             if let Err(e) = self
@@ -586,7 +599,7 @@ impl AggregateTask {
             if let Some((b, alignment)) = start.take() {
                 debug_assert!(collecting.is_none(), "one collection at a time");
                 match self.start_unaligned(
-                    &mut table,
+                    &mut state,
                     &mut sink,
                     b,
                     barriers.seen(),
@@ -709,33 +722,24 @@ impl AggregateTask {
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
                     }
-                    if let Err(e) =
-                        apply(&mut table, &mut sink, kinds[i], batch).and_then(|()| sink.flush())
+                    if let Err(e) = state
+                        .apply(&mut sink, kinds[i], batch)
+                        .and_then(|()| sink.flush())
                     {
                         break Err(e);
                     }
-                    if let Some(e) = table.take_error() {
-                        break Err(e.into());
+                    if let Some(e) = state.take_error() {
+                        break Err(e);
                     }
-                    // A hard cap: far over the budget, wait for the worker to
-                    // write what it was handed, so clean entries can go.
-                    if budget.is_some_and(|b| table.len() > b * BUDGET_CAP) && collecting.is_none()
-                    {
-                        if let Err(e) = wait_written(&applied, handed, &ctx.cancel) {
+                    if let (Some(b), Some(table)) = (budget, state.counts()) {
+                        let budget = Budget {
+                            entries: b,
+                            applied: &applied,
+                            worker: &snap_tx,
+                            cancel: &ctx.cancel,
+                        };
+                        if let Err(e) = budget.keep(table, &mut handed, collecting.is_some()) {
                             break Err(e);
-                        }
-                    }
-                    if table.over_budget() && applied.load(Ordering::SeqCst) == handed {
-                        table.evict_clean();
-                        // Mostly dirty: write it behind; evictable once written.
-                        // Not while an unaligned snapshot's delta waits to be sent.
-                        if table.over_budget() && collecting.is_none() {
-                            handed += 1;
-                            if snap_tx.send(WorkerJob::Spill(table.freeze())).is_err() {
-                                break Err(RuntimeError::Internal(
-                                    "snapshot worker stopped".into(),
-                                ));
-                            }
                         }
                     }
                     if let Some(f) = inject {
@@ -766,7 +770,7 @@ impl AggregateTask {
                     records_beyond,
                 } => {
                     let job = match Self::sync_phase(
-                        &mut table,
+                        &mut state,
                         &mut sink,
                         barrier,
                         alignment,
@@ -791,7 +795,7 @@ impl AggregateTask {
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
         };
-        if budget.is_some() {
+        if let (Some(_), Some(table)) = (budget, state.counts()) {
             // The final state in full: what is left in memory written, then
             // everything read back (the job's result, not a hot path).
             store.apply(table.freeze())?;
@@ -799,7 +803,7 @@ impl AggregateTask {
             store.scan(self.range, |k, v| all.push((k, v)))?;
             let (evicted, read_through) = table.budget_stats();
             tracing::debug!(task = %self.task, evicted, read_through, peak = table.peak_len(), "memory budget");
-            table = cutpoint_state::StateTable::materialized(all, &table);
+            *table = cutpoint_state::StateTable::materialized(all, table);
         }
         // Only a task whose snapshots all succeeded makes its last epoch final.
         sink.finish()?;
@@ -807,7 +811,7 @@ impl AggregateTask {
             task: self.task,
             records,
             offset: None,
-            table: Some(Box::new(table)),
+            table: Some(Box::new(state.into_result()?)),
         });
         Ok(())
     }

@@ -18,12 +18,13 @@ use cutpoint_state::snapshot::{shared_files, upload_snapshot, ConfirmedFiles, Sn
 use cutpoint_state::{FrozenDelta, RocksStore, StateError};
 
 use crate::context::TaskContext;
+use crate::keyed::Delta;
 use crate::{Barrier, TaskEvent};
 
 /// Work handed from the task thread (synchronous phase) to the worker.
 pub(crate) struct SnapshotJob {
     pub barrier: Barrier,
-    pub delta: FrozenDelta,
+    pub delta: Delta,
     pub sync_duration: Duration,
     pub alignment_duration: Duration,
     pub records_beyond_barrier: u64,
@@ -133,8 +134,11 @@ impl Worker {
         let id = job.barrier.id;
         self.use_base(job.barrier.reuse);
         let token = self.ctx.aborts.token(id);
-        let entries = job.delta.entries.len();
-        self.store.apply(job.delta)?;
+        let entries = job.delta.len();
+        match job.delta {
+            Delta::Counts(d) => self.store.apply(d)?,
+            Delta::Typed(d) => self.store.apply_entries(&d)?,
+        };
         self.applied
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let applied = started.elapsed();

@@ -25,7 +25,7 @@ use cutpoint_storage::{CheckpointStorage, JobPaths, StateScope};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{FrozenDelta, RocksStore, StateError, StateTable};
+use crate::{RocksStore, StateError, StateTable};
 
 /// Parallel uploads per subtask snapshot.
 pub const UPLOAD_CONCURRENCY: usize = 4;
@@ -380,29 +380,22 @@ pub fn restore(
     })
 }
 
-/// Copies the entries of `range` from `from` into `to`, in batches.
+/// Copies the entries of `range` from `from` into `to`, in batches, as
+/// raw bytes (any layout: integer state or typed state).
 fn copy_range(
     from: &RocksStore,
     to: &mut RocksStore,
     range: KeyGroupRange,
 ) -> Result<(), StateError> {
-    let mut batch = FrozenDelta::default();
-    let mut failed = None;
-    from.scan(range, |k, v| {
-        if failed.is_some() {
-            return; // the copy failed: read on, keep nothing
+    let mut batch = std::collections::BTreeMap::new();
+    from.scan_raw(range, |k, v| {
+        batch.insert(k.to_vec(), Some(v.to_vec()));
+        if batch.len() >= MERGE_BATCH {
+            to.apply_entries(&std::mem::take(&mut batch))?;
         }
-        batch.entries.insert(k, v);
-        if batch.entries.len() >= MERGE_BATCH {
-            if let Err(e) = to.apply(std::mem::take(&mut batch)) {
-                failed = Some(e);
-            }
-        }
+        Ok(())
     })?;
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    to.apply(batch)?;
+    to.apply_entries(&batch)?;
     Ok(())
 }
 

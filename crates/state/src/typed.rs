@@ -215,6 +215,25 @@ impl TypedTable {
         Ok(())
     }
 
+    /// Every key's value of [`StateKind::Value`] state `d` in the default
+    /// namespace (a job's final result; not a hot path: scans the table).
+    pub fn values<T: DeserializeOwned>(
+        &self,
+        d: &StateDescriptor,
+    ) -> Result<Vec<(Key, T)>, LayoutError> {
+        let state = self.state_id(d, StateKind::Value)?;
+        let mut out = Vec::new();
+        for (k, v) in &self.entries {
+            let e = decode_entry(k)?;
+            if e.state != state || !e.namespace.is_empty() || !e.user_key.is_empty() {
+                continue;
+            }
+            let key = Key::decode(&e.key).ok_or(LayoutError::MalformedKey("bad key"))?;
+            out.push((key, decode_value(d, v)?));
+        }
+        Ok(out)
+    }
+
     /// Entries in memory.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -1,0 +1,165 @@
+//! The state and logic of one keyed subtask ([`KeyedState`]): one integer
+//! per key in a [`StateTable`] (count, sum, join; under the memory budget
+//! with eviction and read-through), or typed state run by a built-in
+//! operator on the operator API (count-distinct, dedup; in memory).
+//!
+//! Both hand the snapshot worker a [`Delta`] of what changed since the
+//! last snapshot (O(1) to take) and end as a table of each key's latest
+//! update (the job's result).
+
+use cutpoint_core::spec::{join, AggregateSpec};
+use cutpoint_core::{JobSpec, Key, Record};
+use cutpoint_operator::builtins::RecordOperator;
+use cutpoint_state::typed::TypedDelta;
+use cutpoint_state::{FrozenDelta, StateTable};
+
+use crate::exchange::Output;
+use crate::task::Upstream;
+use crate::RuntimeError;
+
+/// How an input's records change integer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputKind {
+    /// Count or sum: add the value; the sink gets the new aggregate.
+    Add,
+    /// A join's counted side: add 1; the sink gets the new count.
+    JoinCount,
+    /// A join's dimension side: set the key's dimension; no update.
+    JoinDimension,
+}
+
+impl InputKind {
+    pub(crate) fn of(spec: &JobSpec, upstream: Upstream, input: u32) -> Self {
+        if upstream == Upstream::Stage {
+            return InputKind::Add;
+        }
+        match (&spec.aggregate, spec.source_of(input)) {
+            (
+                AggregateSpec::Join {
+                    dimension_source, ..
+                },
+                Some((s, _, _)),
+            ) if s == *dimension_source => InputKind::JoinDimension,
+            (AggregateSpec::Join { .. }, _) => InputKind::JoinCount,
+            _ => InputKind::Add,
+        }
+    }
+}
+
+/// What changed since the last snapshot, for the snapshot worker.
+pub(crate) enum Delta {
+    Counts(FrozenDelta),
+    Typed(TypedDelta),
+}
+
+impl Delta {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Delta::Counts(d) => d.entries.len(),
+            Delta::Typed(d) => d.len(),
+        }
+    }
+}
+
+/// A keyed subtask's state and the logic that changes it.
+pub(crate) enum KeyedState {
+    Counts(StateTable),
+    Typed {
+        op: Box<dyn RecordOperator>,
+        /// Reused buffer of one record's updates.
+        updates: Vec<(Key, i64)>,
+    },
+}
+
+impl KeyedState {
+    /// Applies a batch of one input; the updates go to `out`.
+    pub(crate) fn apply(
+        &mut self,
+        out: &mut Output,
+        kind: InputKind,
+        batch: Vec<Record>,
+    ) -> Result<(), RuntimeError> {
+        match self {
+            KeyedState::Counts(table) => apply_counts(table, out, kind, batch),
+            KeyedState::Typed { op, updates } => {
+                for r in batch {
+                    op.process(r, updates)?;
+                    for (k, v) in updates.drain(..) {
+                        out.emit(&k, v)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The synchronous phase: what changed since the last freeze (O(1)).
+    pub(crate) fn freeze(&mut self) -> Delta {
+        match self {
+            KeyedState::Counts(t) => Delta::Counts(t.freeze()),
+            KeyedState::Typed { op, .. } => Delta::Typed(op.snapshot()),
+        }
+    }
+
+    /// A read-through failure of the integer table, if one happened.
+    pub(crate) fn take_error(&mut self) -> Option<RuntimeError> {
+        match self {
+            KeyedState::Counts(t) => t.take_error().map(Into::into),
+            KeyedState::Typed { .. } => None,
+        }
+    }
+
+    /// The integer table (the memory budget applies to it only).
+    pub(crate) fn counts(&mut self) -> Option<&mut StateTable> {
+        match self {
+            KeyedState::Counts(t) => Some(t),
+            KeyedState::Typed { .. } => None,
+        }
+    }
+
+    /// Each key's latest update, as a table (the job's result).
+    pub(crate) fn into_result(self) -> Result<StateTable, RuntimeError> {
+        match self {
+            KeyedState::Counts(t) => Ok(t),
+            KeyedState::Typed { op, .. } => {
+                let mut t = StateTable::new();
+                for (k, v) in op.results()? {
+                    t.load(k, v);
+                }
+                Ok(t)
+            }
+        }
+    }
+}
+
+fn apply_counts(
+    table: &mut StateTable,
+    out: &mut Output,
+    kind: InputKind,
+    batch: Vec<Record>,
+) -> Result<(), RuntimeError> {
+    match kind {
+        InputKind::Add => {
+            for r in batch {
+                let v = table.add(r.key.clone(), r.value);
+                out.emit(&r.key, v)?;
+            }
+        }
+        InputKind::JoinCount => {
+            for r in batch {
+                let v = table.add(r.key.clone(), 1);
+                out.emit(&r.key, join::count(v))?;
+            }
+        }
+        InputKind::JoinDimension => {
+            for r in batch {
+                let old = table.get(&r.key).unwrap_or(0);
+                let new = join::with_dimension(old, r.value);
+                if new != old {
+                    table.add(r.key, new - old);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! JSON jobs whose first stage keeps typed state through the operator API:
+//! count-distinct (a map of the users seen per app and a count) and dedup
+//! (the first user per app), each followed by a second keyed stage over
+//! its updates. Checked against plain computations from the generator:
+//! after a failure, aligned and unaligned, after rescaled restores
+//! (2 → 3 → 1), and after SIGKILL of the binary with restores of `latest`
+//! and an older id.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cutpoint_coordinator::{JobOutcome, RestoreFrom};
+use cutpoint_core::Key;
+use cutpoint_runtime::source::{generator_app_id, generator_user_id};
+
+use crate::common::*;
+use crate::stages::*;
+
+const EVENTS: u64 = 300_000;
+const KEYS: u64 = 500;
+const USERS: u64 = 2_000;
+const WIDTH: i64 = 64;
+
+/// The users of each app, computed plainly from the generator.
+fn users_per_app() -> BTreeMap<Key, BTreeSet<u64>> {
+    let mut m: BTreeMap<Key, BTreeSet<u64>> = BTreeMap::new();
+    for i in 0..EVENTS {
+        let app = Key::Int(generator_app_id(42, KEYS, i) as i64);
+        m.entry(app)
+            .or_default()
+            .insert(generator_user_id(42, USERS, i));
+    }
+    m
+}
+
+fn spec_json(
+    job: &str,
+    parallelism: u32,
+    mode: &str,
+    aggregate: &str,
+    then: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"{{"job_id":"{job}","parallelism":{parallelism},
+            "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"users":{USERS},"seed":42,"rate_per_s":300000}},
+            "key_by":"app_id","aggregate":{aggregate},
+            "stages":[{{"id":"hist","key_by":{then},"aggregate":{{"type":"count"}}}}],
+            "checkpoint":{{"interval_ms":100,"retention":100,"mode":"{mode}"}}{extra}}}"#
+    )
+}
+
+const DISTINCT: &str = r#"{"type":"count_distinct","field":"user_id"}"#;
+const BUCKET: &str = r#"{"type":"value_bucket","width":64}"#;
+const DEDUP: &str = r#"{"type":"dedup","field":"user_id","keep":"first"}"#;
+const SAME_KEY: &str = r#"{"type":"key"}"#;
+
+/// Count-distinct: each app's distinct users; the second stage counts the
+/// updates 1, 2, …, d of each app by bucket `i / WIDTH`.
+fn assert_distinct(o: &JobOutcome) {
+    let users = users_per_app();
+    let distinct: BTreeMap<Key, i64> = users
+        .iter()
+        .map(|(k, s)| (k.clone(), s.len() as i64))
+        .collect();
+    assert_exact(&stage_counts(o, "agg"), &distinct);
+    let mut hist = BTreeMap::new();
+    for d in distinct.values() {
+        for i in 1..=*d {
+            *hist.entry(Key::Int(i.div_euclid(WIDTH))).or_insert(0) += 1;
+        }
+    }
+    assert_exact(&final_counts(o), &hist);
+}
+
+/// Dedup (keep first): each app keeps one of its users, and emitted it
+/// exactly once (the second stage counts the emissions per app).
+fn assert_dedup(o: &JobOutcome) {
+    let users = users_per_app();
+    let kept = stage_counts(o, "agg");
+    assert_eq!(kept.len(), users.len());
+    for (app, user) in &kept {
+        assert!(
+            users[app].contains(&(*user as u64)),
+            "{app} kept {user}, not one of its users"
+        );
+    }
+    let once: BTreeMap<Key, i64> = users.keys().map(|k| (k.clone(), 1)).collect();
+    assert_exact(&final_counts(o), &once);
+}
+
+async fn failure_and_rescales(
+    name: &str,
+    aggregate: &str,
+    then: &str,
+    mode: &str,
+    check: fn(&JobOutcome),
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!("{name}-{}", mode.replace('_', "-"));
+    let slow = if mode == "unaligned" {
+        r#","inject_processing_delay_us":3000"#
+    } else {
+        ""
+    };
+    let failing = format!(r#"{slow},"inject_failure":{{"subtask":1,"after_records":40000}}"#);
+    let o = run(
+        spec_json(&job, 2, mode, aggregate, then, &failing),
+        dir.path(),
+        None,
+        "w1",
+    )
+    .await;
+    assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+    check(&o);
+    for (from, to, work) in [(2, 3, "w3"), (3, 1, "w4")] {
+        let id = checkpoint_at(dir.path(), &job, from).await.checkpoint_id;
+        let spec = spec_json(&job, to, mode, aggregate, then, slow);
+        let o = run(spec, dir.path(), Some(RestoreFrom::Checkpoint(id)), work).await;
+        assert_eq!(o.restored_from, vec![id]);
+        check(&o);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_distinct_exact_after_a_failure_and_rescales_aligned() {
+    failure_and_rescales(
+        "distinct",
+        DISTINCT,
+        BUCKET,
+        "exactly_once",
+        assert_distinct,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_distinct_exact_after_a_failure_and_rescales_unaligned() {
+    failure_and_rescales("distinct", DISTINCT, BUCKET, "unaligned", assert_distinct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_emits_each_key_once_after_a_failure_and_rescales_aligned() {
+    failure_and_rescales("dedup", DEDUP, SAME_KEY, "exactly_once", assert_dedup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_emits_each_key_once_after_a_failure_and_rescales_unaligned() {
+    failure_and_rescales("dedup", DEDUP, SAME_KEY, "unaligned", assert_dedup).await;
+}
+
+#[test]
+fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (chk, job) = (dir.path().join("chk"), "distinct-kill");
+    let spec = dir.path().join("job.json");
+    std::fs::write(
+        &spec,
+        spec_json(job, 2, "exactly_once", DISTINCT, BUCKET, ""),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
+        .args(["run", "--job"])
+        .arg(&spec)
+        .arg("--checkpoint-dir")
+        .arg(&chk)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed_ids(&chk, job).len() < 3 {
+        assert!(Instant::now() < deadline, "no checkpoints completed");
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let oldest = *completed_ids(&chk, job).iter().min().unwrap();
+    let mut hist = BTreeMap::new();
+    for s in users_per_app().values() {
+        for i in 1..=s.len() as i64 {
+            *hist.entry(Key::Int(i.div_euclid(WIDTH))).or_insert(0) += 1;
+        }
+    }
+    for (restore, file) in [
+        ("latest".to_string(), "latest.jsonl"),
+        (oldest.to_string(), "older.jsonl"),
+    ] {
+        let out = dir.path().join(file);
+        let summary = run_binary(&spec, &chk, &restore, &out);
+        assert!(
+            summary["events"].as_u64().unwrap() < EVENTS,
+            "resumed: {summary}"
+        );
+        assert_exact(&read_final(&out), &hist);
+    }
+}
