@@ -99,7 +99,10 @@ impl Shape {
                 count.clone(),
                 json!([{"id": "hist", "key_by": {"type": "value_bucket", "width": HIST_WIDTH}, "aggregate": count}]),
             ),
-            Shape::Distinct => (json!({"type": "count_distinct", "field": "user_id"}), json!([])),
+            Shape::Distinct => (
+                json!({"type": "count_distinct", "field": "user_id"}),
+                json!([]),
+            ),
             Shape::DedupOnce => (
                 json!({"type": "dedup", "field": "user_id", "keep": "first"}),
                 json!([{"id": "once", "key_by": {"type": "key"}, "aggregate": count}]),
@@ -1018,9 +1021,15 @@ mod tests {
         let pv = Shape::Pv.truth(KEYS);
         assert_eq!(pv.iter().sum::<i64>(), EVENTS as i64);
         // Every update of every key lands in one bucket.
-        assert_eq!(Shape::TwoStage.truth(KEYS).iter().sum::<i64>(), EVENTS as i64);
+        assert_eq!(
+            Shape::TwoStage.truth(KEYS).iter().sum::<i64>(),
+            EVENTS as i64
+        );
         let distinct = Shape::Distinct.truth(KEYS);
-        assert!(distinct.iter().zip(&pv).all(|(d, c)| d <= c && *d <= USERS as i64));
+        assert!(distinct
+            .iter()
+            .zip(&pv)
+            .all(|(d, c)| d <= c && *d <= USERS as i64));
         assert!(Shape::DedupOnce.truth(KEYS).iter().all(|x| *x == 1));
     }
 }

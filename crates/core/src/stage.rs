@@ -9,7 +9,7 @@
 //! update is grouped by downstream and [`StageAggregate`] what it adds.
 //!
 //! Invariants of a validated spec: stage ids are unique and none is
-//! `source`, `agg`, `sink` or an external task; every stage's parallelism
+//! `source`, `agg`, `sink` or an external task, ignoring ASCII case; every stage's parallelism
 //! is within `1..=max_parallelism`; there are at most
 //! [`JobSpec::MAX_STAGES`] of them.
 
@@ -130,11 +130,18 @@ impl JobSpec {
         if self.stages.len() > Self::MAX_STAGES {
             return bad(format!("stages: at most {} stages", Self::MAX_STAGES));
         }
+        // Compared without case: ids name local folders and objects, and
+        // `Agg` and `agg` are one folder on a case-insensitive file system.
         let mut seen = std::collections::BTreeSet::new();
         for s in &self.stages {
             let id = s.id.as_str();
-            let external = self.external_tasks.iter().any(|t| t.as_str() == id);
-            if ["source", FIRST_STAGE, "sink"].contains(&id) || external || !seen.insert(id) {
+            let lower = id.to_ascii_lowercase();
+            let external = self
+                .external_tasks
+                .iter()
+                .any(|t| t.as_str().eq_ignore_ascii_case(id));
+            let reserved = ["source", FIRST_STAGE, "sink"].contains(&lower.as_str());
+            if reserved || external || !seen.insert(lower) {
                 return bad(format!(
                     "stages: id {id:?} is taken (stage ids must be unique and not source, agg, sink or an external task)"
                 ));
@@ -220,6 +227,12 @@ mod tests {
         assert!(spec(dup).unwrap_err().to_string().contains("taken"));
         let agg = r#"[{"id":"agg","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
         assert!(spec(agg).unwrap_err().to_string().contains("taken"));
+        // One folder on a case-insensitive file system.
+        let case = r#"[{"id":"AGG","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(case).unwrap_err().to_string().contains("taken"));
+        let case = r#"[{"id":"h","key_by":{"type":"key"},"aggregate":{"type":"count"}},
+                       {"id":"H","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+        assert!(spec(case).unwrap_err().to_string().contains("taken"));
         let width = r#"[{"id":"h","key_by":{"type":"value_bucket","width":0},"aggregate":{"type":"count"}}]"#;
         assert!(spec(width).unwrap_err().to_string().contains("width"));
         let p =

@@ -119,8 +119,9 @@ impl Output {
         }
     }
 
-    /// After a batch of input: what the exchange batched goes now, so
-    /// updates do not wait for a full batch (a sink buffers on its own).
+    /// When the task has no input ready (before it waits): what the
+    /// exchange batched goes now, so updates never wait for a full batch
+    /// (a sink buffers on its own).
     pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(_) => Ok(()),

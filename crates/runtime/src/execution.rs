@@ -155,6 +155,7 @@ impl Restore {
             ));
         }
         let stages = spec.keyed_stages();
+        let result = spec.result_stage().id;
         for s in &meta.subtasks {
             if s.task.operator.as_str() == SOURCE_OPERATOR {
                 let Some(o) = s.source_offset else {
@@ -168,6 +169,14 @@ impl Restore {
                 };
                 *slot = Some(o);
             } else if stages.iter().any(|st| st.id == s.task.operator) {
+                if !s.pending_transactions.is_empty() && s.task.operator != result {
+                    // Its output would never be committed by this job.
+                    return bad(format!(
+                        "has sink transactions of {}, which no longer feeds the sink (stages were added after it): restore it into a job whose last stage is {:?}",
+                        s.task,
+                        s.task.operator.as_str()
+                    ));
+                }
                 let list = r.states.entry(s.task.operator.clone()).or_default();
                 list.push(s.clone());
             } else if !spec.external_tasks.contains(&s.task.operator) {
@@ -430,4 +439,94 @@ fn spawn(
             }
         })
         .expect("spawn task thread")
+}
+
+#[cfg(test)]
+mod tests {
+    use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
+    use cutpoint_core::{CheckpointType, JobId, METADATA_VERSION};
+
+    use super::*;
+
+    fn spec(stages: &str) -> JobSpec {
+        JobSpec::from_json(&format!(
+            r#"{{"job_id":"j","parallelism":2,"source":{{"type":"generator","partitions":1,"events":10,"keys":3}},
+                "key_by":"app_id","aggregate":{{"type":"count"}},"stages":{stages}}}"#
+        ))
+        .unwrap()
+    }
+
+    const HIST: &str = r#"[{"id":"hist","key_by":{"type":"value_bucket","width":4},"aggregate":{"type":"count"}}]"#;
+
+    /// A checkpoint of `source[0]` and one subtask of each of `ops`, the
+    /// last one's with a pending sink transaction.
+    fn meta(ops: &[&str]) -> CheckpointMetadata {
+        let op = |s: &str| OperatorId::new(s).unwrap();
+        let mut subtasks = vec![SubtaskState {
+            source_offset: Some(SourceOffset {
+                partition: 0,
+                offset: 5,
+                bad_records: 0,
+            }),
+            ..SubtaskState::empty(TaskId::new(&op("source"), 0))
+        }];
+        for (i, name) in ops.iter().enumerate() {
+            let mut s = SubtaskState::empty(TaskId::new(&op(name), 0));
+            if i + 1 == ops.len() {
+                s.pending_transactions = vec![PendingTransaction {
+                    checkpoint: CheckpointId(4),
+                    handle: "txn".into(),
+                }];
+            }
+            subtasks.push(s);
+        }
+        CheckpointMetadata {
+            version: METADATA_VERSION,
+            job_id: JobId::new("j").unwrap(),
+            checkpoint_id: CheckpointId(4),
+            checkpoint_type: CheckpointType::Full,
+            trigger_timestamp: 1,
+            complete_timestamp: 2,
+            parallelism: 2,
+            max_parallelism: 128,
+            writer_epoch: None,
+            subtasks,
+        }
+    }
+
+    #[test]
+    fn a_restore_splits_state_by_stage() {
+        let r = Restore::of(&spec(HIST), Some(&meta(&["agg", "hist"]))).unwrap();
+        assert_eq!(r.offsets[0].map(|o| o.offset), Some(5));
+        let ops: Vec<_> = r.states.keys().map(|o| o.as_str()).collect();
+        assert_eq!(ops, ["agg", "hist"]);
+    }
+
+    #[test]
+    fn state_of_an_operator_the_job_lacks_is_refused() {
+        let err = Restore::of(&spec("[]"), Some(&meta(&["agg", "hist"])))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("\"hist\"") && err.contains("does not have"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_stage_added_after_the_sink_stage_refuses_its_transactions() {
+        // The checkpoint's agg fed the sink; now hist does: agg's
+        // pre-committed output would never be committed.
+        let err = Restore::of(&spec(HIST), Some(&meta(&["agg"])))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no longer feeds the sink"), "{err}");
+        // Without transactions the new stage simply starts empty.
+        let mut m = meta(&["agg"]);
+        m.subtasks[1].pending_transactions.clear();
+        let r = Restore::of(&spec(HIST), Some(&m)).unwrap();
+        assert!(!r.states.contains_key(&OperatorId::new("hist").unwrap()));
+    }
 }

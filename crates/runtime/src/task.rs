@@ -677,13 +677,23 @@ impl AggregateTask {
                     index.push(PRIORITY);
                 }
                 let wait = barriers.wait(Instant::now(), Duration::from_millis(50));
-                let op = match sel.select_timeout(wait) {
+                // Nothing ready: what the exchange batched goes before waiting,
+                // so updates never wait for a full batch (nor for the input).
+                let op = match sel.try_select() {
                     Ok(op) => op,
                     Err(_) => {
-                        if ctx.cancel.is_cancelled() {
-                            break Err(RuntimeError::Cancelled);
+                        if let Err(e) = sink.flush() {
+                            break Err(e);
                         }
-                        continue;
+                        match sel.select_timeout(wait) {
+                            Ok(op) => op,
+                            Err(_) => {
+                                if ctx.cancel.is_cancelled() {
+                                    break Err(RuntimeError::Cancelled);
+                                }
+                                continue;
+                            }
+                        }
                     }
                 };
                 let i = index[op.index()];
@@ -722,10 +732,7 @@ impl AggregateTask {
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
                     }
-                    if let Err(e) = state
-                        .apply(&mut sink, kinds[i], batch)
-                        .and_then(|()| sink.flush())
-                    {
+                    if let Err(e) = state.apply(&mut sink, kinds[i], batch) {
                         break Err(e);
                     }
                     if let Some(e) = state.take_error() {
