@@ -712,6 +712,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_specs_are_valid() {
+        for name in ["pv", "uv", "histogram"] {
+            let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            JobSpec::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+
+    #[test]
     fn defaults_apply() {
         let s = JobSpec::from_json(PV).unwrap();
         assert_eq!(s.parallelism, 2);
