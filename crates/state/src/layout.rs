@@ -101,6 +101,14 @@ impl StateNames {
     pub fn id(&self, name: &str) -> Option<u16> {
         self.by_name.get(name).map(|(id, _)| *id)
     }
+
+    /// The kind of the state with id `id`.
+    pub fn kind_of(&self, id: u16) -> Option<StateKind> {
+        self.by_name
+            .values()
+            .find(|(i, _)| *i == id)
+            .map(|(_, kind)| *kind)
+    }
 }
 
 /// One entry of typed state, decoded.

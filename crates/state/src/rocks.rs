@@ -122,18 +122,20 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Writes encoded entries (typed state, [`crate::layout`]) in key
-    /// order: `Some` puts, `None` deletes (a tombstone hides the entry in
+    /// Writes encoded entries (typed state, [`crate::layout`]), sorted
+    /// here: `Some` puts, `None` deletes (a tombstone hides the entry in
     /// older SST files). One SST file, ingested; returns the entries.
     pub fn apply_entries(
         &mut self,
-        entries: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        entries: &crate::typed::TypedDelta,
     ) -> Result<usize, StateError> {
         if entries.is_empty() {
             return Ok(0);
         }
+        let mut rows: Vec<_> = entries.iter().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         self.ingest_sst(|writer| {
-            for (k, v) in entries {
+            for (k, v) in rows {
                 match v {
                     Some(v) => writer.put(k, v)?,
                     None => writer.delete(k)?,

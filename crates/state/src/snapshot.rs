@@ -387,7 +387,7 @@ fn copy_range(
     to: &mut RocksStore,
     range: KeyGroupRange,
 ) -> Result<(), StateError> {
-    let mut batch = std::collections::BTreeMap::new();
+    let mut batch = crate::typed::TypedDelta::default();
     from.scan_raw(range, |k, v| {
         batch.insert(k.to_vec(), Some(v.to_vec()));
         if batch.len() >= MERGE_BATCH {

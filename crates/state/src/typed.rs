@@ -7,7 +7,9 @@
 //!
 //! Invariants:
 //! - Every write (put or delete) lands in the working entries and in the
-//!   delta; [`TypedTable::freeze`] swaps the delta out (O(1)). A delete is
+//!   delta; [`TypedTable::freeze`] swaps the delta out (O(1)); the worker
+//!   sorts it. Point reads and writes are hash lookups; each list's and
+//!   map's user keys are also kept in order for iteration. A delete is
 //!   kept in the delta as a tombstone, so an entry written to an earlier
 //!   SST file does not come back after a restore.
 //! - A list append writes one entry (user key: the next sequence number)
@@ -17,11 +19,12 @@
 //!   loads the ranges of several old subtasks into one table.
 //!
 //! Not built yet: eviction under a memory budget with read-through from
-//! RocksDB, TTL, and the operator API that uses these states.
+//! RocksDB, TTL.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 use cutpoint_core::{keygroup, Key};
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -51,14 +54,22 @@ impl KeyContext {
 }
 
 /// The encoded entries changed since the previous snapshot (`None`:
-/// deleted), in key order.
-pub type TypedDelta = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// deleted), unordered: the snapshot worker sorts them
+/// ([`crate::RocksStore::apply_entries`]), off the task thread.
+pub type TypedDelta = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Typed keyed state of one subtask, in memory.
+///
+/// Point reads and writes are one hash lookup of the whole RocksDB key;
+/// the user keys of each list and map (per state, key and namespace) are
+/// also kept in `index`, for iteration by prefix (sorted then).
 #[derive(Debug, Default)]
 pub struct TypedTable {
     names: StateNames,
-    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    entries: FxHashMap<Vec<u8>, Vec<u8>>,
+    /// The user keys of each list and map (by entry prefix); sorted when
+    /// iterated (lists: sequence numbers, so in append order).
+    index: FxHashMap<Vec<u8>, FxHashSet<Vec<u8>>>,
     delta: TypedDelta,
     next_seq: u64,
 }
@@ -77,8 +88,7 @@ impl TypedTable {
         d: &StateDescriptor,
         ctx: &KeyContext,
     ) -> Result<Option<T>, LayoutError> {
-        let k = self.key(d, StateKind::Value, ctx, &[])?;
-        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
+        self.get(d, StateKind::Value, ctx, &[])
     }
 
     pub fn set_value<T: Serialize>(
@@ -87,9 +97,7 @@ impl TypedTable {
         ctx: &KeyContext,
         value: &T,
     ) -> Result<(), LayoutError> {
-        let k = self.key(d, StateKind::Value, ctx, &[])?;
-        self.put(k, d, value);
-        Ok(())
+        self.put(d, StateKind::Value, ctx, &[], value)
     }
 
     /// Combines `value` into a [`StateKind::Reducing`] state with `reduce`;
@@ -101,12 +109,11 @@ impl TypedTable {
         value: T,
         reduce: impl FnOnce(T, T) -> T,
     ) -> Result<T, LayoutError> {
-        let k = self.key(d, StateKind::Reducing, ctx, &[])?;
-        let next = match self.entries.get(&k) {
-            Some(old) => reduce(decode_value(d, old)?, value),
+        let next = match self.get(d, StateKind::Reducing, ctx, &[])? {
+            Some(old) => reduce(old, value),
             None => value,
         };
-        self.put(k, d, &next);
+        self.put(d, StateKind::Reducing, ctx, &[], &next)?;
         Ok(next)
     }
 
@@ -118,9 +125,8 @@ impl TypedTable {
         value: &T,
     ) -> Result<(), LayoutError> {
         self.next_seq += 1;
-        let k = self.key(d, StateKind::List, ctx, &list_element(self.next_seq))?;
-        self.put(k, d, value);
-        Ok(())
+        let seq = list_element(self.next_seq);
+        self.put(d, StateKind::List, ctx, &seq, value)
     }
 
     /// A list's elements in append order.
@@ -130,6 +136,7 @@ impl TypedTable {
         ctx: &KeyContext,
     ) -> Result<Vec<T>, LayoutError> {
         self.scan(d, StateKind::List, ctx)?
+            .into_iter()
             .map(|(_, v)| decode_value(d, v))
             .collect()
     }
@@ -141,9 +148,7 @@ impl TypedTable {
         key: &K,
         value: &V,
     ) -> Result<(), LayoutError> {
-        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
-        self.put(k, d, value);
-        Ok(())
+        self.put(d, StateKind::Map, ctx, &map_key(key), value)
     }
 
     pub fn map_get<K: Serialize, V: DeserializeOwned>(
@@ -152,8 +157,7 @@ impl TypedTable {
         ctx: &KeyContext,
         key: &K,
     ) -> Result<Option<V>, LayoutError> {
-        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
-        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
+        self.get(d, StateKind::Map, ctx, &map_key(key))
     }
 
     pub fn map_remove<K: Serialize>(
@@ -162,8 +166,8 @@ impl TypedTable {
         ctx: &KeyContext,
         key: &K,
     ) -> Result<(), LayoutError> {
-        let k = self.key(d, StateKind::Map, ctx, &map_key(key))?;
-        self.delete(k);
+        let prefix = self.prefix(d, StateKind::Map, ctx)?;
+        self.delete(&prefix, &map_key(key));
         Ok(())
     }
 
@@ -174,9 +178,9 @@ impl TypedTable {
         ctx: &KeyContext,
     ) -> Result<Vec<(K, V)>, LayoutError> {
         self.scan(d, StateKind::Map, ctx)?
-            .map(|(k, v)| {
-                let user = decode_entry(k)?.user_key;
-                let key = postcard::from_bytes(&user).map_err(|e| LayoutError::Decode {
+            .into_iter()
+            .map(|(user, v)| {
+                let key = postcard::from_bytes(user).map_err(|e| LayoutError::Decode {
                     state: d.name.clone(),
                     why: format!("map key: {e}"),
                 })?;
@@ -187,12 +191,15 @@ impl TypedTable {
 
     /// Removes everything state `d` holds for `ctx` (any kind).
     pub fn clear(&mut self, d: &StateDescriptor, ctx: &KeyContext) -> Result<(), LayoutError> {
-        let keys: Vec<Vec<u8>> = self
-            .scan(d, d.kind, ctx)?
-            .map(|(k, _)| k.to_vec())
-            .collect();
-        for k in keys {
-            self.delete(k);
+        let prefix = self.prefix(d, d.kind, ctx)?;
+        match d.kind {
+            StateKind::Value | StateKind::Reducing => self.delete(&prefix, &[]),
+            StateKind::List | StateKind::Map => {
+                let users = self.index.get(&prefix).cloned().unwrap_or_default();
+                for user in users {
+                    self.delete(&prefix, &user);
+                }
+            }
         }
         Ok(())
     }
@@ -206,10 +213,29 @@ impl TypedTable {
     /// rescaling); list sequence numbers continue above the loaded ones.
     pub fn load(&mut self, key: &[u8], value: &[u8]) -> Result<(), LayoutError> {
         let e = decode_entry(key)?;
-        if e.user_key.len() == 8 {
-            // Possibly a list element: keep appends above it either way.
-            let seq = u64::from_be_bytes(e.user_key.try_into().expect("8 bytes"));
-            self.next_seq = self.next_seq.max(seq);
+        let kind = self
+            .names
+            .kind_of(e.state)
+            .ok_or(LayoutError::MalformedKey(
+                "a state id no declared state has",
+            ))?;
+        if kind == StateKind::List {
+            let seq: [u8; 8] = e.user_key.as_slice().try_into().map_err(|_| {
+                LayoutError::MalformedKey("a list element without a sequence number")
+            })?;
+            self.next_seq = self.next_seq.max(u64::from_be_bytes(seq));
+        }
+        if matches!(kind, StateKind::List | StateKind::Map) {
+            let prefix = &key[..key.len() - e.user_key.len()];
+            match self.index.get_mut(prefix) {
+                Some(users) => {
+                    users.insert(e.user_key);
+                }
+                None => {
+                    let users = FxHashSet::from_iter([e.user_key]);
+                    self.index.insert(prefix.to_vec(), users);
+                }
+            }
         }
         self.entries.insert(key.to_vec(), value.to_vec());
         Ok(())
@@ -221,11 +247,16 @@ impl TypedTable {
         &self,
         d: &StateDescriptor,
     ) -> Result<Vec<(Key, T)>, LayoutError> {
-        let state = self.state_id(d, StateKind::Value)?;
+        let state = self.state_id(d, StateKind::Value)?.to_be_bytes();
         let mut out = Vec::new();
-        for (k, v) in &self.entries {
+        // The state id is bytes 2..4: only its entries are decoded.
+        for (k, v) in self
+            .entries
+            .iter()
+            .filter(|(k, _)| k.get(2..4) == Some(&state))
+        {
             let e = decode_entry(k)?;
-            if e.state != state || !e.namespace.is_empty() || !e.user_key.is_empty() {
+            if !e.namespace.is_empty() || !e.user_key.is_empty() {
                 continue;
             }
             let key = Key::decode(&e.key).ok_or(LayoutError::MalformedKey("bad key"))?;
@@ -243,23 +274,16 @@ impl TypedTable {
         self.entries.is_empty()
     }
 
-    fn key(
+    /// The prefix of state `d`'s entries for `ctx`.
+    fn prefix(
         &self,
         d: &StateDescriptor,
         kind: StateKind,
         ctx: &KeyContext,
-        user_key: &[u8],
     ) -> Result<Vec<u8>, LayoutError> {
         let state = self.state_id(d, kind)?;
         let mut k = Vec::new();
-        entry_key(
-            ctx.key_group,
-            state,
-            &ctx.key,
-            &ctx.namespace,
-            user_key,
-            &mut k,
-        );
+        entry_prefix(ctx.key_group, state, &ctx.key, &ctx.namespace, &mut k);
         Ok(k)
     }
 
@@ -274,35 +298,109 @@ impl TypedTable {
         }
     }
 
-    fn scan<'a>(
-        &'a self,
+    /// One entry, decoded.
+    fn get<T: DeserializeOwned>(
+        &self,
         d: &StateDescriptor,
         kind: StateKind,
         ctx: &KeyContext,
-    ) -> Result<impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a, LayoutError> {
+        user_key: &[u8],
+    ) -> Result<Option<T>, LayoutError> {
         let state = self.state_id(d, kind)?;
-        let mut prefix = Vec::new();
-        entry_prefix(ctx.key_group, state, &ctx.key, &ctx.namespace, &mut prefix);
-        Ok(self
-            .entries
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(k, v)| (k.as_slice(), v.as_slice())))
+        let mut k = Vec::with_capacity(32);
+        entry_key(
+            ctx.key_group,
+            state,
+            &ctx.key,
+            &ctx.namespace,
+            user_key,
+            &mut k,
+        );
+        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
     }
 
-    fn put<T: Serialize>(&mut self, k: Vec<u8>, d: &StateDescriptor, value: &T) {
+    /// A list's or map's entries in user-key order: (user key, value).
+    fn scan(
+        &self,
+        d: &StateDescriptor,
+        kind: StateKind,
+        ctx: &KeyContext,
+    ) -> Result<Vec<UserEntry<'_>>, LayoutError> {
+        let prefix = self.prefix(d, kind, ctx)?;
+        let Some(users) = self.index.get(&prefix) else {
+            return Ok(Vec::new());
+        };
+        let mut users: Vec<&Vec<u8>> = users.iter().collect();
+        users.sort_unstable();
+        let mut k = prefix.clone();
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            k.truncate(prefix.len());
+            k.extend_from_slice(user);
+            if let Some(v) = self.entries.get(&k) {
+                out.push((user.as_slice(), v.as_slice()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn put<T: Serialize>(
+        &mut self,
+        d: &StateDescriptor,
+        kind: StateKind,
+        ctx: &KeyContext,
+        user_key: &[u8],
+        value: &T,
+    ) -> Result<(), LayoutError> {
+        let state = self.state_id(d, kind)?;
+        let mut k = Vec::with_capacity(32);
+        entry_prefix(ctx.key_group, state, &ctx.key, &ctx.namespace, &mut k);
+        let prefix_len = k.len();
+        k.extend_from_slice(user_key);
         let mut v = Vec::new();
         encode_value(d, value, &mut v);
         self.delta.insert(k.clone(), Some(v.clone()));
-        self.entries.insert(k, v);
+        match self.entries.entry(k) {
+            Entry::Occupied(mut e) => {
+                e.insert(v);
+            }
+            Entry::Vacant(e) => {
+                // A new list element or map entry: indexed once.
+                if matches!(kind, StateKind::List | StateKind::Map) {
+                    let prefix = &e.key()[..prefix_len];
+                    match self.index.get_mut(prefix) {
+                        Some(users) => {
+                            users.insert(user_key.to_vec());
+                        }
+                        None => {
+                            let users = FxHashSet::from_iter([user_key.to_vec()]);
+                            self.index.insert(prefix.to_vec(), users);
+                        }
+                    }
+                }
+                e.insert(v);
+            }
+        }
+        Ok(())
     }
 
-    fn delete(&mut self, k: Vec<u8>) {
+    fn delete(&mut self, prefix: &[u8], user_key: &[u8]) {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(user_key);
+        if let Some(users) = self.index.get_mut(prefix) {
+            users.remove(user_key);
+            if users.is_empty() {
+                self.index.remove(prefix);
+            }
+        }
         if self.entries.remove(&k).is_some() || self.delta.contains_key(&k) {
             self.delta.insert(k, None);
         }
     }
 }
+
+/// A list's or map's entry: (user key, encoded value).
+type UserEntry<'a> = (&'a [u8], &'a [u8]);
 
 /// A map key as a user key: its postcard encoding.
 fn map_key<K: Serialize>(key: &K) -> Vec<u8> {
