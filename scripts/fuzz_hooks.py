@@ -8,8 +8,11 @@ a schema: one field against another, or against the deployment. Positive
 positive_data_acceptance still holds every other rule to account:
 
 - POST /v1/jobs: the cross-field rules of the JobSubmission description
-  (parallelism <= max_parallelism, key_by `app_id` and a sum of `value` or
-  `app_id` with a generator, a join names one of two or more sources). Test
+  (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
+  aggregate field of `value`, `app_id` or `user_id` with a generator, a
+  join names one of two or more sources; stage ids unique and not source,
+  agg, sink or an external task, ignoring case; no memory budget with
+  count_distinct or dedup). Test
   knobs are dropped: this server runs as in production, without
   --enable-test-knobs, and refuses them (400, tested in tests/e2e/api.rs).
   Savepoint paths are put under this server's storage root (a path elsewhere
@@ -91,9 +94,29 @@ def _sources(spec):
     sources = [spec["source"], *spec.get("union", [])]
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
-        if agg.get("type") == "sum" and agg.get("field") not in ("value", "app_id"):
-            agg = dict(agg, field="value")
+        fields = ("value", "app_id", "user_id")
+        if agg.get("type") in ("sum", "count_distinct", "dedup") and agg.get("field") not in fields:
+            agg = dict(agg, field="user_id")
     spec["aggregate"] = agg
+    if agg.get("type") in ("count_distinct", "dedup") and isinstance(spec.get("state"), dict):
+        spec["state"] = dict(spec["state"], memory_budget_mb=None)
+
+
+def _stages(spec):
+    stages = spec.get("stages")
+    if not isinstance(stages, list):
+        return
+    taken = {"source", "agg", "sink"}
+    taken |= {str(t).lower() for t in spec.get("external_tasks") or []}
+    out = []
+    for i, stage in enumerate(stages[:2]):
+        stage = dict(stage)
+        if str(stage.get("id", "")).lower() in taken:
+            stage["id"] = f"stage{i}x"
+        taken.add(str(stage["id"]).lower())
+        _cap(stage, "parallelism", hi=min(2, spec.get("max_parallelism", 128)))
+        out.append(stage)
+    spec["stages"] = out
 
 
 def _settings(spec):
@@ -119,6 +142,7 @@ def job_spec(spec):
     spec = {k: v for k, v in spec.items() if k not in KNOBS}
     _sources(spec)
     _settings(spec)
+    _stages(spec)
     restore = spec.get("restore_from")
     if isinstance(restore, str) and restore.startswith("savepoint:") and "/" in restore:
         spec["restore_from"] = "savepoint:" + _savepoint_path(restore[len("savepoint:"):])
