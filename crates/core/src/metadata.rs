@@ -47,6 +47,58 @@ pub struct PendingTransaction {
     pub handle: String,
 }
 
+/// The kinds of keyed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    Value,
+    List,
+    Map,
+    Reducing,
+}
+
+/// What a keyed stage aggregates, as far as its state's form goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateKind {
+    Count,
+    Sum,
+    Join,
+    CountDistinct,
+    Dedup,
+}
+
+impl AggregateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggregateKind::Count => "count",
+            AggregateKind::Sum => "sum",
+            AggregateKind::Join => "join",
+            AggregateKind::CountDistinct => "count_distinct",
+            AggregateKind::Dedup => "dedup",
+        }
+    }
+}
+
+/// One typed state as its operator declared it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredState {
+    /// Its prefix in the RocksDB keys.
+    pub id: u16,
+    pub name: String,
+    pub kind: StateKind,
+}
+
+/// The form of a keyed subtask's state, recorded with each snapshot, so a
+/// restore refuses state of another form instead of misreading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateSchema {
+    pub aggregate: AggregateKind,
+    /// Typed state: every declared state, by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<DeclaredState>,
+}
+
 /// What one subtask acknowledged for a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskState {
@@ -91,6 +143,10 @@ pub struct SubtaskState {
     /// The subtask took this checkpoint unaligned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unaligned: bool,
+    /// A keyed subtask's state form (absent in checkpoints of older
+    /// releases, and for sources and external tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<StateSchema>,
     pub ack_timestamp: u64,
 }
 
@@ -132,6 +188,7 @@ impl SubtaskState {
             channel_state: Vec::new(),
             persisted_data_size: 0,
             unaligned: false,
+            schema: None,
             ack_timestamp: 0,
         }
     }

@@ -15,7 +15,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::JobSpec;
+use crate::metadata::AggregateKind;
+use crate::spec::{AggregateSpec, JobSpec};
 use crate::{CoreError, Key, OperatorId, Record};
 
 /// A keyed stage after the first one.
@@ -80,6 +81,8 @@ impl Forward {
 pub struct KeyedStage {
     pub id: OperatorId,
     pub parallelism: u32,
+    /// What it aggregates (the form of its state).
+    pub aggregate: AggregateKind,
     /// Where its updates go: the next stage, or `None` for the sink.
     pub forward: Option<Forward>,
 }
@@ -93,6 +96,13 @@ impl JobSpec {
         let first = KeyedStage {
             id: OperatorId::new(FIRST_STAGE).expect("static operator id"),
             parallelism: self.parallelism,
+            aggregate: match self.aggregate {
+                AggregateSpec::Count => AggregateKind::Count,
+                AggregateSpec::Sum { .. } => AggregateKind::Sum,
+                AggregateSpec::Join { .. } => AggregateKind::Join,
+                AggregateSpec::CountDistinct { .. } => AggregateKind::CountDistinct,
+                AggregateSpec::Dedup { .. } => AggregateKind::Dedup,
+            },
             forward: None,
         };
         let mut out = vec![first];
@@ -106,6 +116,10 @@ impl JobSpec {
             out.push(KeyedStage {
                 id: s.id.clone(),
                 parallelism: s.parallelism.unwrap_or(self.parallelism),
+                aggregate: match s.aggregate {
+                    StageAggregate::Count => AggregateKind::Count,
+                    StageAggregate::Sum => AggregateKind::Sum,
+                },
                 forward: None,
             });
         }

@@ -8,6 +8,7 @@
 //! `value`) whose outputs are updates `(key, new value)`; each names the
 //! value state holding a key's latest update (the job's result).
 
+use cutpoint_core::metadata::DeclaredState;
 use cutpoint_core::spec::{AggregateSpec, Keep};
 use cutpoint_core::{Key, Record};
 use cutpoint_state::layout::{StateDescriptor, StateKind};
@@ -25,6 +26,8 @@ pub trait RecordOperator: Send {
     fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), OperatorError>;
     /// Every key's latest update.
     fn results(&self) -> Result<Vec<(Key, i64)>, OperatorError>;
+    /// Its declared states, by id (recorded with each snapshot).
+    fn declared(&self) -> Vec<DeclaredState>;
 }
 
 /// A function whose per-key result is one value state.
@@ -47,6 +50,10 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
 
     fn results(&self) -> Result<Vec<(Key, i64)>, OperatorError> {
         Ok(self.table.values(self.function.result_state())?)
+    }
+
+    fn declared(&self) -> Vec<DeclaredState> {
+        self.table.names().declared()
     }
 }
 

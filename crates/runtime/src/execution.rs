@@ -168,7 +168,18 @@ impl Restore {
                     ));
                 };
                 *slot = Some(o);
-            } else if stages.iter().any(|st| st.id == s.task.operator) {
+            } else if let Some(stage) = stages.iter().find(|st| st.id == s.task.operator) {
+                if let Some(had) = s.schema.as_ref().map(|c| c.aggregate) {
+                    if had != stage.aggregate {
+                        return bad(format!(
+                            "holds {} state of a {} aggregate; the job's {} is a {} (state cannot be converted: restore into a job with the same aggregate there)",
+                            s.task,
+                            had.as_str(),
+                            stage.id,
+                            stage.aggregate.as_str()
+                        ));
+                    }
+                }
                 if !s.pending_transactions.is_empty() && s.task.operator != result {
                     // Its output would never be committed by this job.
                     return bad(format!(
@@ -500,6 +511,31 @@ mod tests {
         assert_eq!(r.offsets[0].map(|o| o.offset), Some(5));
         let ops: Vec<_> = r.states.keys().map(|o| o.as_str()).collect();
         assert_eq!(ops, ["agg", "hist"]);
+    }
+
+    #[test]
+    fn state_of_another_aggregate_is_refused_with_both_named() {
+        use cutpoint_core::metadata::{AggregateKind, StateSchema};
+        let mut m = meta(&["agg"]);
+        m.subtasks[1].pending_transactions.clear();
+        m.subtasks[1].schema = Some(StateSchema {
+            aggregate: AggregateKind::Count,
+            states: Vec::new(),
+        });
+        let distinct = JobSpec::from_json(
+            r#"{"job_id":"j","source":{"type":"generator","partitions":1,"events":10,"keys":3},
+                "key_by":"app_id","aggregate":{"type":"count_distinct","field":"user_id"}}"#,
+        )
+        .unwrap();
+        let err = Restore::of(&distinct, Some(&m)).err().unwrap().to_string();
+        assert!(
+            err.contains("a count aggregate") && err.contains("count_distinct"),
+            "{err}"
+        );
+        // The same aggregate restores; so does a checkpoint recording none.
+        assert!(Restore::of(&spec("[]"), Some(&m)).is_ok());
+        m.subtasks[1].schema = None;
+        assert!(Restore::of(&distinct, Some(&m)).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! last snapshot (O(1) to take) and end as a table of each key's latest
 //! update (the job's result).
 
+use cutpoint_core::metadata::{AggregateKind, StateSchema};
 use cutpoint_core::spec::{join, AggregateSpec};
 use cutpoint_core::{JobSpec, Key, Record};
 use cutpoint_operator::builtins::RecordOperator;
@@ -114,6 +115,17 @@ impl KeyedState {
         match self {
             KeyedState::Counts(t) => Some(t),
             KeyedState::Typed { .. } => None,
+        }
+    }
+
+    /// The form of this state, for the snapshots' metadata.
+    pub(crate) fn schema(&self, aggregate: AggregateKind) -> StateSchema {
+        StateSchema {
+            aggregate,
+            states: match self {
+                KeyedState::Counts(_) => Vec::new(),
+                KeyedState::Typed { op, .. } => op.declared(),
+            },
         }
     }
 

@@ -426,6 +426,33 @@ impl AggregateTask {
         Ok(Output::Next { exchange, forward })
     }
 
+    /// Typed state restores only into an operator that declares the same
+    /// states under the same ids (a checkpoint of an older release records
+    /// none: not checked).
+    fn check_declared(
+        &self,
+        declared: Vec<cutpoint_core::metadata::DeclaredState>,
+    ) -> Result<(), RuntimeError> {
+        let recorded = self.restore.iter().filter_map(|s| s.schema.as_ref());
+        for schema in recorded {
+            if schema.states != declared {
+                let names = |d: &[cutpoint_core::metadata::DeclaredState]| {
+                    d.iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(RuntimeError::Restore(format!(
+                    "{}: the checkpoint's typed states [{}] are not the operator's [{}]",
+                    self.task,
+                    names(&schema.states),
+                    names(&declared)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Restores (or opens empty) state, and reads the channel state to
     /// replay; errors here are restore failures.
     pub(crate) fn open_state(&self) -> Result<(Opened, Vec<(u32, Record)>), RuntimeError> {
@@ -458,6 +485,7 @@ impl AggregateTask {
         let state = match typed {
             None => KeyedState::Counts(restored.table),
             Some(mut op) => {
+                self.check_declared(op.declared())?;
                 restored.store.scan_raw(self.range, |k, v| {
                     op.restore_entry(k, v)
                         .map_err(|e| StateError::CorruptState {
@@ -525,6 +553,7 @@ impl AggregateTask {
             pending: Default::default(),
             scratch: self.dirs.scratch.clone(),
             applied: applied.clone(),
+            schema: state.schema(self.stage.aggregate),
         };
         let worker_thread = std::thread::Builder::new()
             .name(format!("snap-{}", self.task))

@@ -60,6 +60,8 @@ pub(crate) struct Worker {
     /// Deltas written to RocksDB so far (snapshots and spills): the task
     /// evicts clean entries only when this equals the deltas it handed over.
     pub applied: Arc<std::sync::atomic::AtomicU64>,
+    /// The form of the state, recorded with every snapshot.
+    pub schema: cutpoint_core::metadata::StateSchema,
 }
 
 impl Worker {
@@ -218,6 +220,7 @@ impl Worker {
                         persisted_data_size: channel.as_ref().map_or(0, |f| f.size),
                         channel_state: channel.into_iter().collect(),
                         unaligned: job.channel_state.is_some(),
+                        schema: Some(self.schema.clone()),
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),

@@ -57,15 +57,9 @@ pub enum LayoutError {
     TooManyStates,
 }
 
-/// The kinds of keyed state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StateKind {
-    Value,
-    List,
-    Map,
-    Reducing,
-}
+/// The kinds of keyed state (defined in core: checkpoint metadata records
+/// them).
+pub use cutpoint_core::metadata::StateKind;
 
 /// A named state as an operator declares it (Flink's state descriptor).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +94,23 @@ impl StateNames {
 
     pub fn id(&self, name: &str) -> Option<u16> {
         self.by_name.get(name).map(|(id, _)| *id)
+    }
+
+    /// Every declared state, by id.
+    pub fn declared(&self) -> Vec<cutpoint_core::metadata::DeclaredState> {
+        let mut out: Vec<_> = self
+            .by_name
+            .iter()
+            .map(
+                |(name, (id, kind))| cutpoint_core::metadata::DeclaredState {
+                    id: *id,
+                    name: name.clone(),
+                    kind: *kind,
+                },
+            )
+            .collect();
+        out.sort_by_key(|d| d.id);
+        out
     }
 
     /// The kind of the state with id `id`.

@@ -265,6 +265,11 @@ impl TypedTable {
         Ok(out)
     }
 
+    /// The declared states.
+    pub fn names(&self) -> &StateNames {
+        &self.names
+    }
+
     /// Entries in memory.
     pub fn len(&self) -> usize {
         self.entries.len()
