@@ -112,6 +112,22 @@ async fn failure_and_rescales(
     .await;
     assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
     check(&o);
+    // Each snapshot records its state's form: the typed states by id.
+    let meta = checkpoint_at(dir.path(), &job, 2).await;
+    let schema = |op: &str| {
+        let s = meta
+            .subtasks
+            .iter()
+            .find(|s| s.task.operator.as_str() == op);
+        s.and_then(|s| s.schema.clone()).expect("a recorded schema")
+    };
+    let names: Vec<String> = schema("agg").states.into_iter().map(|d| d.name).collect();
+    let want = match name {
+        "distinct" => vec!["distinct_values", "distinct_count"],
+        _ => vec!["dedup_kept"],
+    };
+    assert_eq!(names, want);
+    assert!(schema("hist").states.is_empty(), "an integer stage");
     for (from, to, work) in [(2, 3, "w3"), (3, 1, "w4")] {
         let id = checkpoint_at(dir.path(), &job, from).await.checkpoint_id;
         let spec = spec_json(&job, to, mode, aggregate, then, slow);
