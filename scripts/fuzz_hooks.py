@@ -12,7 +12,7 @@ positive_data_acceptance still holds every other rule to account:
   aggregate field of `value`, `app_id` or `user_id` with a generator, a
   join names one of two or more sources; stage ids unique and not source,
   agg, sink or an external task, ignoring case; no memory budget with
-  count_distinct or dedup). Test
+  count_distinct, dedup, min or max). Test
   knobs are dropped: this server runs as in production, without
   --enable-test-knobs, and refuses them (400, tested in tests/e2e/api.rs).
   Savepoint paths are put under this server's storage root (a path elsewhere
@@ -48,6 +48,8 @@ INPUT = os.environ["FUZZ_INPUT"]
 KNOBS = ("inject_failure", "inject_barrier_delay", "inject_processing_delay_us")
 MAX_EVENTS = 10_000
 MAX_WAIT_MS = 200
+# Aggregates with typed state (no memory budget yet).
+TYPED = ("count_distinct", "dedup", "min", "max")
 
 
 def _valid_at(case, location):
@@ -95,10 +97,10 @@ def _sources(spec):
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
         fields = ("value", "app_id", "user_id")
-        if agg.get("type") in ("sum", "count_distinct", "dedup") and agg.get("field") not in fields:
+        if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
     spec["aggregate"] = agg
-    if agg.get("type") in ("count_distinct", "dedup") and isinstance(spec.get("state"), dict):
+    if agg.get("type") in TYPED and isinstance(spec.get("state"), dict):
         spec["state"] = dict(spec["state"], memory_budget_mb=None)
 
 

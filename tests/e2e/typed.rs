@@ -1,7 +1,7 @@
 //! JSON jobs whose first stage keeps typed state through the operator API:
 //! count-distinct (a map of the users seen per app and a count) and dedup
 //! (the first user per app), each followed by a second keyed stage over
-//! its updates. Checked against plain computations from the generator:
+//! its updates; min and max (a value state per app). Checked against plain computations from the generator:
 //! after a failure, aligned and unaligned, after rescaled restores
 //! (2 → 3 → 1), and after SIGKILL of the binary with restores of `latest`
 //! and an older id.
@@ -212,4 +212,53 @@ fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
         );
         assert_exact(&read_final(&out), &hist);
     }
+}
+
+/// Min and max of the users per app: a key's first value counts (0 too),
+/// exact after a failure and rescaled restores.
+async fn extreme(kind: &str, mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let job = format!("{kind}-{}", mode.replace('_', "-"));
+    let spec = |p: u32, extra: &str| {
+        format!(
+            r#"{{"job_id":"{job}","parallelism":{p},
+                "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"users":{USERS},"seed":42,"rate_per_s":300000}},
+                "key_by":"app_id","aggregate":{{"type":"{kind}","field":"user_id"}},
+                "checkpoint":{{"interval_ms":100,"retention":100,"mode":"{mode}"}}{extra}}}"#
+        )
+    };
+    let users = users_per_app();
+    let want: BTreeMap<Key, i64> = users
+        .iter()
+        .map(|(k, s)| {
+            let v = if kind == "min" { s.first() } else { s.last() };
+            (k.clone(), *v.unwrap() as i64)
+        })
+        .collect();
+    let failing = r#","inject_failure":{"subtask":0,"after_records":40000}"#;
+    let o = run(spec(2, failing), dir.path(), None, "w1").await;
+    assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+    assert_exact(&final_counts(&o), &want);
+    for (from, to, work) in [(2, 3, "w3"), (3, 1, "w4")] {
+        let id = checkpoint_at(dir.path(), &job, from).await.checkpoint_id;
+        let o = run(
+            spec(to, ""),
+            dir.path(),
+            Some(RestoreFrom::Checkpoint(id)),
+            work,
+        )
+        .await;
+        assert_eq!(o.restored_from, vec![id]);
+        assert_exact(&final_counts(&o), &want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_exact_after_a_failure_and_rescales_aligned() {
+    extreme("min", "exactly_once").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_exact_after_a_failure_and_rescales_unaligned() {
+    extreme("max", "unaligned").await;
 }

@@ -66,6 +66,8 @@ pub enum AggregateKind {
     Join,
     CountDistinct,
     Dedup,
+    Min,
+    Max,
 }
 
 impl AggregateKind {
@@ -76,6 +78,8 @@ impl AggregateKind {
             AggregateKind::Join => "join",
             AggregateKind::CountDistinct => "count_distinct",
             AggregateKind::Dedup => "dedup",
+            AggregateKind::Min => "min",
+            AggregateKind::Max => "max",
         }
     }
 }

@@ -195,6 +195,13 @@ pub enum AggregateSpec {
         #[serde(default)]
         keep: Keep,
     },
+    /// The smallest value of an integer field per key (typed state: a
+    /// value state, so a key's first value counts whatever it is); updates
+    /// carry the new minimum when it falls.
+    Min { field: String },
+    /// The largest value of an integer field per key; updates carry the new
+    /// maximum when it rises.
+    Max { field: String },
 }
 
 /// Which record [`AggregateSpec::Dedup`] keeps.
@@ -215,7 +222,9 @@ impl AggregateSpec {
             AggregateSpec::Sum { field }
             | AggregateSpec::Join { field, .. }
             | AggregateSpec::CountDistinct { field }
-            | AggregateSpec::Dedup { field, .. } => Some(field),
+            | AggregateSpec::Dedup { field, .. }
+            | AggregateSpec::Min { field }
+            | AggregateSpec::Max { field } => Some(field),
         }
     }
 
@@ -224,7 +233,10 @@ impl AggregateSpec {
     pub fn is_typed(&self) -> bool {
         matches!(
             self,
-            AggregateSpec::CountDistinct { .. } | AggregateSpec::Dedup { .. }
+            AggregateSpec::CountDistinct { .. }
+                | AggregateSpec::Dedup { .. }
+                | AggregateSpec::Min { .. }
+                | AggregateSpec::Max { .. }
         )
     }
 }
@@ -540,7 +552,7 @@ impl JobSpec {
             return bad("checkpoint.retention must be at least 1".into());
         }
         if self.aggregate.is_typed() && self.state.memory_budget_mb.is_some() {
-            return bad("state.memory_budget_mb: count_distinct and dedup keep their state in memory (no budget yet); set it to null".into());
+            return bad("state.memory_budget_mb: count_distinct, dedup, min and max keep their state in memory (no budget yet); set it to null".into());
         }
         if self.state.memory_budget_mb == Some(0) {
             return bad("state.memory_budget_mb must be positive (or null)".into());

@@ -102,6 +102,8 @@ impl JobSpec {
                 AggregateSpec::Join { .. } => AggregateKind::Join,
                 AggregateSpec::CountDistinct { .. } => AggregateKind::CountDistinct,
                 AggregateSpec::Dedup { .. } => AggregateKind::Dedup,
+                AggregateSpec::Min { .. } => AggregateKind::Min,
+                AggregateSpec::Max { .. } => AggregateKind::Max,
             },
             forward: None,
         };

@@ -159,6 +159,64 @@ impl WithResult for Dedup {
     }
 }
 
+/// Which extreme [`Extreme`] keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    Min,
+    Max,
+}
+
+/// The smallest or largest value per key.
+pub struct Extreme {
+    which: Which,
+    extreme: StateDescriptor,
+}
+
+impl Extreme {
+    pub fn new(which: Which) -> Self {
+        let name = match which {
+            Which::Min => "min_value",
+            Which::Max => "max_value",
+        };
+        Self {
+            which,
+            extreme: state(name, StateKind::Value),
+        }
+    }
+}
+
+impl KeyedProcessFunction for Extreme {
+    type In = Record;
+    type Out = (Key, i64);
+
+    fn states(&self) -> Vec<StateDescriptor> {
+        vec![self.extreme.clone()]
+    }
+
+    fn process(
+        &mut self,
+        record: Record,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Vec<(Key, i64)>,
+    ) -> Result<(), OperatorError> {
+        let beats = |old: i64| match self.which {
+            Which::Min => record.value < old,
+            Which::Max => record.value > old,
+        };
+        if ctx.value::<i64>(&self.extreme)?.is_none_or(beats) {
+            ctx.set_value(&self.extreme, &record.value)?;
+            out.push((record.key, record.value));
+        }
+        Ok(())
+    }
+}
+
+impl WithResult for Extreme {
+    fn result_state(&self) -> &StateDescriptor {
+        &self.extreme
+    }
+}
+
 /// The operator for a typed aggregate (`None`: the aggregate keeps one
 /// integer per key and runs without the operator API).
 pub fn builtin(
@@ -174,6 +232,16 @@ pub fn builtin(
         )?)),
         AggregateSpec::Dedup { keep, .. } => Some(Box::new(KeyedOperator::new(
             Dedup::new(*keep),
+            key,
+            max_parallelism,
+        )?)),
+        AggregateSpec::Min { .. } => Some(Box::new(KeyedOperator::new(
+            Extreme::new(Which::Min),
+            key,
+            max_parallelism,
+        )?)),
+        AggregateSpec::Max { .. } => Some(Box::new(KeyedOperator::new(
+            Extreme::new(Which::Max),
             key,
             max_parallelism,
         )?)),
@@ -230,6 +298,28 @@ mod tests {
         let mut results = op.results().unwrap();
         results.sort();
         assert_eq!(results, [int(1, 9), int(2, 7)]);
+    }
+
+    #[test]
+    fn min_and_max_emit_each_new_extreme() {
+        let int = |k, v| (Key::Int(k), v);
+        let input = [(1, 5), (1, 7), (1, 0), (2, -3), (1, 0), (1, 9), (2, -4)];
+        let min = AggregateSpec::Min { field: "v".into() };
+        let mut op = builtin(&min, 128).unwrap().unwrap();
+        // 0 is a value like any other: the first value of a key counts.
+        assert_eq!(
+            run(op.as_mut(), &input),
+            [int(1, 5), int(1, 0), int(2, -3), int(2, -4)]
+        );
+        let mut results = op.results().unwrap();
+        results.sort();
+        assert_eq!(results, [int(1, 0), int(2, -4)]);
+        let max = AggregateSpec::Max { field: "v".into() };
+        let mut op = builtin(&max, 128).unwrap().unwrap();
+        assert_eq!(
+            run(op.as_mut(), &input),
+            [int(1, 5), int(1, 7), int(2, -3), int(1, 9)]
+        );
     }
 
     #[test]
