@@ -9,6 +9,8 @@
 //! channel first, ahead of what is queued; the in-band copy marks where
 //! the cut lies on that channel.
 
+use std::time::{Duration, Instant};
+
 use crossbeam_channel::Sender;
 use cutpoint_core::metadata::PendingTransaction;
 use cutpoint_core::stage::Forward;
@@ -27,7 +29,13 @@ pub(crate) struct Exchange {
     batches: Vec<Vec<Record>>,
     max_parallelism: u32,
     cancel: CancellationToken,
+    /// When what is batched was last sent.
+    flushed_at: Instant,
 }
+
+/// The longest a batched record waits while the sender stays busy (Flink's
+/// buffer timeout); an idle sender flushes at once.
+pub(crate) const LINGER: Duration = Duration::from_millis(10);
 
 impl Exchange {
     pub(crate) fn new(
@@ -46,6 +54,7 @@ impl Exchange {
             batches,
             max_parallelism,
             cancel,
+            flushed_at: Instant::now(),
         }
     }
 
@@ -66,6 +75,7 @@ impl Exchange {
 
     /// Sends every non-empty batch.
     pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
+        self.flushed_at = Instant::now();
         for (t, batch) in self.batches.iter_mut().enumerate() {
             if !batch.is_empty() {
                 let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
@@ -120,12 +130,24 @@ impl Output {
     }
 
     /// When the task has no input ready (before it waits): what the
-    /// exchange batched goes now, so updates never wait for a full batch
-    /// (a sink buffers on its own).
+    /// exchange batched goes now (a sink buffers on its own); a busy task
+    /// flushes after [`LINGER`] ([`Output::flush_if_lingering`]).
     pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(_) => Ok(()),
             Output::Next { exchange, .. } => exchange.flush(),
+        }
+    }
+
+    /// While the task stays busy: flushes once what is batched waited
+    /// [`LINGER`] (so a stage that rarely fills a batch, e.g. a min, still
+    /// sends its updates promptly).
+    pub(crate) fn flush_if_lingering(&mut self, now: Instant) -> Result<(), RuntimeError> {
+        match self {
+            Output::Next { exchange, .. } if now >= exchange.flushed_at + LINGER => {
+                exchange.flush()
+            }
+            _ => Ok(()),
         }
     }
 
@@ -151,5 +173,49 @@ impl Output {
             Output::Sink(s) => s.finish(),
             Output::Next { exchange, .. } => exchange.end(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cutpoint_core::stage::{Forward, Rekey, StageAggregate};
+
+    use super::*;
+
+    #[test]
+    fn a_busy_stage_sends_what_it_batched_after_the_linger() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let exchange = Exchange::new(vec![tx], Vec::new(), 128, CancellationToken::new());
+        let start = exchange.flushed_at;
+        let forward = Forward {
+            rekey: Rekey::Key,
+            aggregate: StageAggregate::Sum,
+        };
+        let mut out = Output::Next { exchange, forward };
+        out.emit(&Key::Int(7), 3).unwrap();
+        out.flush_if_lingering(start + LINGER / 2).unwrap();
+        assert!(rx.try_recv().is_err(), "batched, not sent yet");
+        out.flush_if_lingering(start + LINGER).unwrap();
+        match rx.try_recv() {
+            Ok(Message::Records(batch)) => assert_eq!(
+                batch,
+                vec![Record {
+                    key: Key::Int(7),
+                    value: 3
+                }]
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A barrier sends what is batched ahead of itself.
+        out.emit(&Key::Int(8), 1).unwrap();
+        let b = Barrier {
+            id: CheckpointId(1),
+            checkpoint_type: cutpoint_core::CheckpointType::Full,
+            trigger_timestamp: 0,
+            reuse: None,
+        };
+        out.snapshot(b).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Message::Records(r)) if r.len() == 1));
+        assert!(matches!(rx.try_recv(), Ok(Message::Barrier(x)) if x.id == CheckpointId(1)));
     }
 }

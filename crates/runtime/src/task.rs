@@ -438,7 +438,7 @@ impl AggregateTask {
             if schema.states != declared {
                 let names = |d: &[cutpoint_core::metadata::DeclaredState]| {
                     d.iter()
-                        .map(|s| s.name.as_str())
+                        .map(|s| format!("{} {} ({:?})", s.id, s.name, s.kind))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -761,7 +761,10 @@ impl AggregateTask {
                     if let Some(d) = processing_delay {
                         std::thread::sleep(d);
                     }
-                    if let Err(e) = state.apply(&mut sink, kinds[i], batch) {
+                    if let Err(e) = state
+                        .apply(&mut sink, kinds[i], batch)
+                        .and_then(|()| sink.flush_if_lingering(Instant::now()))
+                    {
                         break Err(e);
                     }
                     if let Some(e) = state.take_error() {
