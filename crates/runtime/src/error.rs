@@ -50,6 +50,7 @@ impl RuntimeError {
             RuntimeError::Restore(_) | RuntimeError::MissingTransaction(_) => true,
             RuntimeError::State(StateError::Storage(e)) => e.is_data_error(),
             RuntimeError::State(StateError::CorruptState { .. }) => true,
+            RuntimeError::State(StateError::Overflow { .. }) => true,
             _ => false,
         }
     }

@@ -26,6 +26,9 @@ pub enum StateError {
     NotEmpty { path: String },
     #[error("snapshot cancelled (checkpoint aborted)")]
     Cancelled,
+    /// Restarting cannot help: the same input overflows again.
+    #[error("the aggregate of key {key} overflows a 64-bit integer (kept at the limit); the input's values are too large for a sum")]
+    Overflow { key: String },
     #[error(transparent)]
     FailPoint(#[from] cutpoint_core::failpoint::InjectedFault),
 }

@@ -12,6 +12,8 @@
 //! the table is then read through from RocksDB. A failed read is latched
 //! ([`StateTable::take_error`]) so the hot path keeps its signature; the
 //! owner checks it after every batch and fails before anything is snapshotted.
+//! So is an aggregate that overflows an `i64` (the value saturates until
+//! the owner fails).
 
 use cutpoint_core::Key;
 use rustc_hash::FxHashMap;
@@ -46,6 +48,9 @@ pub struct StateTable {
     /// The most entries the table held at once (what the memory budget
     /// bounds).
     peak: usize,
+    /// The first key whose aggregate overflowed (latched like a failed
+    /// read; the value saturates).
+    overflow: Option<Key>,
 }
 
 impl StateTable {
@@ -58,11 +63,18 @@ impl StateTable {
     pub fn add(&mut self, key: Key, value: i64) -> i64 {
         let new = match self.table.get_mut(&key) {
             Some(v) => {
-                *v += value;
+                *v = match v.checked_add(value) {
+                    Some(n) => n,
+                    None => Self::overflowed(&mut self.overflow, &key, *v, value),
+                };
                 *v
             }
             None => {
-                let v = self.stored(&key) + value;
+                let old = self.stored(&key);
+                let v = match old.checked_add(value) {
+                    Some(n) => n,
+                    None => Self::overflowed(&mut self.overflow, &key, old, value),
+                };
                 self.table.insert(key.clone(), v);
                 self.peak = self.peak.max(self.table.len());
                 v
@@ -70,6 +82,12 @@ impl StateTable {
         };
         self.delta.insert(key, new);
         new
+    }
+
+    #[cold]
+    fn overflowed(latch: &mut Option<Key>, key: &Key, old: i64, value: i64) -> i64 {
+        latch.get_or_insert_with(|| key.clone());
+        old.saturating_add(value)
     }
 
     /// The value of a key not in the table: 0, or what RocksDB holds.
@@ -142,8 +160,14 @@ impl StateTable {
         n
     }
 
-    /// A read-through error since the last call (the task must fail).
+    /// A read-through error or an overflow since the last call (the task
+    /// must fail).
     pub fn take_error(&mut self) -> Option<StateError> {
+        if let Some(key) = self.overflow.take() {
+            return Some(StateError::Overflow {
+                key: key.to_string(),
+            });
+        }
         self.backing.as_mut().and_then(|b| b.error.take())
     }
 
@@ -203,6 +227,21 @@ impl StateTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_overflowing_sum_is_a_named_error_not_a_wrapped_value() {
+        let mut t = StateTable::new();
+        t.add(Key::Int(1), i64::MAX - 1);
+        assert!(t.take_error().is_none());
+        assert_eq!(t.add(Key::Int(1), 5), i64::MAX, "saturates, never wraps");
+        let err = t.take_error().expect("latched").to_string();
+        assert!(err.contains("key 1") && err.contains("overflows"), "{err}");
+        assert!(t.take_error().is_none(), "reported once");
+        assert_eq!(t.add(Key::Int(2), i64::MIN), i64::MIN);
+        t.add(Key::Int(2), -1);
+        assert!(t.take_error().is_some(), "below the limit too");
+    }
+
     use super::*;
 
     #[test]
