@@ -63,6 +63,9 @@ impl Delta {
 }
 
 /// A keyed subtask's state and the logic that changes it.
+// One per task, so its size does not matter; boxing the table would add an
+// indirection to the hot path.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum KeyedState {
     Counts(StateTable),
     Typed {
