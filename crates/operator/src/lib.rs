@@ -94,7 +94,10 @@ impl KeyedContext<'_> {
         self.table.list_add(d, &self.key, v)
     }
 
-    pub fn list<T: DeserializeOwned>(&self, d: &StateDescriptor) -> Result<Vec<T>, LayoutError> {
+    pub fn list<T: DeserializeOwned>(
+        &mut self,
+        d: &StateDescriptor,
+    ) -> Result<Vec<T>, LayoutError> {
         self.table.list(d, &self.key)
     }
 
@@ -124,7 +127,7 @@ impl KeyedContext<'_> {
     }
 
     pub fn map_entries<K: DeserializeOwned, V: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
     ) -> Result<Vec<(K, V)>, LayoutError> {
         self.table.map_entries(d, &self.key)

@@ -62,7 +62,11 @@ pub type TypedDelta = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
 ///
 /// Point reads and writes are one hash lookup of the whole RocksDB key;
 /// the user keys of each list and map (per state, key and namespace) are
-/// also kept in `index`, for iteration by prefix (sorted then).
+/// also kept in `index`, for iteration by prefix (sorted then) — for the
+/// states that were ever iterated only: a state's index is built by one
+/// pass the first time it is scanned and kept from then on, so a map that
+/// is only read and written by key (count-distinct's) costs no index.
+///
 #[derive(Debug, Default)]
 pub struct TypedTable {
     names: StateNames,
@@ -70,6 +74,8 @@ pub struct TypedTable {
     /// The user keys of each list and map (by entry prefix); sorted when
     /// iterated (lists: sequence numbers, so in append order).
     index: FxHashMap<Vec<u8>, FxHashSet<Vec<u8>>>,
+    /// The states whose user keys `index` holds.
+    indexed: FxHashSet<u16>,
     delta: TypedDelta,
     next_seq: u64,
 }
@@ -131,7 +137,7 @@ impl TypedTable {
 
     /// A list's elements in append order.
     pub fn list<T: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         ctx: &KeyContext,
     ) -> Result<Vec<T>, LayoutError> {
@@ -173,7 +179,7 @@ impl TypedTable {
 
     /// A map's entries, in the order of their encoded keys.
     pub fn map_entries<K: DeserializeOwned, V: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         ctx: &KeyContext,
     ) -> Result<Vec<(K, V)>, LayoutError> {
@@ -195,6 +201,7 @@ impl TypedTable {
         match d.kind {
             StateKind::Value | StateKind::Reducing => self.delete(&prefix, &[]),
             StateKind::List | StateKind::Map => {
+                self.ensure_indexed(self.state_id(d, d.kind)?)?;
                 let users = self.index.get(&prefix).cloned().unwrap_or_default();
                 for user in users {
                     self.delete(&prefix, &user);
@@ -225,7 +232,7 @@ impl TypedTable {
             })?;
             self.next_seq = self.next_seq.max(u64::from_be_bytes(seq));
         }
-        if matches!(kind, StateKind::List | StateKind::Map) {
+        if self.indexed.contains(&e.state) {
             let prefix = &key[..key.len() - e.user_key.len()];
             match self.index.get_mut(prefix) {
                 Some(users) => {
@@ -325,12 +332,28 @@ impl TypedTable {
     }
 
     /// A list's or map's entries in user-key order: (user key, value).
+    /// Builds state `state`'s index (one pass over the table) unless it
+    /// is kept already.
+    fn ensure_indexed(&mut self, state: u16) -> Result<(), LayoutError> {
+        if !self.indexed.insert(state) {
+            return Ok(());
+        }
+        let id = state.to_be_bytes();
+        for k in self.entries.keys().filter(|k| k.get(2..4) == Some(&id)) {
+            let user = decode_entry(k)?.user_key;
+            let prefix = k[..k.len() - user.len()].to_vec();
+            self.index.entry(prefix).or_default().insert(user);
+        }
+        Ok(())
+    }
+
     fn scan(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         kind: StateKind,
         ctx: &KeyContext,
     ) -> Result<Vec<UserEntry<'_>>, LayoutError> {
+        self.ensure_indexed(self.state_id(d, kind)?)?;
         let prefix = self.prefix(d, kind, ctx)?;
         let Some(users) = self.index.get(&prefix) else {
             return Ok(Vec::new());
@@ -370,8 +393,8 @@ impl TypedTable {
                 e.insert(v);
             }
             Entry::Vacant(e) => {
-                // A new list element or map entry: indexed once.
-                if matches!(kind, StateKind::List | StateKind::Map) {
+                // A new element of an indexed list or map: indexed once.
+                if self.indexed.contains(&state) {
                     let prefix = &e.key()[..prefix_len];
                     match self.index.get_mut(prefix) {
                         Some(users) => {
@@ -505,6 +528,40 @@ mod tests {
             t.value::<i64>(&unknown, &one),
             Err(LayoutError::Undeclared("nope".into()))
         );
+    }
+
+    /// A map only read and written by key costs no index; the first
+    /// iteration of a state builds its index by one pass, kept from then on
+    /// (also across a restore's load).
+    #[test]
+    fn only_iterated_states_are_indexed() {
+        let (s, names) = states();
+        let mut t = TypedTable::new(names);
+        pay(&mut t, &s, 1, "m1", 10);
+        pay(&mut t, &s, 2, "m1", 3);
+        assert!(t.index.is_empty(), "nothing iterated yet");
+        let one = account(1);
+        assert_eq!(
+            t.map_entries::<String, i64>(&s.per_merchant, &one)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(t.index.len(), 2, "both accounts' maps, in one pass");
+        pay(&mut t, &s, 1, "m2", 4);
+        let m: Vec<(String, i64)> = t.map_entries(&s.per_merchant, &one).unwrap();
+        assert_eq!(m, [("m1".to_string(), 10), ("m2".to_string(), 4)]);
+        assert_eq!(t.index.len(), 2, "the list was never iterated");
+        t.map_remove(&s.per_merchant, &one, &"m1").unwrap();
+        assert_eq!(
+            t.map_entries::<String, i64>(&s.per_merchant, &one)
+                .unwrap()
+                .len(),
+            1
+        );
+        // The list: indexed on its first iteration, in append order.
+        t.list_add(&s.recent, &one, &99).unwrap();
+        assert_eq!(t.list::<i64>(&s.recent, &one).unwrap(), [10, 4, 99]);
     }
 
     #[test]
