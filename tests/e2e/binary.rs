@@ -38,7 +38,7 @@ fn completed_checkpoints(chk: &Path, job: &str) -> usize {
         .count()
 }
 
-fn read_state(path: &Path) -> BTreeMap<Key, i64> {
+pub(crate) fn read_state(path: &Path) -> BTreeMap<Key, i64> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -53,7 +53,12 @@ fn read_state(path: &Path) -> BTreeMap<Key, i64> {
 }
 
 /// Runs `cutpoint run` to the end; returns the summary line.
-fn run_to_end(spec: &Path, chk: &Path, restore: Option<&str>, out: &Path) -> serde_json::Value {
+pub(crate) fn run_to_end(
+    spec: &Path,
+    chk: &Path,
+    restore: Option<&str>,
+    out: &Path,
+) -> serde_json::Value {
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "--job"])
         .arg(spec)

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
 use cutpoint_core::{CheckpointMetadata, JobSpec, Key};
 
+use crate::binary::{read_state, run_to_end};
 use crate::common::*;
 
 const EVENTS: u64 = 400_000;
@@ -243,34 +244,26 @@ pub(crate) fn completed_ids(chk: &Path, job: &str) -> Vec<u64> {
         .collect()
 }
 
-pub(crate) fn run_binary(spec: &Path, chk: &Path, restore: &str, out: &Path) -> serde_json::Value {
-    let o = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
+/// Starts `cutpoint run` on `spec` and kills it (SIGKILL) once `n`
+/// checkpoints of `job` completed.
+pub(crate) fn kill_after_checkpoints(spec: &Path, chk: &Path, job: &str, n: usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
         .args(["run", "--job"])
         .arg(spec)
         .arg("--checkpoint-dir")
         .arg(chk)
-        .arg("--final-state")
-        .arg(out)
-        .args(["--restore-from", restore])
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8(o.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
-
-pub(crate) fn read_final(path: &Path) -> BTreeMap<Key, i64> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (
-                Key::Int(v["key"].as_i64().unwrap()),
-                v["value"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed_ids(chk, job).len() < n {
+        assert!(Instant::now() < deadline, "no checkpoints completed");
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
 }
 
 #[test]
@@ -281,36 +274,20 @@ fn two_stages_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
     let json = spec_json(job, 2, "exactly_once", "")
         .replace(r#""rate_per_s":400000"#, r#""rate_per_s":200000"#);
     std::fs::write(&spec, json).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
-        .args(["run", "--job"])
-        .arg(&spec)
-        .arg("--checkpoint-dir")
-        .arg(&chk)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while completed_ids(&chk, job).len() < 3 {
-        assert!(Instant::now() < deadline, "no checkpoints completed");
-        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_checkpoints(&spec, &chk, job, 3);
     let oldest = *completed_ids(&chk, job).iter().min().unwrap();
 
     let expected = histogram(&expected_counts(42, KEYS, EVENTS));
     let out = dir.path().join("latest.jsonl");
-    let summary = run_binary(&spec, &chk, "latest", &out);
+    let summary = run_to_end(&spec, &chk, Some("latest"), &out);
     assert!(
         summary["events"].as_u64().unwrap() < EVENTS,
         "resumed: {summary}"
     );
-    assert_exact(&read_final(&out), &expected);
+    assert_exact(&read_state(&out), &expected);
 
     let out = dir.path().join("older.jsonl");
-    let summary = run_binary(&spec, &chk, &oldest.to_string(), &out);
+    let summary = run_to_end(&spec, &chk, Some(&oldest.to_string()), &out);
     assert_eq!(summary["restored_from"], serde_json::json!([oldest]));
-    assert_exact(&read_final(&out), &expected);
+    assert_exact(&read_state(&out), &expected);
 }

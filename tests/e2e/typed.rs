@@ -12,6 +12,7 @@ use cutpoint_coordinator::{JobOutcome, RestoreFrom};
 use cutpoint_core::Key;
 use cutpoint_runtime::source::{generator_app_id, generator_user_id};
 
+use crate::binary::{read_state, run_to_end};
 use crate::common::*;
 use crate::stages::*;
 
@@ -166,8 +167,6 @@ async fn dedup_emits_each_key_once_after_a_failure_and_rescales_unaligned() {
 
 #[test]
 fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let (chk, job) = (dir.path().join("chk"), "distinct-kill");
     let spec = dir.path().join("job.json");
@@ -176,23 +175,7 @@ fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
         spec_json(job, 2, "exactly_once", DISTINCT, BUCKET, ""),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
-        .args(["run", "--job"])
-        .arg(&spec)
-        .arg("--checkpoint-dir")
-        .arg(&chk)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while completed_ids(&chk, job).len() < 3 {
-        assert!(Instant::now() < deadline, "no checkpoints completed");
-        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_checkpoints(&spec, &chk, job, 3);
     let oldest = *completed_ids(&chk, job).iter().min().unwrap();
     let mut hist = BTreeMap::new();
     for s in users_per_app().values() {
@@ -205,12 +188,12 @@ fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
         (oldest.to_string(), "older.jsonl"),
     ] {
         let out = dir.path().join(file);
-        let summary = run_binary(&spec, &chk, &restore, &out);
+        let summary = run_to_end(&spec, &chk, Some(&restore), &out);
         assert!(
             summary["events"].as_u64().unwrap() < EVENTS,
             "resumed: {summary}"
         );
-        assert_exact(&read_final(&out), &hist);
+        assert_exact(&read_state(&out), &hist);
     }
 }
 
