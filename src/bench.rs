@@ -197,6 +197,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         storage: storage.clone(),
         restore_from: None,
         local_dir: tmp.path().join("work"),
+        functions: Default::default(),
     });
     let control = handle.control();
     let progress = crate::progress::follow_job(control.clone());

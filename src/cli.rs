@@ -29,9 +29,10 @@ pub struct Cli {
 enum Command {
     /// Run a job from a JSON job spec until its input ends.
     Run {
-        /// The job spec (see examples/pv.json).
+        /// The job spec (see examples/pv.json); a program that builds its
+        /// own job runs that one without it.
         #[arg(long)]
-        job: PathBuf,
+        job: Option<PathBuf>,
         /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
         #[arg(long)]
         checkpoint_dir: String,
@@ -272,7 +273,7 @@ enum CheckpointsCommand {
     },
 }
 
-pub async fn execute(cli: Cli) -> Result<ExitCode> {
+pub async fn execute(cli: Cli, program: crate::Program) -> Result<ExitCode> {
     match cli.command {
         Command::Run {
             job,
@@ -281,12 +282,27 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             work_dir,
             final_state,
         } => {
-            let text = std::fs::read_to_string(&job)
-                .with_context(|| format!("reading {}", job.display()))?;
-            let spec =
-                JobSpec::from_json(&text).with_context(|| format!("job spec {}", job.display()))?;
+            let spec = match (job, program.job) {
+                (Some(job), _) => {
+                    let text = std::fs::read_to_string(&job)
+                        .with_context(|| format!("reading {}", job.display()))?;
+                    JobSpec::from_json(&text)
+                        .with_context(|| format!("job spec {}", job.display()))?
+                }
+                (None, Some(spec)) => spec,
+                (None, None) => {
+                    anyhow::bail!("--job is required (a JSON job spec, e.g. examples/pv.json)")
+                }
+            };
             let storage = open_storage(&checkpoint_dir)?;
-            let outcome = run_job(spec.clone(), storage, restore_from, work_dir).await?;
+            let outcome = run_job(
+                spec.clone(),
+                storage,
+                restore_from,
+                work_dir,
+                program.functions,
+            )
+            .await?;
             if let Some(path) = final_state {
                 write_final_state(&spec, &outcome, &path)?;
             }
@@ -294,7 +310,7 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { settings } => {
-            serve(settings.resolve()?).await?;
+            serve(settings.resolve()?, program.functions).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {
@@ -455,7 +471,10 @@ pub async fn execute(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn serve(config: crate::config::Config) -> Result<()> {
+async fn serve(
+    config: crate::config::Config,
+    functions: cutpoint_operator::Functions,
+) -> Result<()> {
     let (work_dir, _tmp) = dir_or_temp(config.work_dir.clone(), "cutpoint-serve-")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
@@ -477,6 +496,7 @@ async fn serve(config: crate::config::Config) -> Result<()> {
         body_limit: config.body_limit,
         request_timeout: config.request_timeout,
         test_knobs: config.test_knobs,
+        functions,
     };
     cutpoint_server::serve(server, shutdown, |addr| {
         println!("{}", json!({ "listening": addr.to_string() }));

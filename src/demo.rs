@@ -65,9 +65,15 @@ pub async fn run(
          2 partitions, parallelism {parallelism}, 1 s checkpoints to {location}; one task fails half-way"
     );
     let storage = open_storage(&location)?;
-    let outcome = run_job(spec, storage, None, Some(tmp.path().join("work")))
-        .await
-        .context("running the PV job")?;
+    let outcome = run_job(
+        spec,
+        storage,
+        None,
+        Some(tmp.path().join("work")),
+        Default::default(),
+    )
+    .await
+    .context("running the PV job")?;
 
     // Independent computation of the expected counts.
     let mut expected = vec![0i64; keys as usize];

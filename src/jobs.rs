@@ -47,6 +47,7 @@ pub async fn run_job(
     storage: CheckpointStorage,
     restore_from: Option<RestoreFrom>,
     work_dir: Option<PathBuf>,
+    functions: cutpoint_operator::Functions,
 ) -> Result<JobOutcome> {
     let (local_dir, _tmp) = dir_or_temp(work_dir, "cutpoint-work-")?;
     let handle = spawn_job(JobConfig {
@@ -54,6 +55,7 @@ pub async fn run_job(
         storage,
         restore_from,
         local_dir,
+        functions,
     });
     let cancel = handle.canceller();
     let progress = crate::progress::follow_job(handle.control());

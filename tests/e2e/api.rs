@@ -40,7 +40,19 @@ impl Server {
         log: Option<&Path>,
         args: &[&str],
     ) -> Server {
-        let mut cmd = Command::new(BIN);
+        Self::start_program(Path::new(BIN), chk, token, log, args)
+    }
+
+    /// `serve` of the program `bin` (the `cutpoint` binary or a program on
+    /// the library with functions of its own).
+    pub fn start_program(
+        bin: &Path,
+        chk: &Path,
+        token: Option<&str>,
+        log: Option<&Path>,
+        args: &[&str],
+    ) -> Server {
+        let mut cmd = Command::new(bin);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--checkpoint-dir"])
             .arg(chk)
             .args(args)
@@ -75,13 +87,13 @@ impl Server {
         }
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = self.req(reqwest::Method::GET, path).send().await.unwrap();
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         let r = self
             .req(reqwest::Method::POST, path)
             .json(body)

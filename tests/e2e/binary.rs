@@ -59,7 +59,19 @@ pub(crate) fn run_to_end(
     restore: Option<&str>,
     out: &Path,
 ) -> serde_json::Value {
-    let mut cmd = Command::new(BIN);
+    run_program_to_end(Path::new(BIN), spec, chk, restore, out)
+}
+
+/// Runs `run` of the program `bin` (the `cutpoint` binary or a program on
+/// the library) to the end; returns the summary line.
+pub(crate) fn run_program_to_end(
+    bin: &Path,
+    spec: &Path,
+    chk: &Path,
+    restore: Option<&str>,
+    out: &Path,
+) -> serde_json::Value {
+    let mut cmd = Command::new(bin);
     cmd.args(["run", "--job"])
         .arg(spec)
         .arg("--checkpoint-dir")

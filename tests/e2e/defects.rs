@@ -18,6 +18,7 @@ async fn run_to_end(spec: &JobSpec, storage: &CheckpointStorage, work: &Path) ->
         storage: storage.clone(),
         restore_from: None,
         local_dir: work.to_path_buf(),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -84,6 +85,7 @@ async fn an_unreadable_checkpoint_keeps_its_shared_files() {
             storage: storage.clone(),
             restore_from: restore_from.clone(),
             local_dir: dir.path().join("w2"),
+            functions: Default::default(),
         })
         .join()
         .await
@@ -131,6 +133,7 @@ async fn latest_fails_on_a_storage_error_instead_of_skipping() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Latest),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     })
     .join()
     .await;
@@ -178,6 +181,7 @@ async fn a_reused_work_dir_starts_empty_and_is_never_shared() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: work.clone(),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;
@@ -189,6 +193,7 @@ async fn a_reused_work_dir_starts_empty_and_is_never_shared() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: work.clone(),
+        functions: Default::default(),
     })
     .join()
     .await;
@@ -252,6 +257,7 @@ async fn a_failed_channel_state_upload_leaves_no_state_files() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;
@@ -287,6 +293,7 @@ async fn an_abort_stops_a_hanging_channel_state_upload() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;
@@ -364,6 +371,7 @@ async fn a_second_writer_fences_the_first() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("w1"),
+        functions: Default::default(),
     });
     first.wait_for(|s| s.checkpoints_completed >= 3).await;
     let second = spawn_job(JobConfig {
@@ -371,6 +379,7 @@ async fn a_second_writer_fences_the_first() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Latest),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     });
     let err = first.join().await.expect_err("the first writer is fenced");
     assert!(err.to_string().contains("fenced"), "{err}");
@@ -429,6 +438,7 @@ async fn a_restore_under_a_memory_budget_stays_within_it() {
             storage: storage.clone(),
             restore_from: Some(RestoreFrom::Checkpoint(middle)),
             local_dir: dir.path().join(format!("w-{parallelism}")),
+            functions: Default::default(),
         })
         .join()
         .await
@@ -512,6 +522,7 @@ async fn a_rescaled_two_phase_commit_restore_commits_every_transaction_once() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Checkpoint(ids[0])),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -541,6 +552,7 @@ async fn restoring_an_older_checkpoint_keeps_the_newer_ones_transactions() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Checkpoint(ids[ids.len() - 1])),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     });
     for _ in 0..1000 {
         let p = older.progress();
@@ -558,6 +570,7 @@ async fn restoring_an_older_checkpoint_keeps_the_newer_ones_transactions() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Checkpoint(ids[0])),
         local_dir: dir.path().join("w3"),
+        functions: Default::default(),
     })
     .join()
     .await;
@@ -598,6 +611,7 @@ async fn a_landed_metadata_that_cannot_be_deleted_keeps_its_files() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("w"),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -637,6 +651,7 @@ async fn checkpoint_ids_never_repeat_across_restarts() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("w1"),
+        functions: Default::default(),
     });
     first.wait_for(|s| s.checkpoints_completed >= 1).await;
     // Every later checkpoint fails to publish; its folder is deleted.
@@ -662,6 +677,7 @@ async fn checkpoint_ids_never_repeat_across_restarts() {
         storage: storage.clone(),
         restore_from: Some(RestoreFrom::Latest),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     });
     let s = second
         .wait_for(|s| s.latest_completed.is_some_and(|c| c != completed))
@@ -1051,6 +1067,7 @@ async fn a_hanging_metadata_write_keeps_the_checkpoints_files() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;

@@ -41,6 +41,7 @@ async fn a_slow_gc_never_delays_checkpoints_and_shutdown_is_clean() {
         storage,
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.checkpoints_completed >= 8).await;
     let durations: Vec<u64> = job

@@ -157,6 +157,7 @@ async fn retention_keeps_exactly_the_referenced_files_and_both_restore() {
             storage: storage.clone(),
             restore_from: None,
             local_dir: dir.path().join("work"),
+            functions: Default::default(),
         });
         let outcome = job.join().await.unwrap();
         assert!(
@@ -202,6 +203,7 @@ async fn checkpoint_aborted_mid_upload_leaves_nothing_unreferenced() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     let outcome = job.join().await.unwrap();
     assert!(outcome.checkpoints_failed >= 1, "{outcome:?}");

@@ -9,6 +9,7 @@ mod common;
 mod contract;
 mod defects;
 mod docker;
+mod fraud;
 mod gc;
 mod incremental;
 mod operators;

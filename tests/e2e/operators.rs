@@ -19,6 +19,7 @@ async fn run(spec_json: String, dir: &std::path::Path) -> cutpoint_coordinator::
         storage: storage_at(dir.join("chk").to_str().unwrap()),
         restore_from: None,
         local_dir: dir.join("work"),
+        functions: Default::default(),
     })
     .join()
     .await

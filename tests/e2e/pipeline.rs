@@ -32,6 +32,7 @@ async fn pv_failure_run(location: &str, dir: &std::path::Path) {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.join("work"),
+        functions: Default::default(),
     });
     let outcome = job.join().await.expect("job finishes");
     assert_eq!(
@@ -82,6 +83,7 @@ async fn a_job_under_a_memory_budget_is_exact_after_a_restore() {
             storage: storage_at(dir.path().join(mode).to_str().unwrap()),
             restore_from: None,
             local_dir: dir.path().join(format!("work-{mode}")),
+            functions: Default::default(),
         })
         .join()
         .await
@@ -114,6 +116,7 @@ async fn hanging_upload_times_out_and_leaves_nothing() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::job::JobState::Running)
         .await;
@@ -189,6 +192,7 @@ async fn one_declining_task_fails_the_whole_checkpoint() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::job::JobState::Running)
         .await;
@@ -249,6 +253,7 @@ async fn article_scenario(
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;
@@ -348,6 +353,7 @@ async fn overlapping_unaligned_checkpoints_restore_exactly() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.state == cutpoint_coordinator::JobState::Running)
         .await;
@@ -373,6 +379,7 @@ async fn overlapping_unaligned_checkpoints_restore_exactly() {
             storage: storage.clone(),
             restore_from: Some(cutpoint_coordinator::RestoreFrom::Checkpoint(id)),
             local_dir: dir.path().join(format!("restore-{id}")),
+            functions: Default::default(),
         })
         .join()
         .await
@@ -442,6 +449,7 @@ async fn sink_scenario(
         storage,
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     let outcome = job.join().await.unwrap();
     assert_eq!(outcome.restarts, 1, "{outcome:?}");
@@ -530,6 +538,7 @@ async fn savepoint_outlives_retention_and_restores_exactly() {
             storage: storage.clone(),
             restore_from: None,
             local_dir: dir.path().join("work"),
+            functions: Default::default(),
         });
         job.wait_for(|s| s.checkpoints_completed >= 1).await;
         let sp = job.trigger_savepoint().await.expect("savepoint");
@@ -580,6 +589,7 @@ async fn savepoint_outlives_retention_and_restores_exactly() {
             storage: storage.clone(),
             restore_from: Some(from),
             local_dir: dir.path().join("work2"),
+            functions: Default::default(),
         })
         .join()
         .await
@@ -615,6 +625,7 @@ async fn storage_down_fails_the_job_clearly_and_it_resumes_when_storage_is_back(
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("work"),
+        functions: Default::default(),
     });
     job.wait_for(|s| s.checkpoints_completed >= 2).await;
     // Storage goes down for writes.
@@ -643,6 +654,7 @@ async fn storage_down_fails_the_job_clearly_and_it_resumes_when_storage_is_back(
         storage: storage.clone(),
         restore_from: Some(cutpoint_coordinator::RestoreFrom::Latest),
         local_dir: dir.path().join("work2"),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -668,6 +680,7 @@ async fn a_restart_never_jumps_to_a_newer_checkpoint_of_an_earlier_run() {
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.path().join("w1"),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -695,6 +708,7 @@ async fn a_restart_never_jumps_to_a_newer_checkpoint_of_an_earlier_run() {
         storage: storage.clone(),
         restore_from: Some(cutpoint_coordinator::RestoreFrom::Checkpoint(oldest)),
         local_dir: dir.path().join("w2"),
+        functions: Default::default(),
     })
     .join()
     .await

@@ -64,6 +64,7 @@ pub(crate) async fn run(
         storage: storage_at(dir.join("chk").to_str().unwrap()),
         restore_from,
         local_dir: dir.join(work),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -247,7 +248,18 @@ pub(crate) fn completed_ids(chk: &Path, job: &str) -> Vec<u64> {
 /// Starts `cutpoint run` on `spec` and kills it (SIGKILL) once `n`
 /// checkpoints of `job` completed.
 pub(crate) fn kill_after_checkpoints(spec: &Path, chk: &Path, job: &str, n: usize) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cutpoint"))
+    kill_program_after_checkpoints(Path::new(env!("CARGO_BIN_EXE_cutpoint")), spec, chk, job, n)
+}
+
+/// [`kill_after_checkpoints`] for the program `bin`.
+pub(crate) fn kill_program_after_checkpoints(
+    bin: &Path,
+    spec: &Path,
+    chk: &Path,
+    job: &str,
+    n: usize,
+) {
+    let mut child = Command::new(bin)
         .args(["run", "--job"])
         .arg(spec)
         .arg("--checkpoint-dir")

@@ -36,6 +36,7 @@ async fn backpressured(
         storage: storage.clone(),
         restore_from: None,
         local_dir: dir.join("work"),
+        functions: Default::default(),
     })
     .join()
     .await
@@ -126,6 +127,7 @@ async fn unaligned_checkpoints_under_backpressure_persist_in_flight_records_and_
         storage: storage_at(dir.path().join("u").join("chk").to_str().unwrap()),
         restore_from: Some(RestoreFrom::Checkpoint(with_data.checkpoint_id)),
         local_dir: dir.path().join("rescaled"),
+        functions: Default::default(),
     })
     .join()
     .await

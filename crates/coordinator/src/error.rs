@@ -7,6 +7,10 @@ use cutpoint_storage::StorageError;
 pub enum JobError {
     #[error("cannot restore: {0}")]
     Restore(String),
+    /// The spec cannot run in this program (e.g. it names a function the
+    /// program did not register).
+    #[error("invalid job: {0}")]
+    Invalid(String),
     #[error(
         "checkpoint {checkpoint} of job {job} has no _metadata: it never completed or was deleted"
     )]

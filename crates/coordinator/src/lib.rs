@@ -31,6 +31,7 @@ pub mod stats;
 pub mod tracker;
 pub mod workdir;
 
+pub use cutpoint_runtime::Functions;
 pub use error::JobError;
 pub use gc::DeleteRefusal;
 pub use job::{

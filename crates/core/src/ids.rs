@@ -90,6 +90,13 @@ name_id!(
 );
 
 name_id!(
+    /// Names a keyed process function a Rust program registers (the JSON
+    /// spec's `process` aggregate refers to it by this name).
+    FunctionName,
+    "function name"
+);
+
+name_id!(
     /// Identifies a savepoint; its folder name under `savepoints/`.
     SavepointId,
     "savepoint id"

@@ -22,7 +22,7 @@ pub mod stage;
 
 pub use error::CoreError;
 pub use graph::JobGraph;
-pub use ids::{CheckpointId, JobId, OperatorId, SavepointId, SubtaskIndex, TaskId};
+pub use ids::{CheckpointId, FunctionName, JobId, OperatorId, SavepointId, SubtaskIndex, TaskId};
 pub use keygroup::KeyGroupRange;
 pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};
 pub use record::{Key, Record};

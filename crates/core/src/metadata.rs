@@ -68,6 +68,8 @@ pub enum AggregateKind {
     Dedup,
     Min,
     Max,
+    /// A registered keyed process function (its states recorded beside).
+    Process,
 }
 
 impl AggregateKind {
@@ -80,6 +82,7 @@ impl AggregateKind {
             AggregateKind::Dedup => "dedup",
             AggregateKind::Min => "min",
             AggregateKind::Max => "max",
+            AggregateKind::Process => "process",
         }
     }
 }

@@ -119,6 +119,8 @@ pub enum SourceSpec {
         seed: u64,
         /// Distinct `user_id`s: event `i` has
         /// `user_id = splitmix64((seed ^ 0x5DEECE66D) + i * 0xD1B54A32D192ED03) % users`.
+        /// (Event `i` also has an `amount` in 1..=1000:
+        /// `1 + splitmix64((seed ^ 0xA3B195354A39B70D) + i * 0xA24BAED4963EE407) % 1000`.)
         #[serde(default = "default_users")]
         users: u64,
         /// Total events per second over all partitions; unlimited if absent.
@@ -202,6 +204,15 @@ pub enum AggregateSpec {
     /// The largest value of an integer field per key; updates carry the new
     /// maximum when it rises.
     Max { field: String },
+    /// A keyed process function written in Rust and registered by the
+    /// program that runs the job (see `cutpoint::Program`): the records
+    /// carry the key and the integer `field` (1 per event if absent); the
+    /// function keeps typed state and emits updates `(key, value)`.
+    Process {
+        function: crate::FunctionName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
 }
 
 /// Which record [`AggregateSpec::Dedup`] keeps.
@@ -219,6 +230,7 @@ impl AggregateSpec {
     pub fn value_field(&self) -> Option<&str> {
         match self {
             AggregateSpec::Count => None,
+            AggregateSpec::Process { field, .. } => field.as_deref(),
             AggregateSpec::Sum { field }
             | AggregateSpec::Join { field, .. }
             | AggregateSpec::CountDistinct { field }
@@ -237,6 +249,7 @@ impl AggregateSpec {
                 | AggregateSpec::Dedup { .. }
                 | AggregateSpec::Min { .. }
                 | AggregateSpec::Max { .. }
+                | AggregateSpec::Process { .. }
         )
     }
 }
@@ -514,9 +527,9 @@ impl JobSpec {
                     AggregateSpec::Join { .. } => None,
                     a => a.value_field(),
                 };
-                if field.is_some_and(|f| !["app_id", "value", "user_id"].contains(&f)) {
+                if field.is_some_and(|f| !["app_id", "value", "user_id", "amount"].contains(&f)) {
                     return bad(format!(
-                        "aggregate.field: the generator produces app_id, value and user_id, not {:?}",
+                        "aggregate.field: the generator produces app_id, value, user_id and amount, not {:?}",
                         field.unwrap_or_default()
                     ));
                 }
@@ -552,7 +565,7 @@ impl JobSpec {
             return bad("checkpoint.retention must be at least 1".into());
         }
         if self.aggregate.is_typed() && self.state.memory_budget_mb.is_some() {
-            return bad("state.memory_budget_mb: count_distinct, dedup, min and max keep their state in memory (no budget yet); set it to null".into());
+            return bad("state.memory_budget_mb: count_distinct, dedup, min, max and process keep their state in memory (no budget yet); set it to null".into());
         }
         if self.state.memory_budget_mb == Some(0) {
             return bad("state.memory_budget_mb must be positive (or null)".into());

@@ -104,6 +104,7 @@ impl JobSpec {
                 AggregateSpec::Dedup { .. } => AggregateKind::Dedup,
                 AggregateSpec::Min { .. } => AggregateKind::Min,
                 AggregateSpec::Max { .. } => AggregateKind::Max,
+                AggregateSpec::Process { .. } => AggregateKind::Process,
             },
             forward: None,
         };

@@ -30,7 +30,8 @@ pub trait RecordOperator: Send {
     fn declared(&self) -> Vec<DeclaredState>;
 }
 
-/// A function whose per-key result is one value state.
+/// A function whose per-key result is one value state (what a job's final
+/// state reports per key).
 pub trait WithResult: KeyedProcessFunction<In = Record, Out = (Key, i64)> {
     fn result_state(&self) -> &StateDescriptor;
 }
@@ -217,14 +218,17 @@ impl WithResult for Extreme {
     }
 }
 
-/// The operator for a typed aggregate (`None`: the aggregate keeps one
-/// integer per key and runs without the operator API).
+/// The operator for a typed aggregate, a built-in or one of `functions`
+/// (`None`: the aggregate keeps one integer per key and runs without the
+/// operator API).
 pub fn builtin(
     aggregate: &AggregateSpec,
     max_parallelism: u32,
+    functions: &crate::Functions,
 ) -> Result<Option<Box<dyn RecordOperator>>, OperatorError> {
     let key = |r: &Record| r.key.clone();
     Ok(match aggregate {
+        AggregateSpec::Process { function, .. } => Some(functions.make(function, max_parallelism)?),
         AggregateSpec::CountDistinct { .. } => Some(Box::new(KeyedOperator::new(
             CountDistinct::default(),
             key,
@@ -270,7 +274,7 @@ mod tests {
     #[test]
     fn count_distinct_emits_each_new_value_once() {
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
-        let mut op = builtin(&agg, 128).unwrap().unwrap();
+        let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
         let out = run(op.as_mut(), &INPUT);
         let int = |k, v| (Key::Int(k), v);
         assert_eq!(out, [int(1, 1), int(2, 1), int(1, 2), int(1, 3)]);
@@ -286,13 +290,13 @@ mod tests {
             field: "v".into(),
             keep: Keep::First,
         };
-        let mut op = builtin(&first, 128).unwrap().unwrap();
+        let mut op = builtin(&first, 128, &Default::default()).unwrap().unwrap();
         assert_eq!(run(op.as_mut(), &INPUT), [int(1, 5), int(2, 7)]);
         let last = AggregateSpec::Dedup {
             field: "v".into(),
             keep: Keep::Last,
         };
-        let mut op = builtin(&last, 128).unwrap().unwrap();
+        let mut op = builtin(&last, 128, &Default::default()).unwrap().unwrap();
         let out = run(op.as_mut(), &INPUT);
         assert_eq!(out, [int(1, 5), int(2, 7), int(1, 6), int(1, 5), int(1, 9)]);
         let mut results = op.results().unwrap();
@@ -305,7 +309,7 @@ mod tests {
         let int = |k, v| (Key::Int(k), v);
         let input = [(1, 5), (1, 7), (1, 0), (2, -3), (1, 0), (1, 9), (2, -4)];
         let min = AggregateSpec::Min { field: "v".into() };
-        let mut op = builtin(&min, 128).unwrap().unwrap();
+        let mut op = builtin(&min, 128, &Default::default()).unwrap().unwrap();
         // 0 is a value like any other: the first value of a key counts.
         assert_eq!(
             run(op.as_mut(), &input),
@@ -315,7 +319,7 @@ mod tests {
         results.sort();
         assert_eq!(results, [int(1, 0), int(2, -4)]);
         let max = AggregateSpec::Max { field: "v".into() };
-        let mut op = builtin(&max, 128).unwrap().unwrap();
+        let mut op = builtin(&max, 128, &Default::default()).unwrap().unwrap();
         assert_eq!(
             run(op.as_mut(), &input),
             [int(1, 5), int(1, 7), int(2, -3), int(1, 9)]
@@ -325,10 +329,10 @@ mod tests {
     #[test]
     fn a_restored_operator_goes_on_where_the_snapshot_was() {
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
-        let mut op = builtin(&agg, 128).unwrap().unwrap();
+        let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
         run(op.as_mut(), &INPUT[..4]);
         let delta = op.snapshot();
-        let mut restored = builtin(&agg, 128).unwrap().unwrap();
+        let mut restored = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
         for (k, v) in &delta {
             restored.restore_entry(k, v.as_ref().unwrap()).unwrap();
         }

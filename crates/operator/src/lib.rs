@@ -18,12 +18,14 @@
 //! ([`KeyedOperator::snapshot`]: the changed entries, O(1), for the
 //! snapshot worker; [`KeyedOperator::restore_entry`]: the entries of a
 //! restored key-group range). [`builtins`]: the JSON spec's typed keyed
-//! aggregates (count-distinct, dedup) on this API, which the runtime runs.
-//! Not built yet: a task that runs a user's function (the runtime runs the
-//! built-ins only), timers, operator state.
+//! aggregates (count-distinct, dedup, min, max) on this API, which the
+//! runtime runs; [`functions`]: a program's own functions, registered by
+//! name, which the runtime runs the same way. Not built yet: timers,
+//! operator state, records other than `(key, integer)` in running jobs.
 
-use cutpoint_core::Key;
-use cutpoint_state::layout::{LayoutError, StateDescriptor, StateNames};
+pub use cutpoint_core::{Key, Record};
+use cutpoint_state::layout::{LayoutError, StateNames};
+pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -36,6 +38,9 @@ pub enum OperatorError {
     /// The user's function failed.
     #[error("{0}")]
     User(String),
+    /// The spec names a process function this program did not register.
+    #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
+    UnknownFunction { name: String, registered: String },
 }
 
 /// A keyed operator's logic (Flink's `KeyedProcessFunction`).
@@ -200,6 +205,10 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 }
 
 pub mod builtins;
+pub mod functions;
+
+pub use builtins::{RecordOperator, WithResult};
+pub use functions::Functions;
 
 #[cfg(test)]
 mod tests;

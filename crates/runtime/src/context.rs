@@ -26,6 +26,8 @@ pub(crate) struct TaskContext {
     pub any_completed: Arc<AtomicBool>,
     /// Staging files of transactional sinks a restorable checkpoint names.
     pub staging_in_use: StagingInUse,
+    /// The program's keyed process functions.
+    pub functions: cutpoint_operator::Functions,
 }
 
 /// Live counters of one task, read by the API while the job runs (one

@@ -52,6 +52,9 @@ pub struct ExecutionConfig {
     /// Staging files of transactional sinks that restorable checkpoints
     /// name: kept when the sinks recover (see [`crate::sink::SinkRecovery`]).
     pub staging_in_use: crate::sink::StagingInUse,
+    /// The program's keyed process functions (a `process` aggregate names
+    /// one).
+    pub functions: cutpoint_operator::Functions,
 }
 
 /// A running attempt of a job.
@@ -234,6 +237,7 @@ impl Execution {
     /// does not fit the job).
     pub fn start(cfg: ExecutionConfig) -> Result<Self, RuntimeError> {
         let spec = cfg.spec.clone();
+        cfg.functions.check(&spec.aggregate)?;
         let mut restore = Restore::of(&spec, cfg.restore.as_deref())?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(TaskContext {
@@ -246,6 +250,7 @@ impl Execution {
             attempt: cfg.attempt,
             any_completed: Arc::new(AtomicBool::new(false)),
             staging_in_use: cfg.staging_in_use.clone(),
+            functions: cfg.functions.clone(),
         });
         let unaligned = spec.checkpoint.mode == cutpoint_core::spec::CheckpointingMode::Unaligned;
         let stages = spec.keyed_stages();

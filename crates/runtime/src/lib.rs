@@ -39,6 +39,7 @@ mod task;
 mod worker;
 
 pub use context::TaskCounters;
+pub use cutpoint_operator::{Functions, OperatorError};
 pub use error::RuntimeError;
 pub use events::{Barrier, FailureKind, TaskEvent};
 pub use execution::{Execution, ExecutionConfig};

@@ -46,6 +46,13 @@ pub fn generator_user_id(seed: u64, users: u64, i: u64) -> u64 {
     splitmix64(x) % users
 }
 
+/// The generator's `amount` of event `i` (1..=1000).
+#[inline]
+pub fn generator_amount(seed: u64, i: u64) -> u64 {
+    let x = (seed ^ 0xA3B1_9535_4A39_B70D).wrapping_add(i.wrapping_mul(0xA24B_AED4_963E_E407));
+    1 + splitmix64(x) % 1000
+}
+
 /// Event-index range `[start, end)` of partition `p` of `n`.
 pub fn generator_range(events: u64, partitions: u32, p: u32) -> (u64, u64) {
     let n = partitions as u128;
@@ -71,6 +78,7 @@ enum GenValue {
     One,
     AppId,
     UserId,
+    Amount,
 }
 
 impl GeneratorReader {
@@ -82,6 +90,7 @@ impl GeneratorReader {
                 GenValue::One => 1,
                 GenValue::AppId => app,
                 GenValue::UserId => generator_user_id(self.seed, self.users, i) as i64,
+                GenValue::Amount => generator_amount(self.seed, i) as i64,
             };
             out.push(Record {
                 key: Key::Int(app),
@@ -247,6 +256,7 @@ pub fn open_reader(
                 value: match value.as_deref() {
                     Some("app_id") => GenValue::AppId,
                     Some("user_id") => GenValue::UserId,
+                    Some("amount") => GenValue::Amount,
                     _ => GenValue::One,
                 },
             }))

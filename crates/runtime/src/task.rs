@@ -459,7 +459,9 @@ impl AggregateTask {
         let spec = &self.ctx.spec;
         let maxp = spec.max_parallelism;
         let typed = match self.upstream {
-            Upstream::Sources => cutpoint_operator::builtins::builtin(&spec.aggregate, maxp)?,
+            Upstream::Sources => {
+                cutpoint_operator::builtins::builtin(&spec.aggregate, maxp, &self.ctx.functions)?
+            }
             Upstream::Stage => None,
         };
         let restored = if self.restore.is_empty() {

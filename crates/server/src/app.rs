@@ -191,6 +191,9 @@ pub struct AppState {
     /// Whether `POST /v1/jobs` accepts the spec's test knobs
     /// ([`crate::routes::TEST_KNOBS`]); off unless `--enable-test-knobs`.
     pub test_knobs: bool,
+    /// The program's keyed process functions (a spec's `process` aggregate
+    /// names one; others are refused with 400).
+    pub functions: cutpoint_coordinator::Functions,
     jobs: Mutex<BTreeMap<JobId, JobEntry>>,
     /// Jobs with a restore operation in progress.
     operations: Mutex<std::collections::BTreeSet<JobId>>,
@@ -211,6 +214,7 @@ impl AppState {
             token,
             metrics,
             test_knobs: false,
+            functions: Default::default(),
             jobs: Mutex::new(BTreeMap::new()),
             operations: Mutex::new(Default::default()),
             starting: Mutex::new(Default::default()),
@@ -264,6 +268,9 @@ impl AppState {
         // Claimed before anything is awaited: two starts of one job never
         // both spawn (the second would take the storage from the first).
         let _starting = self.claim_start(&id)?;
+        self.functions
+            .check(&spec.aggregate)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         if let Some(from) = &restore_from {
             restore::resolve(&self.storage, &id, from.clone()).await?;
         }
@@ -275,6 +282,7 @@ impl AppState {
             storage: self.storage.clone(),
             restore_from,
             local_dir,
+            functions: self.functions.clone(),
         });
         let entry = JobEntry {
             control: handle.control(),

@@ -158,6 +158,7 @@ impl From<JobError> for ApiError {
             | JobError::CheckpointNotFound { .. }
             | JobError::SavepointNotFound(_) => ApiError::not_found(e.to_string()),
             JobError::Restore(_) => ApiError::new(ErrorKind::Data, e.to_string()),
+            JobError::Invalid(_) => ApiError::invalid(e.to_string()),
             JobError::Cancelled | JobError::Failed { .. } | JobError::WorkDirInUse { .. } => {
                 ApiError::conflict(e.to_string())
             }

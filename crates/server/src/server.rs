@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Accept the job spec's test knobs (`inject_*`) from `POST /v1/jobs`.
     pub test_knobs: bool,
+    /// The program's keyed process functions, which submitted specs may
+    /// name (empty in the stock binary).
+    pub functions: cutpoint_coordinator::Functions,
 }
 
 impl ServerConfig {
@@ -167,6 +170,7 @@ pub async fn serve(
         .ok();
     let mut state = AppState::new(config.storage, config.work_dir, config.token, metrics);
     state.test_knobs = config.test_knobs;
+    state.functions = config.functions;
     let state = Arc::new(state);
     let app = router(state.clone(), config.body_limit, config.request_timeout);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -70,6 +70,36 @@ pub struct StateDescriptor {
     pub codec_version: u8,
 }
 
+impl StateDescriptor {
+    fn new(name: &str, kind: StateKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            codec_version: 1,
+        }
+    }
+
+    /// A `ValueState` named `name` (codec version 1).
+    pub fn value(name: &str) -> Self {
+        Self::new(name, StateKind::Value)
+    }
+
+    /// A `ListState` named `name` (codec version 1).
+    pub fn list(name: &str) -> Self {
+        Self::new(name, StateKind::List)
+    }
+
+    /// A `MapState` named `name` (codec version 1).
+    pub fn map(name: &str) -> Self {
+        Self::new(name, StateKind::Map)
+    }
+
+    /// A `ReducingState` named `name` (codec version 1).
+    pub fn reducing(name: &str) -> Self {
+        Self::new(name, StateKind::Reducing)
+    }
+}
+
 /// The job's states by name, each with its 16-bit id (in order of first
 /// declaration; recorded in checkpoint metadata so a restore maps names to
 /// the same ids).

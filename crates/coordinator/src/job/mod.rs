@@ -25,6 +25,7 @@ use cutpoint_core::{
     SubtaskState, TaskId, METADATA_VERSION,
 };
 use cutpoint_runtime::sink::StagingInUse;
+use cutpoint_runtime::OperatorError;
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };
@@ -56,6 +57,9 @@ pub struct JobConfig {
     /// locked for the job's lifetime and emptied at its start (see
     /// [`crate::workdir`]).
     pub local_dir: PathBuf,
+    /// The program's keyed process functions (the spec's `process`
+    /// aggregate names one; empty for JSON jobs of built-ins).
+    pub functions: cutpoint_runtime::Functions,
 }
 
 /// Lifecycle state of a job.
@@ -468,6 +472,7 @@ pub fn spawn_job(cfg: JobConfig) -> JobHandle {
         savepoints: Default::default(),
         spec: spec.clone(),
         storage: cfg.storage,
+        functions: cfg.functions,
         local_dir: cfg.local_dir,
         work: None,
         lease: None,
@@ -515,6 +520,7 @@ struct Runner {
     savepoints: std::collections::HashMap<CheckpointId, SavepointReply>,
     spec: Arc<JobSpec>,
     storage: CheckpointStorage,
+    functions: cutpoint_runtime::Functions,
     local_dir: PathBuf,
     /// The locked work dir, from the start of the run to its end.
     work: Option<Arc<WorkDir>>,

@@ -326,9 +326,13 @@ impl Runner {
             events: events_tx,
             runtime: tokio::runtime::Handle::current(),
             staging_in_use,
+            functions: self.functions.clone(),
         })
         .map_err(|e| match e {
             RuntimeError::Restore(m) => JobError::Restore(m),
+            RuntimeError::Operator(e @ OperatorError::UnknownFunction { .. }) => {
+                JobError::Invalid(e.to_string())
+            }
             e => JobError::Internal(e.to_string()),
         })?;
         tracker.resume();

@@ -1,0 +1,229 @@
+//! [`JobBuilder`]: a job written in Rust —
+//! `source(…).key_by(…).process(name, MyFn::new).sink(…)` — built into the
+//! same [`JobSpec`] a JSON job is (so it is validated, stored beside its
+//! checkpoints, listed and restored the same way), plus the [`Functions`]
+//! it registers, as a [`Program`] for [`crate::main_with`].
+//!
+//! Not built yet: stateless `map` / `filter` / `flat_map` between the
+//! source and the keyed function (the runtime's records are `(key,
+//! integer)` projected at the source).
+
+use std::time::Duration;
+
+use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec};
+use cutpoint_core::{CoreError, FunctionName, JobSpec};
+use cutpoint_operator::{Functions, WithResult};
+
+use crate::Program;
+
+/// Builds a job and the program that runs it.
+pub struct JobBuilder {
+    job_id: String,
+    source: SourceSpec,
+    parallelism: Option<u32>,
+    key_by: String,
+    aggregate: Option<AggregateSpec>,
+    function: Option<String>,
+    value: Option<String>,
+    sink: SinkSpec,
+    interval: Option<Duration>,
+    mode: CheckpointingMode,
+    functions: Functions,
+}
+
+impl JobBuilder {
+    /// A job `job_id` reading `source`.
+    pub fn source(job_id: &str, source: SourceSpec) -> Self {
+        Self {
+            job_id: job_id.into(),
+            source,
+            parallelism: None,
+            key_by: String::new(),
+            aggregate: None,
+            function: None,
+            value: None,
+            sink: SinkSpec::Discard,
+            interval: None,
+            mode: CheckpointingMode::default(),
+            functions: Functions::new(),
+        }
+    }
+
+    /// Parallelism of the keyed operator (and its sink).
+    pub fn parallelism(mut self, n: u32) -> Self {
+        self.parallelism = Some(n);
+        self
+    }
+
+    /// The field records are keyed (and partitioned) by.
+    pub fn key_by(mut self, field: &str) -> Self {
+        self.key_by = field.into();
+        self
+    }
+
+    /// The integer field each record carries to the keyed function (1 per
+    /// event if not set).
+    pub fn value(mut self, field: &str) -> Self {
+        self.value = Some(field.into());
+        self
+    }
+
+    /// Runs keyed process function `make()` (one per subtask), registered
+    /// as `name` (the name its checkpoints and a JSON spec know it by).
+    pub fn process<F>(mut self, name: &str, make: impl Fn() -> F + Send + Sync + 'static) -> Self
+    where
+        F: WithResult + 'static,
+    {
+        self.functions = self.functions.register(name, make);
+        self.function = Some(name.into());
+        self
+    }
+
+    /// A built-in keyed aggregate instead of a function.
+    pub fn aggregate(mut self, aggregate: AggregateSpec) -> Self {
+        self.aggregate = Some(aggregate);
+        self
+    }
+
+    pub fn sink(mut self, sink: SinkSpec) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// Periodic checkpoints every `interval`.
+    pub fn checkpoint_every(mut self, interval: Duration) -> Self {
+        self.interval = Some(interval);
+        self
+    }
+
+    pub fn checkpoint_mode(mut self, mode: CheckpointingMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The validated job and the functions it runs.
+    pub fn build(self) -> Result<Program, CoreError> {
+        let aggregate = match (self.function, self.aggregate) {
+            (Some(f), None) => AggregateSpec::Process {
+                function: FunctionName::new(f)?,
+                field: self.value,
+            },
+            (None, Some(a)) => a,
+            (None, None) => AggregateSpec::Count,
+            (Some(_), Some(_)) => {
+                return Err(CoreError::InvalidSpec(
+                    "a job runs either a process function or a built-in aggregate".into(),
+                ))
+            }
+        };
+        let json = serde_json::json!({
+            "job_id": self.job_id,
+            "source": self.source,
+            "key_by": self.key_by,
+            "aggregate": aggregate,
+            "sink": self.sink,
+        });
+        let mut spec: JobSpec =
+            serde_json::from_value(json).map_err(|e| CoreError::InvalidSpec(e.to_string()))?;
+        if let Some(p) = self.parallelism {
+            spec.parallelism = p;
+        }
+        spec.checkpoint.interval_ms = self.interval.map(|d| d.as_millis().max(1) as u64);
+        spec.checkpoint.mode = self.mode;
+        spec.validate()?;
+        Ok(Program {
+            job: Some(spec),
+            functions: self.functions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cutpoint_core::{Key, Record};
+    use cutpoint_operator::{KeyedContext, KeyedProcessFunction, OperatorError, StateDescriptor};
+
+    struct Last(StateDescriptor);
+
+    impl KeyedProcessFunction for Last {
+        type In = Record;
+        type Out = (Key, i64);
+        fn states(&self) -> Vec<StateDescriptor> {
+            vec![self.0.clone()]
+        }
+        fn process(
+            &mut self,
+            r: Record,
+            ctx: &mut KeyedContext<'_>,
+            out: &mut Vec<(Key, i64)>,
+        ) -> Result<(), OperatorError> {
+            ctx.set_value(&self.0, &r.value)?;
+            out.push((r.key, r.value));
+            Ok(())
+        }
+    }
+
+    impl WithResult for Last {
+        fn result_state(&self) -> &StateDescriptor {
+            &self.0
+        }
+    }
+
+    fn last() -> Last {
+        Last(StateDescriptor::value("last"))
+    }
+
+    fn generator() -> SourceSpec {
+        SourceSpec::Generator {
+            partitions: 1,
+            events: 1000,
+            keys: 10,
+            seed: 1,
+            users: 5,
+            rate_per_s: None,
+        }
+    }
+
+    #[test]
+    fn builds_the_spec_a_json_job_would_have_and_registers_the_function() {
+        let program = JobBuilder::source("last-amount", generator())
+            .parallelism(2)
+            .key_by("app_id")
+            .value("amount")
+            .process("last", last)
+            .checkpoint_every(Duration::from_millis(250))
+            .build()
+            .unwrap();
+        let spec = program.job.unwrap();
+        let json = r#"{"job_id":"last-amount","parallelism":2,
+            "source":{"type":"generator","partitions":1,"events":1000,"keys":10,"seed":1,"users":5},
+            "key_by":"app_id","aggregate":{"type":"process","function":"last","field":"amount"},
+            "checkpoint":{"interval_ms":250}}"#;
+        assert_eq!(spec, JobSpec::from_json(json).unwrap());
+        let names: Vec<String> = program
+            .functions
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, vec!["last"]);
+        program.functions.check(&spec.aggregate).unwrap();
+    }
+
+    #[test]
+    fn refuses_what_a_json_spec_would_refuse() {
+        let err = JobBuilder::source("bad", generator())
+            .key_by("user")
+            .process("last", last)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("key_by"), "{err}");
+        let both = JobBuilder::source("both", generator())
+            .key_by("app_id")
+            .process("last", last)
+            .aggregate(AggregateSpec::Count)
+            .build();
+        assert!(both.is_err());
+    }
+}
