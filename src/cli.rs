@@ -28,24 +28,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a job from a JSON job spec until its input ends.
-    Run {
-        /// The job spec (see examples/pv.json); a program that builds its
-        /// own job runs that one without it.
-        #[arg(long)]
-        job: Option<PathBuf>,
-        /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
-        #[arg(long)]
-        checkpoint_dir: String,
-        /// Restore from `latest` or a checkpoint id before running.
-        #[arg(long)]
-        restore_from: Option<RestoreFrom>,
-        /// Local working directory for RocksDB (default: a temporary one).
-        #[arg(long)]
-        work_dir: Option<PathBuf>,
-        /// Write the final keyed state here as JSON lines, sorted by key.
-        #[arg(long)]
-        final_state: Option<PathBuf>,
-    },
+    Run(RunArgs),
+    /// `run` with the chaos harness's test function registered (the
+    /// harness's child runs; see src/chaos/function.rs).
+    #[command(hide = true)]
+    ChaosRun(RunArgs),
     /// Run the coordinator service with the REST admin API.
     Serve {
         #[command(flatten)]
@@ -109,6 +96,26 @@ enum Command {
 }
 
 /// Server settings given on the command line (see docs/configuration.md).
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The job spec (see examples/pv.json); a program that builds its
+    /// own job runs that one without it.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Checkpoint storage: a directory, file:///dir or s3://bucket/prefix.
+    #[arg(long)]
+    checkpoint_dir: String,
+    /// Restore from `latest` or a checkpoint id before running.
+    #[arg(long)]
+    restore_from: Option<RestoreFrom>,
+    /// Local working directory for RocksDB (default: a temporary one).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Write the final keyed state here as JSON lines, sorted by key.
+    #[arg(long)]
+    final_state: Option<PathBuf>,
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeSettings {
     /// TOML configuration file.
@@ -275,39 +282,13 @@ enum CheckpointsCommand {
 
 pub async fn execute(cli: Cli, program: crate::Program) -> Result<ExitCode> {
     match cli.command {
-        Command::Run {
-            job,
-            checkpoint_dir,
-            restore_from,
-            work_dir,
-            final_state,
-        } => {
-            let spec = match (job, program.job) {
-                (Some(job), _) => {
-                    let text = std::fs::read_to_string(&job)
-                        .with_context(|| format!("reading {}", job.display()))?;
-                    JobSpec::from_json(&text)
-                        .with_context(|| format!("job spec {}", job.display()))?
-                }
-                (None, Some(spec)) => spec,
-                (None, None) => {
-                    anyhow::bail!("--job is required (a JSON job spec, e.g. examples/pv.json)")
-                }
-            };
-            let storage = open_storage(&checkpoint_dir)?;
-            let outcome = run_job(
-                spec.clone(),
-                storage,
-                restore_from,
-                work_dir,
-                program.functions,
-            )
-            .await?;
-            if let Some(path) = final_state {
-                write_final_state(&spec, &outcome, &path)?;
-            }
-            println!("{}", summary(&spec, &outcome));
-            Ok(ExitCode::SUCCESS)
+        Command::Run(args) => run(args, program).await,
+        Command::ChaosRun(args) => {
+            let program = program.function(
+                crate::chaos::function::NAME,
+                crate::chaos::function::FirstSeen::default,
+            );
+            run(args, program).await
         }
         Command::Serve { settings } => {
             serve(settings.resolve()?, program.functions).await?;
@@ -469,6 +450,34 @@ pub async fn execute(cli: Cli, program: crate::Program) -> Result<ExitCode> {
         }
         Command::Chaos(args) => tokio::task::block_in_place(|| crate::chaos::run(args)),
     }
+}
+
+async fn run(args: RunArgs, program: crate::Program) -> Result<ExitCode> {
+    let spec = match (args.job, program.job) {
+        (Some(job), _) => {
+            let text = std::fs::read_to_string(&job)
+                .with_context(|| format!("reading {}", job.display()))?;
+            JobSpec::from_json(&text).with_context(|| format!("job spec {}", job.display()))?
+        }
+        (None, Some(spec)) => spec,
+        (None, None) => {
+            anyhow::bail!("--job is required (a JSON job spec, e.g. examples/pv.json)")
+        }
+    };
+    let storage = open_storage(&args.checkpoint_dir)?;
+    let outcome = run_job(
+        spec.clone(),
+        storage,
+        args.restore_from,
+        args.work_dir,
+        program.functions,
+    )
+    .await?;
+    if let Some(path) = args.final_state {
+        write_final_state(&spec, &outcome, &path)?;
+    }
+    println!("{}", summary(&spec, &outcome));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(

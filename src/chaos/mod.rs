@@ -1,6 +1,8 @@
 //! `cutpoint chaos`: the seeded chaos harness (docs/reliability.md).
 //!
-//! Each cycle runs a small PV job as a child process of this binary, injects
+//! Each cycle runs a small job as a child process of this binary — PV, a
+//! two-stage chain, count-distinct, dedup, or a Rust function registered by
+//! name with list, map and value state ([`function`]) — injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
 //! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
 //! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
@@ -42,6 +44,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
+pub mod function;
+
 /// The job: small enough for many cycles, long enough (≈1 s, paced) for
 /// several checkpoints, aborts and subsumptions per run.
 const EVENTS: u64 = 400_000;
@@ -74,6 +78,9 @@ enum Shape {
     /// The first user per app (typed value state), then count the
     /// emissions per app: exactly 1 each.
     DedupOnce,
+    /// Distinct users per app through a Rust function registered by name
+    /// (list, map and value state; [`function::FirstSeen`]).
+    FirstSeen,
 }
 
 impl Shape {
@@ -83,11 +90,12 @@ impl Shape {
             Shape::TwoStage => "two_stage",
             Shape::Distinct => "count_distinct",
             Shape::DedupOnce => "dedup",
+            Shape::FirstSeen => "process",
         }
     }
 
     fn typed(self) -> bool {
-        matches!(self, Shape::Distinct | Shape::DedupOnce)
+        matches!(self, Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen)
     }
 
     /// The aggregate and the later stages of the spec.
@@ -106,6 +114,10 @@ impl Shape {
             Shape::DedupOnce => (
                 json!({"type": "dedup", "field": "user_id", "keep": "first"}),
                 json!([{"id": "once", "key_by": {"type": "key"}, "aggregate": count}]),
+            ),
+            Shape::FirstSeen => (
+                json!({"type": "process", "function": function::NAME, "field": "user_id"}),
+                json!([]),
             ),
         }
     }
@@ -128,7 +140,7 @@ impl Shape {
                 }
                 hist
             }
-            Shape::Distinct => {
+            Shape::Distinct | Shape::FirstSeen => {
                 let mut seen = std::collections::HashSet::new();
                 let mut distinct = vec![0i64; keys as usize];
                 for i in 0..EVENTS {
@@ -361,11 +373,12 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     // every other choice.
     let mut shapes = ChaCha8Rng::seed_from_u64(seed ^ 0x5A5E_0F5A_BE5E_ED00);
     shapes.set_stream(cycle);
-    let shape = match shapes.gen_range(0..8) {
+    let shape = match shapes.gen_range(0..10) {
         0..4 => Shape::Pv,
         4..6 => Shape::TwoStage,
         6 => Shape::Distinct,
-        _ => Shape::DedupOnce,
+        7 => Shape::DedupOnce,
+        _ => Shape::FirstSeen,
     };
     Plan {
         job,
@@ -835,7 +848,8 @@ fn spawn_child(
     let log = runs.dir.join(format!("run-{n}.log"));
     let final_state = runs.dir.join(format!("final-{n}.jsonl"));
     let mut cmd = Command::new(runs.exe);
-    cmd.arg("run")
+    // `run` with the harness's function registered.
+    cmd.arg("chaos-run")
         .arg("--job")
         .arg(&runs.spec)
         .arg("--checkpoint-dir")
