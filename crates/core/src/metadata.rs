@@ -94,6 +94,14 @@ pub struct DeclaredState {
     pub id: u16,
     pub name: String,
     pub kind: StateKind,
+    /// Of its values' encoding (a restore into another version is
+    /// refused; absent in checkpoints of older releases: 1).
+    #[serde(default = "codec_version_one")]
+    pub codec_version: u8,
+}
+
+fn codec_version_one() -> u8 {
+    1
 }
 
 /// The form of a keyed subtask's state, recorded with each snapshot, so a

@@ -20,6 +20,8 @@ use crate::{KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 pub trait RecordOperator: Send {
     /// Processes one record; its updates are appended to `out`.
     fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError>;
+    /// Sets processing time (ms since the epoch): expired TTL state goes.
+    fn set_time(&mut self, now_ms: u64);
     /// The changed entries since the last snapshot (O(1)).
     fn snapshot(&mut self) -> TypedDelta;
     /// Loads one entry of a restored key-group range.
@@ -39,6 +41,10 @@ pub trait WithResult: KeyedProcessFunction<In = Record, Out = (Key, i64)> {
 impl<F: WithResult> RecordOperator for KeyedOperator<F> {
     fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError> {
         KeyedOperator::process(self, record, out)
+    }
+
+    fn set_time(&mut self, now_ms: u64) {
+        KeyedOperator::set_time(self, now_ms)
     }
 
     fn snapshot(&mut self) -> TypedDelta {
@@ -63,6 +69,7 @@ fn state(name: &str, kind: StateKind) -> StateDescriptor {
         name: name.into(),
         kind,
         codec_version: 1,
+        ttl: None,
     }
 }
 

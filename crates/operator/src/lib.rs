@@ -192,6 +192,12 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.function.process(record, &mut ctx, out)
     }
 
+    /// Sets processing time (ms since the epoch; it never goes back):
+    /// state entries with a TTL that expired by then are deleted.
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.table.set_time(now_ms);
+    }
+
     /// The synchronous phase of a snapshot: the entries changed since the
     /// last one (O(1)), for the snapshot worker to write behind.
     pub fn snapshot(&mut self) -> TypedDelta {

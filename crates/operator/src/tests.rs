@@ -32,6 +32,7 @@ fn desc(name: &str, kind: StateKind) -> StateDescriptor {
         name: name.into(),
         kind,
         codec_version: 1,
+        ttl: None,
     }
 }
 

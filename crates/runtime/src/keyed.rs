@@ -86,6 +86,8 @@ impl KeyedState {
         match self {
             KeyedState::Counts(table) => apply_counts(table, out, kind, batch),
             KeyedState::Typed { op, updates } => {
+                // Processing time, once per batch (TTL state expires).
+                op.set_time(now_millis());
                 for r in batch {
                     op.process(r, updates)?;
                     for (k, v) in updates.drain(..) {
@@ -145,6 +147,12 @@ impl KeyedState {
             }
         }
     }
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn apply_counts(

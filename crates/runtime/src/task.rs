@@ -438,7 +438,12 @@ impl AggregateTask {
             if schema.states != declared {
                 let names = |d: &[cutpoint_core::metadata::DeclaredState]| {
                     d.iter()
-                        .map(|s| format!("{} {} ({:?})", s.id, s.name, s.kind))
+                        .map(|s| {
+                            format!(
+                                "{} {} ({:?}, codec v{})",
+                                s.id, s.name, s.kind, s.codec_version
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };

@@ -55,6 +55,8 @@ pub enum LayoutError {
     Undeclared(String),
     #[error("a job has at most 65536 states")]
     TooManyStates,
+    #[error("state {state:?}: codec version {version} is not in 0..=127")]
+    BadCodecVersion { state: String, version: u8 },
 }
 
 /// The kinds of keyed state (defined in core: checkpoint metadata records
@@ -66,8 +68,13 @@ pub use cutpoint_core::metadata::StateKind;
 pub struct StateDescriptor {
     pub name: String,
     pub kind: StateKind,
-    /// Of the value encoding; stored with every value.
+    /// Of the value encoding (0..=127); stored with every value.
     pub codec_version: u8,
+    /// Time to live (processing time) of each value, list element and map
+    /// entry, from its last write: then it reads as absent and is deleted
+    /// (Flink's `StateTtlConfig` with `OnCreateAndWrite` and
+    /// `NeverReturnExpired`). `None`: kept until cleared.
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl StateDescriptor {
@@ -76,7 +83,14 @@ impl StateDescriptor {
             name: name.into(),
             kind,
             codec_version: 1,
+            ttl: None,
         }
+    }
+
+    /// The same state, its entries expiring `ttl` after their last write.
+    pub fn with_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 
     /// A `ValueState` named `name` (codec version 1).
@@ -105,25 +119,32 @@ impl StateDescriptor {
 /// the same ids).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StateNames {
-    by_name: BTreeMap<String, (u16, StateKind)>,
+    by_name: BTreeMap<String, (u16, StateKind, u8)>,
 }
 
 impl StateNames {
     /// The id of `d`'s state, assigned on first declaration.
     pub fn declare(&mut self, d: &StateDescriptor) -> Result<u16, LayoutError> {
-        if let Some((id, kind)) = self.by_name.get(&d.name) {
+        if d.codec_version & EXPIRES != 0 {
+            return Err(LayoutError::BadCodecVersion {
+                state: d.name.clone(),
+                version: d.codec_version,
+            });
+        }
+        if let Some((id, kind, _)) = self.by_name.get(&d.name) {
             return match *kind == d.kind {
                 true => Ok(*id),
                 false => Err(LayoutError::KindConflict(d.name.clone())),
             };
         }
         let id = u16::try_from(self.by_name.len()).map_err(|_| LayoutError::TooManyStates)?;
-        self.by_name.insert(d.name.clone(), (id, d.kind));
+        self.by_name
+            .insert(d.name.clone(), (id, d.kind, d.codec_version));
         Ok(id)
     }
 
     pub fn id(&self, name: &str) -> Option<u16> {
-        self.by_name.get(name).map(|(id, _)| *id)
+        self.by_name.get(name).map(|(id, _, _)| *id)
     }
 
     /// Every declared state, by id.
@@ -132,10 +153,11 @@ impl StateNames {
             .by_name
             .iter()
             .map(
-                |(name, (id, kind))| cutpoint_core::metadata::DeclaredState {
+                |(name, (id, kind, codec))| cutpoint_core::metadata::DeclaredState {
                     id: *id,
                     name: name.clone(),
                     kind: *kind,
+                    codec_version: *codec,
                 },
             )
             .collect();
@@ -147,8 +169,8 @@ impl StateNames {
     pub fn kind_of(&self, id: u16) -> Option<StateKind> {
         self.by_name
             .values()
-            .find(|(i, _)| *i == id)
-            .map(|(_, kind)| *kind)
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, kind, _)| *kind)
     }
 }
 
@@ -236,15 +258,52 @@ pub fn encode_value<T: Serialize>(d: &StateDescriptor, value: &T, out: &mut Vec<
     *out = body;
 }
 
+/// The version byte's flag of a value that expires: 8 bytes of its
+/// expiry time (ms since the epoch, big-endian) follow the byte. Values
+/// say for themselves whether they expire, so a state whose TTL was
+/// switched on or off between a checkpoint and its restore reads both.
+const EXPIRES: u8 = 0x80;
+
+/// Encodes `value` expiring at `expires_at_ms` (see [`EXPIRES`]).
+pub fn encode_expiring<T: Serialize>(
+    d: &StateDescriptor,
+    value: &T,
+    expires_at_ms: u64,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.push(d.codec_version | EXPIRES);
+    out.extend_from_slice(&expires_at_ms.to_be_bytes());
+    let body = postcard::to_extend(value, std::mem::take(out)).expect("serde into a Vec");
+    *out = body;
+}
+
+/// When an encoded value expires (`None`: never).
+pub fn expires_at(bytes: &[u8]) -> Option<u64> {
+    match bytes.split_first() {
+        Some((v, rest)) if v & EXPIRES != 0 => {
+            Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
+        }
+        _ => None,
+    }
+}
+
 /// Decodes a value written by [`encode_value`] under the same descriptor.
 pub fn decode_value<T: DeserializeOwned>(
     d: &StateDescriptor,
     bytes: &[u8],
 ) -> Result<T, LayoutError> {
-    let (&version, body) = bytes.split_first().ok_or_else(|| LayoutError::Decode {
+    let (&version, mut body) = bytes.split_first().ok_or_else(|| LayoutError::Decode {
         state: d.name.clone(),
         why: "empty value".into(),
     })?;
+    if version & EXPIRES != 0 {
+        body = body.get(8..).ok_or_else(|| LayoutError::Decode {
+            state: d.name.clone(),
+            why: "an expiring value without its expiry time".into(),
+        })?;
+    }
+    let version = version & !EXPIRES;
     if version != d.codec_version {
         return Err(LayoutError::CodecVersion {
             state: d.name.clone(),
@@ -267,6 +326,7 @@ mod tests {
             name: name.into(),
             kind,
             codec_version: 1,
+            ttl: None,
         }
     }
 

@@ -17,11 +17,20 @@
 //!   a restored table continues above every number it loaded.
 //! - A restore loads a key-group range ([`TypedTable::load`]); rescaling
 //!   loads the ranges of several old subtasks into one table.
+//! - TTL (processing time, [`TypedTable::set_time`]): an entry of a state
+//!   with a TTL carries its expiry time in its value; from then on it
+//!   reads as absent (values, list elements, map entries, results), and
+//!   the next `set_time` deletes it (a tombstone in the delta, so RocksDB
+//!   drops it too). Each state's entries wait in a queue in the order they
+//!   were first written (expiry order: one TTL per state, time only moves
+//!   forward); a rewritten entry is re-queued when its old expiry comes
+//!   up, so each entry is queued once.
 //!
 //! Not built yet: eviction under a memory budget with read-through from
-//! RocksDB, TTL.
+//! RocksDB.
 
 use std::collections::hash_map::Entry;
+use std::collections::VecDeque;
 
 use cutpoint_core::{keygroup, Key};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -29,8 +38,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::layout::{
-    decode_entry, decode_value, encode_value, entry_key, entry_prefix, list_element, LayoutError,
-    StateDescriptor, StateKind, StateNames,
+    decode_entry, decode_value, encode_expiring, encode_value, entry_key, entry_prefix, expires_at,
+    list_element, LayoutError, StateDescriptor, StateKind, StateNames,
 };
 
 /// The key (and namespace) a keyed operator works on.
@@ -78,6 +87,12 @@ pub struct TypedTable {
     indexed: FxHashSet<u16>,
     delta: TypedDelta,
     next_seq: u64,
+    /// Processing time (ms since the epoch) as of the last `set_time`.
+    now_ms: u64,
+    /// Per state with a TTL: (expiry, entry key), in expiry order unless
+    /// `expiry_unsorted` (after a load).
+    expiry: FxHashMap<u16, VecDeque<(u64, Vec<u8>)>>,
+    expiry_unsorted: bool,
 }
 
 impl TypedTable {
@@ -244,6 +259,11 @@ impl TypedTable {
                 }
             }
         }
+        if let Some(at) = expires_at(value) {
+            let q = self.expiry.entry(e.state).or_default();
+            q.push_back((at, key.to_vec()));
+            self.expiry_unsorted = true;
+        }
         self.entries.insert(key.to_vec(), value.to_vec());
         Ok(())
     }
@@ -260,7 +280,7 @@ impl TypedTable {
         for (k, v) in self
             .entries
             .iter()
-            .filter(|(k, _)| k.get(2..4) == Some(&state))
+            .filter(|(k, v)| k.get(2..4) == Some(&state) && self.live(v))
         {
             let e = decode_entry(k)?;
             if !e.namespace.is_empty() || !e.user_key.is_empty() {
@@ -328,7 +348,49 @@ impl TypedTable {
             user_key,
             &mut k,
         );
-        self.entries.get(&k).map(|v| decode_value(d, v)).transpose()
+        self.entries
+            .get(&k)
+            .filter(|v| self.live(v))
+            .map(|v| decode_value(d, v))
+            .transpose()
+    }
+
+    /// Whether an encoded value has not expired.
+    fn live(&self, value: &[u8]) -> bool {
+        expires_at(value).is_none_or(|at| at > self.now_ms)
+    }
+
+    /// Sets processing time to `now_ms` (it never goes back) and deletes
+    /// the entries that expired by then; returns how many.
+    pub fn set_time(&mut self, now_ms: u64) -> usize {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.expiry.is_empty() {
+            return 0;
+        }
+        if std::mem::take(&mut self.expiry_unsorted) {
+            for q in self.expiry.values_mut() {
+                q.make_contiguous().sort_unstable();
+            }
+        }
+        let mut expired = Vec::new();
+        for q in self.expiry.values_mut() {
+            while q.front().is_some_and(|(at, _)| *at <= self.now_ms) {
+                let (_, key) = q.pop_front().expect("a front");
+                match self.entries.get(&key).and_then(|v| expires_at(v)) {
+                    Some(at) if at <= self.now_ms => expired.push(key),
+                    // Rewritten since: queued again for its new expiry.
+                    Some(at) => q.push_back((at, key)),
+                    None => {}
+                }
+            }
+        }
+        let n = expired.len();
+        for key in expired {
+            let user = decode_entry(&key).map(|e| e.user_key.len()).unwrap_or(0);
+            let (prefix, user_key) = key.split_at(key.len() - user);
+            self.delete(prefix, user_key);
+        }
+        n
     }
 
     /// A list's or map's entries in user-key order: (user key, value).
@@ -366,7 +428,9 @@ impl TypedTable {
             k.truncate(prefix.len());
             k.extend_from_slice(user);
             if let Some(v) = self.entries.get(&k) {
-                out.push((user.as_slice(), v.as_slice()));
+                if expires_at(v).is_none_or(|at| at > self.now_ms) {
+                    out.push((user.as_slice(), v.as_slice()));
+                }
             }
         }
         Ok(out)
@@ -386,8 +450,25 @@ impl TypedTable {
         let prefix_len = k.len();
         k.extend_from_slice(user_key);
         let mut v = Vec::new();
-        encode_value(d, value, &mut v);
+        let expires = d
+            .ttl
+            .map(|ttl| self.now_ms.saturating_add(ttl.as_millis() as u64));
+        match expires {
+            Some(at) => encode_expiring(d, value, at, &mut v),
+            None => encode_value(d, value, &mut v),
+        }
         self.delta.insert(k.clone(), Some(v.clone()));
+        if let Some(at) = expires {
+            // Queued when it first expires (a rewrite is re-queued then).
+            if self
+                .entries
+                .get(&k)
+                .is_none_or(|old| expires_at(old).is_none())
+            {
+                let q = self.expiry.entry(state).or_default();
+                q.push_back((at, k.clone()));
+            }
+        }
         match self.entries.entry(k) {
             Entry::Occupied(mut e) => {
                 e.insert(v);
@@ -448,6 +529,7 @@ mod tests {
             name: name.into(),
             kind,
             codec_version: 1,
+            ttl: None,
         }
     }
 
@@ -699,5 +781,113 @@ mod tests {
                 "key {who}"
             );
         }
+    }
+
+    fn ttl_states(
+        ttl_ms: u64,
+    ) -> (
+        StateDescriptor,
+        StateDescriptor,
+        StateDescriptor,
+        StateNames,
+    ) {
+        let ttl = std::time::Duration::from_millis(ttl_ms);
+        let flag = desc("flag", StateKind::Value).with_ttl(ttl);
+        let recent = desc("recent", StateKind::List).with_ttl(ttl);
+        let seen = desc("seen", StateKind::Map).with_ttl(ttl);
+        let mut names = StateNames::default();
+        for d in [&flag, &recent, &seen] {
+            names.declare(d).unwrap();
+        }
+        (flag, recent, seen, names)
+    }
+
+    /// Values, list elements and map entries expire `ttl` after their last
+    /// write: they read as absent from then on, and `set_time` deletes
+    /// them with tombstones; a rewrite pushes the expiry back.
+    #[test]
+    fn ttl_entries_expire_after_their_last_write_and_leave_tombstones() {
+        let (flag, recent, seen, names) = ttl_states(100);
+        let mut t = TypedTable::new(names);
+        let a = account(1);
+        t.set_time(1_000);
+        t.set_value(&flag, &a, &true).unwrap();
+        t.list_add(&recent, &a, &10).unwrap();
+        t.map_put(&seen, &a, &"m1", &1).unwrap();
+        t.map_put(&seen, &a, &"m2", &1).unwrap();
+        t.set_time(1_060);
+        t.list_add(&recent, &a, &20).unwrap();
+        t.map_put(&seen, &a, &"m2", &2).unwrap(); // rewritten: lives to 1160
+        assert_eq!(t.set_time(1_099), 0);
+        assert_eq!(t.value::<bool>(&flag, &a).unwrap(), Some(true));
+        t.freeze();
+
+        assert_eq!(t.set_time(1_100), 3, "flag, the first element, m1");
+        assert_eq!(t.value::<bool>(&flag, &a).unwrap(), None);
+        assert_eq!(t.list::<i64>(&recent, &a).unwrap(), vec![20]);
+        assert_eq!(
+            t.map_entries::<String, i64>(&seen, &a).unwrap(),
+            vec![("m2".into(), 2)]
+        );
+        let delta = t.freeze();
+        assert_eq!(delta.len(), 3);
+        assert!(delta.values().all(Option::is_none), "tombstones only");
+
+        assert_eq!(t.set_time(1_160), 2);
+        assert!(t.is_empty());
+        assert_eq!(t.list::<i64>(&recent, &a).unwrap(), Vec::<i64>::new());
+    }
+
+    /// An expired entry is absent before any `set_time` deletes it (reads
+    /// never return it), and results skip it too.
+    #[test]
+    fn expired_entries_are_never_returned() {
+        let (flag, _, _, names) = ttl_states(50);
+        let mut t = TypedTable::new(names);
+        t.set_time(10);
+        t.set_value(&flag, &account(1), &true).unwrap();
+        t.set_value(&flag, &account(2), &true).unwrap();
+        t.now_ms = 60; // time moved, no sweep yet
+        assert_eq!(t.value::<bool>(&flag, &account(1)).unwrap(), None);
+        assert!(t.values::<bool>(&flag).unwrap().is_empty());
+        assert_eq!(t.len(), 2, "still in memory until the sweep");
+    }
+
+    /// Expiry times travel with the values through RocksDB: a restored
+    /// (and rescaled) table expires them at the same time, and deletes them
+    /// with tombstones so RocksDB drops them as well.
+    #[test]
+    fn ttl_survives_a_restore_and_a_rescale() {
+        let (flag, recent, _, names) = ttl_states(100);
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names.clone());
+        t.set_time(1_000);
+        for who in 0..40 {
+            t.set_value(&flag, &account(who), &(who % 2 == 0)).unwrap();
+        }
+        t.set_time(1_050);
+        for who in 0..40 {
+            t.list_add(&recent, &account(who), &who).unwrap();
+        }
+        db.apply_entries(&t.freeze()).unwrap();
+
+        let half = KeyGroupRange { start: 0, end: 63 };
+        let mut back = restore(&[&db], half, names.clone());
+        let mine: Vec<i64> = (0..40)
+            .filter(|w| half.contains(account(*w).key_group as u32))
+            .collect();
+        assert!(!mine.is_empty());
+        assert_eq!(back.set_time(1_099), 0);
+        for who in &mine {
+            let ctx = account(*who);
+            assert_eq!(back.value::<bool>(&flag, &ctx).unwrap(), Some(who % 2 == 0));
+        }
+        assert_eq!(back.set_time(1_100), mine.len(), "the flags");
+        assert_eq!(back.set_time(1_150), mine.len(), "the list elements");
+        assert!(back.is_empty());
+        db.apply_entries(&back.freeze()).unwrap();
+        let again = restore(&[&db], half, names);
+        assert!(again.is_empty(), "the tombstones reached RocksDB");
     }
 }
