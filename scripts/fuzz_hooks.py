@@ -11,8 +11,7 @@ positive_data_acceptance still holds every other rule to account:
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, a
   join names one of two or more sources; stage ids unique and not source,
-  agg, sink or an external task, ignoring case; no memory budget with
-  count_distinct, dedup, min or max). A `process` aggregate names a
+  agg, sink or an external task, ignoring case). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count. Test
   knobs are dropped: this server runs as in production, without
@@ -50,7 +49,7 @@ INPUT = os.environ["FUZZ_INPUT"]
 KNOBS = ("inject_failure", "inject_barrier_delay", "inject_processing_delay_us")
 MAX_EVENTS = 10_000
 MAX_WAIT_MS = 200
-# Aggregates with typed state (no memory budget yet).
+# Aggregates with typed state (a generated field).
 TYPED = ("count_distinct", "dedup", "min", "max")
 
 
@@ -104,8 +103,6 @@ def _sources(spec):
         if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
     spec["aggregate"] = agg
-    if agg.get("type") in TYPED and isinstance(spec.get("state"), dict):
-        spec["state"] = dict(spec["state"], memory_budget_mb=None)
 
 
 def _stages(spec):

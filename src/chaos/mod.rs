@@ -94,6 +94,7 @@ impl Shape {
         }
     }
 
+    #[cfg(test)]
     fn typed(self) -> bool {
         matches!(self, Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen)
     }
@@ -388,8 +389,7 @@ fn plan(seed: u64, cycle: u64) -> Plan {
         full: rng.gen_bool(0.2),
         task_failure,
         // A reused work dir matters most where evicted state is read back.
-        // (Typed state has no memory budget yet.)
-        budget: budget && !shape.typed(),
+        budget,
         fault,
     }
 }
@@ -1026,8 +1026,12 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 4, "every job form is run");
-        assert!((0..64).all(|c| !(plan(123, c).shape.typed() && plan(123, c).budget)));
+        assert_eq!(shapes.len(), 5, "every job form is run");
+        let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
+        assert!(
+            (0..64).any(typed_budgeted),
+            "typed state under a budget too"
+        );
     }
 
     #[test]

@@ -381,9 +381,10 @@ impl Default for CheckpointConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// Memory for the in-memory state tables of all keyed subtasks together
-    /// (estimated at [`StateConfig::BYTES_PER_ENTRY`] per entry); beyond it,
-    /// clean entries are evicted and read through from RocksDB, dirty ones
-    /// written behind. `null` = unbounded (all state in memory).
+    /// (estimated at [`StateConfig::BYTES_PER_ENTRY`] per entry, integer
+    /// and typed entries alike); beyond it, clean entries are evicted and
+    /// read through from RocksDB, dirty ones written behind. `null` =
+    /// unbounded (all state in memory).
     pub memory_budget_mb: Option<u64>,
 }
 
@@ -564,9 +565,6 @@ impl JobSpec {
         if c.retention == 0 {
             return bad("checkpoint.retention must be at least 1".into());
         }
-        if self.aggregate.is_typed() && self.state.memory_budget_mb.is_some() {
-            return bad("state.memory_budget_mb: count_distinct, dedup, min, max and process keep their state in memory (no budget yet); set it to null".into());
-        }
         if self.state.memory_budget_mb == Some(0) {
             return bad("state.memory_budget_mb must be positive (or null)".into());
         }
@@ -707,7 +705,7 @@ mod tests {
         "key_by":"app_id","aggregate":{"type":"count"}}"#;
 
     #[test]
-    fn typed_aggregates_name_a_generated_field_and_take_no_budget_yet() {
+    fn typed_aggregates_name_a_generated_field_and_take_a_budget() {
         let spec = |agg: &str, extra: &str| {
             JobSpec::from_json(&format!(
                 r#"{{"job_id":"uv","source":{{"type":"generator","events":10,"keys":3,"users":5}},
@@ -727,8 +725,7 @@ mod tests {
             }
         );
         let budget = r#","state":{"memory_budget_mb":64}"#;
-        let err = spec(distinct, budget).unwrap_err().to_string();
-        assert!(err.contains("memory_budget_mb"), "{err}");
+        assert!(spec(distinct, budget).is_ok(), "typed state evicts too");
         let err = spec(r#"{"type":"count_distinct","field":"nope"}"#, "")
             .unwrap_err()
             .to_string();

@@ -12,7 +12,7 @@ use cutpoint_core::metadata::DeclaredState;
 use cutpoint_core::spec::{AggregateSpec, Keep};
 use cutpoint_core::{Key, Record};
 use cutpoint_state::layout::{StateDescriptor, StateKind};
-use cutpoint_state::typed::TypedDelta;
+use cutpoint_state::typed::{TypedDelta, TypedTable};
 
 use crate::{KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 
@@ -21,7 +21,7 @@ pub trait RecordOperator: Send {
     /// Processes one record; its updates are appended to `out`.
     fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError>;
     /// Sets processing time (ms since the epoch): expired TTL state goes.
-    fn set_time(&mut self, now_ms: u64);
+    fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError>;
     /// The changed entries since the last snapshot (O(1)).
     fn snapshot(&mut self) -> TypedDelta;
     /// Loads one entry of a restored key-group range.
@@ -30,6 +30,9 @@ pub trait RecordOperator: Send {
     fn results(&self) -> Result<Vec<(Key, i64)>, OperatorError>;
     /// Its declared states, by id (recorded with each snapshot).
     fn declared(&self) -> Vec<DeclaredState>;
+    /// Its typed state (memory budget, statistics).
+    fn table(&self) -> &TypedTable;
+    fn table_mut(&mut self) -> &mut TypedTable;
 }
 
 /// A function whose per-key result is one value state (what a job's final
@@ -43,7 +46,7 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         KeyedOperator::process(self, record, out)
     }
 
-    fn set_time(&mut self, now_ms: u64) {
+    fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError> {
         KeyedOperator::set_time(self, now_ms)
     }
 
@@ -61,6 +64,14 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
 
     fn declared(&self) -> Vec<DeclaredState> {
         self.table.names().declared()
+    }
+
+    fn table(&self) -> &TypedTable {
+        &self.table
+    }
+
+    fn table_mut(&mut self) -> &mut TypedTable {
+        &mut self.table
     }
 }
 

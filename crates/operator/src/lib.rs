@@ -194,8 +194,9 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 
     /// Sets processing time (ms since the epoch; it never goes back):
     /// state entries with a TTL that expired by then are deleted.
-    pub fn set_time(&mut self, now_ms: u64) {
-        self.table.set_time(now_ms);
+    pub fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError> {
+        self.table.set_time(now_ms)?;
+        Ok(())
     }
 
     /// The synchronous phase of a snapshot: the entries changed since the

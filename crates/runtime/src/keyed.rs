@@ -1,7 +1,8 @@
 //! The state and logic of one keyed subtask ([`KeyedState`]): one integer
-//! per key in a [`StateTable`] (count, sum, join; under the memory budget
-//! with eviction and read-through), or typed state run by a built-in
-//! operator on the operator API (count-distinct, dedup; in memory).
+//! per key in a [`StateTable`] (count, sum, join), or typed state run by an
+//! operator on the operator API (count-distinct, dedup, min, max, a
+//! program's function) — both under the memory budget with eviction and
+//! read-through.
 //!
 //! Both hand the snapshot worker a [`Delta`] of what changed since the
 //! last snapshot (O(1) to take) and end as a table of each key's latest
@@ -12,7 +13,7 @@ use cutpoint_core::spec::{join, AggregateSpec};
 use cutpoint_core::{JobSpec, Key, Record};
 use cutpoint_operator::builtins::RecordOperator;
 use cutpoint_state::typed::TypedDelta;
-use cutpoint_state::{FrozenDelta, StateTable};
+use cutpoint_state::{FrozenDelta, StateReader, StateTable};
 
 use crate::exchange::Output;
 use crate::task::Upstream;
@@ -87,7 +88,7 @@ impl KeyedState {
             KeyedState::Counts(table) => apply_counts(table, out, kind, batch),
             KeyedState::Typed { op, updates } => {
                 // Processing time, once per batch (TTL state expires).
-                op.set_time(now_millis());
+                op.set_time(now_millis())?;
                 for r in batch {
                     op.process(r, updates)?;
                     for (k, v) in updates.drain(..) {
@@ -115,7 +116,41 @@ impl KeyedState {
         }
     }
 
-    /// The integer table (the memory budget applies to it only).
+    /// Puts the state under a memory budget of about `budget` entries,
+    /// read back through `reader`; `on_disk`: RocksDB holds entries memory
+    /// does not (a lazy restore).
+    pub(crate) fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+        match self {
+            KeyedState::Counts(t) => t.set_budget(reader, budget, on_disk),
+            KeyedState::Typed { op, .. } => op.table_mut().set_budget(reader, budget, on_disk),
+        }
+    }
+
+    /// Entries in memory.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            KeyedState::Counts(t) => t.len(),
+            KeyedState::Typed { op, .. } => op.table().len(),
+        }
+    }
+
+    pub(crate) fn over_budget(&self) -> bool {
+        match self {
+            KeyedState::Counts(t) => t.over_budget(),
+            KeyedState::Typed { op, .. } => op.table().over_budget(),
+        }
+    }
+
+    /// Evicts clean entries (every frozen delta must be written).
+    pub(crate) fn evict_clean(&mut self) -> usize {
+        match self {
+            KeyedState::Counts(t) => t.evict_clean(),
+            KeyedState::Typed { op, .. } => op.table_mut().evict_clean(),
+        }
+    }
+
+    /// The integer table (its final state is read back from RocksDB under
+    /// a budget; typed state reads through by itself).
     pub(crate) fn counts(&mut self) -> Option<&mut StateTable> {
         match self {
             KeyedState::Counts(t) => Some(t),
@@ -139,11 +174,8 @@ impl KeyedState {
         match self {
             KeyedState::Counts(t) => Ok(t),
             KeyedState::Typed { op, .. } => {
-                let mut t = StateTable::new();
-                for (k, v) in op.results()? {
-                    t.load(k, v);
-                }
-                Ok(t)
+                let results = op.results()?;
+                Ok(StateTable::with_peak(results, op.table().peak_len()))
             }
         }
     }

@@ -31,7 +31,7 @@ use cutpoint_core::spec::SourceSpec;
 use cutpoint_core::stage::KeyedStage;
 use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, Record, SubtaskState, TaskId};
 use cutpoint_state::snapshot::{self, ConfirmedFiles, LocalDirs};
-use cutpoint_state::{RocksStore, StateError, StateTable};
+use cutpoint_state::{RocksStore, StateError};
 use tokio_util::sync::CancellationToken;
 
 use crate::barrier::{BarrierHandler, Decision};
@@ -177,7 +177,8 @@ impl SourceTask {
 /// budgets; beyond, the task waits for the snapshot worker (back-pressure).
 pub const BUDGET_CAP: usize = 2;
 
-/// The memory budget of an integer table, kept after each batch.
+/// The memory budget of a keyed subtask's state (integer or typed), kept
+/// after each batch.
 struct Budget<'a> {
     entries: usize,
     /// Deltas the worker wrote so far.
@@ -193,18 +194,18 @@ impl Budget<'_> {
     /// `collecting`). Far over the budget, waits for the worker first.
     fn keep(
         &self,
-        table: &mut StateTable,
+        state: &mut KeyedState,
         handed: &mut u64,
         collecting: bool,
     ) -> Result<(), RuntimeError> {
-        if table.len() > self.entries * BUDGET_CAP && !collecting {
+        if state.len() > self.entries * BUDGET_CAP && !collecting {
             wait_written(self.applied, *handed, self.cancel)?;
         }
-        if table.over_budget() && self.applied.load(Ordering::SeqCst) == *handed {
-            table.evict_clean();
-            if table.over_budget() && !collecting {
+        if state.over_budget() && self.applied.load(Ordering::SeqCst) == *handed {
+            state.evict_clean();
+            if state.over_budget() && !collecting {
                 *handed += 1;
-                let spill = WorkerJob::Spill(table.freeze());
+                let spill = WorkerJob::Spill(state.freeze());
                 if self.worker.send(spill).is_err() {
                     return Err(RuntimeError::Internal("snapshot worker stopped".into()));
                 }
@@ -491,6 +492,14 @@ impl AggregateTask {
         };
         let state = match typed {
             None => KeyedState::Counts(restored.table),
+            // Under a memory budget typed state reads through instead.
+            Some(op) if spec.state.memory_budget_mb.is_some() => {
+                self.check_declared(op.declared())?;
+                KeyedState::Typed {
+                    op,
+                    updates: Vec::new(),
+                }
+            }
             Some(mut op) => {
                 self.check_declared(op.declared())?;
                 restored.store.scan_raw(self.range, |k, v| {
@@ -542,12 +551,10 @@ impl AggregateTask {
         // entries may be evicted only when the two are equal.
         let applied = Arc::new(AtomicU64::new(0));
         let mut handed: u64 = 0;
-        let budget = state
-            .counts()
-            .and(ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks()));
-        if let (Some(b), Some(table)) = (budget, state.counts()) {
-            table.set_budget(store.reader(), b, on_disk);
-            table.evict_clean();
+        let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
+        if let Some(b) = budget {
+            state.set_budget(store.reader(), b, on_disk);
+            state.evict_clean();
         }
         let worker = Worker {
             ctx: ctx.clone(),
@@ -777,14 +784,14 @@ impl AggregateTask {
                     if let Some(e) = state.take_error() {
                         break Err(e);
                     }
-                    if let (Some(b), Some(table)) = (budget, state.counts()) {
+                    if let Some(b) = budget {
                         let budget = Budget {
                             entries: b,
                             applied: &applied,
                             worker: &snap_tx,
                             cancel: &ctx.cancel,
                         };
-                        if let Err(e) = budget.keep(table, &mut handed, collecting.is_some()) {
+                        if let Err(e) = budget.keep(&mut state, &mut handed, collecting.is_some()) {
                             break Err(e);
                         }
                     }

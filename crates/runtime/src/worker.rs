@@ -15,7 +15,7 @@ use cutpoint_core::{
     now_millis, CheckpointId, JobId, KeyGroupRange, StateFile, SubtaskState, TaskId,
 };
 use cutpoint_state::snapshot::{shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget};
-use cutpoint_state::{FrozenDelta, RocksStore, StateError};
+use cutpoint_state::{RocksStore, StateError};
 
 use crate::context::TaskContext;
 use crate::keyed::Delta;
@@ -39,7 +39,7 @@ pub(crate) enum WorkerJob {
     Snapshot(SnapshotJob),
     /// Memory budget: write dirty entries behind (no checkpoint), so they
     /// can be evicted from the table once written.
-    Spill(FrozenDelta),
+    Spill(crate::keyed::Delta),
 }
 
 pub(crate) struct Worker {
@@ -75,7 +75,7 @@ impl Worker {
                 Ok(job) => {
                     let done = match job {
                         WorkerJob::Snapshot(job) => self.snapshot(job),
-                        WorkerJob::Spill(delta) => self.store.apply(delta).map(|_| {
+                        WorkerJob::Spill(delta) => self.spill(delta).map(|_| {
                             self.applied
                                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }),
@@ -128,6 +128,14 @@ impl Worker {
         let keep = self.ctx.spec.checkpoint.max_concurrent.max(1) as usize;
         while self.pending.len() > keep {
             self.pending.pop_first();
+        }
+    }
+
+    /// Writes a delta behind between snapshots (a memory budget).
+    fn spill(&mut self, delta: Delta) -> Result<usize, StateError> {
+        match delta {
+            Delta::Counts(d) => self.store.apply(d),
+            Delta::Typed(d) => self.store.apply_entries(&d),
         }
     }
 

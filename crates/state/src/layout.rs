@@ -57,6 +57,9 @@ pub enum LayoutError {
     TooManyStates,
     #[error("state {state:?}: codec version {version} is not in 0..=127")]
     BadCodecVersion { state: String, version: u8 },
+    /// Reading evicted state back from RocksDB failed.
+    #[error("state could not be read back from RocksDB: {0}")]
+    ReadThrough(String),
 }
 
 /// The kinds of keyed state (defined in core: checkpoint metadata records

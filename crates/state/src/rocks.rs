@@ -251,6 +251,72 @@ impl std::fmt::Debug for StateReader {
 }
 
 impl StateReader {
+    fn rocks_err(&self, op: &'static str) -> impl Fn(rocksdb::Error) -> StateError + '_ {
+        move |source| StateError::Rocks {
+            op,
+            dir: self.db.path().display().to_string(),
+            source,
+        }
+    }
+
+    /// The stored bytes of a raw key (typed state), if any.
+    pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .db
+            .get_pinned(key)
+            .map_err(self.rocks_err("get"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every stored entry whose key starts with `prefix`, in key order
+    /// (`prefix` empty: all of them).
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StateError> {
+        let iter = self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward));
+        for item in iter {
+            let (k, v) = item.map_err(self.rocks_err("scan"))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
+    /// The last stored key that starts with `prefix`, if any (one seek).
+    pub fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let mut it = self.db.raw_iterator();
+        let mut end = prefix.to_vec();
+        // The smallest key above every key with the prefix: the prefix
+        // with its last byte below 0xFF incremented (and the rest cut).
+        while end.last() == Some(&0xFF) {
+            end.pop();
+        }
+        match end.last_mut() {
+            Some(b) => {
+                *b += 1;
+                it.seek_for_prev(&end);
+                // seek_for_prev lands on `end` itself if it is stored.
+                if it.valid() && it.key() == Some(end.as_slice()) {
+                    it.prev();
+                }
+            }
+            None => it.seek_to_last(),
+        }
+        it.status().map_err(self.rocks_err("seek"))?;
+        Ok(it
+            .valid()
+            .then(|| it.key())
+            .flatten()
+            .filter(|k| k.starts_with(prefix))
+            .map(<[u8]>::to_vec))
+    }
+
     /// The stored value of `key`, if any.
     pub fn get(&self, key: &Key) -> Result<Option<i64>, StateError> {
         let mut k = Vec::with_capacity(12);

@@ -26,8 +26,16 @@
 //!   forward); a rewritten entry is re-queued when its old expiry comes
 //!   up, so each entry is queued once.
 //!
-//! Not built yet: eviction under a memory budget with read-through from
-//! RocksDB.
+//! - Under a memory budget ([`TypedTable::set_budget`]) the owner evicts
+//!   clean entries (not in the delta) once every frozen delta is written
+//!   to RocksDB, so an evicted entry's latest value is there. An entry not
+//!   in memory is then read through from RocksDB: point reads one entry,
+//!   list and map iteration merge RocksDB's entries under the prefix with
+//!   the ones in memory (memory wins). A delete is remembered (`shadow`)
+//!   until its tombstone is known to be in RocksDB, so a stale value never
+//!   reads back. A list append on state restored or evicted to RocksDB
+//!   first finds the list's last sequence number there (one seek, once per
+//!   list), so appends stay in order without reading the list.
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -41,6 +49,7 @@ use crate::layout::{
     decode_entry, decode_value, encode_expiring, encode_value, entry_key, entry_prefix, expires_at,
     list_element, LayoutError, StateDescriptor, StateKind, StateNames,
 };
+use crate::StateReader;
 
 /// The key (and namespace) a keyed operator works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +102,42 @@ pub struct TypedTable {
     /// `expiry_unsorted` (after a load).
     expiry: FxHashMap<u16, VecDeque<(u64, Vec<u8>)>>,
     expiry_unsorted: bool,
+    /// Where evicted (or not loaded) entries are read back from.
+    backing: Option<Backing>,
+    /// The most entries held at once (what a memory budget bounds).
+    peak: usize,
+}
+
+/// A budgeted table's RocksDB side.
+#[derive(Debug)]
+struct Backing {
+    reader: StateReader,
+    /// Entries to keep in memory at most (about).
+    budget: usize,
+    /// RocksDB holds entries memory does not (evicted, or not loaded).
+    on_disk: bool,
+    /// Deleted keys whose tombstones may not be in RocksDB yet.
+    shadow: FxHashSet<Vec<u8>>,
+    /// Lists whose last sequence number in RocksDB was looked up.
+    sequenced: FxHashSet<Vec<u8>>,
+    evicted: u64,
+    /// Reads that went to RocksDB (point reads take `&self`).
+    read_through: std::cell::Cell<u64>,
+}
+
+impl Backing {
+    /// The stored value of `key` unless deleted since it was written.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LayoutError> {
+        if !self.on_disk || self.shadow.contains(key) {
+            return Ok(None);
+        }
+        self.read_through.set(self.read_through.get() + 1);
+        self.reader.get_raw(key).map_err(read_err)
+    }
+}
+
+fn read_err(e: crate::StateError) -> LayoutError {
+    LayoutError::ReadThrough(e.to_string())
 }
 
 impl TypedTable {
@@ -145,9 +190,33 @@ impl TypedTable {
         ctx: &KeyContext,
         value: &T,
     ) -> Result<(), LayoutError> {
+        if self.backing.as_ref().is_some_and(|b| b.on_disk) {
+            let prefix = self.prefix(d, StateKind::List, ctx)?;
+            self.sequence_after_stored(prefix)?;
+        }
         self.next_seq += 1;
         let seq = list_element(self.next_seq);
         self.put(d, StateKind::List, ctx, &seq, value)
+    }
+
+    /// Continues the sequence numbers above the last one RocksDB holds for
+    /// the list at `prefix` (looked up once per list).
+    #[cold]
+    fn sequence_after_stored(&mut self, prefix: Vec<u8>) -> Result<(), LayoutError> {
+        let Some(b) = self.backing.as_mut() else {
+            return Ok(());
+        };
+        if b.sequenced.contains(&prefix) {
+            return Ok(());
+        }
+        if let Some(last) = b.reader.last_with_prefix(&prefix).map_err(read_err)? {
+            let seq: [u8; 8] = last[prefix.len()..].try_into().map_err(|_| {
+                LayoutError::MalformedKey("a list element without a sequence number")
+            })?;
+            self.next_seq = self.next_seq.max(u64::from_be_bytes(seq));
+        }
+        b.sequenced.insert(prefix);
+        Ok(())
     }
 
     /// A list's elements in append order.
@@ -158,7 +227,7 @@ impl TypedTable {
     ) -> Result<Vec<T>, LayoutError> {
         self.scan(d, StateKind::List, ctx)?
             .into_iter()
-            .map(|(_, v)| decode_value(d, v))
+            .map(|(_, v)| decode_value(d, &v))
             .collect()
     }
 
@@ -201,11 +270,11 @@ impl TypedTable {
         self.scan(d, StateKind::Map, ctx)?
             .into_iter()
             .map(|(user, v)| {
-                let key = postcard::from_bytes(user).map_err(|e| LayoutError::Decode {
+                let key = postcard::from_bytes(&user).map_err(|e| LayoutError::Decode {
                     state: d.name.clone(),
                     why: format!("map key: {e}"),
                 })?;
-                Ok((key, decode_value(d, v)?))
+                Ok((key, decode_value(d, &v)?))
             })
             .collect()
     }
@@ -216,8 +285,11 @@ impl TypedTable {
         match d.kind {
             StateKind::Value | StateKind::Reducing => self.delete(&prefix, &[]),
             StateKind::List | StateKind::Map => {
-                self.ensure_indexed(self.state_id(d, d.kind)?)?;
-                let users = self.index.get(&prefix).cloned().unwrap_or_default();
+                let users: Vec<Vec<u8>> = self
+                    .scan(d, d.kind, ctx)?
+                    .into_iter()
+                    .map(|(user, _)| user)
+                    .collect();
                 for user in users {
                     self.delete(&prefix, &user);
                 }
@@ -265,6 +337,7 @@ impl TypedTable {
             self.expiry_unsorted = true;
         }
         self.entries.insert(key.to_vec(), value.to_vec());
+        self.peak = self.peak.max(self.entries.len());
         Ok(())
     }
 
@@ -276,10 +349,24 @@ impl TypedTable {
     ) -> Result<Vec<(Key, T)>, LayoutError> {
         let state = self.state_id(d, StateKind::Value)?.to_be_bytes();
         let mut out = Vec::new();
+        // What only RocksDB holds (budgeted), then what memory holds.
+        let mut stored = Vec::new();
+        if let Some(b) = self.backing.as_ref().filter(|b| b.on_disk) {
+            b.reader
+                .scan_prefix(&[], |k, v| {
+                    let ours = k.get(2..4) == Some(&state);
+                    if ours && !self.entries.contains_key(k) && !b.shadow.contains(k) {
+                        stored.push((k.to_vec(), v.to_vec()));
+                    }
+                })
+                .map_err(read_err)?;
+        }
+        let stored = stored.iter().map(|(k, v)| (k, v));
         // The state id is bytes 2..4: only its entries are decoded.
         for (k, v) in self
             .entries
             .iter()
+            .chain(stored)
             .filter(|(k, v)| k.get(2..4) == Some(&state) && self.live(v))
         {
             let e = decode_entry(k)?;
@@ -300,6 +387,79 @@ impl TypedTable {
     /// Entries in memory.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The most entries held in memory at once.
+    pub fn peak_len(&self) -> usize {
+        self.peak
+    }
+
+    /// Puts the table under a memory budget of about `budget` entries,
+    /// reading what it evicts back through `reader`. `on_disk`: RocksDB
+    /// already holds entries the table does not (a restore that did not
+    /// load them).
+    pub fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+        self.backing = Some(Backing {
+            reader,
+            budget: budget.max(1),
+            on_disk,
+            shadow: FxHashSet::default(),
+            sequenced: FxHashSet::default(),
+            evicted: 0,
+            read_through: Default::default(),
+        });
+    }
+
+    /// Whether the table holds more entries than its budget allows.
+    pub fn over_budget(&self) -> bool {
+        self.backing
+            .as_ref()
+            .is_some_and(|b| self.entries.len() > b.budget)
+    }
+
+    /// Evicts clean entries (not changed since the last freeze) down to
+    /// three quarters of the budget; returns how many. Call only when
+    /// every frozen delta has been written to RocksDB: then its tombstones
+    /// are there too, and only the current delta's deletes stay shadowed.
+    pub fn evict_clean(&mut self) -> usize {
+        let Some(b) = self.backing.as_mut() else {
+            return 0;
+        };
+        let delta = &self.delta;
+        b.shadow.retain(|k| matches!(delta.get(k), Some(None)));
+        let mut excess = self.entries.len().saturating_sub(b.budget * 3 / 4);
+        let mut gone = Vec::new();
+        self.entries.retain(|k, _| {
+            if excess == 0 || delta.contains_key(k) {
+                return true;
+            }
+            excess -= 1;
+            gone.push(k.clone());
+            false
+        });
+        for k in &gone {
+            let Ok(e) = decode_entry(k) else { continue };
+            if !self.indexed.contains(&e.state) {
+                continue;
+            }
+            let prefix = &k[..k.len() - e.user_key.len()];
+            if let Some(users) = self.index.get_mut(prefix) {
+                users.remove(&e.user_key);
+                if users.is_empty() {
+                    self.index.remove(prefix);
+                }
+            }
+        }
+        b.evicted += gone.len() as u64;
+        b.on_disk |= !gone.is_empty();
+        gone.len()
+    }
+
+    /// (entries evicted, reads through RocksDB) so far.
+    pub fn budget_stats(&self) -> (u64, u64) {
+        self.backing
+            .as_ref()
+            .map_or((0, 0), |b| (b.evicted, b.read_through.get()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -348,8 +508,18 @@ impl TypedTable {
             user_key,
             &mut k,
         );
-        self.entries
-            .get(&k)
+        let stored;
+        let bytes = match self.entries.get(&k) {
+            Some(v) => Some(v.as_slice()),
+            None => match &self.backing {
+                Some(b) => {
+                    stored = b.get(&k)?;
+                    stored.as_deref()
+                }
+                None => None,
+            },
+        };
+        bytes
             .filter(|v| self.live(v))
             .map(|v| decode_value(d, v))
             .transpose()
@@ -362,10 +532,10 @@ impl TypedTable {
 
     /// Sets processing time to `now_ms` (it never goes back) and deletes
     /// the entries that expired by then; returns how many.
-    pub fn set_time(&mut self, now_ms: u64) -> usize {
+    pub fn set_time(&mut self, now_ms: u64) -> Result<usize, LayoutError> {
         self.now_ms = self.now_ms.max(now_ms);
         if self.expiry.is_empty() {
-            return 0;
+            return Ok(0);
         }
         if std::mem::take(&mut self.expiry_unsorted) {
             for q in self.expiry.values_mut() {
@@ -376,7 +546,13 @@ impl TypedTable {
         for q in self.expiry.values_mut() {
             while q.front().is_some_and(|(at, _)| *at <= self.now_ms) {
                 let (_, key) = q.pop_front().expect("a front");
-                match self.entries.get(&key).and_then(|v| expires_at(v)) {
+                let stored = match (self.entries.get(&key), &self.backing) {
+                    (Some(v), _) => expires_at(v),
+                    // Evicted since: its current expiry is in RocksDB.
+                    (None, Some(b)) => b.get(&key)?.as_deref().and_then(expires_at),
+                    (None, None) => None,
+                };
+                match stored {
                     Some(at) if at <= self.now_ms => expired.push(key),
                     // Rewritten since: queued again for its new expiry.
                     Some(at) => q.push_back((at, key)),
@@ -390,7 +566,7 @@ impl TypedTable {
             let (prefix, user_key) = key.split_at(key.len() - user);
             self.delete(prefix, user_key);
         }
-        n
+        Ok(n)
     }
 
     /// A list's or map's entries in user-key order: (user key, value).
@@ -414,26 +590,36 @@ impl TypedTable {
         d: &StateDescriptor,
         kind: StateKind,
         ctx: &KeyContext,
-    ) -> Result<Vec<UserEntry<'_>>, LayoutError> {
+    ) -> Result<Vec<UserEntry>, LayoutError> {
         self.ensure_indexed(self.state_id(d, kind)?)?;
         let prefix = self.prefix(d, kind, ctx)?;
-        let Some(users) = self.index.get(&prefix) else {
-            return Ok(Vec::new());
-        };
-        let mut users: Vec<&Vec<u8>> = users.iter().collect();
-        users.sort_unstable();
-        let mut k = prefix.clone();
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            k.truncate(prefix.len());
-            k.extend_from_slice(user);
-            if let Some(v) = self.entries.get(&k) {
-                if expires_at(v).is_none_or(|at| at > self.now_ms) {
-                    out.push((user.as_slice(), v.as_slice()));
+        let mut out: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+        if let Some(b) = self.backing.as_mut().filter(|b| b.on_disk) {
+            b.read_through.set(b.read_through.get() + 1);
+            let shadow = &b.shadow;
+            b.reader
+                .scan_prefix(&prefix, |k, v| {
+                    if !shadow.contains(k) {
+                        out.insert(k[prefix.len()..].to_vec(), v.to_vec());
+                    }
+                })
+                .map_err(read_err)?;
+        }
+        if let Some(users) = self.index.get(&prefix) {
+            let mut k = prefix.clone();
+            for user in users {
+                k.truncate(prefix.len());
+                k.extend_from_slice(user);
+                if let Some(v) = self.entries.get(&k) {
+                    out.insert(user.clone(), v.clone());
                 }
             }
         }
-        Ok(out)
+        let now = self.now_ms;
+        Ok(out
+            .into_iter()
+            .filter(|(_, v)| expires_at(v).is_none_or(|at| at > now))
+            .collect())
     }
 
     fn put<T: Serialize>(
@@ -458,6 +644,9 @@ impl TypedTable {
             None => encode_value(d, value, &mut v),
         }
         self.delta.insert(k.clone(), Some(v.clone()));
+        if let Some(b) = self.backing.as_mut() {
+            b.shadow.remove(&k);
+        }
         if let Some(at) = expires {
             // Queued when it first expires (a rewrite is re-queued then).
             if self
@@ -488,6 +677,7 @@ impl TypedTable {
                     }
                 }
                 e.insert(v);
+                self.peak = self.peak.max(self.entries.len());
             }
         }
         Ok(())
@@ -502,14 +692,21 @@ impl TypedTable {
                 self.index.remove(prefix);
             }
         }
-        if self.entries.remove(&k).is_some() || self.delta.contains_key(&k) {
+        let on_disk = match self.backing.as_mut().filter(|b| b.on_disk) {
+            Some(b) => {
+                b.shadow.insert(k.clone());
+                true
+            }
+            None => false,
+        };
+        if self.entries.remove(&k).is_some() || self.delta.contains_key(&k) || on_disk {
             self.delta.insert(k, None);
         }
     }
 }
 
 /// A list's or map's entry: (user key, encoded value).
-type UserEntry<'a> = (&'a [u8], &'a [u8]);
+type UserEntry = (Vec<u8>, Vec<u8>);
 
 /// A map key as a user key: its postcard encoding.
 fn map_key<K: Serialize>(key: &K) -> Vec<u8> {
@@ -810,19 +1007,19 @@ mod tests {
         let (flag, recent, seen, names) = ttl_states(100);
         let mut t = TypedTable::new(names);
         let a = account(1);
-        t.set_time(1_000);
+        t.set_time(1_000).unwrap();
         t.set_value(&flag, &a, &true).unwrap();
         t.list_add(&recent, &a, &10).unwrap();
         t.map_put(&seen, &a, &"m1", &1).unwrap();
         t.map_put(&seen, &a, &"m2", &1).unwrap();
-        t.set_time(1_060);
+        t.set_time(1_060).unwrap();
         t.list_add(&recent, &a, &20).unwrap();
         t.map_put(&seen, &a, &"m2", &2).unwrap(); // rewritten: lives to 1160
-        assert_eq!(t.set_time(1_099), 0);
+        assert_eq!(t.set_time(1_099).unwrap(), 0);
         assert_eq!(t.value::<bool>(&flag, &a).unwrap(), Some(true));
         t.freeze();
 
-        assert_eq!(t.set_time(1_100), 3, "flag, the first element, m1");
+        assert_eq!(t.set_time(1_100).unwrap(), 3, "flag, the first element, m1");
         assert_eq!(t.value::<bool>(&flag, &a).unwrap(), None);
         assert_eq!(t.list::<i64>(&recent, &a).unwrap(), vec![20]);
         assert_eq!(
@@ -833,7 +1030,7 @@ mod tests {
         assert_eq!(delta.len(), 3);
         assert!(delta.values().all(Option::is_none), "tombstones only");
 
-        assert_eq!(t.set_time(1_160), 2);
+        assert_eq!(t.set_time(1_160).unwrap(), 2);
         assert!(t.is_empty());
         assert_eq!(t.list::<i64>(&recent, &a).unwrap(), Vec::<i64>::new());
     }
@@ -844,7 +1041,7 @@ mod tests {
     fn expired_entries_are_never_returned() {
         let (flag, _, _, names) = ttl_states(50);
         let mut t = TypedTable::new(names);
-        t.set_time(10);
+        t.set_time(10).unwrap();
         t.set_value(&flag, &account(1), &true).unwrap();
         t.set_value(&flag, &account(2), &true).unwrap();
         t.now_ms = 60; // time moved, no sweep yet
@@ -862,11 +1059,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = store(dir.path());
         let mut t = TypedTable::new(names.clone());
-        t.set_time(1_000);
+        t.set_time(1_000).unwrap();
         for who in 0..40 {
             t.set_value(&flag, &account(who), &(who % 2 == 0)).unwrap();
         }
-        t.set_time(1_050);
+        t.set_time(1_050).unwrap();
         for who in 0..40 {
             t.list_add(&recent, &account(who), &who).unwrap();
         }
@@ -878,16 +1075,128 @@ mod tests {
             .filter(|w| half.contains(account(*w).key_group as u32))
             .collect();
         assert!(!mine.is_empty());
-        assert_eq!(back.set_time(1_099), 0);
+        assert_eq!(back.set_time(1_099).unwrap(), 0);
         for who in &mine {
             let ctx = account(*who);
             assert_eq!(back.value::<bool>(&flag, &ctx).unwrap(), Some(who % 2 == 0));
         }
-        assert_eq!(back.set_time(1_100), mine.len(), "the flags");
-        assert_eq!(back.set_time(1_150), mine.len(), "the list elements");
+        assert_eq!(back.set_time(1_100).unwrap(), mine.len(), "the flags");
+        assert_eq!(
+            back.set_time(1_150).unwrap(),
+            mine.len(),
+            "the list elements"
+        );
         assert!(back.is_empty());
         db.apply_entries(&back.freeze()).unwrap();
         let again = restore(&[&db], half, names);
         assert!(again.is_empty(), "the tombstones reached RocksDB");
+    }
+
+    /// The same operations on a budgeted table and on an unbudgeted twin
+    /// give the same answers for every state kind.
+    fn assert_same(t: &mut TypedTable, twin: &mut TypedTable, s: &States, accounts: i64) {
+        for who in 0..accounts {
+            let c = account(who);
+            assert_eq!(
+                t.value::<i64>(&s.balance, &c).unwrap(),
+                twin.value::<i64>(&s.balance, &c).unwrap(),
+                "balance of {who}"
+            );
+            assert_eq!(
+                t.list::<i64>(&s.recent, &c).unwrap(),
+                twin.list::<i64>(&s.recent, &c).unwrap(),
+                "recent of {who}"
+            );
+            assert_eq!(
+                t.map_entries::<String, i64>(&s.per_merchant, &c).unwrap(),
+                twin.map_entries::<String, i64>(&s.per_merchant, &c)
+                    .unwrap(),
+                "per merchant of {who}"
+            );
+            assert_eq!(
+                t.map_get::<_, i64>(&s.per_merchant, &c, &"m1").unwrap(),
+                twin.map_get::<_, i64>(&s.per_merchant, &c, &"m1").unwrap()
+            );
+        }
+        let mut a = t.values::<i64>(&s.balance).unwrap();
+        let mut b = twin.values::<i64>(&s.balance).unwrap();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "the results");
+    }
+
+    fn pay_both(t: &mut TypedTable, twin: &mut TypedTable, s: &States, i: i64, accounts: i64) {
+        let merchant = ["m1", "m2", "m3"][i as usize % 3];
+        pay(t, s, i % accounts, merchant, i);
+        pay(twin, s, i % accounts, merchant, i);
+    }
+
+    /// Under a budget the table evicts only clean entries, down to 3/4 of
+    /// the budget, and reads every kind back from RocksDB: values, list
+    /// appends after eviction (in order), map entries, reducing state,
+    /// deletes of evicted entries (never read back stale), results.
+    #[test]
+    fn a_budgeted_table_evicts_clean_entries_and_reads_every_kind_back() {
+        let (s, names) = states();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names.clone());
+        let mut twin = TypedTable::new(names);
+        t.set_budget(db.reader(), 40, false);
+        let accounts = 30;
+        for i in 0..300 {
+            pay_both(&mut t, &mut twin, &s, i, accounts);
+        }
+        assert!(t.over_budget());
+        assert_eq!(t.evict_clean(), 0, "dirty entries are never evicted");
+        db.apply_entries(&t.freeze()).unwrap();
+        let n = t.len();
+        assert_eq!(t.evict_clean(), n - 30, "down to 3/4 of the budget");
+        assert_same(&mut t, &mut twin, &s, accounts);
+        // Writes to evicted state: appends continue in order, deletes hide
+        // what RocksDB still holds until their tombstones are written.
+        for i in 300..400 {
+            pay_both(&mut t, &mut twin, &s, i, accounts);
+        }
+        for who in [3, 4, 5] {
+            t.map_remove(&s.per_merchant, &account(who), &"m1").unwrap();
+            twin.map_remove(&s.per_merchant, &account(who), &"m1")
+                .unwrap();
+            t.clear(&s.recent, &account(who + 10)).unwrap();
+            twin.clear(&s.recent, &account(who + 10)).unwrap();
+        }
+        assert_same(&mut t, &mut twin, &s, accounts);
+        let frozen = t.freeze();
+        assert_same(&mut t, &mut twin, &s, accounts);
+        db.apply_entries(&frozen).unwrap();
+        t.evict_clean();
+        assert!(t.len() <= 30);
+        assert_same(&mut t, &mut twin, &s, accounts);
+        let (evicted, read_through) = t.budget_stats();
+        assert!(evicted > 0 && read_through > 0);
+    }
+
+    /// A lazy restore loads nothing: every read goes through RocksDB, and
+    /// list appends continue after the restored elements.
+    #[test]
+    fn a_lazily_restored_table_reads_through_and_appends_after_the_stored_list() {
+        let (s, names) = states();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut twin = TypedTable::new(names.clone());
+        for i in 0..200 {
+            pay(&mut twin, &s, i % 20, ["m1", "m2"][i as usize % 2], i);
+        }
+        db.apply_entries(&twin.freeze()).unwrap();
+        let mut t = TypedTable::new(names);
+        t.set_budget(db.reader(), 1_000, true);
+        assert!(t.is_empty());
+        assert_same(&mut t, &mut twin, &s, 20);
+        for i in 200..260 {
+            pay_both(&mut t, &mut twin, &s, i, 20);
+        }
+        assert_same(&mut t, &mut twin, &s, 20);
+        let recent: Vec<i64> = t.list(&s.recent, &account(7)).unwrap();
+        assert_eq!(recent.last(), Some(&247), "appended last: {recent:?}");
     }
 }
