@@ -95,7 +95,7 @@ enum Command {
     },
 }
 
-/// Server settings given on the command line (see docs/configuration.md).
+/// What `run` (and the chaos harness's `chaos-run`) takes.
 #[derive(clap::Args, Debug)]
 struct RunArgs {
     /// The job spec (see examples/pv.json); a program that builds its
@@ -116,6 +116,7 @@ struct RunArgs {
     final_state: Option<PathBuf>,
 }
 
+/// Server settings given on the command line (see docs/configuration.md).
 #[derive(clap::Args, Debug)]
 struct ServeSettings {
     /// TOML configuration file.

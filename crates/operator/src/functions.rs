@@ -70,12 +70,11 @@ impl Functions {
         }
     }
 
-    /// Refuses an aggregate naming a function this program does not have.
+    /// Refuses an aggregate naming a function this program does not have,
+    /// or one whose states cannot be declared (built once to see).
     pub fn check(&self, aggregate: &AggregateSpec) -> Result<(), OperatorError> {
         match aggregate {
-            AggregateSpec::Process { function, .. } if !self.by_name.contains_key(function) => {
-                Err(self.unknown(function))
-            }
+            AggregateSpec::Process { function, .. } => self.make(function, 128).map(|_| ()),
             _ => Ok(()),
         }
     }

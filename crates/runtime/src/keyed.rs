@@ -126,6 +126,21 @@ impl KeyedState {
         }
     }
 
+    /// Sets processing time (TTL state expires; typed state only).
+    pub(crate) fn set_time(&mut self) -> Result<(), RuntimeError> {
+        if let KeyedState::Typed { op, .. } = self {
+            op.set_time(now_millis())?;
+        }
+        Ok(())
+    }
+
+    /// Every delta handed to the snapshot worker is written.
+    pub(crate) fn deltas_written(&mut self) {
+        if let KeyedState::Typed { op, .. } = self {
+            op.table_mut().deltas_written();
+        }
+    }
+
     /// Entries in memory.
     pub(crate) fn len(&self) -> usize {
         match self {

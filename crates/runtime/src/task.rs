@@ -201,7 +201,11 @@ impl Budget<'_> {
         if state.len() > self.entries * BUDGET_CAP && !collecting {
             wait_written(self.applied, *handed, self.cancel)?;
         }
-        if state.over_budget() && self.applied.load(Ordering::SeqCst) == *handed {
+        let written = self.applied.load(Ordering::SeqCst) == *handed;
+        if written {
+            state.deltas_written();
+        }
+        if state.over_budget() && written {
             state.evict_clean();
             if state.over_budget() && !collecting {
                 *handed += 1;
@@ -235,7 +239,7 @@ pub(crate) struct Opened {
     store: RocksStore,
     state: KeyedState,
     confirmed: ConfirmedFiles,
-    /// RocksDB holds entries the integer table does not (read through).
+    /// RocksDB holds entries the state in memory does not (read through).
     on_disk: bool,
 }
 
@@ -556,6 +560,9 @@ impl AggregateTask {
             state.set_budget(store.reader(), b, on_disk);
             state.evict_clean();
         }
+        // The clock of TTL state, before any input (a restored task that
+        // only sees the end of its input reports nothing expired).
+        state.set_time()?;
         let worker = Worker {
             ctx: ctx.clone(),
             task: self.task.clone(),

@@ -14,7 +14,8 @@
 //! so a key-group range is one contiguous key range (rescaling reads ranges).
 //! [`layout`] is the layout of typed keyed state (value, list, map,
 //! reducing; Dataflow I) and [`typed`] its in-memory table, written behind
-//! into the same kind of RocksDB store; no operator uses them yet.
+//! into the same kind of RocksDB store (the operator API's state; TTL and
+//! the memory budget included).
 
 pub mod channel;
 mod error;

@@ -78,7 +78,8 @@ pub type TypedDelta = FxHashMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// Typed keyed state of one subtask, in memory.
 ///
-/// Point reads and writes are one hash lookup of the whole RocksDB key;
+/// Point reads and writes are one hash lookup of the whole RocksDB key
+/// (plus a RocksDB read for an entry evicted under a budget);
 /// the user keys of each list and map (per state, key and namespace) are
 /// also kept in `index`, for iteration by prefix (sorted then) — for the
 /// states that were ever iterated only: a state's index is built by one
@@ -102,6 +103,8 @@ pub struct TypedTable {
     /// `expiry_unsorted` (after a load).
     expiry: FxHashMap<u16, VecDeque<(u64, Vec<u8>)>>,
     expiry_unsorted: bool,
+    /// The keys in some expiry queue (each is queued once).
+    queued: FxHashSet<Vec<u8>>,
     /// Where evicted (or not loaded) entries are read back from.
     backing: Option<Backing>,
     /// The most entries held at once (what a memory budget bounds).
@@ -332,9 +335,11 @@ impl TypedTable {
             }
         }
         if let Some(at) = expires_at(value) {
-            let q = self.expiry.entry(e.state).or_default();
-            q.push_back((at, key.to_vec()));
-            self.expiry_unsorted = true;
+            if self.queued.insert(key.to_vec()) {
+                let q = self.expiry.entry(e.state).or_default();
+                q.push_back((at, key.to_vec()));
+                self.expiry_unsorted = true;
+            }
         }
         self.entries.insert(key.to_vec(), value.to_vec());
         self.peak = self.peak.max(self.entries.len());
@@ -452,7 +457,29 @@ impl TypedTable {
         }
         b.evicted += gone.len() as u64;
         b.on_disk |= !gone.is_empty();
+        // Lists get their last sequence number looked up again (a cache).
+        b.sequenced.clear();
+        // Evicted keys leave the expiry queues (memory stays within the
+        // budget): expired in RocksDB, they read as absent.
+        if !gone.is_empty() && !self.queued.is_empty() {
+            for k in &gone {
+                self.queued.remove(k);
+            }
+            let queued = &self.queued;
+            for q in self.expiry.values_mut() {
+                q.retain(|(_, k)| queued.contains(k));
+            }
+        }
         gone.len()
+    }
+
+    /// Every frozen delta is written to RocksDB: deletes other than the
+    /// current delta's need no shadow any more.
+    pub fn deltas_written(&mut self) {
+        if let Some(b) = self.backing.as_mut() {
+            let delta = &self.delta;
+            b.shadow.retain(|k| matches!(delta.get(k), Some(None)));
+        }
     }
 
     /// (entries evicted, reads through RocksDB) so far.
@@ -546,6 +573,7 @@ impl TypedTable {
         for q in self.expiry.values_mut() {
             while q.front().is_some_and(|(at, _)| *at <= self.now_ms) {
                 let (_, key) = q.pop_front().expect("a front");
+                self.queued.remove(&key);
                 let stored = match (self.entries.get(&key), &self.backing) {
                     (Some(v), _) => expires_at(v),
                     // Evicted since: its current expiry is in RocksDB.
@@ -555,7 +583,10 @@ impl TypedTable {
                 match stored {
                     Some(at) if at <= self.now_ms => expired.push(key),
                     // Rewritten since: queued again for its new expiry.
-                    Some(at) => q.push_back((at, key)),
+                    Some(at) => {
+                        self.queued.insert(key.clone());
+                        q.push_back((at, key));
+                    }
                     None => {}
                 }
             }
@@ -648,12 +679,9 @@ impl TypedTable {
             b.shadow.remove(&k);
         }
         if let Some(at) = expires {
-            // Queued when it first expires (a rewrite is re-queued then).
-            if self
-                .entries
-                .get(&k)
-                .is_none_or(|old| expires_at(old).is_none())
-            {
+            // Queued once; a rewrite is re-queued when its old expiry
+            // comes up.
+            if self.queued.insert(k.clone()) {
                 let q = self.expiry.entry(state).or_default();
                 q.push_back((at, k.clone()));
             }
@@ -692,10 +720,12 @@ impl TypedTable {
                 self.index.remove(prefix);
             }
         }
-        let on_disk = match self.backing.as_mut().filter(|b| b.on_disk) {
+        // Shadowed under any budget: RocksDB may hold the key from a
+        // snapshot, and reads go there from the first eviction on.
+        let on_disk = match self.backing.as_mut() {
             Some(b) => {
                 b.shadow.insert(k.clone());
-                true
+                b.on_disk
             }
             None => false,
         };
@@ -1198,5 +1228,67 @@ mod tests {
         assert_same(&mut t, &mut twin, &s, 20);
         let recent: Vec<i64> = t.list(&s.recent, &account(7)).unwrap();
         assert_eq!(recent.last(), Some(&247), "appended last: {recent:?}");
+    }
+
+    /// A delete before the table's first eviction stays deleted once it
+    /// reads through (RocksDB still holds the value from a snapshot).
+    #[test]
+    fn a_delete_before_the_first_eviction_is_not_read_back() {
+        let (s, names) = states();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names.clone());
+        let mut twin = TypedTable::new(names);
+        t.set_budget(db.reader(), 8, false);
+        for i in 0..40 {
+            pay_both(&mut t, &mut twin, &s, i, 10);
+        }
+        db.apply_entries(&t.freeze()).unwrap();
+        for who in [1, 2] {
+            t.map_remove(&s.per_merchant, &account(who), &"m1").unwrap();
+            twin.map_remove(&s.per_merchant, &account(who), &"m1")
+                .unwrap();
+            t.clear(&s.balance, &account(who)).unwrap();
+            twin.clear(&s.balance, &account(who)).unwrap();
+        }
+        assert!(t.evict_clean() > 0, "the first eviction");
+        assert_same(&mut t, &mut twin, &s, 10);
+        t.deltas_written();
+        assert_same(&mut t, &mut twin, &s, 10);
+    }
+
+    /// Each TTL entry is queued once however often it is rewritten (also
+    /// after a delete and a put), and evicted entries leave the queue.
+    #[test]
+    fn ttl_queues_hold_each_entry_once_and_not_evicted_ones() {
+        let (flag, _, seen, names) = ttl_states(1_000);
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names);
+        t.set_budget(db.reader(), 8, false);
+        t.set_time(1).unwrap();
+        let a = account(1);
+        for i in 0..50 {
+            t.set_value(&flag, &a, &(i % 2 == 0)).unwrap();
+            t.map_put(&seen, &a, &"m", &i).unwrap();
+            t.map_remove(&seen, &a, &"m").unwrap();
+            t.map_put(&seen, &a, &"m", &i).unwrap();
+        }
+        let queued: usize = t.expiry.values().map(|q| q.len()).sum();
+        assert_eq!(queued, 2, "the flag and the map entry");
+        for who in 2..40 {
+            t.set_value(&flag, &account(who), &true).unwrap();
+        }
+        db.apply_entries(&t.freeze()).unwrap();
+        t.evict_clean();
+        let queued: usize = t.expiry.values().map(|q| q.len()).sum();
+        assert_eq!(queued, t.len(), "only what is in memory is queued");
+        let in_memory = t.len();
+        assert_eq!(t.set_time(1_001).unwrap(), in_memory, "each expires once");
+        assert_eq!(
+            t.value::<bool>(&flag, &account(30)).unwrap(),
+            None,
+            "evicted ones read as absent"
+        );
     }
 }

@@ -25,7 +25,6 @@ use cutpoint_core::{
     SubtaskState, TaskId, METADATA_VERSION,
 };
 use cutpoint_runtime::sink::StagingInUse;
-use cutpoint_runtime::OperatorError;
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };

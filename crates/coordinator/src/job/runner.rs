@@ -330,9 +330,9 @@ impl Runner {
         })
         .map_err(|e| match e {
             RuntimeError::Restore(m) => JobError::Restore(m),
-            RuntimeError::Operator(e @ OperatorError::UnknownFunction { .. }) => {
-                JobError::Invalid(e.to_string())
-            }
+            // (Before any task: the spec's function does not exist or
+            // cannot declare its states.)
+            RuntimeError::Operator(e) => JobError::Invalid(e.to_string()),
             e => JobError::Internal(e.to_string()),
         })?;
         tracker.resume();
