@@ -10,7 +10,8 @@ positive_data_acceptance still holds every other rule to account:
 - POST /v1/jobs: the cross-field rules of the JobSubmission description
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, a
-  join names one of two or more sources; stage ids unique and not source,
+  join names one of two or more sources, so is every filter field with a
+  generator, a string filter value compares with eq or ne; stage ids unique and not source,
   agg, sink or an external task, ignoring case). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count. Test
@@ -50,7 +51,7 @@ KNOBS = ("inject_failure", "inject_barrier_delay", "inject_processing_delay_us")
 MAX_EVENTS = 10_000
 MAX_WAIT_MS = 200
 # Aggregates with typed state (a generated field).
-TYPED = ("count_distinct", "dedup", "min", "max")
+TYPED = ("count_distinct", "dedup", "min", "max", "avg")
 
 
 def _valid_at(case, location):
@@ -97,12 +98,22 @@ def _sources(spec):
             spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]
         agg = dict(agg, dimension_source=min(int(agg["dimension_source"]), len(spec["union"])))
     sources = [spec["source"], *spec.get("union", [])]
+    fields = ("value", "app_id", "user_id", "amount")
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
-        fields = ("value", "app_id", "user_id", "amount")
         if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
     spec["aggregate"] = agg
+    filters = []
+    for f in spec.get("filter") or []:
+        f = dict(f)
+        if isinstance(f.get("value"), str) and f.get("op") not in ("eq", "ne"):
+            f["op"] = "eq"
+        if any(s.get("type") == "generator" for s in sources) and f.get("field") not in fields:
+            f["field"] = "amount"
+        filters.append(f)
+    if "filter" in spec:
+        spec["filter"] = filters
 
 
 def _stages(spec):

@@ -150,6 +150,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
             rate_per_s: None,
         },
         union: Vec::new(),
+        filter: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),

@@ -39,6 +39,7 @@ pub async fn run(
             rate_per_s: (rate > 0).then_some(rate),
         },
         union: Vec::new(),
+        filter: Vec::new(),
         key_by: "app_id".into(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),

@@ -197,8 +197,22 @@ fn count_distinct_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
     }
 }
 
-/// Min and max of the users per app: a key's first value counts (0 too),
-/// exact after a failure and rescaled restores.
+/// The mean `user_id` of each app's events, rounded down, computed plainly.
+fn mean_user_per_app() -> BTreeMap<Key, i64> {
+    let mut sums: BTreeMap<Key, (i64, i64)> = BTreeMap::new();
+    for i in 0..EVENTS {
+        let app = Key::Int(generator_app_id(42, KEYS, i) as i64);
+        let s = sums.entry(app).or_default();
+        s.0 += generator_user_id(42, USERS, i) as i64;
+        s.1 += 1;
+    }
+    sums.into_iter()
+        .map(|(k, (sum, n))| (k, sum.div_euclid(n)))
+        .collect()
+}
+
+/// Min, max and avg of the users per app (min and max: a key's first
+/// value counts, 0 too), exact after a failure and rescaled restores.
 async fn extreme(kind: &str, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let job = format!("{kind}-{}", mode.replace('_', "-"));
@@ -211,13 +225,16 @@ async fn extreme(kind: &str, mode: &str) {
         )
     };
     let users = users_per_app();
-    let want: BTreeMap<Key, i64> = users
-        .iter()
-        .map(|(k, s)| {
-            let v = if kind == "min" { s.first() } else { s.last() };
-            (k.clone(), *v.unwrap() as i64)
-        })
-        .collect();
+    let want: BTreeMap<Key, i64> = match kind {
+        "avg" => mean_user_per_app(),
+        _ => users
+            .iter()
+            .map(|(k, s)| {
+                let v = if kind == "min" { s.first() } else { s.last() };
+                (k.clone(), *v.unwrap() as i64)
+            })
+            .collect(),
+    };
     let failing = r#","inject_failure":{"subtask":0,"after_records":40000}"#;
     let o = run(spec(2, failing), dir.path(), None, "w1").await;
     assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
@@ -244,6 +261,11 @@ async fn min_exact_after_a_failure_and_rescales_aligned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_exact_after_a_failure_and_rescales_unaligned() {
     extreme("max", "unaligned").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avg_exact_after_a_failure_and_rescales_aligned() {
+    extreme("avg", "exactly_once").await;
 }
 
 /// Count-distinct under a 1 MB memory budget (~3,300 entries per subtask

@@ -11,6 +11,7 @@
 pub mod checksum;
 pub mod error;
 pub mod failpoint;
+pub mod filter;
 pub mod graph;
 pub mod ids;
 pub mod keygroup;

@@ -70,6 +70,7 @@ pub enum AggregateKind {
     Max,
     /// A registered keyed process function (its states recorded beside).
     Process,
+    Avg,
 }
 
 impl AggregateKind {
@@ -83,6 +84,7 @@ impl AggregateKind {
             AggregateKind::Min => "min",
             AggregateKind::Max => "max",
             AggregateKind::Process => "process",
+            AggregateKind::Avg => "avg",
         }
     }
 }

@@ -27,6 +27,10 @@ pub struct JobSpec {
     /// `source`, 1.. are these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub union: Vec<SourceSpec>,
+    /// Conditions every input event must meet (see [`crate::filter`]);
+    /// the others are dropped in the source task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter: Vec<crate::filter::Filter>,
     /// Field of the input events to group by.
     pub key_by: String,
     pub aggregate: AggregateSpec,
@@ -204,6 +208,10 @@ pub enum AggregateSpec {
     /// The largest value of an integer field per key; updates carry the new
     /// maximum when it rises.
     Max { field: String },
+    /// The mean of an integer field per key, rounded down (typed state:
+    /// the sum and count, and the mean); updates carry the mean when it
+    /// changes.
+    Avg { field: String },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
     /// carry the key and the integer `field` (1 per event if absent); the
@@ -236,7 +244,8 @@ impl AggregateSpec {
             | AggregateSpec::CountDistinct { field }
             | AggregateSpec::Dedup { field, .. }
             | AggregateSpec::Min { field }
-            | AggregateSpec::Max { field } => Some(field),
+            | AggregateSpec::Max { field }
+            | AggregateSpec::Avg { field } => Some(field),
         }
     }
 
@@ -249,6 +258,7 @@ impl AggregateSpec {
                 | AggregateSpec::Dedup { .. }
                 | AggregateSpec::Min { .. }
                 | AggregateSpec::Max { .. }
+                | AggregateSpec::Avg { .. }
                 | AggregateSpec::Process { .. }
         )
     }
@@ -496,6 +506,12 @@ impl JobSpec {
         if self.aggregate.value_field() == Some("") {
             return bad("aggregate.field must name a field".into());
         }
+        if self.filter.len() > 16 {
+            return bad("a job has at most 16 filters".into());
+        }
+        if let Some(p) = self.filter.iter().find_map(|f| f.problem()) {
+            return bad(p);
+        }
         self.validate_rest()
     }
 
@@ -528,7 +544,18 @@ impl JobSpec {
                     AggregateSpec::Join { .. } => None,
                     a => a.value_field(),
                 };
-                if field.is_some_and(|f| !["app_id", "value", "user_id", "amount"].contains(&f)) {
+                let generated = ["app_id", "value", "user_id", "amount"];
+                if let Some(f) = self
+                    .filter
+                    .iter()
+                    .find(|f| !generated.contains(&f.field.as_str()))
+                {
+                    return bad(format!(
+                        "filter: the generator produces app_id, value, user_id and amount, not {:?}",
+                        f.field
+                    ));
+                }
+                if field.is_some_and(|f| !generated.contains(&f)) {
                     return bad(format!(
                         "aggregate.field: the generator produces app_id, value, user_id and amount, not {:?}",
                         field.unwrap_or_default()

@@ -105,6 +105,7 @@ impl JobSpec {
                 AggregateSpec::Min { .. } => AggregateKind::Min,
                 AggregateSpec::Max { .. } => AggregateKind::Max,
                 AggregateSpec::Process { .. } => AggregateKind::Process,
+                AggregateSpec::Avg { .. } => AggregateKind::Avg,
             },
             forward: None,
         };

@@ -236,6 +236,74 @@ impl WithResult for Extreme {
     }
 }
 
+/// The mean of an integer field per key, rounded down (records carry
+/// integers): a value state of the sum and count, and one of the mean,
+/// emitted when it changes.
+pub struct Avg {
+    sum_count: StateDescriptor,
+    mean: StateDescriptor,
+}
+
+impl Default for Avg {
+    fn default() -> Self {
+        Self {
+            sum_count: state("avg_sum_count", StateKind::Value),
+            mean: state("avg_mean", StateKind::Value),
+        }
+    }
+}
+
+impl KeyedProcessFunction for Avg {
+    type In = Record;
+    type Out = (Key, i64);
+
+    fn states(&self) -> Vec<StateDescriptor> {
+        vec![self.sum_count.clone(), self.mean.clone()]
+    }
+
+    fn process(
+        &mut self,
+        record: Record,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Vec<(Key, i64)>,
+    ) -> Result<(), OperatorError> {
+        let (sum, count) = ctx.value::<(i64, i64)>(&self.sum_count)?.unwrap_or((0, 0));
+        let sum = sum.checked_add(record.value).ok_or_else(|| {
+            OperatorError::User(format!(
+                "avg: the sum of key {} overflows an i64",
+                record.key
+            ))
+        })?;
+        let count = count + 1;
+        ctx.set_value(&self.sum_count, &(sum, count))?;
+        let mean = sum.div_euclid(count);
+        if ctx.value::<i64>(&self.mean)? != Some(mean) {
+            ctx.set_value(&self.mean, &mean)?;
+            out.push((record.key, mean));
+        }
+        Ok(())
+    }
+}
+
+impl WithResult for Avg {
+    fn result_state(&self) -> &StateDescriptor {
+        &self.mean
+    }
+}
+
+/// `function` as a subtask's operator, keyed by the record's key.
+fn boxed<F: WithResult + 'static>(
+    function: F,
+    max_parallelism: u32,
+) -> Result<Option<Box<dyn RecordOperator>>, OperatorError> {
+    let key = |r: &Record| r.key.clone();
+    Ok(Some(Box::new(KeyedOperator::new(
+        function,
+        key,
+        max_parallelism,
+    )?)))
+}
+
 /// The operator for a typed aggregate, a built-in or one of `functions`
 /// (`None`: the aggregate keeps one integer per key and runs without the
 /// operator API).
@@ -244,31 +312,16 @@ pub fn builtin(
     max_parallelism: u32,
     functions: &crate::Functions,
 ) -> Result<Option<Box<dyn RecordOperator>>, OperatorError> {
-    let key = |r: &Record| r.key.clone();
-    Ok(match aggregate {
-        AggregateSpec::Process { function, .. } => Some(functions.make(function, max_parallelism)?),
-        AggregateSpec::CountDistinct { .. } => Some(Box::new(KeyedOperator::new(
-            CountDistinct::default(),
-            key,
-            max_parallelism,
-        )?)),
-        AggregateSpec::Dedup { keep, .. } => Some(Box::new(KeyedOperator::new(
-            Dedup::new(*keep),
-            key,
-            max_parallelism,
-        )?)),
-        AggregateSpec::Min { .. } => Some(Box::new(KeyedOperator::new(
-            Extreme::new(Which::Min),
-            key,
-            max_parallelism,
-        )?)),
-        AggregateSpec::Max { .. } => Some(Box::new(KeyedOperator::new(
-            Extreme::new(Which::Max),
-            key,
-            max_parallelism,
-        )?)),
-        _ => None,
-    })
+    let p = max_parallelism;
+    match aggregate {
+        AggregateSpec::Process { function, .. } => Ok(Some(functions.make(function, p)?)),
+        AggregateSpec::CountDistinct { .. } => boxed(CountDistinct::default(), p),
+        AggregateSpec::Dedup { keep, .. } => boxed(Dedup::new(*keep), p),
+        AggregateSpec::Min { .. } => boxed(Extreme::new(Which::Min), p),
+        AggregateSpec::Max { .. } => boxed(Extreme::new(Which::Max), p),
+        AggregateSpec::Avg { .. } => boxed(Avg::default(), p),
+        AggregateSpec::Count | AggregateSpec::Sum { .. } | AggregateSpec::Join { .. } => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -357,5 +410,33 @@ mod tests {
         let int = |k, v| (Key::Int(k), v);
         // 5 and 6 were seen before the snapshot: only 9 is new.
         assert_eq!(run(restored.as_mut(), &INPUT[4..]), [int(1, 3)]);
+    }
+
+    #[test]
+    fn avg_emits_the_mean_rounded_down_when_it_changes() {
+        let agg = AggregateSpec::Avg { field: "v".into() };
+        let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
+        let out = run(op.as_mut(), &[(1, 4), (1, 5), (1, 6), (1, -30), (2, 7)]);
+        // Means of key 1: 4, 4 (9/2), 5, -4 (-15/4 rounded down).
+        assert_eq!(
+            out,
+            vec![
+                (Key::Int(1), 4),
+                (Key::Int(1), 5),
+                (Key::Int(1), -4),
+                (Key::Int(2), 7)
+            ]
+        );
+        let mut results = op.results().unwrap();
+        results.sort();
+        assert_eq!(results, vec![(Key::Int(1), -4), (Key::Int(2), 7)]);
+        let big = run(op.as_mut(), &[(3, i64::MAX)]);
+        assert_eq!(big, vec![(Key::Int(3), i64::MAX)]);
+        let r = Record {
+            key: Key::Int(3),
+            value: 1,
+        };
+        let err = op.process(r, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
     }
 }

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 
+use cutpoint_core::filter::Filter;
 use cutpoint_core::metadata::SourceOffset;
 use cutpoint_core::spec::{AggregateSpec, BadLinePolicy, SourceSpec};
 use cutpoint_core::{JobSpec, Key, Record};
@@ -69,9 +70,12 @@ pub struct GeneratorReader {
     end: u64,
     users: u64,
     value: GenValue,
+    /// The spec's filters, on the generated fields.
+    filters: Vec<(GenValue, Filter)>,
 }
 
-/// Which generated field a record carries as its value.
+/// A generated field (the one a record carries as its value, or one a
+/// filter reads).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum GenValue {
     /// `value` (always 1) or no field.
@@ -81,20 +85,43 @@ enum GenValue {
     Amount,
 }
 
+impl GenValue {
+    fn named(field: Option<&str>) -> Self {
+        match field {
+            Some("app_id") => GenValue::AppId,
+            Some("user_id") => GenValue::UserId,
+            Some("amount") => GenValue::Amount,
+            _ => GenValue::One,
+        }
+    }
+}
+
 impl GeneratorReader {
+    #[inline]
+    fn field(&self, field: GenValue, i: u64, app: i64) -> i64 {
+        match field {
+            GenValue::One => 1,
+            GenValue::AppId => app,
+            GenValue::UserId => generator_user_id(self.seed, self.users, i) as i64,
+            GenValue::Amount => generator_amount(self.seed, i) as i64,
+        }
+    }
+
     fn read(&mut self, out: &mut Vec<Record>, max: usize) -> bool {
         let stop = self.end.min(self.next + max as u64);
         for i in self.next..stop {
             let app = generator_app_id(self.seed, self.keys, i) as i64;
-            let value = match self.value {
-                GenValue::One => 1,
-                GenValue::AppId => app,
-                GenValue::UserId => generator_user_id(self.seed, self.users, i) as i64,
-                GenValue::Amount => generator_amount(self.seed, i) as i64,
-            };
+            if !self.filters.is_empty()
+                && !self
+                    .filters
+                    .iter()
+                    .all(|(g, f)| f.holds_for_int(self.field(*g, i, app)))
+            {
+                continue;
+            }
             out.push(Record {
                 key: Key::Int(app),
-                value,
+                value: self.field(self.value, i, app),
             });
         }
         self.next = stop;
@@ -127,12 +154,22 @@ pub struct FileReader {
     sum_field: Option<String>,
     policy: BadLinePolicy,
     line: String,
+    /// The spec's filters.
+    filters: Vec<Filter>,
 }
 
 impl FileReader {
-    fn parse(&self, line: &str) -> Result<Record, String> {
+    /// The record of a line (`None`: a filter drops it).
+    fn parse(&self, line: &str) -> Result<Option<Record>, String> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let obj = v.as_object().ok_or("not a JSON object")?;
+        if !self
+            .filters
+            .iter()
+            .all(|f| f.holds_for_json(obj.get(&f.field)))
+        {
+            return Ok(None);
+        }
         let key = match obj.get(&self.key_field) {
             Some(serde_json::Value::String(s)) => Key::Str(s.as_str().into()),
             Some(serde_json::Value::Number(n)) if n.is_i64() => Key::Int(n.as_i64().unwrap()),
@@ -151,7 +188,7 @@ impl FileReader {
                 .and_then(|v| v.as_i64())
                 .ok_or_else(|| format!("field {f:?} is missing or not an integer"))?,
         };
-        Ok(Record { key, value })
+        Ok(Some(Record { key, value }))
     }
 }
 
@@ -177,7 +214,8 @@ impl PartitionReader for FileReader {
                 continue;
             }
             match self.parse(text) {
-                Ok(r) => out.push(r),
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
                 Err(reason) => match self.policy {
                     BadLinePolicy::Skip => {
                         self.bad_records += 1;
@@ -253,12 +291,12 @@ pub fn open_reader(
                 next,
                 end,
                 users: *users,
-                value: match value.as_deref() {
-                    Some("app_id") => GenValue::AppId,
-                    Some("user_id") => GenValue::UserId,
-                    Some("amount") => GenValue::Amount,
-                    _ => GenValue::One,
-                },
+                value: GenValue::named(value.as_deref()),
+                filters: spec
+                    .filter
+                    .iter()
+                    .map(|f| (GenValue::named(Some(&f.field)), f.clone()))
+                    .collect(),
             }))
         }
         SourceSpec::Files { paths, on_bad_line } => {
@@ -289,6 +327,7 @@ pub fn open_reader(
                 sum_field,
                 policy: *on_bad_line,
                 line: String::new(),
+                filters: spec.filter.clone(),
             }))
         }
     }
