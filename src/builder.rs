@@ -4,12 +4,14 @@
 //! checkpoints, listed and restored the same way), plus the [`Functions`]
 //! it registers, as a [`Program`] for [`crate::main_with`].
 //!
-//! Not built yet: stateless `map` / `filter` / `flat_map` between the
-//! source and the keyed function (the runtime's records are `(key,
-//! integer)` projected at the source).
+//! Stateless filters run in the source task (`filter`, on the events'
+//! fields). Not built yet: `map` / `flat_map` and filters written as Rust
+//! closures (the runtime's records are `(key, integer)` projected at the
+//! source).
 
 use std::time::Duration;
 
+use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
 use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec};
 use cutpoint_core::{CoreError, FunctionName, JobSpec};
 use cutpoint_operator::{Functions, WithResult};
@@ -22,6 +24,7 @@ pub struct JobBuilder {
     source: SourceSpec,
     parallelism: Option<u32>,
     key_by: String,
+    filters: Vec<Filter>,
     aggregate: Option<AggregateSpec>,
     function: Option<String>,
     value: Option<String>,
@@ -39,6 +42,7 @@ impl JobBuilder {
             source,
             parallelism: None,
             key_by: String::new(),
+            filters: Vec::new(),
             aggregate: None,
             function: None,
             value: None,
@@ -52,6 +56,13 @@ impl JobBuilder {
     /// Parallelism of the keyed operator (and its sink).
     pub fn parallelism(mut self, n: u32) -> Self {
         self.parallelism = Some(n);
+        self
+    }
+
+    /// Keeps only the events whose `field` meets `op value` (checked in
+    /// the source task; a missing field does not).
+    pub fn filter(mut self, field: &str, op: FilterOp, value: impl Into<FilterValue>) -> Self {
+        self.filters.push(Filter::new(field, op, value));
         self
     }
 
@@ -119,6 +130,7 @@ impl JobBuilder {
         let json = serde_json::json!({
             "job_id": self.job_id,
             "source": self.source,
+            "filter": self.filters,
             "key_by": self.key_by,
             "aggregate": aggregate,
             "sink": self.sink,
@@ -191,6 +203,7 @@ mod tests {
             .parallelism(2)
             .key_by("app_id")
             .value("amount")
+            .filter("amount", FilterOp::Ge, 500)
             .process("last", last)
             .checkpoint_every(Duration::from_millis(250))
             .build()
@@ -198,6 +211,7 @@ mod tests {
         let spec = program.job.unwrap();
         let json = r#"{"job_id":"last-amount","parallelism":2,
             "source":{"type":"generator","partitions":1,"events":1000,"keys":10,"seed":1,"users":5},
+            "filter":[{"field":"amount","op":"ge","value":500}],
             "key_by":"app_id","aggregate":{"type":"process","function":"last","field":"amount"},
             "checkpoint":{"interval_ms":250}}"#;
         assert_eq!(spec, JobSpec::from_json(json).unwrap());

@@ -25,6 +25,7 @@ use clap::Parser;
 
 pub use builder::JobBuilder;
 pub use cutpoint_core as core;
+pub use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
 pub use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec};
 pub use cutpoint_core::JobSpec;
 pub use cutpoint_operator as operator;

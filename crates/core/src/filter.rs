@@ -34,7 +34,28 @@ pub enum FilterValue {
     Str(String),
 }
 
+impl From<i64> for FilterValue {
+    fn from(v: i64) -> Self {
+        FilterValue::Int(v)
+    }
+}
+
+impl From<&str> for FilterValue {
+    fn from(v: &str) -> Self {
+        FilterValue::Str(v.into())
+    }
+}
+
 impl Filter {
+    /// `field op value`.
+    pub fn new(field: &str, op: FilterOp, value: impl Into<FilterValue>) -> Self {
+        Self {
+            field: field.into(),
+            op,
+            value: value.into(),
+        }
+    }
+
     /// Whether an integer field's value `v` passes.
     #[inline]
     pub fn holds_for_int(&self, v: i64) -> bool {

@@ -1,6 +1,11 @@
 //! The sending side of a hash exchange, and where a keyed task's updates
 //! go ([`Output`]: the chained sink, or the exchange to the next stage).
 //!
+//! What carries the messages is a [`Transport`]: in-process bounded
+//! channels today ([`LocalTransport`]); a network transport to tasks in
+//! another process would implement the same trait (docs/scaling.md).
+//! Routing, batching and barrier order are decided here, above it.
+//!
 //! An [`Exchange`] routes each record to the downstream subtask owning its
 //! key group, batching per target. Order on each channel is the order of
 //! [`Exchange::push`] calls; [`Exchange::barrier`] sends what is batched
@@ -21,14 +26,48 @@ use crate::channel::{self, Message, BATCH_SIZE};
 use crate::sink::Sink;
 use crate::{Barrier, RuntimeError};
 
+/// Carries an exchange's messages to the subtasks of the next operator.
+pub(crate) trait Transport: Send {
+    /// Downstream subtasks.
+    fn targets(&self) -> usize;
+    /// Sends `msg` to target `t` after everything sent to it before,
+    /// waiting while its queue is full; fails when the job is cancelled or
+    /// the target is gone.
+    fn send(&mut self, t: usize, msg: Message) -> Result<(), RuntimeError>;
+    /// Unaligned mode: barrier `b` to every target ahead of what is queued
+    /// (no-op otherwise; a target that is gone fails on its next `send`).
+    fn overtake(&mut self, b: Barrier);
+}
+
+/// In-process bounded channels, one per target, and (unaligned) one
+/// priority channel per target.
+pub(crate) struct LocalTransport {
+    pub(crate) outputs: Vec<Sender<Message>>,
+    pub(crate) priority: Vec<Sender<Barrier>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl Transport for LocalTransport {
+    fn targets(&self) -> usize {
+        self.outputs.len()
+    }
+
+    fn send(&mut self, t: usize, msg: Message) -> Result<(), RuntimeError> {
+        channel::send(&self.outputs[t], msg, &self.cancel)
+    }
+
+    fn overtake(&mut self, b: Barrier) {
+        for p in &self.priority {
+            let _ = p.send(b);
+        }
+    }
+}
+
 /// Hash-partitioned, batched sending to every subtask of the next operator.
 pub(crate) struct Exchange {
-    outputs: Vec<Sender<Message>>,
-    /// Unaligned mode: each target's priority channel (else empty).
-    priority: Vec<Sender<Barrier>>,
+    transport: Box<dyn Transport>,
     batches: Vec<Vec<Record>>,
     max_parallelism: u32,
-    cancel: CancellationToken,
     /// When what is batched was last sent.
     flushed_at: Instant,
 }
@@ -38,22 +77,14 @@ pub(crate) struct Exchange {
 pub(crate) const LINGER: Duration = Duration::from_millis(10);
 
 impl Exchange {
-    pub(crate) fn new(
-        outputs: Vec<Sender<Message>>,
-        priority: Vec<Sender<Barrier>>,
-        max_parallelism: u32,
-        cancel: CancellationToken,
-    ) -> Self {
-        let batches = outputs
-            .iter()
+    pub(crate) fn new(transport: Box<dyn Transport>, max_parallelism: u32) -> Self {
+        let batches = (0..transport.targets())
             .map(|_| Vec::with_capacity(BATCH_SIZE))
             .collect();
         Self {
-            outputs,
-            priority,
+            transport,
             batches,
             max_parallelism,
-            cancel,
             flushed_at: Instant::now(),
         }
     }
@@ -63,12 +94,12 @@ impl Exchange {
     pub(crate) fn push(&mut self, record: Record) -> Result<(), RuntimeError> {
         let maxp = self.max_parallelism;
         let group = keygroup::key_group(record.key.stable_hash(), maxp);
-        let t = keygroup::subtask_for_group(group, maxp, self.outputs.len() as u32) as usize;
+        let t = keygroup::subtask_for_group(group, maxp, self.batches.len() as u32) as usize;
         let batch = &mut self.batches[t];
         batch.push(record);
         if batch.len() == BATCH_SIZE {
             let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-            channel::send(&self.outputs[t], Message::Records(full), &self.cancel)?;
+            self.transport.send(t, Message::Records(full))?;
         }
         Ok(())
     }
@@ -79,7 +110,7 @@ impl Exchange {
         for (t, batch) in self.batches.iter_mut().enumerate() {
             if !batch.is_empty() {
                 let full = std::mem::replace(batch, Vec::with_capacity(BATCH_SIZE));
-                channel::send(&self.outputs[t], Message::Records(full), &self.cancel)?;
+                self.transport.send(t, Message::Records(full))?;
             }
         }
         Ok(())
@@ -88,13 +119,10 @@ impl Exchange {
     /// Barrier `b` to every target: on the priority channels first (if
     /// any), then in band after everything pushed before it.
     pub(crate) fn barrier(&mut self, b: Barrier) -> Result<(), RuntimeError> {
-        for p in &self.priority {
-            // A target that is gone fails on the in-band send below.
-            let _ = p.send(b);
-        }
+        self.transport.overtake(b);
         self.flush()?;
-        for out in &self.outputs {
-            channel::send(out, Message::Barrier(b), &self.cancel)?;
+        for t in 0..self.batches.len() {
+            self.transport.send(t, Message::Barrier(b))?;
         }
         Ok(())
     }
@@ -102,8 +130,8 @@ impl Exchange {
     /// The end of this input: what is batched, then end of stream.
     pub(crate) fn end(&mut self) -> Result<(), RuntimeError> {
         self.flush()?;
-        for out in &self.outputs {
-            channel::send(out, Message::EndOfStream, &self.cancel)?;
+        for t in 0..self.batches.len() {
+            self.transport.send(t, Message::EndOfStream)?;
         }
         Ok(())
     }
@@ -185,7 +213,12 @@ mod tests {
     #[test]
     fn a_busy_stage_sends_what_it_batched_after_the_linger() {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let exchange = Exchange::new(vec![tx], Vec::new(), 128, CancellationToken::new());
+        let local = LocalTransport {
+            outputs: vec![tx],
+            priority: Vec::new(),
+            cancel: CancellationToken::new(),
+        };
+        let exchange = Exchange::new(Box::new(local), 128);
         let start = exchange.flushed_at;
         let forward = Forward {
             rekey: Rekey::Key,
@@ -217,5 +250,87 @@ mod tests {
         out.snapshot(b).unwrap();
         assert!(matches!(rx.try_recv(), Ok(Message::Records(r)) if r.len() == 1));
         assert!(matches!(rx.try_recv(), Ok(Message::Barrier(x)) if x.id == CheckpointId(1)));
+    }
+
+    /// What an exchange hands its transport, recorded.
+    #[derive(Default, Clone)]
+    struct Recorded(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct Recording {
+        targets: usize,
+        log: Recorded,
+    }
+
+    impl Transport for Recording {
+        fn targets(&self) -> usize {
+            self.targets
+        }
+        fn send(&mut self, t: usize, msg: Message) -> Result<(), RuntimeError> {
+            let m = match msg {
+                Message::Records(r) => format!("{t}:records({})", r.len()),
+                Message::Barrier(b) => format!("{t}:barrier({})", b.id),
+                Message::EndOfStream => format!("{t}:end"),
+            };
+            self.log.0.lock().unwrap().push(m);
+            Ok(())
+        }
+        fn overtake(&mut self, b: Barrier) {
+            self.log
+                .0
+                .lock()
+                .unwrap()
+                .push(format!("*:overtake({})", b.id));
+        }
+    }
+
+    /// Each record goes to the subtask of its key group; a barrier first
+    /// overtakes (unaligned), then follows everything batched before it
+    /// on every target; the end comes last.
+    #[test]
+    fn routing_and_barrier_order_are_decided_above_the_transport() {
+        let log = Recorded::default();
+        let transport = Recording {
+            targets: 2,
+            log: log.clone(),
+        };
+        let mut x = Exchange::new(Box::new(transport), 128);
+        let owner = |k: i64| {
+            let g = keygroup::key_group(Key::Int(k).stable_hash(), 128);
+            keygroup::subtask_for_group(g, 128, 2)
+        };
+        let a = (0..).find(|k| owner(*k) == 0);
+        let b = (0..).find(|k| owner(*k) == 1);
+        for _ in 0..3 {
+            x.push(Record {
+                key: Key::Int(a.unwrap()),
+                value: 1,
+            })
+            .unwrap();
+        }
+        x.push(Record {
+            key: Key::Int(b.unwrap()),
+            value: 1,
+        })
+        .unwrap();
+        let barrier = Barrier {
+            id: CheckpointId(4),
+            checkpoint_type: cutpoint_core::CheckpointType::Full,
+            trigger_timestamp: 0,
+            reuse: None,
+        };
+        x.barrier(barrier).unwrap();
+        x.end().unwrap();
+        assert_eq!(
+            *log.0.lock().unwrap(),
+            vec![
+                "*:overtake(4)",
+                "0:records(3)",
+                "1:records(1)",
+                "0:barrier(4)",
+                "1:barrier(4)",
+                "0:end",
+                "1:end"
+            ]
+        );
     }
 }

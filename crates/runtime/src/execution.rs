@@ -33,7 +33,7 @@ use crate::channel::{Message, CHANNEL_CAPACITY};
 use crate::context::AbortRegistry;
 use crate::context::{TaskContext, TaskCounters};
 use crate::events::TaskFailure;
-use crate::exchange::Exchange;
+use crate::exchange::{Exchange, LocalTransport};
 use crate::task::{AggregateTask, SourceControl, SourceTask, Upstream};
 use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, SOURCE_OPERATOR};
 
@@ -119,12 +119,12 @@ impl Wiring {
         std::mem::take(&mut self.senders)
             .into_iter()
             .map(|outs| {
-                Exchange::new(
-                    outs,
-                    self.priority_tx.clone(),
-                    ctx.spec.max_parallelism,
-                    ctx.cancel.clone(),
-                )
+                let transport = LocalTransport {
+                    outputs: outs,
+                    priority: self.priority_tx.clone(),
+                    cancel: ctx.cancel.clone(),
+                };
+                Exchange::new(Box::new(transport), ctx.spec.max_parallelism)
             })
             .collect()
     }
