@@ -11,7 +11,8 @@ positive_data_acceptance still holds every other rule to account:
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, a
   join names one of two or more sources, so is every filter field with a
-  generator, a string filter value compares with eq or ne; stage ids unique and not source,
+  generator and its value an integer, a string filter value compares with
+  eq or ne; stage ids unique and not source,
   agg, sink or an external task, ignoring case). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count. Test
@@ -109,8 +110,11 @@ def _sources(spec):
         f = dict(f)
         if isinstance(f.get("value"), str) and f.get("op") not in ("eq", "ne"):
             f["op"] = "eq"
-        if any(s.get("type") == "generator" for s in sources) and f.get("field") not in fields:
-            f["field"] = "amount"
+        if any(s.get("type") == "generator" for s in sources):
+            if f.get("field") not in fields:
+                f["field"] = "amount"
+            if isinstance(f.get("value"), str):
+                f["value"] = 0
         filters.append(f)
     if "filter" in spec:
         spec["filter"] = filters

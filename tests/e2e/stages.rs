@@ -183,7 +183,7 @@ async fn two_stages_exact_after_a_failure_and_rescales_unaligned() {
     failure_and_rescales("unaligned").await;
 }
 
-fn beyond(meta: &CheckpointMetadata, stage: &str) -> i64 {
+pub(crate) fn beyond(meta: &CheckpointMetadata, stage: &str) -> i64 {
     meta.subtasks
         .iter()
         .filter(|s| s.task.operator.as_str() == stage)

@@ -1,10 +1,12 @@
 //! JSON jobs whose first stage keeps typed state through the operator API:
 //! count-distinct (a map of the users seen per app and a count) and dedup
 //! (the first user per app), each followed by a second keyed stage over
-//! its updates; min and max (a value state per app). Checked against plain computations from the generator:
-//! after a failure, aligned and unaligned, after rescaled restores
-//! (2 → 3 → 1), and after SIGKILL of the binary with restores of `latest`
-//! and an older id.
+//! its updates; min, max and avg (value states per app). Checked against
+//! plain computations from the generator: after a failure, aligned,
+//! unaligned and at-least-once (duplicates counted; these operators are
+//! idempotent), after rescaled restores (2 → 3 → 1), after SIGKILL of the
+//! binary with restores of `latest` and an older id, and under a memory
+//! budget far below the state's size.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -314,4 +316,142 @@ async fn count_distinct_under_a_memory_budget_exact_after_a_failure_and_a_rescal
     assert_eq!(o.restored_from, vec![id]);
     assert_distinct(&o);
     within(&o, 3);
+}
+
+/// At-least-once with typed state: a late barrier lets records through
+/// before the snapshot, and they are processed again after the restore —
+/// counted in the checkpoint's `records_beyond_barrier`. Count-distinct
+/// and dedup (keep first) are idempotent, so the duplicates change
+/// nothing: both stages stay exact, and dedup still emits each key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_state_at_least_once_duplicates_are_counted_and_change_nothing() {
+    for (name, aggregate, then, check) in [
+        (
+            "distinct",
+            DISTINCT,
+            BUCKET,
+            assert_distinct as fn(&JobOutcome),
+        ),
+        ("dedup", DEDUP, SAME_KEY, assert_dedup as fn(&JobOutcome)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = format!("{name}-alo");
+        let knobs = r#","inject_barrier_delay":{"partition":1,"delay_ms":150},
+            "inject_failure":{"subtask":0,"after_records":100000}"#;
+        let spec = spec_json(&job, 2, "at_least_once", aggregate, then, knobs);
+        let o = run(spec, dir.path(), None, "w").await;
+        assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+        let meta = storage_at(dir.path().join("chk").to_str().unwrap())
+            .read_metadata(
+                &cutpoint_core::JobId::new(&job).unwrap(),
+                o.restored_from[0],
+            )
+            .await
+            .unwrap();
+        let beyond = beyond(&meta, "agg");
+        assert!(beyond > 0, "{name}: the late barrier let records through");
+        check(&o);
+        eprintln!("{name} at-least-once: {beyond} records processed twice, no effect");
+    }
+}
+
+/// A function registered in-process hears of completed checkpoints
+/// (`notify_checkpoint_complete`, what a function committing to the
+/// outside world commits on): every subtask, in increasing order, only
+/// checkpoints that completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_checkpoint_hook_hears_each_completed_checkpoint() {
+    use std::sync::{Arc, Mutex};
+
+    use cutpoint_coordinator::{spawn_job, JobConfig};
+    use cutpoint_core::CheckpointId;
+    use cutpoint_operator::{
+        KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, WithResult,
+    };
+
+    type Heard = Arc<Mutex<Vec<Vec<u64>>>>;
+    struct Counting {
+        count: StateDescriptor,
+        /// This instance's notices, one list per subtask instance.
+        heard: Heard,
+        me: usize,
+    }
+    impl KeyedProcessFunction for Counting {
+        type In = Record;
+        type Out = (Key, i64);
+        fn states(&self) -> Vec<StateDescriptor> {
+            vec![self.count.clone()]
+        }
+        fn process(
+            &mut self,
+            r: Record,
+            ctx: &mut KeyedContext<'_>,
+            out: &mut Vec<(Key, i64)>,
+        ) -> Result<(), OperatorError> {
+            let n = ctx.value::<i64>(&self.count)?.unwrap_or(0) + 1;
+            ctx.set_value(&self.count, &n)?;
+            out.push((r.key, n));
+            Ok(())
+        }
+        fn notify_checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), OperatorError> {
+            self.heard.lock().unwrap()[self.me].push(id.0);
+            Ok(())
+        }
+    }
+    impl WithResult for Counting {
+        fn result_state(&self) -> &StateDescriptor {
+            &self.count
+        }
+    }
+
+    let heard: Heard = Arc::default();
+    let shared = heard.clone();
+    let functions = cutpoint_operator::Functions::new().register("counting", move || {
+        let mut h = shared.lock().unwrap();
+        h.push(Vec::new());
+        Counting {
+            count: StateDescriptor::value("count"),
+            heard: shared.clone(),
+            me: h.len() - 1,
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spec = r#"{"job_id":"hook","parallelism":2,
+        "source":{"type":"generator","partitions":2,"events":300000,"keys":500,"seed":42,"rate_per_s":300000},
+        "key_by":"app_id","aggregate":{"type":"process","function":"counting"},
+        "checkpoint":{"interval_ms":100,"retention":100}}"#;
+    let storage = storage_at(dir.path().join("chk").to_str().unwrap());
+    let o = spawn_job(JobConfig {
+        spec: cutpoint_core::JobSpec::from_json(spec).unwrap(),
+        storage: storage.clone(),
+        restore_from: None,
+        local_dir: dir.path().join("w"),
+        functions,
+    })
+    .join()
+    .await
+    .unwrap();
+    assert_exact(&final_counts(&o), &expected_counts(42, 500, 300_000));
+    let completed: BTreeSet<u64> = completed_ids(&dir.path().join("chk"), "hook")
+        .into_iter()
+        .collect();
+    assert!(completed.len() >= 3, "{completed:?}");
+    let heard = heard.lock().unwrap();
+    // One instance per subtask (and one the spec check built and dropped).
+    let subtasks: Vec<&Vec<u64>> = heard.iter().filter(|ids| !ids.is_empty()).collect();
+    assert_eq!(
+        subtasks.len(),
+        2,
+        "every subtask hears of completions: {heard:?}"
+    );
+    for ids in subtasks {
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "in order, once: {ids:?}"
+        );
+        assert!(
+            ids.iter().all(|id| completed.contains(id)),
+            "{ids:?} vs {completed:?}"
+        );
+    }
 }

@@ -548,6 +548,16 @@ impl JobSpec {
                 if let Some(f) = self
                     .filter
                     .iter()
+                    .find(|f| matches!(f.value, crate::filter::FilterValue::Str(_)))
+                {
+                    return bad(format!(
+                        "filter on {:?}: the generator's fields are integers, not strings",
+                        f.field
+                    ));
+                }
+                if let Some(f) = self
+                    .filter
+                    .iter()
                     .find(|f| !generated.contains(&f.field.as_str()))
                 {
                     return bad(format!(
@@ -758,6 +768,32 @@ mod tests {
             .to_string();
         assert!(err.contains("user_id"), "{err}");
         assert!(spec(r#"{"type":"dedup","field":"user_id","keep":"middle"}"#, "").is_err());
+    }
+
+    #[test]
+    fn filters_name_fields_a_source_has_with_values_it_can_match() {
+        let spec = |source: &str, filter: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"f","source":{source},"key_by":"app_id",
+                    "aggregate":{{"type":"count"}},"filter":{filter}}}"#
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let generator = r#"{"type":"generator","events":10,"keys":3}"#;
+        let files = r#"{"type":"files","paths":["in.jsonl"]}"#;
+        let ok = r#"[{"field":"amount","op":"ge","value":500}]"#;
+        assert!(spec(generator, ok).is_ok());
+        let unknown = r#"[{"field":"country","op":"eq","value":1}]"#;
+        assert!(spec(generator, unknown)
+            .unwrap_err()
+            .contains("generator produces"));
+        let string = r#"[{"field":"amount","op":"eq","value":"5"}]"#;
+        assert!(spec(generator, string).unwrap_err().contains("integers"));
+        assert!(spec(files, r#"[{"field":"country","op":"eq","value":"de"}]"#).is_ok());
+        let lt = r#"[{"field":"country","op":"lt","value":"de"}]"#;
+        assert!(spec(files, lt).unwrap_err().contains("eq or ne"));
+        let many = format!("[{}]", vec![ok.trim_matches(['[', ']']); 17].join(","));
+        assert!(spec(generator, &many).unwrap_err().contains("at most 16"));
     }
 
     #[test]

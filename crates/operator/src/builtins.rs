@@ -22,6 +22,11 @@ pub trait RecordOperator: Send {
     fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError>;
     /// Sets processing time (ms since the epoch): expired TTL state goes.
     fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError>;
+    /// Checkpoint `checkpoint` completed (the function's hook).
+    fn notify_checkpoint_complete(
+        &mut self,
+        checkpoint: cutpoint_core::CheckpointId,
+    ) -> Result<(), OperatorError>;
     /// The changed entries since the last snapshot (O(1)).
     fn snapshot(&mut self) -> TypedDelta;
     /// Loads one entry of a restored key-group range.
@@ -48,6 +53,13 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
 
     fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError> {
         KeyedOperator::set_time(self, now_ms)
+    }
+
+    fn notify_checkpoint_complete(
+        &mut self,
+        checkpoint: cutpoint_core::CheckpointId,
+    ) -> Result<(), OperatorError> {
+        KeyedOperator::notify_checkpoint_complete(self, checkpoint)
     }
 
     fn snapshot(&mut self) -> TypedDelta {

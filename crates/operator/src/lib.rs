@@ -20,8 +20,10 @@
 //! restored key-group range). [`builtins`]: the JSON spec's typed keyed
 //! aggregates (count-distinct, dedup, min, max) on this API, which the
 //! runtime runs; [`functions`]: a program's own functions, registered by
-//! name, which the runtime runs the same way. Not built yet: timers,
-//! operator state, records other than `(key, integer)` in running jobs.
+//! name, which the runtime runs the same way. A function hears of
+//! completed checkpoints ([`KeyedProcessFunction::notify_checkpoint_complete`]).
+//! Not built yet: timers, operator (non-keyed) state, records other than
+//! `(key, integer)` in running jobs.
 
 pub use cutpoint_core::{Key, Record};
 use cutpoint_state::layout::{LayoutError, StateNames};
@@ -58,6 +60,21 @@ pub trait KeyedProcessFunction: Send {
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<Self::Out>,
     ) -> Result<(), OperatorError>;
+
+    /// Checkpoint `checkpoint` completed (every task acknowledged it and
+    /// its metadata is written): what a function that talks to the outside
+    /// world commits on, like Flink's `notifyCheckpointComplete`. Called
+    /// on the task's thread between records, at most once per checkpoint,
+    /// possibly not at all for a checkpoint a later one subsumes before
+    /// the notice arrives (none is sent again after a restore). An error
+    /// fails the task.
+    fn notify_checkpoint_complete(
+        &mut self,
+        checkpoint: cutpoint_core::CheckpointId,
+    ) -> Result<(), OperatorError> {
+        let _ = checkpoint;
+        Ok(())
+    }
 }
 
 /// Typed state of the current key (and namespace).
@@ -190,6 +207,14 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             key,
         };
         self.function.process(record, &mut ctx, out)
+    }
+
+    /// Checkpoint `checkpoint` completed: the function's hook.
+    pub fn notify_checkpoint_complete(
+        &mut self,
+        checkpoint: cutpoint_core::CheckpointId,
+    ) -> Result<(), OperatorError> {
+        self.function.notify_checkpoint_complete(checkpoint)
     }
 
     /// Sets processing time (ms since the epoch; it never goes back):

@@ -134,6 +134,17 @@ impl KeyedState {
         Ok(())
     }
 
+    /// Checkpoint `id` completed: a typed operator's function hears of it.
+    pub(crate) fn checkpoint_complete(
+        &mut self,
+        id: cutpoint_core::CheckpointId,
+    ) -> Result<(), RuntimeError> {
+        if let KeyedState::Typed { op, .. } = self {
+            op.notify_checkpoint_complete(id)?;
+        }
+        Ok(())
+    }
+
     /// Every delta handed to the snapshot worker is written.
     pub(crate) fn deltas_written(&mut self) {
         if let KeyedState::Typed { op, .. } = self {

@@ -163,13 +163,6 @@ impl FileReader {
     fn parse(&self, line: &str) -> Result<Option<Record>, String> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let obj = v.as_object().ok_or("not a JSON object")?;
-        if !self
-            .filters
-            .iter()
-            .all(|f| f.holds_for_json(obj.get(&f.field)))
-        {
-            return Ok(None);
-        }
         let key = match obj.get(&self.key_field) {
             Some(serde_json::Value::String(s)) => Key::Str(s.as_str().into()),
             Some(serde_json::Value::Number(n)) if n.is_i64() => Key::Int(n.as_i64().unwrap()),
@@ -188,6 +181,14 @@ impl FileReader {
                 .and_then(|v| v.as_i64())
                 .ok_or_else(|| format!("field {f:?} is missing or not an integer"))?,
         };
+        // Filters after the checks: a malformed line is bad either way.
+        if !self
+            .filters
+            .iter()
+            .all(|f| f.holds_for_json(obj.get(&f.field)))
+        {
+            return Ok(None);
+        }
         Ok(Some(Record { key, value }))
     }
 }

@@ -88,6 +88,9 @@ impl SourceTask {
             _ => (BATCH_SIZE, None),
         };
         let started = Instant::now();
+        // Pacing counts events read (the generator's offset is its event
+        // index), not records sent: a filter does not speed the input up.
+        let first = reader.offset().offset;
         loop {
             while let Ok(control) = self.control.try_recv() {
                 if let SourceControl::Trigger(barrier) = control {
@@ -109,7 +112,8 @@ impl SourceTask {
                 break;
             }
             if let Some(per_s) = pace {
-                let due = Duration::from_secs_f64(records as f64 / per_s as f64);
+                let read = reader.offset().offset.saturating_sub(first);
+                let due = Duration::from_secs_f64(read as f64 / per_s as f64);
                 let elapsed = started.elapsed();
                 if due > elapsed {
                     std::thread::sleep((due - elapsed).min(Duration::from_millis(20)));
@@ -196,14 +200,17 @@ impl Budget<'_> {
         &self,
         state: &mut KeyedState,
         handed: &mut u64,
+        trimmed: &mut u64,
         collecting: bool,
     ) -> Result<(), RuntimeError> {
         if state.len() > self.entries * BUDGET_CAP && !collecting {
             wait_written(self.applied, *handed, self.cancel)?;
         }
         let written = self.applied.load(Ordering::SeqCst) == *handed;
-        if written {
+        // Once per written delta, not per batch (it scans the shadow).
+        if written && *trimmed != *handed {
             state.deltas_written();
+            *trimmed = *handed;
         }
         if state.over_budget() && written {
             state.evict_clean();
@@ -555,6 +562,8 @@ impl AggregateTask {
         // entries may be evicted only when the two are equal.
         let applied = Arc::new(AtomicU64::new(0));
         let mut handed: u64 = 0;
+        // The `handed` count at which shadowed deletes were last trimmed.
+        let mut trimmed: u64 = 0;
         let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
         if let Some(b) = budget {
             state.set_budget(store.reader(), b, on_disk);
@@ -639,11 +648,10 @@ impl AggregateTask {
             return Err(e);
         }
         let result = loop {
-            if let Err(e) = self
-                .commits
-                .try_iter()
-                .try_for_each(|id| sink.checkpoint_complete(id))
-            {
+            if let Err(e) = self.commits.try_iter().try_for_each(|id| {
+                state.checkpoint_complete(id)?;
+                sink.checkpoint_complete(id)
+            }) {
                 break Err(e);
             }
             if let Some((b, alignment)) = start.take() {
@@ -798,7 +806,9 @@ impl AggregateTask {
                             worker: &snap_tx,
                             cancel: &ctx.cancel,
                         };
-                        if let Err(e) = budget.keep(&mut state, &mut handed, collecting.is_some()) {
+                        if let Err(e) =
+                            budget.keep(&mut state, &mut handed, &mut trimmed, collecting.is_some())
+                        {
                             break Err(e);
                         }
                     }

@@ -458,7 +458,9 @@ impl TypedTable {
         b.evicted += gone.len() as u64;
         b.on_disk |= !gone.is_empty();
         // Lists get their last sequence number looked up again (a cache).
-        b.sequenced.clear();
+        if !gone.is_empty() {
+            b.sequenced.clear();
+        }
         // Evicted keys leave the expiry queues (memory stays within the
         // budget): expired in RocksDB, they read as absent.
         if !gone.is_empty() && !self.queued.is_empty() {
