@@ -75,8 +75,8 @@ impl FirstSeen {
     /// The list holds `n` distinct users, each at the position the map has.
     fn check(&self, ctx: &mut KeyedContext<'_>, n: i64) -> Result<(), OperatorError> {
         let order = ctx.list::<i64>(&self.order)?;
+        let key = ctx.current_key().clone();
         let disagree = |why: String| {
-            let key = ctx.current_key().clone();
             Err(OperatorError::User(format!(
                 "{NAME}: key {key}: list, map and count disagree: {why}"
             )))

@@ -94,7 +94,7 @@ impl KeyedContext<'_> {
     }
 
     pub fn value<T: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
     ) -> Result<Option<T>, LayoutError> {
         self.table.value(d, &self.key)
@@ -133,7 +133,7 @@ impl KeyedContext<'_> {
     }
 
     pub fn map_get<K: Serialize, V: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         k: &K,
     ) -> Result<Option<V>, LayoutError> {

@@ -153,7 +153,7 @@ impl TypedTable {
 
     /// The value of a [`StateKind::Value`] state for `ctx`.
     pub fn value<T: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         ctx: &KeyContext,
     ) -> Result<Option<T>, LayoutError> {
@@ -245,7 +245,7 @@ impl TypedTable {
     }
 
     pub fn map_get<K: Serialize, V: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         ctx: &KeyContext,
         key: &K,
@@ -519,9 +519,10 @@ impl TypedTable {
         }
     }
 
-    /// One entry, decoded.
+    /// One entry, decoded. An entry read through from RocksDB stays in
+    /// memory, clean (evictable), for the next read.
     fn get<T: DeserializeOwned>(
-        &self,
+        &mut self,
         d: &StateDescriptor,
         kind: StateKind,
         ctx: &KeyContext,
@@ -537,21 +538,43 @@ impl TypedTable {
             user_key,
             &mut k,
         );
-        let stored;
-        let bytes = match self.entries.get(&k) {
-            Some(v) => Some(v.as_slice()),
-            None => match &self.backing {
-                Some(b) => {
-                    stored = b.get(&k)?;
-                    stored.as_deref()
-                }
+        if !self.entries.contains_key(&k) {
+            let stored = match &self.backing {
+                Some(b) => b.get(&k)?,
                 None => None,
-            },
-        };
-        bytes
+            };
+            match stored {
+                Some(v) => self.cache(state, k.clone(), v),
+                None => return Ok(None),
+            }
+        }
+        self.entries
+            .get(&k)
             .filter(|v| self.live(v))
             .map(|v| decode_value(d, v))
             .transpose()
+    }
+
+    /// Keeps an entry read through from RocksDB in memory, clean (not in
+    /// the delta): indexed and queued for expiry like a loaded one.
+    fn cache(&mut self, state: u16, key: Vec<u8>, value: Vec<u8>) {
+        if self.indexed.contains(&state) {
+            if let Ok(e) = decode_entry(&key) {
+                let prefix = key[..key.len() - e.user_key.len()].to_vec();
+                self.index.entry(prefix).or_default().insert(e.user_key);
+            }
+        }
+        if let Some(at) = expires_at(&value) {
+            if self.queued.insert(key.clone()) {
+                self.expiry
+                    .entry(state)
+                    .or_default()
+                    .push_back((at, key.clone()));
+                self.expiry_unsorted = true;
+            }
+        }
+        self.entries.insert(key, value);
+        self.peak = self.peak.max(self.entries.len());
     }
 
     /// Whether an encoded value has not expired.
@@ -992,13 +1015,13 @@ mod tests {
             stores.push(db);
         }
         let all = KeyGroupRange { start: 0, end: 127 };
-        let merged = restore(&[&stores[0], &stores[1]], all, names.clone());
+        let mut merged = restore(&[&stores[0], &stores[1]], all, names.clone());
         for who in 0..200 {
             let b = merged.value::<i64>(&s.balance, &account(who)).unwrap();
             assert_eq!(b, Some(-who - (account(who).key_group >= 64) as i64));
         }
         let part = KeyGroupRange { start: 32, end: 95 };
-        let split = restore(&[&stores[0], &stores[1]], part, names);
+        let mut split = restore(&[&stores[0], &stores[1]], part, names);
         for who in 0..200 {
             let has = split
                 .value::<i64>(&s.balance, &account(who))
@@ -1292,5 +1315,46 @@ mod tests {
             None,
             "evicted ones read as absent"
         );
+    }
+
+    /// A point read through RocksDB keeps the entry in memory (clean): the
+    /// next read of it is a memory hit, and it is evicted again like any
+    /// clean entry.
+    #[test]
+    fn an_entry_read_through_stays_in_memory_until_evicted() {
+        let (s, names) = states();
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = store(dir.path());
+        let mut t = TypedTable::new(names);
+        t.set_budget(db.reader(), 8, false);
+        for who in 0..40 {
+            t.set_value(&s.balance, &account(who), &who).unwrap();
+        }
+        db.apply_entries(&t.freeze()).unwrap();
+        t.evict_clean();
+        let cold = (0..40).find(|w| {
+            t.entries.len() < 40 && {
+                let mut k = Vec::new();
+                let c = account(*w);
+                entry_key(c.key_group, 0, &c.key, &c.namespace, &[], &mut k);
+                !t.entries.contains_key(&k)
+            }
+        });
+        let cold = account(cold.expect("an evicted account"));
+        let before = t.budget_stats().1;
+        assert!(t.value::<i64>(&s.balance, &cold).unwrap().is_some());
+        assert!(t.value::<i64>(&s.balance, &cold).unwrap().is_some());
+        assert_eq!(
+            t.budget_stats().1,
+            before + 1,
+            "one read through, then a hit"
+        );
+        assert!(t.freeze().is_empty(), "cached clean, not changed");
+        for who in 0..40 {
+            t.value::<i64>(&s.balance, &account(who)).unwrap();
+        }
+        assert_eq!(t.len(), 40, "all read back");
+        t.evict_clean();
+        assert!(t.len() <= 6, "and evicted again");
     }
 }
