@@ -11,7 +11,7 @@
 use cutpoint_core::metadata::DeclaredState;
 use cutpoint_core::spec::{AggregateSpec, Keep};
 use cutpoint_core::{Key, Record};
-use cutpoint_state::layout::{StateDescriptor, StateKind};
+use cutpoint_state::layout::StateDescriptor;
 use cutpoint_state::typed::{TypedDelta, TypedTable};
 
 use crate::{KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
@@ -87,15 +87,6 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
     }
 }
 
-fn state(name: &str, kind: StateKind) -> StateDescriptor {
-    StateDescriptor {
-        name: name.into(),
-        kind,
-        codec_version: 1,
-        ttl: None,
-    }
-}
-
 /// Distinct values per key.
 pub struct CountDistinct {
     seen: StateDescriptor,
@@ -105,8 +96,8 @@ pub struct CountDistinct {
 impl Default for CountDistinct {
     fn default() -> Self {
         Self {
-            seen: state("distinct_values", StateKind::Map),
-            count: state("distinct_count", StateKind::Value),
+            seen: StateDescriptor::map("distinct_values"),
+            count: StateDescriptor::value("distinct_count"),
         }
     }
 }
@@ -152,7 +143,7 @@ impl Dedup {
     pub fn new(keep: Keep) -> Self {
         Self {
             keep,
-            kept: state("dedup_kept", StateKind::Value),
+            kept: StateDescriptor::value("dedup_kept"),
         }
     }
 }
@@ -211,7 +202,7 @@ impl Extreme {
         };
         Self {
             which,
-            extreme: state(name, StateKind::Value),
+            extreme: StateDescriptor::value(name),
         }
     }
 }
@@ -259,8 +250,8 @@ pub struct Avg {
 impl Default for Avg {
     fn default() -> Self {
         Self {
-            sum_count: state("avg_sum_count", StateKind::Value),
-            mean: state("avg_mean", StateKind::Value),
+            sum_count: StateDescriptor::value("avg_sum_count"),
+            mean: StateDescriptor::value("avg_mean"),
         }
     }
 }

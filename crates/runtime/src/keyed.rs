@@ -88,7 +88,7 @@ impl KeyedState {
             KeyedState::Counts(table) => apply_counts(table, out, kind, batch),
             KeyedState::Typed { op, updates } => {
                 // Processing time, once per batch (TTL state expires).
-                op.set_time(now_millis())?;
+                op.set_time(cutpoint_core::now_millis())?;
                 for r in batch {
                     op.process(r, updates)?;
                     for (k, v) in updates.drain(..) {
@@ -129,7 +129,7 @@ impl KeyedState {
     /// Sets processing time (TTL state expires; typed state only).
     pub(crate) fn set_time(&mut self) -> Result<(), RuntimeError> {
         if let KeyedState::Typed { op, .. } = self {
-            op.set_time(now_millis())?;
+            op.set_time(cutpoint_core::now_millis())?;
         }
         Ok(())
     }
@@ -205,12 +205,6 @@ impl KeyedState {
             }
         }
     }
-}
-
-fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn apply_counts(

@@ -860,11 +860,24 @@ impl AggregateTask {
         drop(snap_tx);
         let worker_result = worker_thread.join();
         result?;
-        let mut store = match worker_result {
+        let store = match worker_result {
             Ok(Ok(store)) => store,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
         };
+        self.finish(store, state, sink, budget, records)
+    }
+
+    /// Every input ended and every snapshot succeeded: the sink's last
+    /// epoch becomes final and the task reports its final state.
+    fn finish(
+        self,
+        mut store: RocksStore,
+        mut state: KeyedState,
+        mut sink: Output,
+        budget: Option<usize>,
+        records: u64,
+    ) -> Result<(), RuntimeError> {
         if let (Some(_), Some(table)) = (budget, state.counts()) {
             // The final state in full: what is left in memory written, then
             // everything read back (the job's result, not a hot path).
@@ -877,7 +890,7 @@ impl AggregateTask {
         }
         // Only a task whose snapshots all succeeded makes its last epoch final.
         sink.finish()?;
-        let _ = ctx.events.send(TaskEvent::Finished {
+        let _ = self.ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,
             offset: None,
