@@ -220,7 +220,8 @@ fn spec_with(
     path
 }
 
-async fn metadata(chk: &Path, job: &str, id: u64) -> CheckpointMetadata {
+/// Checkpoint `id` of `job` in the local storage at `chk`.
+pub(crate) async fn metadata(chk: &Path, job: &str, id: u64) -> CheckpointMetadata {
     storage_at(chk.to_str().unwrap())
         .read_metadata(&JobId::new(job).unwrap(), cutpoint_core::CheckpointId(id))
         .await

@@ -16,6 +16,7 @@ use cutpoint_runtime::source::{generator_app_id, generator_user_id};
 
 use crate::binary::{read_state, run_to_end};
 use crate::common::*;
+use crate::fraud::metadata;
 use crate::stages::*;
 
 const EVENTS: u64 = 300_000;
@@ -349,13 +350,7 @@ async fn typed_state_at_least_once_duplicates_are_the_records_beyond_the_barrier
         let spec = spec_json(&job, 2, "at_least_once", aggregate, then, knobs);
         let o = run(spec, dir.path(), None, "w").await;
         assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
-        let meta = storage_at(dir.path().join("chk").to_str().unwrap())
-            .read_metadata(
-                &cutpoint_core::JobId::new(&job).unwrap(),
-                o.restored_from[0],
-            )
-            .await
-            .unwrap();
+        let meta = metadata(&dir.path().join("chk"), &job, o.restored_from[0].0).await;
         assert!(
             beyond(&meta, "agg") > 0,
             "{name}: the late barrier let records through"
