@@ -48,10 +48,7 @@ fn channel_handoff(c: &mut Criterion) {
             n
         });
         let batch: Vec<Record> = (0..BATCH_SIZE as i64)
-            .map(|i| Record {
-                key: Key::Int(i),
-                value: 1,
-            })
+            .map(|i| Record::int(Key::Int(i), 1))
             .collect();
         b.iter(|| {
             for _ in 0..100 {

@@ -30,7 +30,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cutpoint::operator::{
-    Key, KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, WithResult,
+    integer, Key, KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor,
+    Value, WithResult,
 };
 use cutpoint::{JobBuilder, SinkSpec, SourceSpec};
 
@@ -57,7 +58,7 @@ impl Default for FraudDetector {
 
 impl KeyedProcessFunction for FraudDetector {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         [&self.payments, &self.last_small, &self.bands, &self.flagged]
@@ -69,9 +70,9 @@ impl KeyedProcessFunction for FraudDetector {
         &mut self,
         payment: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        let amount = payment.value;
+        let amount = integer(&payment)?;
         let band = amount / 100;
         let before = ctx.value::<i64>(&self.payments)?.unwrap_or(0);
         let in_band = ctx.map_get::<i64, i64>(&self.bands, &band)?.unwrap_or(0);
@@ -79,7 +80,7 @@ impl KeyedProcessFunction for FraudDetector {
         if amount >= LARGE && after_small && in_band * 10 <= before {
             ctx.list_add(&self.flagged, &amount)?;
             let risk: i64 = ctx.list::<i64>(&self.flagged)?.iter().sum();
-            out.push((payment.key, risk));
+            out.push((payment.key, Value::Int(risk)));
         }
         ctx.set_value(&self.payments, &(before + 1))?;
         ctx.map_put(&self.bands, &band, &(in_band + 1))?;
@@ -89,6 +90,8 @@ impl KeyedProcessFunction for FraudDetector {
 }
 
 impl WithResult for FraudDetector {
+    type Result = i64;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.payments
     }

@@ -153,14 +153,14 @@ impl JobBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutpoint_core::{Key, Record};
+    use cutpoint_core::{Key, Record, Value};
     use cutpoint_operator::{KeyedContext, KeyedProcessFunction, OperatorError, StateDescriptor};
 
     struct Last(StateDescriptor);
 
     impl KeyedProcessFunction for Last {
         type In = Record;
-        type Out = (Key, i64);
+        type Out = (Key, Value);
         fn states(&self) -> Vec<StateDescriptor> {
             vec![self.0.clone()]
         }
@@ -168,7 +168,7 @@ mod tests {
             &mut self,
             r: Record,
             ctx: &mut KeyedContext<'_>,
-            out: &mut Vec<(Key, i64)>,
+            out: &mut Vec<(Key, Value)>,
         ) -> Result<(), OperatorError> {
             ctx.set_value(&self.0, &r.value)?;
             out.push((r.key, r.value));
@@ -177,6 +177,8 @@ mod tests {
     }
 
     impl WithResult for Last {
+        type Result = Value;
+
         fn result_state(&self) -> &StateDescriptor {
             &self.0
         }

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use cutpoint_coordinator::{JobOutcome, RestoreFrom};
-use cutpoint_core::{CheckpointId, JobId, JobSpec};
+use cutpoint_core::{CheckpointId, JobId, JobSpec, Value};
 
 use crate::client::{self, Client};
-use crate::jobs::{dir_or_temp, final_counts, open_storage, run_job};
+use crate::jobs::{dir_or_temp, final_values, open_storage, run_job};
 use cutpoint_storage::CheckpointStorage;
 use serde_json::json;
 
@@ -516,15 +516,17 @@ async fn serve(
     Ok(())
 }
 
+/// One line per key: `{"key","value"}`, or a join's `{"key","count","dimension"}`.
 fn write_final_state(spec: &JobSpec, outcome: &JobOutcome, path: &PathBuf) -> Result<()> {
-    use cutpoint_core::spec::{join, AggregateSpec};
+    use cutpoint_core::spec::AggregateSpec;
     let joined = matches!(spec.aggregate, AggregateSpec::Join { .. });
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for (k, v) in final_counts(outcome) {
-        let line = if joined {
-            json!({"key": k, "count": join::count(v), "dimension": join::dimension(v)})
-        } else {
-            json!({"key": k, "value": v})
+    for (k, v) in final_values(outcome) {
+        let line = match &v {
+            Value::List(row) if joined && row.len() == 2 => {
+                json!({"key": k, "count": row[0], "dimension": row[1]})
+            }
+            _ => json!({"key": k, "value": v}),
         };
         writeln!(w, "{line}")?;
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
-use cutpoint_core::{JobSpec, Key};
+use cutpoint_core::{JobSpec, Key, Value};
 use cutpoint_storage::faults::{FaultRule, FaultyStore};
 use cutpoint_storage::{CheckpointStorage, StorageLocation};
 
@@ -72,10 +72,17 @@ pub async fn run_job(
 }
 
 /// The final state, merged over subtasks, sorted by key.
-pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
+pub fn final_values(outcome: &JobOutcome) -> BTreeMap<Key, Value> {
     outcome
         .final_state
         .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), *v)))
+        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
         .collect()
+}
+
+/// The integer results of the final state (a key whose result is not an
+/// integer is left out: a comparison with integers finds it missing).
+pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
+    let int = |(k, v): (Key, Value)| v.as_int().map(|v| (k, v));
+    final_values(outcome).into_iter().filter_map(int).collect()
 }

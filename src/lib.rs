@@ -27,7 +27,7 @@ pub use builder::JobBuilder;
 pub use cutpoint_core as core;
 pub use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
 pub use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec};
-pub use cutpoint_core::JobSpec;
+pub use cutpoint_core::{JobSpec, Value};
 pub use cutpoint_operator as operator;
 pub use cutpoint_operator::Functions;
 

@@ -14,7 +14,8 @@
 //! repeated list entries fails the run instead of only skewing a count.
 
 use cutpoint_operator::{
-    Key, KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, WithResult,
+    Key, KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, Value,
+    WithResult,
 };
 
 /// Its registered name.
@@ -40,7 +41,7 @@ impl Default for FirstSeen {
 
 impl KeyedProcessFunction for FirstSeen {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         vec![
@@ -54,19 +55,20 @@ impl KeyedProcessFunction for FirstSeen {
         &mut self,
         r: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        if ctx.map_get::<i64, i64>(&self.position, &r.value)?.is_some() {
+        let user = cutpoint_operator::integer(&r)?;
+        if ctx.map_get::<i64, i64>(&self.position, &user)?.is_some() {
             return Ok(());
         }
         let n = ctx.value::<i64>(&self.users)?.unwrap_or(0) + 1;
-        ctx.list_add(&self.order, &r.value)?;
-        ctx.map_put(&self.position, &r.value, &n)?;
+        ctx.list_add(&self.order, &user)?;
+        ctx.map_put(&self.position, &user, &n)?;
         ctx.set_value(&self.users, &n)?;
         if n % CHECK_EVERY == 0 {
             self.check(ctx, n)?;
         }
-        out.push((r.key, n));
+        out.push((r.key, Value::Int(n)));
         Ok(())
     }
 }
@@ -95,6 +97,8 @@ impl FirstSeen {
 }
 
 impl WithResult for FirstSeen {
+    type Result = i64;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.users
     }
@@ -103,7 +107,7 @@ impl WithResult for FirstSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cutpoint_operator::Functions;
+    use cutpoint_operator::{Functions, Input};
 
     fn make() -> Box<dyn cutpoint_operator::RecordOperator> {
         let functions = Functions::new().register(NAME, FirstSeen::default);
@@ -112,10 +116,7 @@ mod tests {
     }
 
     fn user(value: i64) -> Record {
-        Record {
-            key: Key::Int(7),
-            value,
-        }
+        Record::int(Key::Int(7), value)
     }
 
     #[test]
@@ -123,11 +124,11 @@ mod tests {
         let mut op = make();
         let mut out = Vec::new();
         for u in (0..100).chain(0..100) {
-            op.process(user(u), &mut out).unwrap();
+            op.process(Input::First, user(u), &mut out).unwrap();
         }
-        let emitted: Vec<i64> = out.iter().map(|(_, n)| *n).collect();
-        assert_eq!(emitted, (1..=100).collect::<Vec<_>>());
-        assert_eq!(op.results().unwrap(), vec![(Key::Int(7), 100)]);
+        let emitted: Vec<Value> = out.into_iter().map(|(_, n)| n).collect();
+        assert_eq!(emitted, (1..=100).map(Value::Int).collect::<Vec<_>>());
+        assert_eq!(op.results().unwrap(), vec![(Key::Int(7), Value::Int(100))]);
     }
 
     /// State restored with one list element missing: the next read-back
@@ -137,7 +138,7 @@ mod tests {
         let mut op = make();
         let mut out = Vec::new();
         for u in 0..40 {
-            op.process(user(u), &mut out).unwrap();
+            op.process(Input::First, user(u), &mut out).unwrap();
         }
         let mut back = make();
         let mut dropped = false;
@@ -150,7 +151,7 @@ mod tests {
             back.restore_entry(k, v.as_ref().unwrap()).unwrap();
         }
         let err = (40..64)
-            .try_for_each(|u| back.process(user(u), &mut out))
+            .try_for_each(|u| back.process(Input::First, user(u), &mut out))
             .unwrap_err();
         assert!(err.to_string().contains("disagree"), "{err}");
     }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cutpoint_coordinator::JobOutcome;
-use cutpoint_core::{JobSpec, Key};
+use cutpoint_core::{JobSpec, Key, Value};
 use cutpoint_runtime::source::generator_app_id;
 use cutpoint_storage::faults::FaultyStore;
 use cutpoint_storage::{CheckpointStorage, StorageLocation};
@@ -23,8 +23,19 @@ pub fn expected_counts(seed: u64, keys: u64, events: u64) -> BTreeMap<Key, i64> 
 pub fn final_counts(o: &JobOutcome) -> BTreeMap<Key, i64> {
     o.final_state
         .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), *v)))
+        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), int(&v))))
         .collect()
+}
+
+/// An update's or result's value, which must be an integer.
+pub fn int(v: &Value) -> i64 {
+    v.as_int()
+        .unwrap_or_else(|| panic!("{v} is not an integer"))
+}
+
+/// A key's updates as integers.
+pub fn ints(values: &[Value]) -> Vec<i64> {
+    values.iter().map(int).collect()
 }
 
 /// Asserts every key's count equals the expectation.

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::api::Server;
 use crate::binary::{read_state, run_program_to_end};
-use crate::common::{assert_exact, storage_at};
+use crate::common::{assert_exact, ints, storage_at};
 use crate::stages::{completed_ids, kill_program_after_checkpoints};
 
 const EVENTS: u64 = 300_000;
@@ -177,7 +177,8 @@ fn alerts_in(dir: &Path) -> BTreeMap<Key, Vec<i64>> {
     );
     out.updates
         .into_iter()
-        .map(|(k, mut v)| {
+        .map(|(k, v)| {
+            let mut v = ints(&v);
             v.sort_unstable();
             (k, v)
         })

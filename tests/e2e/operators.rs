@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use cutpoint_coordinator::{spawn_job, JobConfig};
-use cutpoint_core::spec::join;
-use cutpoint_core::Key;
+use cutpoint_core::{Key, Value};
 
 use crate::common::*;
 
@@ -52,7 +51,8 @@ async fn a_union_of_two_sources_counts_both_exactly_after_a_restore() {
 }
 
 /// Clicks (generator) joined with app metadata (a file of
-/// `{"app_id","category"}` lines, some apps recategorised later).
+/// `{"app_id","category"}` lines, some apps recategorised later; the
+/// categories are strings, a few of them lists).
 async fn join_scenario(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (keys, clicks) = (1_000u64, 400_000u64);
@@ -60,14 +60,14 @@ async fn join_scenario(mode: &str) {
     let mut lines = String::new();
     let mut category = BTreeMap::new();
     for k in 0..keys {
-        let c = (k * 7) % 13;
+        let c = serde_json::json!(format!("cat-{}", (k * 7) % 13));
         lines.push_str(&format!("{{\"app_id\":{k},\"category\":{c}}}\n"));
-        category.insert(k, c as i64);
+        category.insert(k, c);
     }
     for k in (0..keys).step_by(3) {
-        let c = 100 + k % 5;
+        let c = serde_json::json!(["recat", 100 + k % 5]);
         lines.push_str(&format!("{{\"app_id\":{k},\"category\":{c}}}\n"));
-        category.insert(k, c as i64);
+        category.insert(k, c);
     }
     std::fs::write(&apps, lines).unwrap();
     let spec = format!(
@@ -81,17 +81,19 @@ async fn join_scenario(mode: &str) {
     );
     let outcome = run(spec, dir.path()).await;
     let counts = expected_counts(42, keys, clicks);
-    let state: BTreeMap<Key, i64> = final_counts(&outcome);
+    let state: BTreeMap<Key, Value> = outcome
+        .final_state
+        .iter()
+        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
+        .collect();
     assert_eq!(state.len() as u64, keys);
     for k in 0..keys {
-        let v = state[&Key::Int(k as i64)];
+        let clicks = counts.get(&Key::Int(k as i64)).copied().unwrap_or(0);
+        let category = Value::from_json(&category[&k]).unwrap();
         assert_eq!(
-            (join::count(v), join::dimension(v)),
-            (
-                counts.get(&Key::Int(k as i64)).copied().unwrap_or(0),
-                category[&k]
-            ),
-            "key {k}: (clicks, category)"
+            state[&Key::Int(k as i64)],
+            Value::list([Value::Int(clicks), category]),
+            "key {k}: [clicks, category]"
         );
     }
 }
@@ -169,4 +171,118 @@ async fn a_string_filter_keeps_the_matching_ndjson_lines() {
     );
     let outcome = run(spec, dir.path()).await;
     assert_exact(&final_counts(&outcome), &expected);
+}
+
+/// One NDJSON line of the string-valued scenario: user `i % 89` visits
+/// page `p{…}` (a string), with status `s` — a string, or now and then a
+/// list or null; every 50th line's page is a float and every 61st's status
+/// a boolean (bad lines where that field is read).
+fn visit(i: u64) -> (String, String, serde_json::Value) {
+    let user = format!("u{}", i % 89);
+    let page = match i % 50 {
+        7 => "1.5".to_string(),
+        _ => format!("\"p{}\"", (i * 7919) % 23),
+    };
+    let status = match i % 61 {
+        5 => serde_json::json!(true),
+        9 => serde_json::json!(["retry", i % 3]),
+        17 => serde_json::Value::Null,
+        _ => serde_json::json!(["ok", "slow", "err"][((i / 89) % 3) as usize]),
+    };
+    (user, page, status)
+}
+
+/// Count-distinct and dedup over string values (no longer only integers):
+/// exact after an injected failure and restore (unaligned, so records in
+/// flight are persisted with their string values), the committed output
+/// holding each update once, compared with a plain computation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_distinct_and_dedup_over_string_values_are_exact_after_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("visits.jsonl");
+    let lines: String = (0..120_000u64)
+        .map(|i| {
+            let (user, page, status) = visit(i);
+            format!("{{\"user\":{user:?},\"page\":{page},\"status\":{status}}}\n")
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let job = |id: &str, aggregate: &str, out: &std::path::Path| {
+        format!(
+            r#"{{"job_id":"{id}","parallelism":2,
+            "source":{{"type":"files","paths":[{input:?}],"on_bad_line":"skip"}},
+            "key_by":"user","aggregate":{aggregate},
+            "checkpoint":{{"interval_ms":50,"mode":"unaligned"}},"inject_processing_delay_us":2000,
+            "sink":{{"type":"transactional_file","dir":{out:?}}},
+            "inject_failure":{{"subtask":1,"after_records":6000,"after_completed_checkpoint":true}}}}"#
+        )
+    };
+    // Plainly: distinct pages per user (float pages are bad lines), and the
+    // changes of each user's status (boolean statuses are bad lines).
+    let mut pages: BTreeMap<Key, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut changes: BTreeMap<Key, Vec<Value>> = BTreeMap::new();
+    for i in 0..120_000u64 {
+        let (user, page, status) = visit(i);
+        let key = Key::Str(user.into());
+        if !page.contains('.') {
+            pages.entry(key.clone()).or_default().insert(page);
+        }
+        if !status.is_boolean() {
+            let v = Value::from_json(&status).unwrap();
+            let seen = changes.entry(key).or_default();
+            if seen.last() != Some(&v) {
+                seen.push(v);
+            }
+        }
+    }
+
+    let out = dir.path().join("distinct-out");
+    let spec = job(
+        "distinct",
+        r#"{"type":"count_distinct","field":"page"}"#,
+        &out,
+    );
+    let outcome = run(spec, &dir.path().join("distinct")).await;
+    let expected: BTreeMap<Key, i64> = pages
+        .iter()
+        .map(|(k, s)| (k.clone(), s.len() as i64))
+        .collect();
+    assert_exact(&final_counts(&outcome), &expected);
+    let committed = cutpoint_runtime::sink::read_output(&out).unwrap();
+    assert!(committed.others.is_empty(), "{:?}", committed.others);
+    for (k, n) in &expected {
+        let mut got = ints(&committed.updates[k]);
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (1..=*n).collect::<Vec<_>>(),
+            "key {k}: each count once"
+        );
+    }
+
+    let out = dir.path().join("dedup-out");
+    let spec = job(
+        "dedup",
+        r#"{"type":"dedup","field":"status","keep":"last"}"#,
+        &out,
+    );
+    let outcome = run(spec, &dir.path().join("dedup")).await;
+    let finals: BTreeMap<Key, Value> = outcome
+        .final_state
+        .iter()
+        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
+        .collect();
+    let last: BTreeMap<Key, Value> = changes
+        .iter()
+        .map(|(k, c)| (k.clone(), c.last().unwrap().clone()))
+        .collect();
+    assert_eq!(finals, last);
+    let committed = cutpoint_runtime::sink::read_output(&out).unwrap();
+    assert_eq!(committed.updates.len(), changes.len());
+    for (k, want) in &changes {
+        let (mut got, mut want) = (committed.updates[k].clone(), want.clone());
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "key {k}: every change once");
+    }
 }

@@ -454,8 +454,9 @@ async fn sink_scenario(
     let outcome = job.join().await.unwrap();
     assert_eq!(outcome.restarts, 1, "{outcome:?}");
     let output = cutpoint_runtime::sink::read_output(&out).unwrap();
+    let updates = output.updates.iter();
     (
-        output.updates,
+        updates.map(|(k, v)| (k.clone(), ints(v))).collect(),
         expected_counts(42, keys, events),
         outcome.restored_from,
         output.others,

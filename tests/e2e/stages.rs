@@ -49,7 +49,7 @@ pub(crate) fn stage_counts(o: &JobOutcome, stage: &str) -> BTreeMap<Key, i64> {
     o.stage_state
         .iter()
         .filter(|(op, _)| op.as_str() == stage)
-        .flat_map(|(_, t)| t.iter().map(|(k, v)| (k.clone(), *v)))
+        .flat_map(|(_, t)| t.iter().map(|(k, v)| (k.clone(), int(&v))))
         .collect()
 }
 

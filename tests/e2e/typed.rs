@@ -397,7 +397,8 @@ async fn a_functions_checkpoint_hook_hears_each_completed_checkpoint() {
     use cutpoint_coordinator::{spawn_job, JobConfig};
     use cutpoint_core::CheckpointId;
     use cutpoint_operator::{
-        KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, WithResult,
+        KeyedContext, KeyedProcessFunction, OperatorError, Record, StateDescriptor, Value,
+        WithResult,
     };
 
     type Heard = Arc<Mutex<Vec<Vec<u64>>>>;
@@ -409,7 +410,7 @@ async fn a_functions_checkpoint_hook_hears_each_completed_checkpoint() {
     }
     impl KeyedProcessFunction for Counting {
         type In = Record;
-        type Out = (Key, i64);
+        type Out = (Key, Value);
         fn states(&self) -> Vec<StateDescriptor> {
             vec![self.count.clone()]
         }
@@ -417,11 +418,11 @@ async fn a_functions_checkpoint_hook_hears_each_completed_checkpoint() {
             &mut self,
             r: Record,
             ctx: &mut KeyedContext<'_>,
-            out: &mut Vec<(Key, i64)>,
+            out: &mut Vec<(Key, Value)>,
         ) -> Result<(), OperatorError> {
             let n = ctx.value::<i64>(&self.count)?.unwrap_or(0) + 1;
             ctx.set_value(&self.count, &n)?;
-            out.push((r.key, n));
+            out.push((r.key, Value::Int(n)));
             Ok(())
         }
         fn notify_checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), OperatorError> {
@@ -430,6 +431,8 @@ async fn a_functions_checkpoint_hook_hears_each_completed_checkpoint() {
         }
     }
     impl WithResult for Counting {
+        type Result = i64;
+
         fn result_state(&self) -> &StateDescriptor {
             &self.count
         }

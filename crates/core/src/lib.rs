@@ -3,7 +3,7 @@
 //! What lives here: validated id newtypes ([`JobId`], [`OperatorId`],
 //! [`CheckpointId`], [`SubtaskIndex`]), key groups, the job specification,
 //! checkpoint options, state handles, the versioned checkpoint metadata,
-//! keyed stages ([`stage`]), the job graph ([`graph`]: operators, partitioned edges, chains) and the
+//! records and their values ([`record`], [`value`]), keyed stages ([`stage`]), the job graph ([`graph`]: operators, partitioned edges, chains) and the
 //! relative layout of a job's folder ([`layout`]).
 //! Nothing here does I/O; everything is plain data with serde support, so the
 //! storage, runtime and coordinator crates agree on one set of types.
@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod record;
 pub mod spec;
 pub mod stage;
+pub mod value;
 
 pub use error::CoreError;
 pub use graph::JobGraph;
@@ -28,6 +29,7 @@ pub use keygroup::KeyGroupRange;
 pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};
 pub use record::{Key, Record};
 pub use spec::{CheckpointConfig, CheckpointType, JobSpec};
+pub use value::Value;
 
 /// Milliseconds since the Unix epoch (wall clock), as used in metadata and stats.
 pub fn now_millis() -> u64 {

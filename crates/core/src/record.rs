@@ -1,12 +1,15 @@
 //! Records as they flow between tasks: the key already extracted by the
-//! source (`key_by` field) and the numeric value the aggregate needs (1 for
-//! `count`, the field's value for `sum`). Projecting at the source keeps the
-//! per-record hot path free of JSON.
+//! source (`key_by` field) and the value the operator needs (1 for
+//! `count`, the field's value for `sum`, any [`Value`] for dedup,
+//! count-distinct or a program's function). Projecting at the source keeps
+//! the per-record hot path free of JSON.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
+
+use crate::Value;
 
 /// A grouping key. Integer keys (the generator's `app_id`) need no allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,11 +68,22 @@ impl fmt::Display for Key {
     }
 }
 
-/// One record: a key and the value its aggregate adds.
+/// One record: a key and its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub key: Key,
-    pub value: i64,
+    pub value: Value,
+}
+
+impl Record {
+    /// A record whose value is the integer `value`.
+    #[inline]
+    pub fn int(key: Key, value: i64) -> Self {
+        Record {
+            key,
+            value: Value::Int(value),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -182,9 +182,10 @@ pub enum AggregateSpec {
     Sum { field: String },
     /// A keyed two-input join (e.g. a click stream with an app-metadata
     /// stream): records of source `dimension_source` set the key's
-    /// dimension to their integer `field` (the latest wins, 0..2^23);
-    /// records of every other source count per key. The state per key packs
-    /// both ([`join`]); updates to the sink carry the count.
+    /// dimension to their `field` (any value: an integer, a string, a
+    /// list; the latest wins); records of every other source count per
+    /// key, and each emits `[count, dimension]` (null until a dimension
+    /// arrived). Typed state: one value `(count, dimension)` per key.
     Join {
         dimension_source: u32,
         field: String,
@@ -223,6 +224,16 @@ pub enum AggregateSpec {
     },
 }
 
+/// What a record's value may be ([`AggregateSpec::value_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A 64-bit integer (sum, min, max, avg).
+    Integer,
+    /// An integer, a string, null or a list of them (a join's dimension,
+    /// count-distinct, dedup, a program's function).
+    Any,
+}
+
 /// Which record [`AggregateSpec::Dedup`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -249,53 +260,37 @@ impl AggregateSpec {
         }
     }
 
+    /// What its records' values may be: integers only, or any [`Value`]
+    /// (an NDJSON line whose field holds something else is a bad line).
+    ///
+    /// [`Value`]: crate::Value
+    pub fn value_kind(&self) -> ValueKind {
+        match self {
+            AggregateSpec::CountDistinct { .. }
+            | AggregateSpec::Dedup { .. }
+            | AggregateSpec::Join { .. }
+            | AggregateSpec::Process { .. } => ValueKind::Any,
+            AggregateSpec::Count
+            | AggregateSpec::Sum { .. }
+            | AggregateSpec::Min { .. }
+            | AggregateSpec::Max { .. }
+            | AggregateSpec::Avg { .. } => ValueKind::Integer,
+        }
+    }
+
     /// Whether its state is typed (value, map, … state) rather than one
     /// integer per key.
     pub fn is_typed(&self) -> bool {
         matches!(
             self,
-            AggregateSpec::CountDistinct { .. }
+            AggregateSpec::Join { .. }
+                | AggregateSpec::CountDistinct { .. }
                 | AggregateSpec::Dedup { .. }
                 | AggregateSpec::Min { .. }
                 | AggregateSpec::Max { .. }
                 | AggregateSpec::Avg { .. }
                 | AggregateSpec::Process { .. }
         )
-    }
-}
-
-/// The state of a [`AggregateSpec::Join`] key: `dimension << 40 | count`.
-pub mod join {
-    const COUNT_BITS: u32 = 40;
-    /// The largest dimension value.
-    pub const MAX_DIMENSION: i64 = (1 << 23) - 1;
-
-    pub fn count(state: i64) -> i64 {
-        state & ((1 << COUNT_BITS) - 1)
-    }
-
-    pub fn dimension(state: i64) -> i64 {
-        state >> COUNT_BITS
-    }
-
-    /// `state` with its dimension set to `dimension`.
-    pub fn with_dimension(state: i64, dimension: i64) -> i64 {
-        (dimension.clamp(0, MAX_DIMENSION) << COUNT_BITS) | count(state)
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn packs_count_and_dimension() {
-            let s = super::with_dimension(41 + 1, 7);
-            assert_eq!((super::count(s), super::dimension(s)), (42, 7));
-            let s = super::with_dimension(s + 1, 3);
-            assert_eq!((super::count(s), super::dimension(s)), (43, 3));
-            assert_eq!(
-                super::dimension(super::with_dimension(0, i64::MAX)),
-                super::MAX_DIMENSION
-            );
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metadata::AggregateKind;
 use crate::spec::{AggregateSpec, JobSpec};
-use crate::{CoreError, Key, OperatorId, Record};
+use crate::{CoreError, Key, OperatorId, Record, Value};
 
 /// A keyed stage after the first one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,19 +61,35 @@ pub struct Forward {
 }
 
 impl Forward {
-    /// The downstream record for an update of `key` to `value`.
+    /// The downstream record for an update of `key` to `value`; a bucket
+    /// or a sum needs an integer value.
     #[inline]
-    pub fn record(&self, key: &Key, value: i64) -> Record {
+    pub fn record(&self, key: &Key, value: &Value) -> Result<Record, NotAnInteger> {
+        let int = || {
+            value.as_int().ok_or_else(|| NotAnInteger {
+                key: key.clone(),
+                value: value.clone(),
+            })
+        };
         let key = match self.rekey {
-            Rekey::ValueBucket { width } => Key::Int(value.div_euclid(width)),
+            Rekey::ValueBucket { width } => Key::Int(int()?.div_euclid(width)),
             Rekey::Key => key.clone(),
         };
         let value = match self.aggregate {
             StageAggregate::Count => 1,
-            StageAggregate::Sum => value,
+            StageAggregate::Sum => int()?,
         };
-        Record { key, value }
+        Ok(Record::int(key, value))
     }
+}
+
+/// An update a stage cannot take (it groups by a bucket of the value, or
+/// sums it): its value is not an integer, e.g. a dedup of a string field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the update of key {key} has the value {value}, not an integer")]
+pub struct NotAnInteger {
+    pub key: Key,
+    pub value: Value,
 }
 
 /// A keyed stage as the runtime runs it.
@@ -214,28 +230,16 @@ mod tests {
         assert_eq!(s.keyed_subtasks(), 7);
         // agg's updates are bucketed and counted; hist's summed under their key.
         let f = stages[0].forward.unwrap();
-        assert_eq!(
-            f.record(&Key::Int(5), 27),
-            Record {
-                key: Key::Int(2),
-                value: 1
-            }
-        );
-        assert_eq!(
-            f.record(&Key::Int(5), -1),
-            Record {
-                key: Key::Int(-1),
-                value: 1
-            }
-        );
+        let int = |k, v| Ok(Record::int(Key::Int(k), v));
+        assert_eq!(f.record(&Key::Int(5), &Value::Int(27)), int(2, 1));
+        assert_eq!(f.record(&Key::Int(5), &Value::Int(-1)), int(-1, 1));
         let g = stages[1].forward.unwrap();
-        assert_eq!(
-            g.record(&Key::Int(2), 4),
-            Record {
-                key: Key::Int(2),
-                value: 4
-            }
-        );
+        assert_eq!(g.record(&Key::Int(2), &Value::Int(4)), int(2, 4));
+        // A bucket or a sum of a value that is not an integer is refused.
+        let text = Value::from("x");
+        let refused = f.record(&Key::Int(5), &text).unwrap_err();
+        assert_eq!(refused.value, text);
+        assert!(g.record(&Key::Int(5), &text).is_err());
     }
 
     #[test]

@@ -4,22 +4,75 @@
 //! dedup (a `ValueState` of the kept value per key).
 //!
 //! The runtime runs them through [`RecordOperator`], the object-safe face
-//! of a [`KeyedOperator`] over the runtime's records (`key`, integer
-//! `value`) whose outputs are updates `(key, new value)`; each names the
-//! value state holding a key's latest update (the job's result).
+//! of a [`KeyedOperator`] over the runtime's records (`key`, a [`Value`])
+//! whose outputs are updates `(key, new value)`; each names the value
+//! state holding a key's latest update (the job's result).
+//!
+//! Count-distinct and dedup take any value (integers, strings, lists);
+//! min, max and avg integers (the sources project only integers for
+//! them; anything else fails the task with [`OperatorError::NotAnInteger`]).
+//! Their states' codec versions are 2 where the stored type became
+//! [`Value`] (count-distinct's map, dedup's kept value): a restore of a
+//! checkpoint written before is refused, naming both versions.
 
 use cutpoint_core::metadata::DeclaredState;
 use cutpoint_core::spec::{AggregateSpec, Keep};
-use cutpoint_core::{Key, Record};
+use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 use cutpoint_state::typed::{TypedDelta, TypedTable};
+use serde::de::DeserializeOwned;
 
-use crate::{KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
+use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
+
+/// Which input of a keyed operator a record came on: a two-input operator
+/// (the join) tells them apart, like Flink's `processElement1` /
+/// `processElement2`; a one-input function takes every input's records
+/// alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    First,
+    Second,
+}
+
+/// What a keyed function run by the runtime takes: a [`Record`] (one
+/// input) or `(Input, Record)` (two inputs).
+pub trait FromRecord: Sized + 'static {
+    fn from_record(input: Input, record: Record) -> Self;
+    /// The record's key.
+    fn key(&self) -> &Key;
+}
+
+impl FromRecord for Record {
+    #[inline]
+    fn from_record(_: Input, record: Record) -> Self {
+        record
+    }
+
+    fn key(&self) -> &Key {
+        &self.key
+    }
+}
+
+impl FromRecord for (Input, Record) {
+    #[inline]
+    fn from_record(input: Input, record: Record) -> Self {
+        (input, record)
+    }
+
+    fn key(&self) -> &Key {
+        &self.1.key
+    }
+}
 
 /// A keyed operator over records, as a task runs it.
 pub trait RecordOperator: Send {
-    /// Processes one record; its updates are appended to `out`.
-    fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError>;
+    /// Processes one record of `input`; its updates are appended to `out`.
+    fn process(
+        &mut self,
+        input: Input,
+        record: Record,
+        out: &mut Vec<(Key, Value)>,
+    ) -> Result<(), OperatorError>;
     /// Sets processing time (ms since the epoch): expired TTL state goes.
     fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError>;
     /// Checkpoint `checkpoint` completed (the function's hook).
@@ -32,7 +85,7 @@ pub trait RecordOperator: Send {
     /// Loads one entry of a restored key-group range.
     fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), OperatorError>;
     /// Every key's latest update.
-    fn results(&self) -> Result<Vec<(Key, i64)>, OperatorError>;
+    fn results(&self) -> Result<Vec<(Key, Value)>, OperatorError>;
     /// Its declared states, by id (recorded with each snapshot).
     fn declared(&self) -> Vec<DeclaredState>;
     /// Its typed state (memory budget, statistics).
@@ -41,14 +94,21 @@ pub trait RecordOperator: Send {
 }
 
 /// A function whose per-key result is one value state (what a job's final
-/// state reports per key).
-pub trait WithResult: KeyedProcessFunction<In = Record, Out = (Key, i64)> {
+/// state reports per key), holding a `Result` (e.g. `i64` or [`Value`]).
+pub trait WithResult: KeyedProcessFunction<In: FromRecord, Out = (Key, Value)> {
+    type Result: DeserializeOwned + Into<Value>;
+
     fn result_state(&self) -> &StateDescriptor;
 }
 
 impl<F: WithResult> RecordOperator for KeyedOperator<F> {
-    fn process(&mut self, record: Record, out: &mut Vec<(Key, i64)>) -> Result<(), OperatorError> {
-        KeyedOperator::process(self, record, out)
+    fn process(
+        &mut self,
+        input: Input,
+        record: Record,
+        out: &mut Vec<(Key, Value)>,
+    ) -> Result<(), OperatorError> {
+        KeyedOperator::process(self, F::In::from_record(input, record), out)
     }
 
     fn set_time(&mut self, now_ms: u64) -> Result<(), OperatorError> {
@@ -70,8 +130,11 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         KeyedOperator::restore_entry(self, key, value)
     }
 
-    fn results(&self) -> Result<Vec<(Key, i64)>, OperatorError> {
-        Ok(self.table.values(self.function.result_state())?)
+    fn results(&self) -> Result<Vec<(Key, Value)>, OperatorError> {
+        let results = self
+            .table
+            .values::<F::Result>(self.function.result_state())?;
+        Ok(results.into_iter().map(|(k, v)| (k, v.into())).collect())
     }
 
     fn declared(&self) -> Vec<DeclaredState> {
@@ -96,7 +159,7 @@ pub struct CountDistinct {
 impl Default for CountDistinct {
     fn default() -> Self {
         Self {
-            seen: StateDescriptor::map("distinct_values"),
+            seen: StateDescriptor::map("distinct_values").with_codec_version(2),
             count: StateDescriptor::value("distinct_count"),
         }
     }
@@ -104,7 +167,7 @@ impl Default for CountDistinct {
 
 impl KeyedProcessFunction for CountDistinct {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         vec![self.seen.clone(), self.count.clone()]
@@ -114,20 +177,25 @@ impl KeyedProcessFunction for CountDistinct {
         &mut self,
         record: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        if ctx.map_get::<i64, ()>(&self.seen, &record.value)?.is_some() {
+        if ctx
+            .map_get::<Value, ()>(&self.seen, &record.value)?
+            .is_some()
+        {
             return Ok(());
         }
         ctx.map_put(&self.seen, &record.value, &())?;
         let n = ctx.value::<i64>(&self.count)?.unwrap_or(0) + 1;
         ctx.set_value(&self.count, &n)?;
-        out.push((record.key, n));
+        out.push((record.key, Value::Int(n)));
         Ok(())
     }
 }
 
 impl WithResult for CountDistinct {
+    type Result = i64;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.count
     }
@@ -143,14 +211,14 @@ impl Dedup {
     pub fn new(keep: Keep) -> Self {
         Self {
             keep,
-            kept: StateDescriptor::value("dedup_kept"),
+            kept: StateDescriptor::value("dedup_kept").with_codec_version(2),
         }
     }
 }
 
 impl KeyedProcessFunction for Dedup {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         vec![self.kept.clone()]
@@ -160,12 +228,12 @@ impl KeyedProcessFunction for Dedup {
         &mut self,
         record: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        let kept = ctx.value::<i64>(&self.kept)?;
+        let kept = ctx.value::<Value>(&self.kept)?;
         let emit = match self.keep {
             Keep::First => kept.is_none(),
-            Keep::Last => kept != Some(record.value),
+            Keep::Last => kept.as_ref() != Some(&record.value),
         };
         if emit {
             ctx.set_value(&self.kept, &record.value)?;
@@ -176,6 +244,8 @@ impl KeyedProcessFunction for Dedup {
 }
 
 impl WithResult for Dedup {
+    type Result = Value;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.kept
     }
@@ -209,7 +279,7 @@ impl Extreme {
 
 impl KeyedProcessFunction for Extreme {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         vec![self.extreme.clone()]
@@ -219,21 +289,24 @@ impl KeyedProcessFunction for Extreme {
         &mut self,
         record: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
+        let value = integer(&record)?;
         let beats = |old: i64| match self.which {
-            Which::Min => record.value < old,
-            Which::Max => record.value > old,
+            Which::Min => value < old,
+            Which::Max => value > old,
         };
         if ctx.value::<i64>(&self.extreme)?.is_none_or(beats) {
-            ctx.set_value(&self.extreme, &record.value)?;
-            out.push((record.key, record.value));
+            ctx.set_value(&self.extreme, &value)?;
+            out.push((record.key, Value::Int(value)));
         }
         Ok(())
     }
 }
 
 impl WithResult for Extreme {
+    type Result = i64;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.extreme
     }
@@ -258,7 +331,7 @@ impl Default for Avg {
 
 impl KeyedProcessFunction for Avg {
     type In = Record;
-    type Out = (Key, i64);
+    type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
         vec![self.sum_count.clone(), self.mean.clone()]
@@ -268,10 +341,10 @@ impl KeyedProcessFunction for Avg {
         &mut self,
         record: Record,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, i64)>,
+        out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
         let (sum, count) = ctx.value::<(i64, i64)>(&self.sum_count)?.unwrap_or((0, 0));
-        let sum = sum.checked_add(record.value).ok_or_else(|| {
+        let sum = sum.checked_add(integer(&record)?).ok_or_else(|| {
             OperatorError::User(format!(
                 "avg: the sum of key {} overflows an i64",
                 record.key
@@ -282,15 +355,85 @@ impl KeyedProcessFunction for Avg {
         let mean = sum.div_euclid(count);
         if ctx.value::<i64>(&self.mean)? != Some(mean) {
             ctx.set_value(&self.mean, &mean)?;
-            out.push((record.key, mean));
+            out.push((record.key, Value::Int(mean)));
         }
         Ok(())
     }
 }
 
 impl WithResult for Avg {
+    type Result = i64;
+
     fn result_state(&self) -> &StateDescriptor {
         &self.mean
+    }
+}
+
+/// The keyed two-input join: records of the second input (the dimension
+/// source) set the key's dimension — any value, the latest wins, no
+/// update; each record of the first input (every other source) counts
+/// and emits `[count, dimension]` (null until a dimension arrived). One
+/// `ValueState<(i64, Value)>` per key, the job's result.
+pub struct Join {
+    row: StateDescriptor,
+}
+
+impl Default for Join {
+    fn default() -> Self {
+        Self {
+            row: StateDescriptor::value("join_row"),
+        }
+    }
+}
+
+/// A join key's state: records of the first input counted, and the
+/// latest dimension.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct JoinRow(pub i64, pub Value);
+
+impl From<JoinRow> for Value {
+    fn from(JoinRow(count, dimension): JoinRow) -> Value {
+        Value::list([Value::Int(count), dimension])
+    }
+}
+
+impl KeyedProcessFunction for Join {
+    type In = (Input, Record);
+    type Out = (Key, Value);
+
+    fn states(&self) -> Vec<StateDescriptor> {
+        vec![self.row.clone()]
+    }
+
+    fn process(
+        &mut self,
+        (input, record): (Input, Record),
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Vec<(Key, Value)>,
+    ) -> Result<(), OperatorError> {
+        let JoinRow(count, dimension) = ctx
+            .value::<JoinRow>(&self.row)?
+            .unwrap_or(JoinRow(0, Value::Null));
+        match input {
+            Input::Second if dimension != record.value => {
+                ctx.set_value(&self.row, &JoinRow(count, record.value))?;
+            }
+            Input::Second => {}
+            Input::First => {
+                let row = JoinRow(count + 1, dimension);
+                ctx.set_value(&self.row, &row)?;
+                out.push((record.key, row.into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WithResult for Join {
+    type Result = JoinRow;
+
+    fn result_state(&self) -> &StateDescriptor {
+        &self.row
     }
 }
 
@@ -299,7 +442,7 @@ fn boxed<F: WithResult + 'static>(
     function: F,
     max_parallelism: u32,
 ) -> Result<Option<Box<dyn RecordOperator>>, OperatorError> {
-    let key = |r: &Record| r.key.clone();
+    let key = |r: &F::In| r.key().clone();
     Ok(Some(Box::new(KeyedOperator::new(
         function,
         key,
@@ -323,7 +466,8 @@ pub fn builtin(
         AggregateSpec::Min { .. } => boxed(Extreme::new(Which::Min), p),
         AggregateSpec::Max { .. } => boxed(Extreme::new(Which::Max), p),
         AggregateSpec::Avg { .. } => boxed(Avg::default(), p),
-        AggregateSpec::Count | AggregateSpec::Sum { .. } | AggregateSpec::Join { .. } => Ok(None),
+        AggregateSpec::Join { .. } => boxed(Join::default(), p),
+        AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),
     }
 }
 
@@ -331,16 +475,18 @@ pub fn builtin(
 mod tests {
     use super::*;
 
+    fn ints(updates: Vec<(Key, Value)>) -> Vec<(Key, i64)> {
+        let int = |(k, v): (Key, Value)| (k, v.as_int().expect("an integer"));
+        updates.into_iter().map(int).collect()
+    }
+
     fn run(op: &mut dyn RecordOperator, input: &[(i64, i64)]) -> Vec<(Key, i64)> {
         let mut out = Vec::new();
         for (k, v) in input {
-            let r = Record {
-                key: Key::Int(*k),
-                value: *v,
-            };
-            op.process(r, &mut out).unwrap();
+            op.process(Input::First, Record::int(Key::Int(*k), *v), &mut out)
+                .unwrap();
         }
-        out
+        ints(out)
     }
 
     const INPUT: [(i64, i64); 7] = [(1, 5), (1, 5), (2, 7), (1, 6), (1, 5), (2, 7), (1, 9)];
@@ -352,7 +498,7 @@ mod tests {
         let out = run(op.as_mut(), &INPUT);
         let int = |k, v| (Key::Int(k), v);
         assert_eq!(out, [int(1, 1), int(2, 1), int(1, 2), int(1, 3)]);
-        let mut results = op.results().unwrap();
+        let mut results = ints(op.results().unwrap());
         results.sort();
         assert_eq!(results, [int(1, 3), int(2, 1)]);
     }
@@ -373,7 +519,7 @@ mod tests {
         let mut op = builtin(&last, 128, &Default::default()).unwrap().unwrap();
         let out = run(op.as_mut(), &INPUT);
         assert_eq!(out, [int(1, 5), int(2, 7), int(1, 6), int(1, 5), int(1, 9)]);
-        let mut results = op.results().unwrap();
+        let mut results = ints(op.results().unwrap());
         results.sort();
         assert_eq!(results, [int(1, 9), int(2, 7)]);
     }
@@ -389,7 +535,7 @@ mod tests {
             run(op.as_mut(), &input),
             [int(1, 5), int(1, 0), int(2, -3), int(2, -4)]
         );
-        let mut results = op.results().unwrap();
+        let mut results = ints(op.results().unwrap());
         results.sort();
         assert_eq!(results, [int(1, 0), int(2, -4)]);
         let max = AggregateSpec::Max { field: "v".into() };
@@ -430,16 +576,99 @@ mod tests {
                 (Key::Int(2), 7)
             ]
         );
-        let mut results = op.results().unwrap();
+        let mut results = ints(op.results().unwrap());
         results.sort();
         assert_eq!(results, vec![(Key::Int(1), -4), (Key::Int(2), 7)]);
         let big = run(op.as_mut(), &[(3, i64::MAX)]);
         assert_eq!(big, vec![(Key::Int(3), i64::MAX)]);
-        let r = Record {
-            key: Key::Int(3),
-            value: 1,
-        };
-        let err = op.process(r, &mut Vec::new()).unwrap_err().to_string();
+        let r = Record::int(Key::Int(3), 1);
+        let err = op
+            .process(Input::First, r, &mut Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("overflows"), "{err}");
+    }
+
+    #[test]
+    fn count_distinct_and_dedup_take_any_value_min_needs_an_integer() {
+        let text = |k, v: &str| Record {
+            key: Key::Int(k),
+            value: Value::from(v),
+        };
+        let agg = AggregateSpec::CountDistinct { field: "v".into() };
+        let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        for r in [
+            text(1, "a"),
+            text(1, "b"),
+            text(1, "a"),
+            Record::int(Key::Int(1), 7),
+        ] {
+            op.process(Input::First, r, &mut out).unwrap();
+        }
+        assert_eq!(
+            ints(out),
+            [(Key::Int(1), 1), (Key::Int(1), 2), (Key::Int(1), 3)]
+        );
+        let last = AggregateSpec::Dedup {
+            field: "v".into(),
+            keep: Keep::Last,
+        };
+        let mut op = builtin(&last, 128, &Default::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        for r in [text(1, "a"), text(1, "a"), text(1, "b")] {
+            op.process(Input::First, r, &mut out).unwrap();
+        }
+        assert_eq!(out, [(Key::Int(1), "a".into()), (Key::Int(1), "b".into())]);
+        assert_eq!(op.results().unwrap(), [(Key::Int(1), Value::from("b"))]);
+        let min = AggregateSpec::Min { field: "v".into() };
+        let mut op = builtin(&min, 128, &Default::default()).unwrap().unwrap();
+        let err = op
+            .process(Input::First, text(4, "z"), &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, OperatorError::NotAnInteger { .. }), "{err}");
+        assert!(err.to_string().contains("\"z\""), "{err}");
+    }
+
+    #[test]
+    fn join_counts_the_first_input_with_the_latest_dimension_of_the_second() {
+        let agg = AggregateSpec::Join {
+            dimension_source: 1,
+            field: "category".into(),
+        };
+        let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
+        let mut out = Vec::new();
+        let dim = |k, v: &str| Record {
+            key: Key::Int(k),
+            value: Value::from(v),
+        };
+        let click = |k| Record::int(Key::Int(k), 1);
+        op.process(Input::First, click(1), &mut out).unwrap();
+        op.process(Input::Second, dim(1, "games"), &mut out)
+            .unwrap();
+        op.process(Input::Second, dim(2, "news"), &mut out).unwrap();
+        op.process(Input::First, click(1), &mut out).unwrap();
+        op.process(Input::Second, dim(1, "tools"), &mut out)
+            .unwrap();
+        op.process(Input::First, click(1), &mut out).unwrap();
+        let row = |n, d: Value| Value::list([Value::Int(n), d]);
+        // Only clicks emit: the count so far, with the dimension known then.
+        assert_eq!(
+            out,
+            [
+                (Key::Int(1), row(1, Value::Null)),
+                (Key::Int(1), row(2, "games".into())),
+                (Key::Int(1), row(3, "tools".into())),
+            ]
+        );
+        let mut results = op.results().unwrap();
+        results.sort();
+        assert_eq!(
+            results,
+            [
+                (Key::Int(1), row(3, "tools".into())),
+                (Key::Int(2), row(0, "news".into()))
+            ]
+        );
     }
 }

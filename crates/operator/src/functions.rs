@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cutpoint_core::spec::AggregateSpec;
 use cutpoint_core::{FunctionName, Key};
 
-use crate::builtins::{RecordOperator, WithResult};
+use crate::builtins::{FromRecord, RecordOperator, WithResult};
 use crate::{KeyedOperator, OperatorError};
 
 /// Makes one subtask's operator (given the job's max parallelism).
@@ -42,7 +42,7 @@ impl Functions {
     {
         let name = FunctionName::new(name).unwrap_or_else(|e| panic!("Functions::register: {e}"));
         let factory: Factory = Arc::new(move |max_parallelism| {
-            let key = |r: &cutpoint_core::Record| -> Key { r.key.clone() };
+            let key = |r: &F::In| -> Key { r.key().clone() };
             Ok(Box::new(KeyedOperator::new(make(), key, max_parallelism)?))
         });
         let map = Arc::make_mut(&mut self.by_name);

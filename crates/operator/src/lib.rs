@@ -25,7 +25,7 @@
 //! Not built yet: timers, operator (non-keyed) state, records other than
 //! `(key, integer)` in running jobs.
 
-pub use cutpoint_core::{Key, Record};
+pub use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::{LayoutError, StateNames};
 pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
@@ -40,9 +40,28 @@ pub enum OperatorError {
     /// The user's function failed.
     #[error("{0}")]
     User(String),
+    /// A record's value is not the integer the operator needs (min, max,
+    /// avg).
+    #[error("the value of key {key} is {value}, not an integer")]
+    NotAnInteger {
+        key: Key,
+        value: cutpoint_core::Value,
+    },
     /// The spec names a process function this program did not register.
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
+}
+
+/// The record's value as an integer, or [`OperatorError::NotAnInteger`]
+/// naming the key and the value (for functions that need integers).
+pub fn integer(record: &Record) -> Result<i64, OperatorError> {
+    record
+        .value
+        .as_int()
+        .ok_or_else(|| OperatorError::NotAnInteger {
+            key: record.key.clone(),
+            value: record.value.clone(),
+        })
 }
 
 /// A keyed operator's logic (Flink's `KeyedProcessFunction`).
@@ -239,7 +258,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 pub mod builtins;
 pub mod functions;
 
-pub use builtins::{RecordOperator, WithResult};
+pub use builtins::{FromRecord, Input, RecordOperator, WithResult};
 pub use functions::Functions;
 
 #[cfg(test)]

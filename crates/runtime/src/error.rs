@@ -27,6 +27,10 @@ pub enum RuntimeError {
     State(#[from] StateError),
     #[error("operator: {0}")]
     Operator(#[from] cutpoint_operator::OperatorError),
+    /// A stage groups by a bucket of its input's value, or sums it, and
+    /// the stage before emitted something other than an integer.
+    #[error("the next stage needs integers: {0}")]
+    NotAnInteger(#[from] cutpoint_core::stage::NotAnInteger),
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error("downstream task is gone")]

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use cutpoint_core::{CheckpointId, CheckpointType, SubtaskState, TaskId};
-use cutpoint_state::{StateError, StateTable};
+use cutpoint_state::{ResultTable, StateError};
 
 /// Checkpoint barrier `n`, injected by sources between two records. Plain
 /// data (no process-local clock or handle): it can cross a process
@@ -90,6 +90,6 @@ pub enum TaskEvent {
         /// A source's offset at the end of its input.
         offset: Option<cutpoint_core::metadata::SourceOffset>,
         /// Final keyed state (aggregate tasks).
-        table: Option<Box<StateTable>>,
+        table: Option<Box<ResultTable>>,
     },
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use cutpoint_core::metadata::PendingTransaction;
 use cutpoint_core::stage::Forward;
-use cutpoint_core::{keygroup, CheckpointId, Key, Record};
+use cutpoint_core::{keygroup, CheckpointId, Key, Record, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::{self, Message, BATCH_SIZE};
@@ -150,10 +150,10 @@ pub(crate) enum Output {
 
 impl Output {
     #[inline]
-    pub(crate) fn emit(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError> {
+    pub(crate) fn emit(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(s) => s.emit(key, value),
-            Output::Next { exchange, forward } => exchange.push(forward.record(key, value)),
+            Output::Next { exchange, forward } => exchange.push(forward.record(key, value)?),
         }
     }
 
@@ -225,22 +225,16 @@ mod tests {
             aggregate: StageAggregate::Sum,
         };
         let mut out = Output::Next { exchange, forward };
-        out.emit(&Key::Int(7), 3).unwrap();
+        out.emit(&Key::Int(7), &Value::Int(3)).unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
         assert!(rx.try_recv().is_err(), "batched, not sent yet");
         out.flush_if_lingering(start + LINGER).unwrap();
         match rx.try_recv() {
-            Ok(Message::Records(batch)) => assert_eq!(
-                batch,
-                vec![Record {
-                    key: Key::Int(7),
-                    value: 3
-                }]
-            ),
+            Ok(Message::Records(batch)) => assert_eq!(batch, vec![Record::int(Key::Int(7), 3)]),
             other => panic!("{other:?}"),
         }
         // A barrier sends what is batched ahead of itself.
-        out.emit(&Key::Int(8), 1).unwrap();
+        out.emit(&Key::Int(8), &Value::Int(1)).unwrap();
         let b = Barrier {
             id: CheckpointId(1),
             checkpoint_type: cutpoint_core::CheckpointType::Full,
@@ -301,17 +295,9 @@ mod tests {
         let a = (0..).find(|k| owner(*k) == 0);
         let b = (0..).find(|k| owner(*k) == 1);
         for _ in 0..3 {
-            x.push(Record {
-                key: Key::Int(a.unwrap()),
-                value: 1,
-            })
-            .unwrap();
+            x.push(Record::int(Key::Int(a.unwrap()), 1)).unwrap();
         }
-        x.push(Record {
-            key: Key::Int(b.unwrap()),
-            value: 1,
-        })
-        .unwrap();
+        x.push(Record::int(Key::Int(b.unwrap()), 1)).unwrap();
         let barrier = Barrier {
             id: CheckpointId(4),
             checkpoint_type: cutpoint_core::CheckpointType::Full,

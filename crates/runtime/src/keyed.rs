@@ -1,50 +1,40 @@
 //! The state and logic of one keyed subtask ([`KeyedState`]): one integer
-//! per key in a [`StateTable`] (count, sum, join), or typed state run by an
-//! operator on the operator API (count-distinct, dedup, min, max, a
-//! program's function) — both under the memory budget with eviction and
-//! read-through.
+//! per key in a [`StateTable`] (count, sum), or typed state run by an
+//! operator on the operator API (the two-input join, count-distinct,
+//! dedup, min, max, avg, a program's function) — both under the memory
+//! budget with eviction and read-through. [`input_of`]: which of the
+//! operator's inputs (first, or a join's second) an input channel is.
 //!
 //! Both hand the snapshot worker a [`Delta`] of what changed since the
 //! last snapshot (O(1) to take) and end as a table of each key's latest
 //! update (the job's result).
 
 use cutpoint_core::metadata::{AggregateKind, StateSchema};
-use cutpoint_core::spec::{join, AggregateSpec};
-use cutpoint_core::{JobSpec, Key, Record};
-use cutpoint_operator::builtins::RecordOperator;
+use cutpoint_core::spec::AggregateSpec;
+use cutpoint_core::stage::NotAnInteger;
+use cutpoint_core::{JobSpec, Key, Record, Value};
+use cutpoint_operator::builtins::{Input, RecordOperator};
 use cutpoint_state::typed::TypedDelta;
-use cutpoint_state::{FrozenDelta, StateReader, StateTable};
+use cutpoint_state::{FrozenDelta, ResultTable, StateReader, StateTable};
 
 use crate::exchange::Output;
 use crate::task::Upstream;
 use crate::RuntimeError;
 
-/// How an input's records change integer state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum InputKind {
-    /// Count or sum: add the value; the sink gets the new aggregate.
-    Add,
-    /// A join's counted side: add 1; the sink gets the new count.
-    JoinCount,
-    /// A join's dimension side: set the key's dimension; no update.
-    JoinDimension,
-}
-
-impl InputKind {
-    pub(crate) fn of(spec: &JobSpec, upstream: Upstream, input: u32) -> Self {
-        if upstream == Upstream::Stage {
-            return InputKind::Add;
-        }
-        match (&spec.aggregate, spec.source_of(input)) {
-            (
-                AggregateSpec::Join {
-                    dimension_source, ..
-                },
-                Some((s, _, _)),
-            ) if s == *dimension_source => InputKind::JoinDimension,
-            (AggregateSpec::Join { .. }, _) => InputKind::JoinCount,
-            _ => InputKind::Add,
-        }
+/// Which of the operator's inputs input channel `input` is: a join's
+/// dimension source is its second; everything else is a first input.
+pub(crate) fn input_of(spec: &JobSpec, upstream: Upstream, input: u32) -> Input {
+    if upstream == Upstream::Stage {
+        return Input::First;
+    }
+    match (&spec.aggregate, spec.source_of(input)) {
+        (
+            AggregateSpec::Join {
+                dimension_source, ..
+            },
+            Some((s, _, _)),
+        ) if s == *dimension_source => Input::Second,
+        _ => Input::First,
     }
 }
 
@@ -72,7 +62,7 @@ pub(crate) enum KeyedState {
     Typed {
         op: Box<dyn RecordOperator>,
         /// Reused buffer of one record's updates.
-        updates: Vec<(Key, i64)>,
+        updates: Vec<(Key, Value)>,
     },
 }
 
@@ -81,18 +71,18 @@ impl KeyedState {
     pub(crate) fn apply(
         &mut self,
         out: &mut Output,
-        kind: InputKind,
+        input: Input,
         batch: Vec<Record>,
     ) -> Result<(), RuntimeError> {
         match self {
-            KeyedState::Counts(table) => apply_counts(table, out, kind, batch),
+            KeyedState::Counts(table) => apply_counts(table, out, batch),
             KeyedState::Typed { op, updates } => {
                 // Processing time, once per batch (TTL state expires).
                 op.set_time(cutpoint_core::now_millis())?;
                 for r in batch {
-                    op.process(r, updates)?;
+                    op.process(input, r, updates)?;
                     for (k, v) in updates.drain(..) {
-                        out.emit(&k, v)?;
+                        out.emit(&k, &v)?;
                     }
                 }
                 Ok(())
@@ -196,13 +186,13 @@ impl KeyedState {
     }
 
     /// Each key's latest update, as a table (the job's result).
-    pub(crate) fn into_result(self) -> Result<StateTable, RuntimeError> {
+    pub(crate) fn into_result(self) -> Result<ResultTable, RuntimeError> {
         match self {
-            KeyedState::Counts(t) => Ok(t),
-            KeyedState::Typed { op, .. } => {
-                let results = op.results()?;
-                Ok(StateTable::with_peak(results, op.table().peak_len()))
-            }
+            KeyedState::Counts(t) => Ok(ResultTable::Counts(t)),
+            KeyedState::Typed { op, .. } => Ok(ResultTable::Values {
+                entries: op.results()?,
+                peak: op.table().peak_len(),
+            }),
         }
     }
 }
@@ -210,31 +200,24 @@ impl KeyedState {
 fn apply_counts(
     table: &mut StateTable,
     out: &mut Output,
-    kind: InputKind,
     batch: Vec<Record>,
 ) -> Result<(), RuntimeError> {
-    match kind {
-        InputKind::Add => {
-            for r in batch {
-                let v = table.add(r.key.clone(), r.value);
-                out.emit(&r.key, v)?;
-            }
-        }
-        InputKind::JoinCount => {
-            for r in batch {
-                let v = table.add(r.key.clone(), 1);
-                out.emit(&r.key, join::count(v))?;
-            }
-        }
-        InputKind::JoinDimension => {
-            for r in batch {
-                let old = table.get(&r.key).unwrap_or(0);
-                let new = join::with_dimension(old, r.value);
-                if new != old {
-                    table.add(r.key, new - old);
-                }
-            }
-        }
+    for r in batch {
+        let v = table.add(r.key.clone(), integer(&r)?);
+        out.emit(&r.key, &Value::Int(v))?;
     }
     Ok(())
+}
+
+/// A record's integer value (the sources and stages project integers for
+/// count and sum: anything else is a defect, reported as such).
+#[inline]
+fn integer(r: &Record) -> Result<i64, RuntimeError> {
+    match r.value {
+        Value::Int(v) => Ok(v),
+        _ => Err(RuntimeError::NotAnInteger(NotAnInteger {
+            key: r.key.clone(),
+            value: r.value.clone(),
+        })),
+    }
 }

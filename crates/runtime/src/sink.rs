@@ -1,4 +1,5 @@
-//! Sinks chained into the aggregate task: each update `(key, aggregate)`.
+//! Sinks chained into the aggregate task: each update `(key, value)`, one
+//! JSON line `{"key":…,"value":…}` (the value in its JSON form).
 //!
 //! `discard`, `stdout` and `file` are not transactional: after a restore,
 //! updates since the restored checkpoint are written again (at-least-once
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cutpoint_core::metadata::PendingTransaction;
 use cutpoint_core::spec::SinkSpec;
-use cutpoint_core::{CheckpointId, Key};
+use cutpoint_core::{CheckpointId, Key, Value};
 
 use crate::RuntimeError;
 
@@ -32,7 +33,7 @@ use crate::RuntimeError;
 ///    [`TxnFileSink`]: in `open`, see [`SinkRecovery`]);
 /// 5. at the end of the input: `finish` commits everything.
 pub trait TwoPhaseCommitSink: Send {
-    fn write(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError>;
+    fn write(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError>;
     fn pre_commit(
         &mut self,
         checkpoint: CheckpointId,
@@ -128,7 +129,7 @@ fn sink_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
 /// sink's committed ones), and the names of every other file (staging).
 #[derive(Debug, Default)]
 pub struct FileOutput {
-    pub updates: std::collections::BTreeMap<Key, Vec<i64>>,
+    pub updates: std::collections::BTreeMap<Key, Vec<Value>>,
     pub others: Vec<String>,
 }
 
@@ -149,9 +150,11 @@ pub fn read_output(dir: &Path) -> Result<FileOutput, RuntimeError> {
                 serde_json::from_str(line).map_err(|e| sink_err(&path, e))?;
             let key: Key =
                 serde_json::from_value(v["key"].clone()).map_err(|e| sink_err(&path, e))?;
-            let value = v["value"]
-                .as_i64()
-                .ok_or_else(|| sink_err(&path, "an update without an integer value"))?;
+            let value = v
+                .get("value")
+                .ok_or("no value")
+                .and_then(Value::from_json)
+                .map_err(|why| sink_err(&path, format!("an update's value: {why}")))?;
             out.updates.entry(key).or_default().push(value);
         }
     }
@@ -190,7 +193,8 @@ fn cut_torn_tail(path: &Path) -> std::io::Result<u64> {
     Ok(len - end)
 }
 
-fn write_update(w: &mut dyn Write, key: &Key, value: i64) -> std::io::Result<()> {
+/// One line `{"key":…,"value":…}` (the value in its JSON form).
+fn write_update(w: &mut dyn Write, key: &Key, value: &Value) -> std::io::Result<()> {
     match key {
         Key::Int(k) => writeln!(w, "{{\"key\":{k},\"value\":{value}}}"),
         Key::Str(s) => writeln!(
@@ -233,7 +237,7 @@ impl Sink {
     }
 
     #[inline]
-    pub fn emit(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError> {
+    pub fn emit(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError> {
         let w: &mut dyn Write = match self {
             Sink::Discard => return Ok(()),
             Sink::Stdout(w) => w,
@@ -396,7 +400,7 @@ impl TxnFileSink {
 }
 
 impl TwoPhaseCommitSink for TxnFileSink {
-    fn write(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError> {
+    fn write(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError> {
         write_update(&mut self.staging, key, value).map_err(|e| RuntimeError::Sink(e.to_string()))
     }
 
@@ -469,10 +473,10 @@ mod tests {
     fn two_phase_commit_lifecycle() {
         let d = tempfile::tempdir().unwrap();
         let mut s = TxnFileSink::open(d.path(), 0, &own(&[])).unwrap();
-        s.write(&Key::Int(1), 1).unwrap();
+        s.write(&Key::Int(1), &Value::Int(1)).unwrap();
         let p1 = s.pre_commit(CheckpointId(1)).unwrap();
         assert_eq!(p1.len(), 1);
-        s.write(&Key::Int(1), 2).unwrap();
+        s.write(&Key::Int(1), &Value::Int(2)).unwrap();
         let p2 = s.pre_commit(CheckpointId(2)).unwrap();
         assert_eq!(p2.len(), 2, "1 is not committed yet");
         assert!(
@@ -481,7 +485,7 @@ mod tests {
         );
         s.commit_up_to(CheckpointId(1)).unwrap();
         assert!(names(d.path()).contains(&format!("part-0-{:020}.jsonl", 1)));
-        s.write(&Key::Int(1), 3).unwrap(); // lost with the failure below
+        s.write(&Key::Int(1), &Value::Int(3)).unwrap(); // lost with the failure below
         drop(s);
 
         // Restore from checkpoint 2: commits 2 (1 again, idempotently).
@@ -493,7 +497,7 @@ mod tests {
             1,
             "only the new staging file: {n:?}"
         );
-        r.write(&Key::Int(1), 3).unwrap();
+        r.write(&Key::Int(1), &Value::Int(3)).unwrap();
         r.finish().unwrap();
         let all: String = names(d.path())
             .iter()
@@ -519,7 +523,7 @@ mod tests {
     fn a_new_run_never_overwrites_committed_output() {
         let d = tempfile::tempdir().unwrap();
         let mut a = TxnFileSink::open(d.path(), 0, &own(&[])).unwrap();
-        a.write(&Key::Int(1), 1).unwrap();
+        a.write(&Key::Int(1), &Value::Int(1)).unwrap();
         let p1 = a.pre_commit(CheckpointId(1)).unwrap();
         a.commit_up_to(CheckpointId(1)).unwrap();
         drop(a); // crash
@@ -540,11 +544,11 @@ mod tests {
         // A crash in the middle of the second record's write.
         std::fs::write(&part, "{\"key\":1,\"value\":5}\n{\"key\":\"app-").unwrap();
         let mut sink = Sink::open(&spec, 0, &SinkRecovery::default()).unwrap();
-        sink.emit(&Key::Int(2), 7).unwrap();
+        sink.emit(&Key::Int(2), &Value::Int(7)).unwrap();
         sink.finish().unwrap();
         let out = read_output(d.path()).unwrap();
-        assert_eq!(out.updates[&Key::Int(1)], vec![5]);
-        assert_eq!(out.updates[&Key::Int(2)], vec![7]);
+        assert_eq!(out.updates[&Key::Int(1)], vec![Value::Int(5)]);
+        assert_eq!(out.updates[&Key::Int(2)], vec![Value::Int(7)]);
         // Torn without any newline at all: nothing of it stays.
         std::fs::write(&part, "{\"key\":3,\"va").unwrap();
         assert_eq!(cut_torn_tail(&part).unwrap(), 12);

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use cutpoint_core::filter::Filter;
 use cutpoint_core::metadata::SourceOffset;
-use cutpoint_core::spec::{AggregateSpec, BadLinePolicy, SourceSpec};
-use cutpoint_core::{JobSpec, Key, Record};
+use cutpoint_core::spec::{AggregateSpec, BadLinePolicy, SourceSpec, ValueKind};
+use cutpoint_core::{JobSpec, Key, Record, Value};
 
 use crate::RuntimeError;
 
@@ -121,7 +121,7 @@ impl GeneratorReader {
             }
             out.push(Record {
                 key: Key::Int(app),
-                value: self.field(self.value, i, app),
+                value: Value::Int(self.field(self.value, i, app)),
             });
         }
         self.next = stop;
@@ -151,7 +151,8 @@ pub struct FileReader {
     offset: u64,
     bad_records: u64,
     key_field: String,
-    sum_field: Option<String>,
+    /// The field records carry as their value (`None`: 1 per event).
+    value_field: Option<(String, ValueKind)>,
     policy: BadLinePolicy,
     line: String,
     /// The spec's filters.
@@ -174,12 +175,19 @@ impl FileReader {
             }
             None => return Err(format!("field {:?} is missing", self.key_field)),
         };
-        let value = match &self.sum_field {
-            None => 1,
-            Some(f) => obj
+        let value = match &self.value_field {
+            None => Value::Int(1),
+            Some((f, ValueKind::Integer)) => obj
                 .get(f)
                 .and_then(|v| v.as_i64())
+                .map(Value::Int)
                 .ok_or_else(|| format!("field {f:?} is missing or not an integer"))?,
+            Some((f, ValueKind::Any)) => {
+                let v = obj
+                    .get(f)
+                    .ok_or_else(|| format!("field {f:?} is missing"))?;
+                Value::from_json(v).map_err(|why| format!("field {f:?} holds {why}"))?
+            }
         };
         // Filters after the checks: a malformed line is bad either way.
         if !self
@@ -317,7 +325,7 @@ pub fn open_reader(
             }
             file.seek(SeekFrom::Start(offset))
                 .map_err(|e| err(e.to_string()))?;
-            let sum_field = value;
+            let value_field = value.map(|f| (f, spec.aggregate.value_kind()));
             Ok(Box::new(FileReader {
                 partition,
                 path,
@@ -325,7 +333,7 @@ pub fn open_reader(
                 offset,
                 bad_records,
                 key_field: spec.key_by.clone(),
-                sum_field,
+                value_field,
                 policy: *on_bad_line,
                 line: String::new(),
                 filters: spec.filter.clone(),

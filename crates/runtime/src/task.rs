@@ -38,11 +38,12 @@ use crate::barrier::{BarrierHandler, Decision};
 use crate::channel::{Message, BATCH_SIZE};
 use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::{Exchange, Output};
-use crate::keyed::{Delta, InputKind, KeyedState};
+use crate::keyed::{input_of, Delta, KeyedState};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
 use crate::worker::{SnapshotJob, Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
+use cutpoint_operator::builtins::Input;
 
 /// Commands to a source task.
 #[derive(Debug)]
@@ -605,8 +606,8 @@ impl AggregateTask {
             .spec
             .inject_processing_delay_us
             .map(Duration::from_micros);
-        let kinds: Vec<InputKind> = (0..n as u32)
-            .map(|i| InputKind::of(&ctx.spec, self.upstream, i))
+        let kinds: Vec<Input> = (0..n as u32)
+            .map(|i| input_of(&ctx.spec, self.upstream, i))
             .collect();
         let mut barriers = BarrierHandler::new(n, mode, aligned_timeout);
         // Unaligned snapshots: messages taken off an input while collecting
@@ -632,7 +633,7 @@ impl AggregateTask {
         for (input, r) in std::mem::take(&mut replay) {
             // After a rescale the stage before may have had more subtasks.
             let kind = match self.upstream {
-                Upstream::Stage => Some(InputKind::Add),
+                Upstream::Stage => Some(Input::First),
                 Upstream::Sources => kinds.get(input as usize).copied(),
             };
             let kind = kind.ok_or_else(|| {

@@ -1,7 +1,7 @@
 //! Channel state of unaligned checkpoints: the records that were in flight
 //! before barrier `n` on a subtask's inputs when it snapshotted. They are
 //! written as JSON lines (`{"input":…,"key":…,"value":…}`, the input being
-//! the job-wide source partition it came from) into the checkpoint's own
+//! the job-wide source partition it came from, the value in its JSON form) into the checkpoint's own
 //! folder (`chk-{n}/{op}/{subtask}/channel-state.jsonl`, so they go with the
 //! checkpoint), verified like every state file when read back, and filtered
 //! by key group on restore — records carry their keys, so a rescaled
@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
-use cutpoint_core::{keygroup, JobId, Key, KeyGroupRange, Record, StateFile, SubtaskState};
+use cutpoint_core::{keygroup, JobId, Key, KeyGroupRange, Record, StateFile, SubtaskState, Value};
 use cutpoint_storage::{CheckpointStorage, StateScope, StorageError};
 
 use crate::snapshot::SnapshotTarget;
@@ -106,9 +106,11 @@ pub fn read_channel_state(
                 serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             let key: Key =
                 serde_json::from_value(v["key"].clone()).map_err(|e| bad(e.to_string()))?;
-            let value = v["value"]
-                .as_i64()
-                .ok_or_else(|| bad("no integer value".into()))?;
+            let value = v
+                .get("value")
+                .ok_or("no value")
+                .and_then(Value::from_json)
+                .map_err(|why| bad(format!("value: {why}")))?;
             let input = v["input"]
                 .as_u64()
                 .and_then(|i| u32::try_from(i).ok())

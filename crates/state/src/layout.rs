@@ -96,6 +96,14 @@ impl StateDescriptor {
         self
     }
 
+    /// The same state, its values encoded in codec version `version`
+    /// (0..=127): a restore of state written in another version is
+    /// refused, naming both (raise it when the stored type changes).
+    pub fn with_codec_version(mut self, version: u8) -> Self {
+        self.codec_version = version;
+        self
+    }
+
     /// A `ValueState` named `name` (codec version 1).
     pub fn value(name: &str) -> Self {
         Self::new(name, StateKind::Value)

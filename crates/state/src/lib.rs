@@ -15,16 +15,19 @@
 //! [`layout`] is the layout of typed keyed state (value, list, map,
 //! reducing; Dataflow I) and [`typed`] its in-memory table, written behind
 //! into the same kind of RocksDB store (the operator API's state; TTL and
-//! the memory budget included).
+//! the memory budget included). [`ResultTable`]: what a keyed subtask ends
+//! with (each key's latest update).
 
 pub mod channel;
 mod error;
 pub mod layout;
+pub mod results;
 mod rocks;
 pub mod snapshot;
 mod table;
 pub mod typed;
 
 pub use error::StateError;
+pub use results::ResultTable;
 pub use rocks::{RocksStore, StateReader};
 pub use table::{FrozenDelta, StateTable};

@@ -219,17 +219,6 @@ impl StateTable {
         }
     }
 
-    /// A table of `entries` that reports `peak` as its peak (a typed
-    /// table's results: the peak is the typed table's).
-    pub fn with_peak(entries: impl IntoIterator<Item = (Key, i64)>, peak: usize) -> Self {
-        let table: FxHashMap<Key, i64> = entries.into_iter().collect();
-        Self {
-            peak: peak.max(table.len()),
-            table,
-            ..Self::default()
-        }
-    }
-
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &i64)> {
         self.table.iter()

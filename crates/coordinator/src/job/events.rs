@@ -116,7 +116,7 @@ impl Runner {
         attempt: &mut Attempt,
         task: TaskId,
         records: u64,
-        table: Option<Box<StateTable>>,
+        table: Option<Box<ResultTable>>,
         offset: Option<cutpoint_core::metadata::SourceOffset>,
         outcome: &mut JobOutcome,
     ) -> Next {

@@ -28,7 +28,7 @@ use cutpoint_runtime::sink::StagingInUse;
 use cutpoint_runtime::{
     Barrier, Execution, ExecutionConfig, FailureKind, RuntimeError, TaskCounters, TaskEvent,
 };
-use cutpoint_state::StateTable;
+use cutpoint_state::ResultTable;
 use cutpoint_storage::{CheckpointStorage, StorageError, WriterLease};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -106,9 +106,9 @@ pub struct JobStatus {
 pub struct JobOutcome {
     /// Final keyed state of the last keyed stage (the one feeding the
     /// sink: the job's result), one table per subtask.
-    pub final_state: Vec<StateTable>,
+    pub final_state: Vec<ResultTable>,
     /// Final state of the stages before the last, one table per subtask.
-    pub stage_state: Vec<(OperatorId, StateTable)>,
+    pub stage_state: Vec<(OperatorId, ResultTable)>,
     /// Records the sources read in the last attempt (after its restore).
     pub records_read: u64,
     pub checkpoints_completed: u64,
@@ -565,7 +565,7 @@ impl From<Verdict> for Next {
 
 /// How one attempt ended.
 enum AttemptEnd {
-    Finished(Vec<(OperatorId, StateTable)>),
+    Finished(Vec<(OperatorId, ResultTable)>),
     Failed {
         error: String,
         failure: AttemptFailure,
@@ -584,7 +584,7 @@ struct Attempt {
     tasks: Vec<TaskId>,
     started: usize,
     finished: usize,
-    tables: Vec<(OperatorId, StateTable)>,
+    tables: Vec<(OperatorId, ResultTable)>,
     failure_at: Option<Instant>,
     /// Sources that read all their input and wait for the final checkpoint.
     sources_ended: u32,
