@@ -72,8 +72,8 @@ impl JobBuilder {
         self
     }
 
-    /// The integer field each record carries to the keyed function (1 per
-    /// event if not set).
+    /// The field whose value (any value: integer, string, list, null) each
+    /// record carries to the keyed function (1 per event if not set).
     pub fn value(mut self, field: &str) -> Self {
         self.value = Some(field.into());
         self

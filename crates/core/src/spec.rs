@@ -190,11 +190,11 @@ pub enum AggregateSpec {
         dimension_source: u32,
         field: String,
     },
-    /// Number of distinct values of an integer field per key (typed state:
+    /// Number of distinct values of a field (any value) per key (typed state:
     /// a map of the values seen and the count); updates carry the count
     /// when it grows.
     CountDistinct { field: String },
-    /// One record per key kept (typed state): `first` emits the first
+    /// One value of a field (any value) per key kept (typed state): `first` emits the first
     /// value of each key and drops the rest; `last` emits every value that
     /// differs from the kept one. Updates carry the kept value.
     Dedup {
@@ -215,8 +215,9 @@ pub enum AggregateSpec {
     Avg { field: String },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
-    /// carry the key and the integer `field` (1 per event if absent); the
-    /// function keeps typed state and emits updates `(key, value)`.
+    /// carry the key and the value of `field` (any value; 1 per event if
+    /// absent); the function keeps typed state and emits updates
+    /// `(key, value)`.
     Process {
         function: crate::FunctionName,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,8 +245,9 @@ pub enum Keep {
 }
 
 impl AggregateSpec {
-    /// The integer field the sources project as each record's value
-    /// (`None`: 1 per event). A join's is its dimension source's only.
+    /// The field the sources project as each record's value (`None`: 1
+    /// per event; [`AggregateSpec::value_kind`]: what it may hold). A
+    /// join's is its dimension source's only.
     pub fn value_field(&self) -> Option<&str> {
         match self {
             AggregateSpec::Count => None,

@@ -11,7 +11,11 @@
 //! Invariants of a validated spec: stage ids are unique and none is
 //! `source`, `agg`, `sink` or an external task, ignoring ASCII case; every stage's parallelism
 //! is within `1..=max_parallelism`; there are at most
-//! [`JobSpec::MAX_STAGES`] of them.
+//! [`JobSpec::MAX_STAGES`] of them; the stage after a join neither
+//! groups by a bucket of its updates nor sums them (they are
+//! `[count, dimension]` lists). Other updates that are not integers (a
+//! dedup of strings, a program's function) fail the task there, named
+//! ([`NotAnInteger`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -188,6 +192,15 @@ impl JobSpec {
                     ));
                 }
             }
+            let needs_integers =
+                matches!(s.key_by, Rekey::ValueBucket { .. }) || s.aggregate == StageAggregate::Sum;
+            let after_join = matches!(self.aggregate, AggregateSpec::Join { .. })
+                && std::ptr::eq(s, &self.stages[0]);
+            if needs_integers && after_join {
+                return bad(format!(
+                    "stages: {id} groups by a bucket of agg's updates or sums them, but a join's updates are [count, dimension] lists, not integers (count them instead)"
+                ));
+            }
             if let Rekey::ValueBucket { width } = s.key_by {
                 if width <= 0 {
                     return bad(format!(
@@ -240,6 +253,29 @@ mod tests {
         let refused = f.record(&Key::Int(5), &text).unwrap_err();
         assert_eq!(refused.value, text);
         assert!(g.record(&Key::Int(5), &text).is_err());
+    }
+
+    #[test]
+    fn a_stage_that_needs_integers_cannot_follow_a_join() {
+        let join = |stages: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"j","source":{{"type":"generator","events":10,"keys":3}},
+                "union":[{{"type":"generator","events":10,"keys":3}}],
+                "key_by":"app_id","aggregate":{{"type":"join","dimension_source":1,"field":"user_id"}},
+                "stages":{stages}}}"#
+            ))
+        };
+        let bucket = r#"[{"id":"h","key_by":{"type":"value_bucket","width":10},"aggregate":{"type":"count"}}]"#;
+        let err = join(bucket).unwrap_err().to_string();
+        assert!(err.contains("[count, dimension]"), "{err}");
+        let sum = r#"[{"id":"h","key_by":{"type":"key"},"aggregate":{"type":"sum"}}]"#;
+        assert!(join(sum).is_err());
+        let count = r#"[{"id":"h","key_by":{"type":"key"},"aggregate":{"type":"count"}},
+                        {"id":"t","key_by":{"type":"value_bucket","width":2},"aggregate":{"type":"sum"}}]"#;
+        assert!(
+            join(count).is_ok(),
+            "counting a join's updates gives integers"
+        );
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! tasks, exchanges, channel-state files and sinks are built once for
 //! every job a JSON spec can describe, so what flows between them has to
 //! be one type. It stays cheap where it matters: an integer is stored
-//! inline (no allocation per record on the PV path; a [`crate::Record`] is
-//! 48 bytes), strings and lists are one boxed slice. A user's keyed
+//! inline (no allocation per record on the PV path), strings and lists
+//! behind one thin, reference-counted pointer: a value is 16 bytes, like a
+//! [`crate::Key`], so a [`crate::Record`] is 32 — as when values were
+//! only integers (a larger record measurably slowed the PV job). A user's keyed
 //! function is still typed where it keeps state (any serde type).
 //!
 //! Two encodings, chosen by the serializer:
@@ -21,6 +23,9 @@
 //! field holding one is a bad line where a value is read).
 
 use std::fmt;
+use std::sync::Arc;
+
+use arcstr::ArcStr;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::Serializer;
@@ -32,8 +37,10 @@ pub enum Value {
     #[default]
     Null,
     Int(i64),
-    Str(Box<str>),
-    List(Box<[Value]>),
+    /// One thin, reference-counted pointer.
+    Str(ArcStr),
+    /// One thin, reference-counted pointer.
+    List(Arc<Vec<Value>>),
 }
 
 impl Value {
@@ -55,7 +62,7 @@ impl Value {
 
     /// A list of `items`.
     pub fn list(items: impl IntoIterator<Item = Value>) -> Value {
-        Value::List(items.into_iter().collect())
+        Value::List(Arc::new(items.into_iter().collect()))
     }
 
     /// The value of a JSON field: integers, strings, null and lists of
@@ -71,8 +78,8 @@ impl Value {
             serde_json::Value::Array(items) => items
                 .iter()
                 .map(Value::from_json)
-                .collect::<Result<_, _>>()
-                .map(Value::List),
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::list),
             serde_json::Value::Bool(_) => Err("a boolean"),
             serde_json::Value::Object(_) => Err("an object"),
         }
@@ -126,8 +133,8 @@ enum TaggedRef<'a> {
 enum Tagged {
     Null,
     Int(i64),
-    Str(Box<str>),
-    List(Box<[Value]>),
+    Str(ArcStr),
+    List(Vec<Value>),
 }
 
 impl Serialize for Value {
@@ -159,7 +166,7 @@ impl<'de> Deserialize<'de> for Value {
             Tagged::Null => Value::Null,
             Tagged::Int(v) => Value::Int(v),
             Tagged::Str(v) => Value::Str(v),
-            Tagged::List(items) => Value::List(items),
+            Tagged::List(items) => Value::list(items),
         })
     }
 }
@@ -200,7 +207,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
         while let Some(v) = seq.next_element()? {
             items.push(v);
         }
-        Ok(Value::List(items.into()))
+        Ok(Value::list(items))
     }
 }
 
@@ -271,6 +278,13 @@ mod tests {
             postcard::to_allocvec(&Value::list([Value::Int(1)])).unwrap(),
             [3, 1, 1, 2]
         );
+    }
+
+    #[test]
+    fn values_keys_and_records_stay_small() {
+        assert_eq!(std::mem::size_of::<Value>(), 16);
+        assert_eq!(std::mem::size_of::<crate::Key>(), 16);
+        assert_eq!(std::mem::size_of::<crate::Record>(), 32);
     }
 
     #[test]
