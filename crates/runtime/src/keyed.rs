@@ -203,21 +203,21 @@ fn apply_counts(
     batch: Vec<Record>,
 ) -> Result<(), RuntimeError> {
     for r in batch {
-        let v = table.add(r.key.clone(), integer(&r)?);
-        out.emit(&r.key, &Value::Int(v))?;
+        let Value::Int(add) = r.value else {
+            return Err(not_an_integer(r));
+        };
+        let v = table.add(r.key.clone(), add);
+        out.emit_int(&r.key, v)?;
     }
     Ok(())
 }
 
-/// A record's integer value (the sources and stages project integers for
-/// count and sum: anything else is a defect, reported as such).
-#[inline]
-fn integer(r: &Record) -> Result<i64, RuntimeError> {
-    match r.value {
-        Value::Int(v) => Ok(v),
-        _ => Err(RuntimeError::NotAnInteger(NotAnInteger {
-            key: r.key.clone(),
-            value: r.value.clone(),
-        })),
-    }
+/// A record whose value is not the integer count and sum need (the
+/// sources and stages project integers for them: a defect, named).
+#[cold]
+fn not_an_integer(r: Record) -> RuntimeError {
+    RuntimeError::NotAnInteger(NotAnInteger {
+        key: r.key,
+        value: r.value,
+    })
 }
