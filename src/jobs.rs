@@ -83,6 +83,10 @@ pub fn final_values(outcome: &JobOutcome) -> BTreeMap<Key, Value> {
 /// The integer results of the final state (a key whose result is not an
 /// integer is left out: a comparison with integers finds it missing).
 pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {
-    let int = |(k, v): (Key, Value)| v.as_int().map(|v| (k, v));
-    final_values(outcome).into_iter().filter_map(int).collect()
+    let int = |(k, v): (&Key, Value)| v.as_int().map(|v| (k.clone(), v));
+    outcome
+        .final_state
+        .iter()
+        .flat_map(|t| t.iter().filter_map(int))
+        .collect()
 }
