@@ -87,6 +87,13 @@ impl AggregateKind {
             AggregateKind::Avg => "avg",
         }
     }
+
+    /// Whether its state is the integer table (count, sum) rather than
+    /// typed state (every other kind; the join since it keeps a real
+    /// dimension value).
+    pub fn is_integer(self) -> bool {
+        matches!(self, AggregateKind::Count | AggregateKind::Sum)
+    }
 }
 
 /// One typed state as its operator declared it.

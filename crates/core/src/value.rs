@@ -223,6 +223,7 @@ mod tests {
             Value::from("naïve \"quoted\""),
             Value::list([Value::Int(1), Value::from("b"), Value::Null]),
             Value::list([]),
+            Value::list([Value::list([Value::Int(1)]), Value::list([])]),
         ]
     }
 
@@ -240,7 +241,8 @@ mod tests {
                 "42",
                 r#""naïve \"quoted\"""#,
                 r#"[1,"b",null]"#,
-                "[]"
+                "[]",
+                "[[1],[]]"
             ]
         );
         for v in samples() {

@@ -22,8 +22,10 @@
 //! runtime runs; [`functions`]: a program's own functions, registered by
 //! name, which the runtime runs the same way. A function hears of
 //! completed checkpoints ([`KeyedProcessFunction::notify_checkpoint_complete`]).
-//! Not built yet: timers, operator (non-keyed) state, records other than
-//! `(key, integer)` in running jobs.
+//! Records are a key and a [`Value`] in running jobs (the runtime's one
+//! record type); [`integer`] reads the value a function needs as an
+//! integer. Not built yet: timers, operator (non-keyed) state, records
+//! with several named fields.
 
 pub use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::{LayoutError, StateNames};

@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::collections::BTreeMap;
 
 use crossbeam_channel::{Receiver, Sender};
-use cutpoint_core::metadata::SourceOffset;
+use cutpoint_core::metadata::{AggregateKind, SourceOffset};
+use cutpoint_core::stage::KeyedStage;
 use cutpoint_core::{
     CheckpointId, CheckpointMetadata, JobSpec, KeyGroupRange, OperatorId, SubtaskState, TaskId,
 };
@@ -172,6 +173,9 @@ impl Restore {
                 };
                 *slot = Some(o);
             } else if let Some(stage) = stages.iter().find(|st| st.id == s.task.operator) {
+                if let Some(why) = older_form(s, stage) {
+                    return bad(why);
+                }
                 if let Some(had) = s.schema.as_ref().map(|c| c.aggregate) {
                     if had != stage.aggregate {
                         return bad(format!(
@@ -457,6 +461,27 @@ fn spawn(
         .expect("spawn task thread")
 }
 
+/// Why subtask state `s` cannot restore into `stage`, if it was written
+/// in a form an older release used: a checkpoint that records no schema
+/// holds the integer table (typed state records its schema), and a join
+/// recorded without typed states packed its dimension into that table.
+fn older_form(s: &cutpoint_core::SubtaskState, stage: &KeyedStage) -> Option<String> {
+    let wanted = stage.aggregate;
+    match &s.schema {
+        None if !wanted.is_integer() => Some(format!(
+            "holds {} state of an older release (the integer table, no schema recorded); the job's {} keeps typed state for its {} aggregate: state cannot be converted",
+            s.task,
+            stage.id,
+            wanted.as_str()
+        )),
+        Some(c) if c.aggregate == AggregateKind::Join && c.states.is_empty() && wanted == AggregateKind::Join => Some(format!(
+            "holds {} join state of the integer form (count and an integer dimension packed in one i64, before the join kept a real dimension value): it cannot be converted; start the join from its sources",
+            s.task
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
@@ -537,10 +562,44 @@ mod tests {
             err.contains("a count aggregate") && err.contains("count_distinct"),
             "{err}"
         );
-        // The same aggregate restores; so does a checkpoint recording none.
+        // The same aggregate restores; so does a checkpoint recording none
+        // into an integer aggregate, but not into typed state.
         assert!(Restore::of(&spec("[]"), Some(&m)).is_ok());
         m.subtasks[1].schema = None;
-        assert!(Restore::of(&distinct, Some(&m)).is_ok());
+        assert!(Restore::of(&spec("[]"), Some(&m)).is_ok());
+        let err = Restore::of(&distinct, Some(&m)).err().unwrap().to_string();
+        assert!(
+            err.contains("older release") && err.contains("count_distinct"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_join_of_the_integer_form_is_refused_not_misread() {
+        use cutpoint_core::metadata::{AggregateKind, StateSchema};
+        let join = JobSpec::from_json(
+            r#"{"job_id":"j","source":{"type":"generator","partitions":1,"events":10,"keys":3},
+                "union":[{"type":"generator","partitions":1,"events":10,"keys":3}],
+                "key_by":"app_id","aggregate":{"type":"join","dimension_source":1,"field":"user_id"}}"#,
+        )
+        .unwrap();
+        let mut m = meta(&["agg"]);
+        m.subtasks[1].pending_transactions.clear();
+        m.subtasks.push(m.subtasks[0].clone());
+        m.subtasks[2].source_offset.as_mut().unwrap().partition = 1;
+        // Written before the join kept typed state: no states recorded.
+        m.subtasks[1].schema = Some(StateSchema {
+            aggregate: AggregateKind::Join,
+            states: Vec::new(),
+        });
+        let err = Restore::of(&join, Some(&m)).err().unwrap().to_string();
+        assert!(
+            err.contains("integer form") && err.contains("join"),
+            "{err}"
+        );
+        m.subtasks[1].schema = None;
+        let err = Restore::of(&join, Some(&m)).err().unwrap().to_string();
+        assert!(err.contains("older release"), "{err}");
     }
 
     #[test]

@@ -99,7 +99,11 @@ impl StateDescriptor {
     /// The same state, its values encoded in codec version `version`
     /// (0..=127): a restore of state written in another version is
     /// refused, naming both (raise it when the stored type changes).
+    ///
+    /// # Panics
+    /// If `version` is 128 or more (the high bit marks expiring values).
     pub fn with_codec_version(mut self, version: u8) -> Self {
+        assert!(version < 128, "codec versions are 0..=127, got {version}");
         self.codec_version = version;
         self
     }

@@ -2,7 +2,7 @@
 //! update (the job's result, compared with an expectation by tests and
 //! written by `run --final-state`).
 //!
-//! Integer aggregates (count, sum, join) end with their working
+//! Integer aggregates (count, sum) end with their working
 //! [`StateTable`] as it is (no copy of a large table at the end); typed
 //! state ends with the values its result state holds, any [`Value`].
 
