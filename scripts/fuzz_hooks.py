@@ -13,7 +13,8 @@ positive_data_acceptance still holds every other rule to account:
   join names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; stage ids unique and not source,
-  agg, sink or an external task, ignoring case). A `process` aggregate names a
+  agg, sink or an external task, ignoring case; the stage right after a join
+  neither groups by a value bucket nor sums, a join's updates being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count. Test
   knobs are dropped: this server runs as in production, without
@@ -133,6 +134,9 @@ def _stages(spec):
             stage["id"] = f"stage{i}x"
         taken.add(str(stage["id"]).lower())
         _cap(stage, "parallelism", hi=min(2, spec.get("max_parallelism", 128)))
+        if i == 0 and (spec.get("aggregate") or {}).get("type") == "join":
+            stage["key_by"] = {"type": "key"}
+            stage["aggregate"] = {"type": "count"}
         out.append(stage)
     spec["stages"] = out
 

@@ -521,6 +521,25 @@ async fn plain_file_sink_repeats_updates_after_a_restore() {
     }
 }
 
+/// A savepoint of `job`, triggered again while a periodic checkpoint
+/// holds the one in-flight slot (`TooManyConcurrent`, the documented
+/// refusal when a savepoint races a periodic checkpoint).
+async fn savepoint_when_a_slot_is_free(
+    job: &cutpoint_coordinator::job::JobHandle,
+) -> cutpoint_coordinator::job::SavepointInfo {
+    use cutpoint_coordinator::job::SavepointError;
+    use cutpoint_coordinator::tracker::TriggerRefusal;
+    for _ in 0..200 {
+        match job.trigger_savepoint().await {
+            Err(SavepointError::Refused(TriggerRefusal::TooManyConcurrent(_))) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other.expect("savepoint"),
+        }
+    }
+    panic!("a periodic checkpoint held the only slot for 2 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepoint_outlives_retention_and_restores_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -542,7 +561,7 @@ async fn savepoint_outlives_retention_and_restores_exactly() {
             functions: Default::default(),
         });
         job.wait_for(|s| s.checkpoints_completed >= 1).await;
-        let sp = job.trigger_savepoint().await.expect("savepoint");
+        let sp = savepoint_when_a_slot_is_free(&job).await;
         // Retention 1: let several newer checkpoints subsume the one copied.
         let after = sp.checkpoint_id.0 + 3;
         job.wait_for(|s| s.latest_completed.is_some_and(|c| c.0 >= after))
