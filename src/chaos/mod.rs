@@ -1,8 +1,10 @@
 //! `cutpoint chaos`: the seeded chaos harness (docs/reliability.md).
 //!
 //! Each cycle runs a small job as a child process of this binary — PV, a
-//! two-stage chain, count-distinct, dedup, or a Rust function registered by
-//! name with list, map and value state ([`function`]) — injects
+//! two-stage chain, count-distinct, dedup, a Rust function registered by
+//! name with list, map and value state ([`function`]), or the keyed
+//! two-input join of clicks with a dimension source (its final dimension
+//! per key checked too; its updates' counts like the others') — injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
 //! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
 //! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
@@ -81,7 +83,17 @@ enum Shape {
     /// Distinct users per app through a Rust function registered by name
     /// (list, map and value state; [`function::FirstSeen`]).
     FirstSeen,
+    /// Clicks per app joined with a second source that sets each app's
+    /// dimension (its latest `user_id`): the keyed two-input join, typed
+    /// state `(count, dimension)`; updates are `[count, dimension]`.
+    Join,
 }
+
+/// The join shape's dimension source: one partition (its order per key is
+/// fixed, so the latest dimension is too), a seed of its own.
+const DIM_EVENTS: u64 = 20_000;
+const DIM_SEED: u64 = 7;
+const DIM_RATE: u64 = 20_000;
 
 impl Shape {
     fn as_str(self) -> &'static str {
@@ -91,12 +103,28 @@ impl Shape {
             Shape::Distinct => "count_distinct",
             Shape::DedupOnce => "dedup",
             Shape::FirstSeen => "process",
+            Shape::Join => "join",
         }
     }
 
     #[cfg(test)]
     fn typed(self) -> bool {
-        matches!(self, Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen)
+        matches!(
+            self,
+            Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen | Shape::Join
+        )
+    }
+
+    /// The join's dimension per key, computed plainly: the `user_id` of
+    /// the dimension source's last event of that key (`None`: no event).
+    fn dimensions(keys: u64) -> Vec<Option<i64>> {
+        use cutpoint_runtime::source::{generator_app_id, generator_user_id};
+        let mut dims = vec![None; keys as usize];
+        for i in 0..DIM_EVENTS {
+            let app = generator_app_id(DIM_SEED, keys, i) as usize;
+            dims[app] = Some(generator_user_id(DIM_SEED, USERS, i) as i64);
+        }
+        dims
     }
 
     /// The aggregate and the later stages of the spec.
@@ -120,6 +148,10 @@ impl Shape {
                 json!({"type": "process", "function": function::NAME, "field": "user_id"}),
                 json!([]),
             ),
+            Shape::Join => (
+                json!({"type": "join", "dimension_source": 1, "field": "user_id"}),
+                json!([]),
+            ),
         }
     }
 
@@ -129,7 +161,7 @@ impl Shape {
         let mut counts = vec![0i64; keys as usize];
         (0..EVENTS).for_each(|i| counts[app(i)] += 1);
         match self {
-            Shape::Pv => counts,
+            Shape::Pv | Shape::Join => counts,
             Shape::TwoStage => {
                 let mut hist = Vec::new();
                 for c in counts {
@@ -374,12 +406,13 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     // every other choice.
     let mut shapes = ChaCha8Rng::seed_from_u64(seed ^ 0x5A5E_0F5A_BE5E_ED00);
     shapes.set_stream(cycle);
-    let shape = match shapes.gen_range(0..10) {
+    let shape = match shapes.gen_range(0..11) {
         0..4 => Shape::Pv,
         4..6 => Shape::TwoStage,
         6 => Shape::Distinct,
         7 => Shape::DedupOnce,
-        _ => Shape::FirstSeen,
+        8..10 => Shape::FirstSeen,
+        _ => Shape::Join,
     };
     Plan {
         job,
@@ -714,6 +747,15 @@ fn check_results(p: &Plan, final_state: &Path, out: &Path, expected: &[i64]) -> 
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let key = serde_json::from_value::<Key>(v["key"].clone())?;
+        if p.shape == Shape::Join {
+            check_dimension(p, &key, &v["dimension"])?;
+            let count = v["count"].as_i64().context("count")?;
+            // A key only the dimension source had: no clicks, no result.
+            if count > 0 {
+                actual.insert(key, count);
+            }
+            continue;
+        }
         actual.insert(key, v["value"].as_i64().context("value")?);
     }
     let mut wrong = Vec::new();
@@ -774,6 +816,10 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     });
     if p.budget {
         spec["state"] = json!({"memory_budget_mb": 1});
+    }
+    if p.shape == Shape::Join {
+        spec["union"] = json!([{"type": "generator", "partitions": 1, "events": DIM_EVENTS,
+            "keys": p.keys(), "users": USERS, "seed": DIM_SEED, "rate_per_s": DIM_RATE}]);
     }
     if let Fault::ChannelStateUpload { .. } = p.fault {
         // Late barriers on partition 1: records in flight at every snapshot.
@@ -926,6 +972,29 @@ fn tail(log: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A join key's final dimension against the dimension source's last event.
+fn check_dimension(p: &Plan, key: &Key, got: &serde_json::Value) -> Result<()> {
+    let Key::Int(k) = key else {
+        bail!("join result of a key that is not an app id: {key}");
+    };
+    let want = Shape::dimensions(p.keys())
+        .get(*k as usize)
+        .copied()
+        .flatten();
+    if got.as_i64() != want {
+        bail!("join key {k}: dimension {got}, want {want:?}");
+    }
+    Ok(())
+}
+
+/// The count an update carries: the value, or a join's `[count, dimension]`.
+fn update_count(v: &Value) -> Option<i64> {
+    match v {
+        Value::List(row) => row.first().and_then(Value::as_int),
+        v => v.as_int(),
+    }
+}
+
 /// Every update of every key committed exactly once; no staging file left.
 fn check_committed_output(out: &Path, expected: &[i64]) -> Result<()> {
     let output = cutpoint_runtime::sink::read_output(out).context("reading the sink output")?;
@@ -934,9 +1003,10 @@ fn check_committed_output(out: &Path, expected: &[i64]) -> Result<()> {
     }
     let mut updates = output.updates;
     for (k, want) in expected.iter().enumerate().filter(|(_, c)| **c > 0) {
-        let mut got = updates.remove(&Key::Int(k as i64)).unwrap_or_default();
+        let got = updates.remove(&Key::Int(k as i64)).unwrap_or_default();
+        let mut got: Vec<Option<i64>> = got.iter().map(update_count).collect();
         got.sort_unstable();
-        if got.len() != *want as usize || got.iter().zip(1..).any(|(v, i)| *v != Value::Int(i)) {
+        if got.len() != *want as usize || got.iter().zip(1..).any(|(v, i)| *v != Some(i)) {
             let dups = got.windows(2).filter(|w| w[0] == w[1]).count();
             bail!(
                 "committed output of key {k}: {} updates (want 1..={want} once each; {dups} duplicates)",
@@ -960,8 +1030,8 @@ fn check_file_output(out: &Path, expected: &[i64]) -> Result<()> {
         let last = output
             .updates
             .get(&Key::Int(k as i64))
-            .and_then(|v| v.iter().max());
-        if last != Some(&Value::Int(*want)) {
+            .and_then(|v| v.iter().filter_map(update_count).max());
+        if last != Some(*want) {
             bail!("file sink output of key {k}: last count {last:?}, want {want}");
         }
     }
@@ -1026,7 +1096,7 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 5, "every job form is run");
+        assert_eq!(shapes.len(), 6, "every job form is run");
         let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
         assert!(
             (0..64).any(typed_budgeted),
@@ -1049,5 +1119,10 @@ mod tests {
             .zip(&pv)
             .all(|(d, c)| d <= c && *d <= USERS as i64));
         assert!(Shape::DedupOnce.truth(KEYS).iter().all(|x| *x == 1));
+        assert_eq!(Shape::Join.truth(KEYS), pv, "the join counts clicks only");
+        let dims = Shape::dimensions(KEYS);
+        assert!(dims
+            .iter()
+            .all(|d| d.is_some_and(|u| (0..USERS as i64).contains(&u))));
     }
 }

@@ -86,7 +86,14 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
             "{job} not covered"
         );
     }
-    for shape in ["pv", "two_stage", "count_distinct", "dedup", "process"] {
+    for shape in [
+        "pv",
+        "two_stage",
+        "count_distinct",
+        "dedup",
+        "process",
+        "join",
+    ] {
         assert!(
             summary["shapes"][shape].as_u64().unwrap_or(0) > 0,
             "job form {shape} not covered: {summary}"
