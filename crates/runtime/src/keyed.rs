@@ -15,7 +15,7 @@ use cutpoint_core::stage::NotAnInteger;
 use cutpoint_core::{JobSpec, Key, Record, Value};
 use cutpoint_operator::builtins::{Input, RecordOperator};
 use cutpoint_state::typed::TypedDelta;
-use cutpoint_state::{FrozenDelta, ResultTable, StateReader, StateTable};
+use cutpoint_state::{FrozenDelta, Residency, ResultTable, StateReader, StateTable};
 
 use crate::exchange::Output;
 use crate::task::Upstream;
@@ -107,12 +107,12 @@ impl KeyedState {
     }
 
     /// Puts the state under a memory budget of about `budget` entries,
-    /// read back through `reader`; `on_disk`: RocksDB holds entries memory
-    /// does not (a lazy restore).
-    pub(crate) fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+    /// read back through `reader`; `residency`: whether RocksDB holds
+    /// entries memory does not (a lazy restore).
+    pub(crate) fn set_budget(&mut self, reader: StateReader, budget: usize, residency: Residency) {
         match self {
-            KeyedState::Counts(t) => t.set_budget(reader, budget, on_disk),
-            KeyedState::Typed { op, .. } => op.table_mut().set_budget(reader, budget, on_disk),
+            KeyedState::Counts(t) => t.set_budget(reader, budget, residency),
+            KeyedState::Typed { op, .. } => op.table_mut().set_budget(reader, budget, residency),
         }
     }
 

@@ -247,8 +247,8 @@ pub(crate) struct Opened {
     store: RocksStore,
     state: KeyedState,
     confirmed: ConfirmedFiles,
-    /// RocksDB holds entries the state in memory does not (read through).
-    on_disk: bool,
+    /// Whether RocksDB holds entries the state in memory does not.
+    residency: cutpoint_state::Residency,
 }
 
 /// Where a keyed stage's input comes from.
@@ -540,7 +540,7 @@ impl AggregateTask {
             store: restored.store,
             state,
             confirmed: restored.confirmed,
-            on_disk: restored.on_disk,
+            residency: restored.residency,
         };
         Ok((opened, replay))
     }
@@ -555,7 +555,7 @@ impl AggregateTask {
             store,
             mut state,
             confirmed,
-            on_disk,
+            residency,
         } = opened;
         let mut sink = self.output()?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
@@ -567,7 +567,7 @@ impl AggregateTask {
         let mut trimmed: u64 = 0;
         let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
         if let Some(b) = budget {
-            state.set_budget(store.reader(), b, on_disk);
+            state.set_budget(store.reader(), b, residency);
             state.evict_clean();
         }
         // The clock of TTL state, before any input (a restored task that

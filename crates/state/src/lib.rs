@@ -30,4 +30,4 @@ pub mod typed;
 pub use error::StateError;
 pub use results::ResultTable;
 pub use rocks::{RocksStore, StateReader};
-pub use table::{FrozenDelta, StateTable};
+pub use table::{FrozenDelta, Residency, StateTable};

@@ -25,7 +25,7 @@ use cutpoint_storage::{CheckpointStorage, JobPaths, StateScope};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{RocksStore, StateError, StateTable};
+use crate::{Residency, RocksStore, StateError, StateTable};
 
 /// Parallel uploads per subtask snapshot.
 pub const UPLOAD_CONCURRENCY: usize = 4;
@@ -269,9 +269,8 @@ pub struct RestoredState {
     pub store: RocksStore,
     pub table: StateTable,
     pub confirmed: ConfirmedFiles,
-    /// RocksDB holds entries the table does not (a lazy restore): reads
-    /// must go through to it.
-    pub on_disk: bool,
+    /// Whether RocksDB holds entries the table does not (a lazy restore).
+    pub residency: Residency,
 }
 
 /// Whether a restore loads the working table.
@@ -316,7 +315,7 @@ pub fn open_empty(dirs: &LocalDirs, max_parallelism: u32) -> Result<RestoredStat
         store: RocksStore::open(&dirs.db, &dirs.scratch, max_parallelism)?,
         table: StateTable::new(),
         confirmed: ConfirmedFiles::new(),
-        on_disk: false,
+        residency: Residency::AllInMemory,
     })
 }
 
@@ -376,7 +375,10 @@ pub fn restore(
         store,
         table,
         confirmed,
-        on_disk: load == TableLoad::Lazy,
+        residency: match load {
+            TableLoad::Lazy => Residency::PartlyOnDisk,
+            _ => Residency::AllInMemory,
+        },
     })
 }
 

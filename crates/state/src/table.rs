@@ -20,6 +20,17 @@ use rustc_hash::FxHashMap;
 
 use crate::{StateError, StateReader};
 
+/// Where a subtask's state is when a memory budget is set on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// The table holds every entry (a fresh start, or a restore that loaded
+    /// them all).
+    AllInMemory,
+    /// RocksDB holds entries the table does not (a lazy restore): reads go
+    /// through to it.
+    PartlyOnDisk,
+}
+
 /// Where a budgeted table finds evicted entries.
 #[derive(Debug)]
 struct Backing {
@@ -116,13 +127,13 @@ impl StateTable {
     }
 
     /// Puts the table under a memory budget of about `budget` entries,
-    /// reading evicted entries through `reader`. `on_disk`: RocksDB already
-    /// holds entries the table does not (a restore that did not load them).
-    pub fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+    /// reading evicted entries through `reader`; `residency` says whether
+    /// RocksDB already holds entries the table does not.
+    pub fn set_budget(&mut self, reader: StateReader, budget: usize, residency: Residency) {
         self.backing = Some(Backing {
             reader,
             budget: budget.max(1),
-            on_disk,
+            on_disk: residency == Residency::PartlyOnDisk,
             error: None,
             evicted: 0,
             read_through: 0,
@@ -271,7 +282,7 @@ mod tests {
         let mut store =
             crate::RocksStore::open(&d.path().join("db"), &d.path().join("s"), 128).unwrap();
         let mut t = StateTable::new();
-        t.set_budget(store.reader(), 10, false);
+        t.set_budget(store.reader(), 10, Residency::AllInMemory);
         for i in 0..100 {
             t.add(Key::Int(i), i);
         }

@@ -49,7 +49,7 @@ use crate::layout::{
     decode_entry, decode_value, encode_expiring, encode_value, entry_key, entry_prefix, expires_at,
     list_element, LayoutError, StateDescriptor, StateKind, StateNames,
 };
-use crate::StateReader;
+use crate::{Residency, StateReader};
 
 /// The key (and namespace) a keyed operator works on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,14 +400,13 @@ impl TypedTable {
     }
 
     /// Puts the table under a memory budget of about `budget` entries,
-    /// reading what it evicts back through `reader`. `on_disk`: RocksDB
-    /// already holds entries the table does not (a restore that did not
-    /// load them).
-    pub fn set_budget(&mut self, reader: StateReader, budget: usize, on_disk: bool) {
+    /// reading what it evicts back through `reader`; `residency` says
+    /// whether RocksDB already holds entries the table does not.
+    pub fn set_budget(&mut self, reader: StateReader, budget: usize, residency: Residency) {
         self.backing = Some(Backing {
             reader,
             budget: budget.max(1),
-            on_disk,
+            on_disk: residency == Residency::PartlyOnDisk,
             shadow: FxHashSet::default(),
             sequenced: FxHashSet::default(),
             evicted: 0,
@@ -1197,7 +1196,7 @@ mod tests {
         let mut db = store(dir.path());
         let mut t = TypedTable::new(names.clone());
         let mut twin = TypedTable::new(names);
-        t.set_budget(db.reader(), 40, false);
+        t.set_budget(db.reader(), 40, Residency::AllInMemory);
         let accounts = 30;
         for i in 0..300 {
             pay_both(&mut t, &mut twin, &s, i, accounts);
@@ -1244,7 +1243,7 @@ mod tests {
         }
         db.apply_entries(&twin.freeze()).unwrap();
         let mut t = TypedTable::new(names);
-        t.set_budget(db.reader(), 1_000, true);
+        t.set_budget(db.reader(), 1_000, Residency::PartlyOnDisk);
         assert!(t.is_empty());
         assert_same(&mut t, &mut twin, &s, 20);
         for i in 200..260 {
@@ -1264,7 +1263,7 @@ mod tests {
         let mut db = store(dir.path());
         let mut t = TypedTable::new(names.clone());
         let mut twin = TypedTable::new(names);
-        t.set_budget(db.reader(), 8, false);
+        t.set_budget(db.reader(), 8, Residency::AllInMemory);
         for i in 0..40 {
             pay_both(&mut t, &mut twin, &s, i, 10);
         }
@@ -1290,7 +1289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = store(dir.path());
         let mut t = TypedTable::new(names);
-        t.set_budget(db.reader(), 8, false);
+        t.set_budget(db.reader(), 8, Residency::AllInMemory);
         t.set_time(1).unwrap();
         let a = account(1);
         for i in 0..50 {
@@ -1326,7 +1325,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut db = store(dir.path());
         let mut t = TypedTable::new(names);
-        t.set_budget(db.reader(), 8, false);
+        t.set_budget(db.reader(), 8, Residency::AllInMemory);
         for who in 0..40 {
             t.set_value(&s.balance, &account(who), &who).unwrap();
         }
