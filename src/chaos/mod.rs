@@ -744,11 +744,13 @@ async fn make_newest_unreadable(runs: &Runs<'_>) -> Result<Option<(u64, Vec<Stri
 fn check_results(p: &Plan, final_state: &Path, out: &Path, expected: &[i64]) -> Result<()> {
     let text = std::fs::read_to_string(final_state).context("reading the final state")?;
     let mut actual = BTreeMap::new();
+    // The join's dimensions, computed once (not per key).
+    let dims = (p.shape == Shape::Join).then(|| Shape::dimensions(p.keys()));
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
         let key = serde_json::from_value::<Key>(v["key"].clone())?;
-        if p.shape == Shape::Join {
-            check_dimension(p, &key, &v["dimension"])?;
+        if let Some(dims) = &dims {
+            check_dimension(dims, &key, &v["dimension"])?;
             let count = v["count"].as_i64().context("count")?;
             // A key only the dimension source had: no clicks, no result.
             if count > 0 {
@@ -973,14 +975,11 @@ fn tail(log: &str, n: usize) -> String {
 }
 
 /// A join key's final dimension against the dimension source's last event.
-fn check_dimension(p: &Plan, key: &Key, got: &serde_json::Value) -> Result<()> {
+fn check_dimension(dims: &[Option<i64>], key: &Key, got: &serde_json::Value) -> Result<()> {
     let Key::Int(k) = key else {
         bail!("join result of a key that is not an app id: {key}");
     };
-    let want = Shape::dimensions(p.keys())
-        .get(*k as usize)
-        .copied()
-        .flatten();
+    let want = dims.get(*k as usize).copied().flatten();
     if got.as_i64() != want {
         bail!("join key {k}: dimension {got}, want {want:?}");
     }
