@@ -10,7 +10,7 @@ use cutpoint_coordinator::{JobOutcome, RestoreFrom};
 use cutpoint_core::{CheckpointId, JobId, JobSpec, Value};
 
 use crate::client::{self, Client};
-use crate::jobs::{dir_or_temp, final_values, open_storage, run_job};
+use crate::jobs::{dir_or_temp, open_storage, run_job};
 use cutpoint_storage::CheckpointStorage;
 use serde_json::json;
 
@@ -521,7 +521,7 @@ fn write_final_state(spec: &JobSpec, outcome: &JobOutcome, path: &PathBuf) -> Re
     use cutpoint_core::spec::AggregateSpec;
     let joined = matches!(spec.aggregate, AggregateSpec::Join { .. });
     let mut w = std::io::BufWriter::new(std::fs::File::create(path)?);
-    for (k, v) in final_values(outcome) {
+    for (k, v) in outcome.final_values() {
         let line = match &v {
             Value::List(row) if joined && row.len() == 2 => {
                 json!({"key": k, "count": row[0], "dimension": row[1]})

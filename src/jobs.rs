@@ -71,15 +71,6 @@ pub async fn run_job(
     Ok(outcome?)
 }
 
-/// The final state, merged over subtasks, sorted by key.
-pub fn final_values(outcome: &JobOutcome) -> BTreeMap<Key, Value> {
-    outcome
-        .final_state
-        .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
-        .collect()
-}
-
 /// The integer results of the final state (a key whose result is not an
 /// integer is left out: a comparison with integers finds it missing).
 pub fn final_counts(outcome: &JobOutcome) -> BTreeMap<Key, i64> {

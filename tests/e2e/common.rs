@@ -21,10 +21,8 @@ pub fn expected_counts(seed: u64, keys: u64, events: u64) -> BTreeMap<Key, i64> 
 }
 
 pub fn final_counts(o: &JobOutcome) -> BTreeMap<Key, i64> {
-    o.final_state
-        .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), int(&v))))
-        .collect()
+    let values = o.final_values().into_iter();
+    values.map(|(k, v)| (k, int(&v))).collect()
 }
 
 /// An update's or result's value, which must be an integer.

@@ -81,11 +81,7 @@ async fn join_scenario(mode: &str) {
     );
     let outcome = run(spec, dir.path()).await;
     let counts = expected_counts(42, keys, clicks);
-    let state: BTreeMap<Key, Value> = outcome
-        .final_state
-        .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
-        .collect();
+    let state: BTreeMap<Key, Value> = outcome.final_values();
     assert_eq!(state.len() as u64, keys);
     for k in 0..keys {
         let clicks = counts.get(&Key::Int(k as i64)).copied().unwrap_or(0);
@@ -269,11 +265,7 @@ async fn count_distinct_and_dedup_over_string_values_are_exact_after_a_restore()
         &out,
     );
     let outcome = run(spec, &dir.path().join("dedup")).await;
-    let finals: BTreeMap<Key, Value> = outcome
-        .final_state
-        .iter()
-        .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v)))
-        .collect();
+    let finals: BTreeMap<Key, Value> = outcome.final_values();
     let last: BTreeMap<Key, Value> = changes
         .iter()
         .map(|(k, c)| (k.clone(), c.last().unwrap().clone()))

@@ -125,6 +125,15 @@ pub struct JobOutcome {
 }
 
 impl JobOutcome {
+    /// The final state of every subtask, merged and sorted by key (the
+    /// job's result).
+    pub fn final_values(
+        &self,
+    ) -> std::collections::BTreeMap<cutpoint_core::Key, cutpoint_core::Value> {
+        let merged = self.final_state.iter().flat_map(|t| t.iter());
+        merged.map(|(k, v)| (k.clone(), v)).collect()
+    }
+
     fn new() -> Self {
         Self {
             final_state: Vec::new(),
