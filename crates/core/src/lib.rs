@@ -27,7 +27,7 @@ pub use graph::JobGraph;
 pub use ids::{CheckpointId, FunctionName, JobId, OperatorId, SavepointId, SubtaskIndex, TaskId};
 pub use keygroup::KeyGroupRange;
 pub use metadata::{CheckpointMetadata, StateFile, SubtaskState, METADATA_VERSION};
-pub use record::{Key, Record};
+pub use record::{Key, NotAnInteger, Record};
 pub use spec::{CheckpointConfig, CheckpointType, JobSpec};
 pub use value::Value;
 

@@ -87,6 +87,25 @@ impl Record {
             value: Value::Int(value),
         }
     }
+
+    /// Its value as an integer, or [`NotAnInteger`] naming the key and the
+    /// value (for an operator that needs integers).
+    #[inline]
+    pub fn int_value(&self) -> Result<i64, NotAnInteger> {
+        self.value.as_int().ok_or_else(|| NotAnInteger {
+            key: self.key.clone(),
+            value: self.value.clone(),
+        })
+    }
+}
+
+/// A value that is not the integer an operator needs (min, max, avg, a
+/// stage that buckets or sums its input): e.g. a dedup of a string field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key {key} has the value {value}, not an integer")]
+pub struct NotAnInteger {
+    pub key: Key,
+    pub value: Value,
 }
 
 #[cfg(test)]

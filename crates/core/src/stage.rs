@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metadata::AggregateKind;
 use crate::spec::{AggregateSpec, JobSpec};
-use crate::{CoreError, Key, OperatorId, Record, Value};
+use crate::{CoreError, Key, NotAnInteger, OperatorId, Record, Value};
 
 /// A keyed stage after the first one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,7 +66,8 @@ pub struct Forward {
 
 impl Forward {
     /// The downstream record for an update of `key` to `value`; a bucket
-    /// or a sum needs an integer value.
+    /// or a sum needs an integer value (an update a stage cannot take: e.g.
+    /// a dedup of a string field).
     #[inline]
     pub fn record(&self, key: &Key, value: &Value) -> Result<Record, NotAnInteger> {
         let int = || {
@@ -85,15 +86,6 @@ impl Forward {
         };
         Ok(Record::int(key, value))
     }
-}
-
-/// An update a stage cannot take (it groups by a bucket of the value, or
-/// sums it): its value is not an integer, e.g. a dedup of a string field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the update of key {key} has the value {value}, not an integer")]
-pub struct NotAnInteger {
-    pub key: Key,
-    pub value: Value,
 }
 
 /// A keyed stage as the runtime runs it.

@@ -623,7 +623,7 @@ mod tests {
         let err = op
             .process(Input::First, text(4, "z"), &mut Vec::new())
             .unwrap_err();
-        assert!(matches!(err, OperatorError::NotAnInteger { .. }), "{err}");
+        assert!(matches!(err, OperatorError::NotAnInteger(_)), "{err}");
         assert!(err.to_string().contains("\"z\""), "{err}");
     }
 

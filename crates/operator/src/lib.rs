@@ -44,11 +44,8 @@ pub enum OperatorError {
     User(String),
     /// A record's value is not the integer the operator needs (min, max,
     /// avg).
-    #[error("the value of key {key} is {value}, not an integer")]
-    NotAnInteger {
-        key: Key,
-        value: cutpoint_core::Value,
-    },
+    #[error(transparent)]
+    NotAnInteger(#[from] cutpoint_core::NotAnInteger),
     /// The spec names a process function this program did not register.
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
@@ -57,13 +54,7 @@ pub enum OperatorError {
 /// The record's value as an integer, or [`OperatorError::NotAnInteger`]
 /// naming the key and the value (for functions that need integers).
 pub fn integer(record: &Record) -> Result<i64, OperatorError> {
-    record
-        .value
-        .as_int()
-        .ok_or_else(|| OperatorError::NotAnInteger {
-            key: record.key.clone(),
-            value: record.value.clone(),
-        })
+    Ok(record.int_value()?)
 }
 
 /// A keyed operator's logic (Flink's `KeyedProcessFunction`).

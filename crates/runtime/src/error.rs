@@ -27,10 +27,10 @@ pub enum RuntimeError {
     State(#[from] StateError),
     #[error("operator: {0}")]
     Operator(#[from] cutpoint_operator::OperatorError),
-    /// A stage groups by a bucket of its input's value, or sums it, and
-    /// the stage before emitted something other than an integer.
-    #[error("the next stage needs integers: {0}")]
-    NotAnInteger(#[from] cutpoint_core::stage::NotAnInteger),
+    /// A keyed stage that counts, sums or buckets got a value that is not
+    /// an integer (e.g. the stage before it emitted strings).
+    #[error("a keyed stage needs integers: {0}")]
+    NotAnInteger(#[from] cutpoint_core::NotAnInteger),
     #[error("cannot restore: {0}")]
     Restore(String),
     #[error("downstream task is gone")]
@@ -57,7 +57,7 @@ impl RuntimeError {
             RuntimeError::State(StateError::Overflow { .. }) => true,
             // The same input fails the same way after every restart.
             RuntimeError::NotAnInteger(_) => true,
-            RuntimeError::Operator(cutpoint_operator::OperatorError::NotAnInteger { .. }) => true,
+            RuntimeError::Operator(cutpoint_operator::OperatorError::NotAnInteger(_)) => true,
             _ => false,
         }
     }

@@ -11,8 +11,7 @@
 
 use cutpoint_core::metadata::{AggregateKind, StateSchema};
 use cutpoint_core::spec::AggregateSpec;
-use cutpoint_core::stage::NotAnInteger;
-use cutpoint_core::{JobSpec, Key, Record, Value};
+use cutpoint_core::{JobSpec, Key, NotAnInteger, Record, Value};
 use cutpoint_operator::builtins::{Input, RecordOperator};
 use cutpoint_state::typed::TypedDelta;
 use cutpoint_state::{FrozenDelta, Residency, ResultTable, StateReader, StateTable};
