@@ -71,8 +71,9 @@ impl fmt::Display for Key {
     }
 }
 
-/// One record: a key and its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One record: a key and its value. Its JSON form, `{"key":…,"value":…}`,
+/// is a sink's line (and, with the input, a channel-state line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub key: Key,
     pub value: Value,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cutpoint_core::metadata::PendingTransaction;
 use cutpoint_core::spec::SinkSpec;
-use cutpoint_core::{CheckpointId, Key, Value};
+use cutpoint_core::{CheckpointId, Key, Record, Value};
 
 use crate::RuntimeError;
 
@@ -146,16 +146,8 @@ pub fn read_output(dir: &Path) -> Result<FileOutput, RuntimeError> {
         let path = entry.path();
         let text = std::fs::read_to_string(&path).map_err(|e| sink_err(&path, e))?;
         for line in text.lines() {
-            let v: serde_json::Value =
-                serde_json::from_str(line).map_err(|e| sink_err(&path, e))?;
-            let key: Key =
-                serde_json::from_value(v["key"].clone()).map_err(|e| sink_err(&path, e))?;
-            let value = v
-                .get("value")
-                .ok_or("no value")
-                .and_then(Value::from_json)
-                .map_err(|why| sink_err(&path, format!("an update's value: {why}")))?;
-            out.updates.entry(key).or_default().push(value);
+            let r: Record = serde_json::from_str(line).map_err(|e| sink_err(&path, e))?;
+            out.updates.entry(r.key).or_default().push(r.value);
         }
     }
     Ok(out)

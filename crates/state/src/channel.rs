@@ -70,6 +70,14 @@ pub fn upload_channel_state(
     Ok(Some(uploaded?))
 }
 
+/// One line of a channel-state file.
+#[derive(serde::Deserialize)]
+struct Line {
+    input: u32,
+    key: Key,
+    value: Value,
+}
+
 /// The in-flight records (with their input) of the checkpoint `old`
 /// describes that belong to `range`, in the order they were received per
 /// old subtask.
@@ -102,19 +110,8 @@ pub fn read_channel_state(
                     reason: why,
                 })
             };
-            let v: serde_json::Value =
+            let Line { input, key, value } =
                 serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-            let key: Key =
-                serde_json::from_value(v["key"].clone()).map_err(|e| bad(e.to_string()))?;
-            let value = v
-                .get("value")
-                .ok_or("no value")
-                .and_then(Value::from_json)
-                .map_err(|why| bad(format!("value: {why}")))?;
-            let input = v["input"]
-                .as_u64()
-                .and_then(|i| u32::try_from(i).ok())
-                .ok_or_else(|| bad("no input".into()))?;
             if range.contains(keygroup::key_group(key.stable_hash(), max_parallelism)) {
                 out.push((input, Record { key, value }));
             }
