@@ -16,7 +16,8 @@ positive_data_acceptance still holds every other rule to account:
   agg, sink or an external task, ignoring case; the stage right after a join
   neither groups by a value bucket nor sums, a join's updates being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
-  and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count. Test
+  and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count;
+  `transforms` name steps of the serving program too, so they are dropped. Test
   knobs are dropped: this server runs as in production, without
   --enable-test-knobs, and refuses them (400, tested in tests/e2e/api.rs).
   Savepoint paths are put under this server's storage root (a path elsewhere
@@ -95,6 +96,7 @@ def _sources(spec):
     agg = spec.get("aggregate") or {}
     if agg.get("type") == "process":
         agg = {"type": "count"}
+    spec.pop("transforms", None)
     if agg.get("type") == "join":
         if not spec.get("union"):
             spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]

@@ -152,6 +152,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         union: Vec::new(),
         filter: Vec::new(),
         key_by: "app_id".into(),
+        transforms: Vec::new(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard,

@@ -4,16 +4,17 @@
 //! checkpoints, listed and restored the same way), plus the [`Functions`]
 //! it registers, as a [`Program`] for [`crate::main_with`].
 //!
-//! Stateless filters run in the source task (`filter`, on the events'
-//! fields). Not built yet: `map` / `flat_map` and filters written as Rust
-//! closures (the runtime's records are `(key, integer)` projected at the
-//! source).
+//! Stateless steps run in the source task: `filter` on the events' fields
+//! first, then the Rust closures of `map`, `filter_with` and `flat_map` on
+//! the records the source projected (a key and a [`cutpoint_core::Value`]),
+//! in the order they were added; a `map` may change the key, and records
+//! are routed to the keyed operator by the key the last step leaves.
 
 use std::time::Duration;
 
 use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
-use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec};
-use cutpoint_core::{CoreError, FunctionName, JobSpec};
+use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec, Transform};
+use cutpoint_core::{CoreError, FunctionName, JobSpec, Record};
 use cutpoint_operator::{Functions, WithResult};
 
 use crate::Program;
@@ -25,6 +26,7 @@ pub struct JobBuilder {
     parallelism: Option<u32>,
     key_by: String,
     filters: Vec<Filter>,
+    transforms: Vec<Transform>,
     aggregate: Option<AggregateSpec>,
     function: Option<String>,
     value: Option<String>,
@@ -43,6 +45,7 @@ impl JobBuilder {
             parallelism: None,
             key_by: String::new(),
             filters: Vec::new(),
+            transforms: Vec::new(),
             aggregate: None,
             function: None,
             value: None,
@@ -64,6 +67,41 @@ impl JobBuilder {
     pub fn filter(mut self, field: &str, op: FilterOp, value: impl Into<FilterValue>) -> Self {
         self.filters.push(Filter::new(field, op, value));
         self
+    }
+
+    /// Maps every record with `f`, registered as `name` (the name a JSON
+    /// spec's `transforms` know it by). Panics on an invalid or taken name.
+    pub fn map(mut self, name: &str, f: impl Fn(Record) -> Record + Send + Sync + 'static) -> Self {
+        self.functions = self.functions.map(name, f);
+        self.transforms.push(Transform::Map(Self::name(name)));
+        self
+    }
+
+    /// Keeps the records `f` accepts (a filter written in Rust).
+    pub fn filter_with(
+        mut self,
+        name: &str,
+        f: impl Fn(&Record) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.functions = self.functions.filter(name, f);
+        self.transforms.push(Transform::Filter(Self::name(name)));
+        self
+    }
+
+    /// Replaces every record with those `f` pushes (any number).
+    pub fn flat_map(
+        mut self,
+        name: &str,
+        f: impl Fn(Record, &mut Vec<Record>) + Send + Sync + 'static,
+    ) -> Self {
+        self.functions = self.functions.flat_map(name, f);
+        self.transforms.push(Transform::FlatMap(Self::name(name)));
+        self
+    }
+
+    /// A name `Functions` accepted (so valid).
+    fn name(name: &str) -> FunctionName {
+        FunctionName::new(name).expect("checked when registered")
     }
 
     /// The field records are keyed (and partitioned) by.
@@ -131,6 +169,7 @@ impl JobBuilder {
             "job_id": self.job_id,
             "source": self.source,
             "filter": self.filters,
+            "transforms": self.transforms,
             "key_by": self.key_by,
             "aggregate": aggregate,
             "sink": self.sink,
@@ -224,7 +263,35 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         assert_eq!(names, vec!["last"]);
-        program.functions.check(&spec.aggregate).unwrap();
+        program.functions.check(&spec).unwrap();
+    }
+
+    #[test]
+    fn rust_steps_become_the_specs_transforms_in_order() {
+        let program = JobBuilder::source("steps", generator())
+            .key_by("app_id")
+            .flat_map("twice", |r, out| {
+                out.push(r.clone());
+                out.push(r);
+            })
+            .filter_with("odd", |r| matches!(r.key, Key::Int(k) if k % 2 == 1))
+            .map("rekey", |r| Record::new(Key::Int(0), r.value))
+            .build()
+            .unwrap();
+        let spec = program.job.unwrap();
+        let json = r#"{"job_id":"steps",
+            "source":{"type":"generator","partitions":1,"events":1000,"keys":10,"seed":1,"users":5},
+            "transforms":[{"flat_map":"twice"},{"filter":"odd"},{"map":"rekey"}],
+            "key_by":"app_id","aggregate":{"type":"count"}}"#;
+        assert_eq!(spec, JobSpec::from_json(json).unwrap());
+        program.functions.check(&spec).unwrap();
+        let mut steps = program.functions.steps(&spec.transforms).unwrap();
+        let mut batch = vec![Record::int(Key::Int(1), 5), Record::int(Key::Int(2), 6)];
+        steps.apply(&mut batch);
+        assert_eq!(batch, vec![Record::int(Key::Int(0), 5); 2]);
+        // The stock binary has none of them: refused, naming the step.
+        let err = Functions::new().check(&spec).unwrap_err().to_string();
+        assert!(err.contains("flat_map") && err.contains("twice"), "{err}");
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub async fn run(
         union: Vec::new(),
         filter: Vec::new(),
         key_by: "app_id".into(),
+        transforms: Vec::new(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard,

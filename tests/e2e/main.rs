@@ -19,3 +19,4 @@ mod stages;
 mod storage;
 mod typed;
 mod unaligned;
+mod words;

@@ -90,8 +90,9 @@ name_id!(
 );
 
 name_id!(
-    /// Names a keyed process function a Rust program registers (the JSON
-    /// spec's `process` aggregate refers to it by this name).
+    /// Names a keyed process function or a stateless step a Rust program
+    /// registers (the JSON spec's `process` aggregate and `transforms`
+    /// refer to it by this name).
     FunctionName,
     "function name"
 );

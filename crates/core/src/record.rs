@@ -71,6 +71,24 @@ impl fmt::Display for Key {
     }
 }
 
+impl From<i64> for Key {
+    fn from(v: i64) -> Self {
+        Key::Int(v)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key::Str(s.into())
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key::Str(s.into())
+    }
+}
+
 /// One record: a key and its value. Its JSON form, `{"key":…,"value":…}`,
 /// is a sink's line (and, with the input, a channel-state line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +98,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// A record of `key` and `value`.
+    #[inline]
+    pub fn new(key: impl Into<Key>, value: impl Into<Value>) -> Self {
+        Record {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
     /// A record whose value is the integer `value`.
     #[inline]
     pub fn int(key: Key, value: i64) -> Self {

@@ -33,6 +33,11 @@ pub struct JobSpec {
     pub filter: Vec<crate::filter::Filter>,
     /// Field of the input events to group by.
     pub key_by: String,
+    /// Stateless steps every record takes in the source task, in order,
+    /// after the filters and before it is routed by its key (see
+    /// [`Transform`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<Transform>,
     pub aggregate: AggregateSpec,
     /// Further keyed stages after `aggregate` (see [`crate::stage`]): each
     /// re-keys the updates of the stage before and aggregates them again;
@@ -68,6 +73,45 @@ pub struct JobSpec {
     /// [`JobSpec::MAX_PROCESSING_DELAY_US`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject_processing_delay_us: Option<u64>,
+}
+
+/// A stateless step on the records of the sources, naming a function the
+/// running program registered (Flink's `map`, `filter`, `flat_map`):
+/// `{"map": "name"}`, `{"filter": "name"}` or `{"flat_map": "name"}`.
+///
+/// They run in the source task (chained, no exchange): on each record the
+/// source projected (`key_by` and the aggregate's value field), after the
+/// field filters. A map may change the key: records are routed to the
+/// keyed stage by the key the last step leaves. They keep no state, so a
+/// checkpoint holds nothing of them; for exactly-once results a step must
+/// be deterministic (a replay after a restore runs it again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Transform {
+    /// One record in, one record out.
+    Map(crate::FunctionName),
+    /// Keeps the records the function accepts.
+    Filter(crate::FunctionName),
+    /// One record in, any number out.
+    FlatMap(crate::FunctionName),
+}
+
+impl Transform {
+    /// The function the step runs.
+    pub fn function(&self) -> &crate::FunctionName {
+        match self {
+            Transform::Map(f) | Transform::Filter(f) | Transform::FlatMap(f) => f,
+        }
+    }
+
+    /// `map`, `filter` or `flat_map`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Transform::Map(_) => "map",
+            Transform::Filter(_) => "filter",
+            Transform::FlatMap(_) => "flat_map",
+        }
+    }
 }
 
 /// Delays barrier injection on one partition.
@@ -509,6 +553,12 @@ impl JobSpec {
         if let Some(p) = self.filter.iter().find_map(|f| f.problem()) {
             return bad(p);
         }
+        if self.transforms.len() > 16 {
+            return bad("a job has at most 16 transforms".into());
+        }
+        if !self.transforms.is_empty() && matches!(self.aggregate, AggregateSpec::Join { .. }) {
+            return bad("transforms do not run before a join yet (both inputs would take the same steps): drop `transforms` or the join".into());
+        }
         self.validate_rest()
     }
 
@@ -855,5 +905,40 @@ mod tests {
         assert!(e.contains("dimension_source"), "{e}");
         let out_of_range = joined.replace(r#""dimension_source":1"#, r#""dimension_source":2"#);
         assert!(JobSpec::from_json(&out_of_range).is_err());
+    }
+
+    #[test]
+    fn transforms_name_a_kind_and_a_function_and_do_not_precede_a_join() {
+        let steps = r#""transforms":[{"flat_map":"words"},{"filter":"long"},{"map":"lower"}],"key_by""#;
+        let s = JobSpec::from_json(&PV.replace(r#""key_by""#, steps)).unwrap();
+        let kinds: Vec<_> = s
+            .transforms
+            .iter()
+            .map(|t| (t.kind(), t.function().as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [("flat_map", "words"), ("filter", "long"), ("map", "lower")]
+        );
+        let back = JobSpec::from_json(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        for bad in [
+            r#""transforms":[{"reduce":"x"}],"key_by""#,
+            r#""transforms":[{"map":"x","filter":"y"}],"key_by""#,
+            r#""transforms":[{"map":"not a name"}],"key_by""#,
+        ] {
+            assert!(JobSpec::from_json(&PV.replace(r#""key_by""#, bad)).is_err(), "{bad}");
+        }
+        let join = PV
+            .replace(
+                r#""key_by""#,
+                r#""union":[{"type":"generator","events":5,"keys":2}],"transforms":[{"map":"m"}],"key_by""#,
+            )
+            .replace(
+                r#"{"type":"count"}"#,
+                r#"{"type":"join","dimension_source":1,"field":"app_id"}"#,
+            );
+        let e = JobSpec::from_json(&join).unwrap_err().to_string();
+        assert!(e.contains("transforms") && e.contains("join"), "{e}");
     }
 }

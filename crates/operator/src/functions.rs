@@ -1,6 +1,9 @@
 //! [`Functions`]: the keyed process functions a Rust program registers by
 //! name, so a job spec (built in the program, or JSON over REST) can run
-//! them: `"aggregate": {"type": "process", "function": "fraud_detector"}`.
+//! them: `"aggregate": {"type": "process", "function": "fraud_detector"}`;
+//! and its stateless steps ([`Step`]: map, filter, flat map), which a
+//! spec's `"transforms": [{"flat_map": "words"}]` runs in the source task.
+//! Keyed functions and steps share one namespace: a name means one thing.
 //!
 //! A registry is a value the program hands to the coordinator, the server
 //! and the CLI (no global): the stock `cutpoint` binary registers none,
@@ -11,19 +14,22 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use cutpoint_core::spec::AggregateSpec;
-use cutpoint_core::{FunctionName, Key};
+use cutpoint_core::spec::{AggregateSpec, Transform};
+use cutpoint_core::{FunctionName, JobSpec, Key, Record};
 
 use crate::builtins::{FromRecord, RecordOperator, WithResult};
+use crate::stateless::{Step, Steps};
 use crate::{KeyedOperator, OperatorError};
 
 /// Makes one subtask's operator (given the job's max parallelism).
 type Factory = Arc<dyn Fn(u32) -> Result<Box<dyn RecordOperator>, OperatorError> + Send + Sync>;
 
-/// Registered keyed process functions, by name (cheap to clone).
+/// Registered keyed process functions and stateless steps, by name
+/// (cheap to clone).
 #[derive(Clone, Default)]
 pub struct Functions {
     by_name: Arc<BTreeMap<FunctionName, Factory>>,
+    steps: Arc<BTreeMap<FunctionName, Step>>,
 }
 
 impl Functions {
@@ -40,22 +46,79 @@ impl Functions {
     where
         F: WithResult + 'static,
     {
-        let name = FunctionName::new(name).unwrap_or_else(|e| panic!("Functions::register: {e}"));
+        let name = self.free_name(name);
         let factory: Factory = Arc::new(move |max_parallelism| {
             let key = |r: &F::In| -> Key { r.key().clone() };
             Ok(Box::new(KeyedOperator::new(make(), key, max_parallelism)?))
         });
-        let map = Arc::make_mut(&mut self.by_name);
-        assert!(
-            map.insert(name.clone(), factory).is_none(),
-            "Functions::register: {name} is registered twice"
-        );
+        Arc::make_mut(&mut self.by_name).insert(name, factory);
         self
     }
 
-    /// The registered names, in order.
+    /// Registers a stateless map (one record in, one out; it may change
+    /// the key) as `name`. Panics as [`Functions::register`] does.
+    pub fn map(self, name: &str, f: impl Fn(Record) -> Record + Send + Sync + 'static) -> Self {
+        self.step(name, Step::Map(Arc::new(f)))
+    }
+
+    /// Registers a stateless filter (keeps the records `f` accepts).
+    pub fn filter(self, name: &str, f: impl Fn(&Record) -> bool + Send + Sync + 'static) -> Self {
+        self.step(name, Step::Filter(Arc::new(f)))
+    }
+
+    /// Registers a stateless flat map (pushes any number of records).
+    pub fn flat_map(
+        self,
+        name: &str,
+        f: impl Fn(Record, &mut Vec<Record>) + Send + Sync + 'static,
+    ) -> Self {
+        self.step(name, Step::FlatMap(Arc::new(f)))
+    }
+
+    fn step(mut self, name: &str, step: Step) -> Self {
+        let name = self.free_name(name);
+        Arc::make_mut(&mut self.steps).insert(name, step);
+        self
+    }
+
+    /// `name`, checked to be valid and not taken (a program's names are
+    /// fixed in its code, so a clash is a bug: panics).
+    fn free_name(&self, name: &str) -> FunctionName {
+        let name = FunctionName::new(name).unwrap_or_else(|e| panic!("Functions::register: {e}"));
+        assert!(
+            !self.by_name.contains_key(&name) && !self.steps.contains_key(&name),
+            "Functions::register: {name} is registered twice"
+        );
+        name
+    }
+
+    /// The registered names (keyed functions and steps), in order.
     pub fn names(&self) -> Vec<&FunctionName> {
-        self.by_name.keys().collect()
+        let mut names: Vec<_> = self.by_name.keys().chain(self.steps.keys()).collect();
+        names.sort();
+        names
+    }
+
+    /// The steps a job's `transforms` name, in order; refuses a name this
+    /// program does not have, or one registered as another kind.
+    pub fn steps(&self, transforms: &[Transform]) -> Result<Steps, OperatorError> {
+        let steps = transforms
+            .iter()
+            .map(|t| match self.steps.get(t.function()) {
+                Some(step) if step.kind() == t.kind() => Ok(step.clone()),
+                Some(step) => Err(OperatorError::StepKind {
+                    name: t.function().to_string(),
+                    registered: step.kind(),
+                    used: t.kind(),
+                }),
+                None => Err(OperatorError::UnknownStep {
+                    kind: t.kind(),
+                    name: t.function().to_string(),
+                    registered: self.registered(),
+                }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Steps::new(steps))
     }
 
     /// A new operator running function `name`.
@@ -70,10 +133,12 @@ impl Functions {
         }
     }
 
-    /// Refuses an aggregate naming a function this program does not have,
-    /// or one whose states cannot be declared (built once to see).
-    pub fn check(&self, aggregate: &AggregateSpec) -> Result<(), OperatorError> {
-        match aggregate {
+    /// Refuses a job naming a function or step this program does not have
+    /// (or has as another kind), or a function whose states cannot be
+    /// declared (built once to see).
+    pub fn check(&self, spec: &JobSpec) -> Result<(), OperatorError> {
+        self.steps(&spec.transforms)?;
+        match &spec.aggregate {
             AggregateSpec::Process { function, .. } => self.make(function, 128).map(|_| ()),
             _ => Ok(()),
         }
@@ -82,21 +147,72 @@ impl Functions {
     fn unknown(&self, name: &FunctionName) -> OperatorError {
         OperatorError::UnknownFunction {
             name: name.to_string(),
-            registered: if self.by_name.is_empty() {
-                "none (a process function runs in a Rust program that registers it; see examples/fraud_detection.rs)".into()
-            } else {
-                self.names()
-                    .iter()
-                    .map(|n| n.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
+            registered: self.registered(),
         }
+    }
+
+    /// The registered names, for an error message.
+    fn registered(&self) -> String {
+        if self.by_name.is_empty() && self.steps.is_empty() {
+            return "none (functions run in a Rust program that registers them; see examples/fraud_detection.rs)".into();
+        }
+        self.names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 impl fmt::Debug for Functions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.by_name.keys()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cutpoint_core::FunctionName;
+
+    use super::*;
+
+    fn name(n: &str) -> FunctionName {
+        FunctionName::new(n).unwrap()
+    }
+
+    #[test]
+    fn steps_resolve_by_name_and_kind() {
+        let functions = Functions::new()
+            .map("m", |r| r)
+            .filter("f", |_| true)
+            .flat_map("fm", |r, out| out.push(r));
+        assert_eq!(functions.names(), [&name("f"), &name("fm"), &name("m")]);
+        let ok = [
+            Transform::FlatMap(name("fm")),
+            Transform::Map(name("m")),
+            Transform::Filter(name("f")),
+        ];
+        assert!(!functions.steps(&ok).unwrap().is_empty());
+        let err = functions
+            .steps(&[Transform::Map(name("f"))])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registered as a filter, not a map"), "{err}");
+        let err = functions
+            .steps(&[Transform::Filter(name("nope"))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no filter \"nope\"") && err.contains("f, fm, m"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn a_name_is_registered_once() {
+        let _ = Functions::new()
+            .map("same", |r| r)
+            .filter("same", |_| true);
     }
 }

@@ -49,6 +49,20 @@ pub enum OperatorError {
     /// The spec names a process function this program did not register.
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
+    /// A job's `transforms` name a step this program did not register.
+    #[error("transforms: no {kind} {name:?} is registered in this program; registered: {registered}")]
+    UnknownStep {
+        kind: &'static str,
+        name: String,
+        registered: String,
+    },
+    /// A job's `transforms` use a step as another kind than registered.
+    #[error("transforms: {name:?} is registered as a {registered}, not a {used}")]
+    StepKind {
+        name: String,
+        registered: &'static str,
+        used: &'static str,
+    },
 }
 
 /// The record's value as an integer, or [`OperatorError::NotAnInteger`]
@@ -250,6 +264,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 
 pub mod builtins;
 pub mod functions;
+pub mod stateless;
 
 pub use builtins::{FromRecord, Input, RecordOperator, WithResult};
 pub use functions::Functions;

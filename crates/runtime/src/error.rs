@@ -50,6 +50,7 @@ impl RuntimeError {
     /// restore from is bad (corrupt or missing checkpoint files, an offset
     /// that no longer fits the input).
     pub fn is_fatal(&self) -> bool {
+        use cutpoint_operator::OperatorError;
         match self {
             RuntimeError::Restore(_) | RuntimeError::MissingTransaction(_) => true,
             RuntimeError::State(StateError::Storage(e)) => e.is_data_error(),
@@ -57,7 +58,12 @@ impl RuntimeError {
             RuntimeError::State(StateError::Overflow { .. }) => true,
             // The same input fails the same way after every restart.
             RuntimeError::NotAnInteger(_) => true,
-            RuntimeError::Operator(cutpoint_operator::OperatorError::NotAnInteger(_)) => true,
+            RuntimeError::Operator(
+                OperatorError::NotAnInteger(_)
+                | OperatorError::UnknownFunction { .. }
+                | OperatorError::UnknownStep { .. }
+                | OperatorError::StepKind { .. },
+            ) => true,
             _ => false,
         }
     }

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
@@ -211,6 +212,10 @@ impl Restore {
     }
 }
 
+/// How long [`Execution::join`] waits before it names the tasks that
+/// have not stopped.
+pub const STUCK_AFTER: Duration = Duration::from_secs(10);
+
 /// The tasks of an execution as they are spawned.
 #[derive(Default)]
 struct Spawned {
@@ -241,7 +246,7 @@ impl Execution {
     /// does not fit the job).
     pub fn start(cfg: ExecutionConfig) -> Result<Self, RuntimeError> {
         let spec = cfg.spec.clone();
-        cfg.functions.check(&spec.aggregate)?;
+        cfg.functions.check(&spec)?;
         let mut restore = Restore::of(&spec, cfg.restore.as_deref())?;
         let cancel = CancellationToken::new();
         let ctx = Arc::new(TaskContext {
@@ -389,8 +394,29 @@ impl Execution {
     }
 
     /// Waits for every thread (blocking: call from a blocking context).
+    /// Tasks still running [`STUCK_AFTER`] into the wait are logged, by
+    /// name, once: a task blocked in a call that cancellation cannot reach
+    /// (RocksDB, a file system) holds its job's restart until it returns.
     pub fn join(mut self) {
-        for t in std::mem::take(&mut self.threads) {
+        let threads = std::mem::take(&mut self.threads);
+        let deadline = Instant::now() + STUCK_AFTER;
+        while Instant::now() < deadline && threads.iter().any(|t| !t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let stuck: Vec<String> = threads
+            .iter()
+            .zip(&self.tasks)
+            .filter(|(t, _)| !t.is_finished())
+            .map(|(_, task)| task.to_string())
+            .collect();
+        if !stuck.is_empty() {
+            tracing::warn!(
+                tasks = %stuck.join(", "),
+                after_s = STUCK_AFTER.as_secs(),
+                "tasks have not stopped; waiting for them before the job goes on"
+            );
+        }
+        for t in threads {
             let _ = t.join();
         }
     }

@@ -70,6 +70,7 @@ impl SourceTask {
         let spec = &ctx.spec;
         let partition = self.task.subtask.0;
         let mut reader = open_reader(spec, partition, self.from)?;
+        let mut steps = ctx.functions.steps(&spec.transforms)?;
         let _ = ctx.events.send(TaskEvent::Started {
             task: self.task.clone(),
             at: Instant::now(),
@@ -106,6 +107,9 @@ impl SourceTask {
             records += buf.len() as u64;
             self.counters
                 .add(buf.len() as u64, Some(reader.offset().offset));
+            if !steps.is_empty() {
+                steps.apply(&mut buf);
+            }
             for record in buf.drain(..) {
                 self.exchange.push(record)?;
             }

@@ -269,7 +269,7 @@ impl AppState {
         // both spawn (the second would take the storage from the first).
         let _starting = self.claim_start(&id)?;
         self.functions
-            .check(&spec.aggregate)
+            .check(&spec)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         if let Some(from) = &restore_from {
             restore::resolve(&self.storage, &id, from.clone()).await?;
