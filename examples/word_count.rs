@@ -49,7 +49,9 @@ fn words(line: Record, out: &mut Vec<Record>) {
 /// The word in lower case.
 fn lowercase(word: Record) -> Record {
     match &word.key {
-        Key::Str(w) if w.chars().any(char::is_uppercase) => Record::new(w.to_lowercase(), word.value),
+        Key::Str(w) if w.chars().any(char::is_uppercase) => {
+            Record::new(w.to_lowercase(), word.value)
+        }
         _ => word,
     }
 }
@@ -62,7 +64,17 @@ fn no_short_words(word: &Record) -> bool {
 /// A sample input: 100,000 lines of words drawn from a small vocabulary.
 fn write_sample(path: &PathBuf) -> std::io::Result<()> {
     const VOCABULARY: [&str; 12] = [
-        "The", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog,", "and", "Checkpoints",
+        "The",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog,",
+        "and",
+        "Checkpoints",
         "barriers.",
     ];
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
@@ -70,10 +82,16 @@ fn write_sample(path: &PathBuf) -> std::io::Result<()> {
     for doc in 0..100_000 {
         let mut text = Vec::new();
         for _ in 0..1 + doc % 9 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             text.push(VOCABULARY[(x >> 33) as usize % VOCABULARY.len()]);
         }
-        writeln!(out, "{}", serde_json::json!({"doc": doc, "text": text.join(" ")}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"doc": doc, "text": text.join(" ")})
+        )?;
     }
     out.flush()
 }

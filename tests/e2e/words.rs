@@ -19,8 +19,20 @@ use crate::stages::{completed_ids, kill_program_after_checkpoints};
 
 const LINES: u64 = 20_000;
 const VOCABULARY: [&str; 14] = [
-    "The", "the", "quick", "Brown", "fox", "jumps", "over", "a", "lazy", "dog,", "and", "Ünïcode",
-    "x-ray", "42nd",
+    "The",
+    "the",
+    "quick",
+    "Brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog,",
+    "and",
+    "Ünïcode",
+    "x-ray",
+    "42nd",
 ];
 
 /// The example program, built beside the `cutpoint` binary.
@@ -117,7 +129,11 @@ fn final_counts(path: &Path) -> BTreeMap<Key, i64> {
 /// Every committed count update is there once: `1..=n` per word.
 fn assert_each_update_once(dir: &Path, want: &BTreeMap<Key, i64>) {
     let out = cutpoint_runtime::sink::read_output(dir).unwrap();
-    assert!(out.others.is_empty(), "staging files left: {:?}", out.others);
+    assert!(
+        out.others.is_empty(),
+        "staging files left: {:?}",
+        out.others
+    );
     assert_eq!(out.updates.len(), want.len(), "every word has output");
     for (word, n) in want {
         let mut got = ints(&out.updates[word]);
@@ -139,7 +155,10 @@ async fn failure_and_rescale(mode: &str, job: &str) {
     let first = spec(dir.path(), "first", job, 2, mode, failing);
     let state = dir.path().join("first.jsonl");
     let summary = run_program_to_end(&bin, &first, &chk, None, &state);
-    assert_eq!(summary["restarts"], 1, "the injected failure happened: {summary}");
+    assert_eq!(
+        summary["restarts"], 1,
+        "the injected failure happened: {summary}"
+    );
     assert_eq!(final_counts(&state), want);
     assert_each_update_once(&dir.path().join("first"), &want);
 
@@ -174,7 +193,11 @@ fn word_count_steps_exact_after_sigkill_and_restores_of_latest_and_an_older_id()
     let oldest = *completed_ids(&chk, job).iter().min().unwrap();
     let state = dir.path().join("latest.jsonl");
     let summary = run_program_to_end(&bin, &first, &chk, Some("latest"), &state);
-    assert_eq!(summary["restored_from"].as_array().map(Vec::len), Some(1), "{summary}");
+    assert_eq!(
+        summary["restored_from"].as_array().map(Vec::len),
+        Some(1),
+        "{summary}"
+    );
     assert_eq!(final_counts(&state), want);
     // Committed before the kill and after the restore: each update once.
     assert_each_update_once(&dir.path().join("counts"), &want);

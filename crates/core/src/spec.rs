@@ -909,7 +909,8 @@ mod tests {
 
     #[test]
     fn transforms_name_a_kind_and_a_function_and_do_not_precede_a_join() {
-        let steps = r#""transforms":[{"flat_map":"words"},{"filter":"long"},{"map":"lower"}],"key_by""#;
+        let steps =
+            r#""transforms":[{"flat_map":"words"},{"filter":"long"},{"map":"lower"}],"key_by""#;
         let s = JobSpec::from_json(&PV.replace(r#""key_by""#, steps)).unwrap();
         let kinds: Vec<_> = s
             .transforms
@@ -927,7 +928,10 @@ mod tests {
             r#""transforms":[{"map":"x","filter":"y"}],"key_by""#,
             r#""transforms":[{"map":"not a name"}],"key_by""#,
         ] {
-            assert!(JobSpec::from_json(&PV.replace(r#""key_by""#, bad)).is_err(), "{bad}");
+            assert!(
+                JobSpec::from_json(&PV.replace(r#""key_by""#, bad)).is_err(),
+                "{bad}"
+            );
         }
         let join = PV
             .replace(

@@ -211,8 +211,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "registered twice")]
     fn a_name_is_registered_once() {
-        let _ = Functions::new()
-            .map("same", |r| r)
-            .filter("same", |_| true);
+        let _ = Functions::new().map("same", |r| r).filter("same", |_| true);
     }
 }

@@ -50,7 +50,9 @@ pub enum OperatorError {
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
     /// A job's `transforms` name a step this program did not register.
-    #[error("transforms: no {kind} {name:?} is registered in this program; registered: {registered}")]
+    #[error(
+        "transforms: no {kind} {name:?} is registered in this program; registered: {registered}"
+    )]
     UnknownStep {
         kind: &'static str,
         name: String,

@@ -36,6 +36,7 @@ use crate::context::AbortRegistry;
 use crate::context::{TaskContext, TaskCounters};
 use crate::events::TaskFailure;
 use crate::exchange::{Exchange, LocalTransport};
+use crate::gate::LocalGate;
 use crate::task::{AggregateTask, SourceControl, SourceTask, Upstream};
 use crate::{Barrier, FailureKind, RuntimeError, TaskEvent, SOURCE_OPERATOR};
 
@@ -325,9 +326,8 @@ impl Execution {
                         db: base.join("db"),
                         scratch: base.join("scratch"),
                     },
-                    inputs,
+                    gate: Some(Box::new(LocalGate { inputs, priority })),
                     commits,
-                    priority,
                 };
                 spawned.add(&task, spawn_keyed(&ctx, task.clone(), t));
             }

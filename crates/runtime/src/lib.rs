@@ -32,7 +32,9 @@ mod error;
 pub mod events;
 mod exchange;
 pub mod execution;
+mod gate;
 mod keyed;
+mod running;
 pub mod sink;
 pub mod source;
 mod task;
@@ -43,7 +45,7 @@ pub use cutpoint_operator::{Functions, OperatorError};
 pub use error::RuntimeError;
 pub use events::{Barrier, FailureKind, TaskEvent};
 pub use execution::{Execution, ExecutionConfig};
-pub use task::BUDGET_CAP;
+pub use running::BUDGET_CAP;
 
 /// Operator id of the source tasks.
 pub const SOURCE_OPERATOR: &str = "source";

@@ -1,47 +1,33 @@
-//! Task loops: sources inject barriers; aggregate tasks carry out the
-//! barrier decisions of [`crate::barrier::BarrierHandler`] (which input to
-//! read, when to snapshot, when to start an unaligned snapshot), take the
-//! synchronous snapshot and hand the rest to their snapshot worker.
-//!
-//! Aligned and at-least-once snapshots: the handler says when every live
-//! input delivered barrier `n`; the task freezes the state's delta and
-//! pre-commits the sink (`AggregateTask::sync_phase`).
-//!
-//! Unaligned (exactly-once): barrier `n` also arrives on a priority channel
-//! that overtakes the queued records; the task snapshots at once and
-//! collects, as channel state, every record still ahead of `n` on each
-//! input until `n` arrives there in band; the worker persists them with the
-//! snapshot and a restore replays them first. The collection lives here
-//! (`Collecting`); which barrier starts when is the handler's decision.
-//!
-//! Under a memory budget the working table evicts clean entries (read
-//! through from RocksDB) and hands dirty ones to the worker to write
-//! behind; past [`BUDGET_CAP`] budgets the task waits for the worker.
+//! Tasks: a source task reads its partition, runs the job's stateless
+//! steps and injects barriers; a keyed task ([`AggregateTask`]) opens or
+//! restores its state, starts its snapshot worker and runs its loop
+//! ([`crate::running::Running`]: barrier decisions, snapshots, channel
+//! state, the memory budget) until every input ended, then reports its
+//! final state.
 //!
 //! Shared with the snapshot workers: [`crate::context`].
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select};
-use cutpoint_core::metadata::{PendingTransaction, SourceOffset};
+use crossbeam_channel::Receiver;
+use cutpoint_core::metadata::SourceOffset;
 use cutpoint_core::spec::SourceSpec;
 use cutpoint_core::stage::KeyedStage;
 use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, Record, SubtaskState, TaskId};
 use cutpoint_state::snapshot::{self, ConfirmedFiles, LocalDirs};
 use cutpoint_state::{RocksStore, StateError};
-use tokio_util::sync::CancellationToken;
 
-use crate::barrier::{BarrierHandler, Decision};
-use crate::channel::{Message, BATCH_SIZE};
+use crate::channel::BATCH_SIZE;
 use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::{Exchange, Output};
-use crate::keyed::{input_of, Delta, KeyedState};
+use crate::gate::InputGate;
+use crate::keyed::{input_of, KeyedState};
+use crate::running::{Budget, Running};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
-use crate::worker::{SnapshotJob, Worker, WorkerJob};
+use crate::worker::{Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
 use cutpoint_operator::builtins::Input;
 
@@ -182,70 +168,6 @@ impl SourceTask {
     }
 }
 
-/// The working table may run ahead of the write-behind up to this many
-/// budgets; beyond, the task waits for the snapshot worker (back-pressure).
-pub const BUDGET_CAP: usize = 2;
-
-/// The memory budget of a keyed subtask's state (integer or typed), kept
-/// after each batch.
-struct Budget<'a> {
-    entries: usize,
-    /// Deltas the worker wrote so far.
-    applied: &'a AtomicU64,
-    worker: &'a crossbeam_channel::Sender<WorkerJob>,
-    cancel: &'a CancellationToken,
-}
-
-impl Budget<'_> {
-    /// Evicts clean entries once the worker wrote every delta `handed` to
-    /// it; hands it the dirty ones to write behind when that is not
-    /// enough (not while an unaligned snapshot's delta waits to be sent:
-    /// `collecting`). Far over the budget, waits for the worker first.
-    fn keep(
-        &self,
-        state: &mut KeyedState,
-        handed: &mut u64,
-        trimmed: &mut u64,
-        collecting: bool,
-    ) -> Result<(), RuntimeError> {
-        if state.len() > self.entries * BUDGET_CAP && !collecting {
-            wait_written(self.applied, *handed, self.cancel)?;
-        }
-        let written = self.applied.load(Ordering::SeqCst) == *handed;
-        // Once per written delta, not per batch (it scans the shadow).
-        if written && *trimmed != *handed {
-            state.deltas_written();
-            *trimmed = *handed;
-        }
-        if state.over_budget() && written {
-            state.evict_clean();
-            if state.over_budget() && !collecting {
-                *handed += 1;
-                let spill = WorkerJob::Spill(state.freeze());
-                if self.worker.send(spill).is_err() {
-                    return Err(RuntimeError::Internal("snapshot worker stopped".into()));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Waits until the worker has written every delta it was handed.
-fn wait_written(
-    applied: &AtomicU64,
-    handed: u64,
-    cancel: &CancellationToken,
-) -> Result<(), RuntimeError> {
-    while applied.load(Ordering::SeqCst) != handed {
-        if cancel.is_cancelled() {
-            return Err(RuntimeError::Cancelled);
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok(())
-}
-
 /// A keyed subtask's state, opened (restored or empty).
 pub(crate) struct Opened {
     store: RocksStore,
@@ -280,149 +202,13 @@ pub(crate) struct AggregateTask {
     /// The checkpoint restored from (its shared files may be reused).
     pub restored_from: Option<CheckpointId>,
     pub dirs: LocalDirs,
-    pub inputs: Vec<Receiver<Message>>,
+    /// Its inputs (taken by the loop when it runs).
+    pub gate: Option<Box<dyn InputGate>>,
     /// Completed checkpoints, for the sink's commits.
     pub commits: Receiver<CheckpointId>,
-    /// Unaligned mode: barriers that overtake the data channels.
-    pub priority: Option<Receiver<Barrier>>,
-}
-
-/// The index of the priority channel in a select.
-const PRIORITY: usize = usize::MAX;
-/// Batches an unaligned snapshot takes off its inputs ahead of processing.
-const COLLECT_AHEAD: usize = 4 * crate::channel::CHANNEL_CAPACITY;
-
-/// The error for a channel whose other end is gone.
-fn gone(cancel: &CancellationToken) -> RuntimeError {
-    if cancel.is_cancelled() {
-        RuntimeError::Cancelled
-    } else {
-        RuntimeError::Disconnected
-    }
-}
-
-/// An unaligned snapshot taken, whose channel state — the records in
-/// flight before barrier `n` on the inputs that had not delivered it — is
-/// being collected. Those records are processed after the snapshot (so
-/// they are not in its state) and replayed after a restore from it.
-struct Collecting {
-    barrier: Barrier,
-    delta: Delta,
-    sync_duration: Duration,
-    alignment: Duration,
-    pending_transactions: Vec<PendingTransaction>,
-    /// Inputs still before barrier `n`.
-    before: Vec<bool>,
-    /// In-flight records with the input they came on.
-    records: Vec<(u32, Record)>,
-}
-
-impl Collecting {
-    /// A message taken off input `j` (still before the barrier): records
-    /// become channel state and wait in `buffer` to be processed.
-    fn take(&mut self, j: usize, msg: Message, buffer: &mut VecDeque<Message>) {
-        match msg {
-            Message::Records(batch) => {
-                self.records
-                    .extend(batch.iter().map(|r| (j as u32, r.clone())));
-                buffer.push_back(Message::Records(batch));
-            }
-            Message::Barrier(b) if b.id == self.barrier.id => self.before[j] = false,
-            // Stale: nothing to do.
-            Message::Barrier(b) if b.id < self.barrier.id => {}
-            newer @ Message::Barrier(_) => buffer.push_back(newer),
-            Message::EndOfStream => {
-                self.before[j] = false;
-                buffer.push_back(Message::EndOfStream);
-            }
-        }
-    }
-
-    fn into_job(self) -> SnapshotJob {
-        SnapshotJob {
-            barrier: self.barrier,
-            delta: self.delta,
-            sync_duration: self.sync_duration,
-            alignment_duration: self.alignment,
-            records_beyond_barrier: 0,
-            pending_transactions: self.pending_transactions,
-            channel_state: Some(self.records),
-        }
-    }
 }
 
 impl AggregateTask {
-    /// Snapshots now for barrier `b` (unaligned): the state as it is, and
-    /// the channel state to collect from every input that has not delivered
-    /// `b` (`seen`: the newest in-band barrier per input) — first from what
-    /// earlier collections buffered, then from the input.
-    #[allow(clippy::too_many_arguments)]
-    fn start_unaligned(
-        &self,
-        state: &mut KeyedState,
-        sink: &mut Output,
-        b: Barrier,
-        seen: &[CheckpointId],
-        ended: &[bool],
-        buffers: &mut [VecDeque<Message>],
-        alignment: Duration,
-    ) -> Result<Collecting, RuntimeError> {
-        cutpoint_core::failpoint::check("task::sync_phase")?;
-        let t0 = Instant::now();
-        let delta = state.freeze();
-        let pending_transactions = sink.snapshot(b)?;
-        let mut c = Collecting {
-            barrier: b,
-            delta,
-            sync_duration: t0.elapsed(),
-            alignment,
-            pending_transactions,
-            before: (0..seen.len())
-                .map(|j| seen[j] < b.id && !ended[j])
-                .collect(),
-            records: Vec::new(),
-        };
-        for (j, buffer) in buffers.iter_mut().enumerate() {
-            if !c.before[j] {
-                continue;
-            }
-            // Everything buffered is in order; re-take it up to barrier n.
-            for msg in std::mem::take(buffer) {
-                if c.before[j] {
-                    c.take(j, msg, buffer);
-                } else {
-                    buffer.push_back(msg);
-                }
-            }
-        }
-        Ok(c)
-    }
-
-    /// The synchronous phase of an aligned (or at-least-once) snapshot:
-    /// the state's delta frozen, the sink's transaction pre-committed.
-    fn sync_phase(
-        state: &mut KeyedState,
-        sink: &mut Output,
-        barrier: Barrier,
-        alignment: Duration,
-        records_beyond: u64,
-    ) -> Result<SnapshotJob, RuntimeError> {
-        cutpoint_core::failpoint::check("task::align")?;
-        let t0 = Instant::now();
-        cutpoint_core::failpoint::check("task::sync_phase")?;
-        let delta = state.freeze();
-        let pending_transactions = sink.snapshot(barrier)?;
-        Ok(SnapshotJob {
-            barrier,
-            delta,
-            sync_duration: t0.elapsed(),
-            alignment_duration: alignment,
-            records_beyond_barrier: records_beyond,
-            pending_transactions,
-            channel_state: None,
-        })
-    }
-
     /// The sink (last stage; it recovers its transactions from the
     /// restored state) or the exchange to the next stage.
     fn output(&mut self) -> Result<Output, RuntimeError> {
@@ -549,10 +335,13 @@ impl AggregateTask {
         Ok((opened, replay))
     }
 
+    /// Runs the subtask on its opened state: starts its snapshot worker,
+    /// replays the restored channel state, then loops ([`Running`]) until
+    /// every input ended; then its result is final.
     pub(crate) fn run(
         mut self,
         opened: Opened,
-        mut replay: Vec<(u32, Record)>,
+        replay: Vec<(u32, Record)>,
     ) -> Result<(), RuntimeError> {
         let ctx = self.ctx.clone();
         let Opened {
@@ -561,16 +350,13 @@ impl AggregateTask {
             confirmed,
             residency,
         } = opened;
-        let mut sink = self.output()?;
+        let sink = self.output()?;
         let (snap_tx, snap_rx) = crossbeam_channel::unbounded::<WorkerJob>();
         // Memory budget: deltas handed to the worker vs written by it; clean
         // entries may be evicted only when the two are equal.
         let applied = Arc::new(AtomicU64::new(0));
-        let mut handed: u64 = 0;
-        // The `handed` count at which shadowed deletes were last trimmed.
-        let mut trimmed: u64 = 0;
-        let budget = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
-        if let Some(b) = budget {
+        let entries = ctx.spec.state.budget_entries(ctx.spec.keyed_subtasks());
+        if let Some(b) = entries {
             state.set_budget(store.reader(), b, residency);
             state.evict_clean();
         }
@@ -598,271 +384,24 @@ impl AggregateTask {
             task: self.task.clone(),
             at: Instant::now(),
         });
-
-        let n = self.inputs.len();
-        let mode = ctx.spec.checkpoint.mode;
-        let aligned_timeout = ctx
-            .spec
-            .checkpoint
-            .aligned_checkpoint_timeout_ms
-            .map(Duration::from_millis);
-        let processing_delay = ctx
-            .spec
-            .inject_processing_delay_us
-            .map(Duration::from_micros);
-        let kinds: Vec<Input> = (0..n as u32)
-            .map(|i| input_of(&ctx.spec, self.upstream, i))
-            .collect();
-        let mut barriers = BarrierHandler::new(n, mode, aligned_timeout);
-        // Unaligned snapshots: messages taken off an input while collecting
-        // channel state wait here (in order, ahead of that input's channel)
-        // to be processed.
-        let mut buffers: Vec<VecDeque<Message>> = (0..n).map(|_| VecDeque::new()).collect();
-        let mut collecting: Option<Collecting> = None;
-        // Closed once every source finished (they hold its senders).
-        let mut priority = self.priority.as_ref();
-        let first_stage = cutpoint_core::OperatorId::new(cutpoint_core::stage::FIRST_STAGE)
-            .expect("static operator id");
-        let inject = ctx
-            .spec
-            .inject_failure
-            .as_ref()
-            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
-            .filter(|f| f.operator.as_ref().unwrap_or(&first_stage) == &self.task.operator);
-        let mut records: u64 = 0;
-        let mut snapshots: u64 = 0;
-        // An unaligned snapshot to take at the top of the next iteration.
-        let mut start: Option<(Barrier, Duration)> = None;
-        // The channel state of the checkpoint restored from comes first.
-        for (input, r) in std::mem::take(&mut replay) {
-            // After a rescale the stage before may have had more subtasks.
-            let kind = match self.upstream {
+        let mut running = self.running(state, sink, snap_tx, entries, applied);
+        let upstream = self.upstream;
+        let kinds = running.kinds.clone();
+        let result = running
+            .replay(replay, |i| match upstream {
+                // After a rescale the stage before may have had more subtasks.
                 Upstream::Stage => Some(Input::First),
-                Upstream::Sources => kinds.get(input as usize).copied(),
-            };
-            let kind = kind.ok_or_else(|| {
-                RuntimeError::Restore(format!(
-                    "channel state names input {input}, the job has {n}"
-                ))
-            })?;
-            state.apply(&mut sink, kind, vec![r])?;
-            records += 1;
-            self.counters.add(1, None);
-        }
-        if let Some(e) = state.take_error() {
-            return Err(e);
-        }
-        let result = loop {
-            if let Err(e) = self.commits.try_iter().try_for_each(|id| {
-                state.checkpoint_complete(id)?;
-                sink.checkpoint_complete(id)
-            }) {
-                break Err(e);
-            }
-            if let Some((b, alignment)) = start.take() {
-                debug_assert!(collecting.is_none(), "one collection at a time");
-                match self.start_unaligned(
-                    &mut state,
-                    &mut sink,
-                    b,
-                    barriers.seen(),
-                    barriers.ended(),
-                    &mut buffers,
-                    alignment,
-                ) {
-                    Ok(c) => collecting = Some(c),
-                    Err(e) => break Err(e),
-                }
-                handed += 1;
-                snapshots += 1;
-                barriers.started(b.id);
-            }
-            if collecting
-                .as_ref()
-                .is_some_and(|c| !c.before.iter().any(|b| *b))
-            {
-                let c = collecting.take().expect("collecting");
-                if snap_tx.send(WorkerJob::Snapshot(c.into_job())).is_err() {
-                    break Err(RuntimeError::Internal("snapshot worker stopped".into()));
-                }
-                // A newer barrier an input delivered meanwhile starts now,
-                // before that input (held back) is read again.
-                start = barriers.take_deferred().map(|b| (b, Duration::ZERO));
-                continue;
-            }
-            if barriers.all_ended() {
-                break Ok(());
-            }
-            // An alignment past the aligned-checkpoint timeout turns unaligned.
-            if let Decision::StartUnaligned { barrier, alignment } =
-                barriers.check_timeout(Instant::now(), collecting.is_some())
-            {
-                start = Some((barrier, alignment));
-                continue;
-            }
-            // While collecting, drain what is queued before the barrier
-            // first (without processing it), so the snapshot does not wait
-            // for back-pressured queues; bounded, then processing resumes.
-            if let Some(c) = &mut collecting {
-                let buffered: usize = buffers.iter().map(VecDeque::len).sum();
-                if buffered < COLLECT_AHEAD {
-                    let took = (0..n)
-                        .filter(|j| c.before[*j])
-                        .find_map(|j| self.inputs[j].try_recv().ok().map(|m| (j, m)));
-                    if let Some((j, msg)) = took {
-                        if let Message::Barrier(b) = &msg {
-                            barriers.note_seen(j, b.id);
-                        }
-                        c.take(j, msg, &mut buffers[j]);
-                        continue;
-                    }
-                }
-            }
-            // The next message: what collection buffered comes first.
-            // While collecting for barrier n, an input that already delivered
-            // a newer barrier is not read: its records after that barrier
-            // must not enter the state before the newer snapshot is taken.
-            let current = collecting.as_ref().map(|c| c.barrier.id);
-            let ahead = |j: usize| current.is_some_and(|id| barriers.seen()[j] > id);
-            let (i, msg) = if let Some(j) = (0..n).find(|j| !buffers[*j].is_empty() && !ahead(*j)) {
-                (j, buffers[j].pop_front().expect("non-empty"))
-            } else {
-                let mut sel = Select::new();
-                let mut index = Vec::with_capacity(n + 1);
-                for (i, rx) in self.inputs.iter().enumerate() {
-                    if barriers.readable(i) && !ahead(i) {
-                        sel.recv(rx);
-                        index.push(i);
-                    }
-                }
-                if let (Some(p), None) = (priority, &collecting) {
-                    sel.recv(p);
-                    index.push(PRIORITY);
-                }
-                let wait = barriers.wait(Instant::now(), Duration::from_millis(50));
-                // Nothing ready: what the exchange batched goes before waiting,
-                // so updates never wait for a full batch (nor for the input).
-                let op = match sel.try_select() {
-                    Ok(op) => op,
-                    Err(_) => {
-                        if let Err(e) = sink.flush() {
-                            break Err(e);
-                        }
-                        match sel.select_timeout(wait) {
-                            Ok(op) => op,
-                            Err(_) => {
-                                if ctx.cancel.is_cancelled() {
-                                    break Err(RuntimeError::Cancelled);
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                };
-                let i = index[op.index()];
-                if i == PRIORITY {
-                    // A barrier that overtook the queues (unaligned mode).
-                    let Ok(b) = op.recv(priority.expect("priority")) else {
-                        // Every source finished; their streams end in-band.
-                        priority = None;
-                        continue;
-                    };
-                    if let Decision::StartUnaligned { barrier, alignment } =
-                        barriers.on_priority_barrier(b)
-                    {
-                        start = Some((barrier, alignment));
-                    }
-                    continue;
-                }
-                let Ok(msg) = op.recv(&self.inputs[i]) else {
-                    break Err(gone(&ctx.cancel));
-                };
-                if let Some(c) = collecting.as_mut().filter(|c| c.before[i]) {
-                    // Still before the barrier on this input: channel state.
-                    if let Message::Barrier(b) = &msg {
-                        barriers.note_seen(i, b.id);
-                    }
-                    c.take(i, msg, &mut buffers[i]);
-                    continue;
-                }
-                (i, msg)
-            };
-            let decision = match msg {
-                Message::Records(batch) => {
-                    records += batch.len() as u64;
-                    barriers.on_records(i, batch.len() as u64);
-                    self.counters.add(batch.len() as u64, None);
-                    if let Some(d) = processing_delay {
-                        std::thread::sleep(d);
-                    }
-                    if let Err(e) = state
-                        .apply(&mut sink, kinds[i], batch)
-                        .and_then(|()| sink.flush_if_lingering(Instant::now()))
-                    {
-                        break Err(e);
-                    }
-                    if let Some(e) = state.take_error() {
-                        break Err(e);
-                    }
-                    if let Some(b) = budget {
-                        let budget = Budget {
-                            entries: b,
-                            applied: &applied,
-                            worker: &snap_tx,
-                            cancel: &ctx.cancel,
-                        };
-                        if let Err(e) =
-                            budget.keep(&mut state, &mut handed, &mut trimmed, collecting.is_some())
-                        {
-                            break Err(e);
-                        }
-                    }
-                    if let Some(f) = inject {
-                        let ready = if f.after_completed_checkpoint {
-                            ctx.any_completed.load(Ordering::SeqCst)
-                        } else {
-                            snapshots > 0
-                        };
-                        if records >= f.after_records && ready {
-                            break Err(RuntimeError::Injected);
-                        }
-                    }
-                    Decision::Continue
-                }
-                Message::Barrier(b) => {
-                    barriers.on_barrier(i, b, Instant::now(), collecting.is_some())
-                }
-                Message::EndOfStream => barriers.on_end(i, Instant::now()),
-            };
-            match decision {
-                Decision::Continue => {}
-                Decision::StartUnaligned { barrier, alignment } => {
-                    start = Some((barrier, alignment))
-                }
-                Decision::Snapshot {
-                    barrier,
-                    alignment,
-                    records_beyond,
-                } => {
-                    let job = match Self::sync_phase(
-                        &mut state,
-                        &mut sink,
-                        barrier,
-                        alignment,
-                        records_beyond,
-                    ) {
-                        Ok(job) => job,
-                        Err(e) => break Err(e),
-                    };
-                    snapshots += 1;
-                    handed += 1;
-                    if snap_tx.send(WorkerJob::Snapshot(job)).is_err() {
-                        break Err(RuntimeError::Internal("snapshot worker stopped".into()));
-                    }
-                }
-            }
-        };
-        drop(snap_tx);
+                Upstream::Sources => kinds.get(i as usize).copied(),
+            })
+            .and_then(|()| running.run());
+        let Running {
+            state,
+            sink,
+            records,
+            worker,
+            ..
+        } = running;
+        drop(worker);
         let worker_result = worker_thread.join();
         result?;
         let store = match worker_result {
@@ -870,7 +409,51 @@ impl AggregateTask {
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(RuntimeError::Internal("snapshot worker panicked".into())),
         };
-        self.finish(store, state, sink, budget, records)
+        self.finish(store, state, sink, entries, records)
+    }
+
+    /// The loop's state at the start: this subtask's inputs, state, output
+    /// and worker, its budget and test knobs.
+    fn running(
+        &mut self,
+        state: KeyedState,
+        sink: Output,
+        worker: crossbeam_channel::Sender<WorkerJob>,
+        entries: Option<usize>,
+        applied: Arc<AtomicU64>,
+    ) -> Running {
+        let ctx = self.ctx.clone();
+        let gate = self.gate.take().expect("a task runs once");
+        let kinds: Vec<Input> = (0..gate.inputs() as u32)
+            .map(|i| input_of(&ctx.spec, self.upstream, i))
+            .collect();
+        let budget = entries.map(|entries| Budget {
+            entries,
+            handed: 0,
+            applied,
+            trimmed: 0,
+        });
+        let first_stage = cutpoint_core::OperatorId::new(cutpoint_core::stage::FIRST_STAGE)
+            .expect("static operator id");
+        let inject = ctx
+            .spec
+            .inject_failure
+            .clone()
+            .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
+            .filter(|f| f.operator.as_ref().unwrap_or(&first_stage) == &self.task.operator);
+        let commits = self.commits.clone();
+        let mut running = Running::new(
+            ctx,
+            self.counters.clone(),
+            commits,
+            gate,
+            kinds,
+            (state, sink),
+            worker,
+            budget,
+        );
+        running.inject = inject;
+        running
     }
 
     /// Every input ended and every snapshot succeeded: the sink's last
