@@ -282,7 +282,8 @@ mod tests {
         let json = r#"{"job_id":"steps",
             "source":{"type":"generator","partitions":1,"events":1000,"keys":10,"seed":1,"users":5},
             "transforms":[{"flat_map":"twice"},{"filter":"odd"},{"map":"rekey"}],
-            "key_by":"app_id","aggregate":{"type":"count"}}"#;
+            "key_by":"app_id","aggregate":{"type":"count"},
+            "checkpoint":{"interval_ms":null}}"#;
         assert_eq!(spec, JobSpec::from_json(json).unwrap());
         program.functions.check(&spec).unwrap();
         let mut steps = program.functions.steps(&spec.transforms).unwrap();
