@@ -93,7 +93,11 @@ fn expected() -> BTreeMap<Key, i64> {
     counts
 }
 
-fn spec(dir: &Path, name: &str, job: &str, parallelism: u32, mode: &str, extra: &str) -> PathBuf {
+/// A run's spec; `sink`: `transactional_file` for the first run of a job,
+/// `file` for a restore into a new folder (the restored checkpoint's
+/// transactions live in the first run's folder).
+fn spec(dir: &Path, name: &str, job: (&str, u32), mode: &str, sink: &str, extra: &str) -> PathBuf {
+    let (job, parallelism) = job;
     let out = dir.join(name);
     let paths = inputs(dir);
     let path = dir.join(format!("{name}.json"));
@@ -103,7 +107,7 @@ fn spec(dir: &Path, name: &str, job: &str, parallelism: u32, mode: &str, extra: 
             "key_by":"text",
             "transforms":[{{"flat_map":"words"}},{{"map":"lowercase"}},{{"filter":"no_short_words"}}],
             "aggregate":{{"type":"count"}},
-            "sink":{{"type":"transactional_file","dir":{out:?}}},
+            "sink":{{"type":"{sink}","dir":{out:?}}},
             "inject_processing_delay_us":3000,
             "checkpoint":{{"interval_ms":100,"retention":100,"mode":"{mode}"}}{extra}}}"#
     );
@@ -124,6 +128,23 @@ fn final_counts(path: &Path) -> BTreeMap<Key, i64> {
             )
         })
         .collect()
+}
+
+/// After a restore into a new folder (plain file sink): each word's
+/// updates from the restore point on, every one, up to its final count.
+fn assert_updates_up_to_the_end(dir: &Path, want: &BTreeMap<Key, i64>) {
+    let out = cutpoint_runtime::sink::read_output(dir).unwrap();
+    for (word, values) in &out.updates {
+        let mut got = ints(values);
+        got.sort_unstable();
+        got.dedup();
+        let from = got[0];
+        assert_eq!(
+            got,
+            (from..=want[word]).collect::<Vec<_>>(),
+            "updates of {word:?}"
+        );
+    }
 }
 
 /// Every committed count update is there once: `1..=n` per word.
@@ -152,7 +173,14 @@ async fn failure_and_rescale(mode: &str, job: &str) {
         assert!(!want.contains_key(&Key::from(dropped)), "{dropped}");
     }
     let failing = r#","inject_failure":{"subtask":1,"after_records":40000}"#;
-    let first = spec(dir.path(), "first", job, 2, mode, failing);
+    let first = spec(
+        dir.path(),
+        "first",
+        (job, 2),
+        mode,
+        "transactional_file",
+        failing,
+    );
     let state = dir.path().join("first.jsonl");
     let summary = run_program_to_end(&bin, &first, &chk, None, &state);
     assert_eq!(
@@ -162,16 +190,18 @@ async fn failure_and_rescale(mode: &str, job: &str) {
     assert_eq!(final_counts(&state), want);
     assert_each_update_once(&dir.path().join("first"), &want);
 
-    // A restore of an early checkpoint at parallelism 3: the counts end
-    // exact (the updates before the checkpoint are not emitted again).
+    // A restore of an early checkpoint at parallelism 3 into a new folder:
+    // the counts end exact, and every update after the restore point is
+    // written (the plain sink may repeat some).
     let mut ids = completed_ids(&chk, job);
     ids.sort_unstable();
     let early = ids[ids.len() / 4];
-    let rescaled = spec(dir.path(), "rescaled", job, 3, mode, "");
+    let rescaled = spec(dir.path(), "rescaled", (job, 3), mode, "file", "");
     let state = dir.path().join("rescaled.jsonl");
     let summary = run_program_to_end(&bin, &rescaled, &chk, Some(&early.to_string()), &state);
     assert_eq!(summary["restored_from"], json!([early]));
     assert_eq!(final_counts(&state), want);
+    assert_updates_up_to_the_end(&dir.path().join("rescaled"), &want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +218,14 @@ async fn word_count_steps_exact_after_a_failure_and_a_rescale_unaligned() {
 fn word_count_steps_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, chk, job, want) = (program(), dir.path().join("chk"), "words-kill", expected());
-    let first = spec(dir.path(), "counts", job, 2, "exactly_once", "");
+    let first = spec(
+        dir.path(),
+        "counts",
+        (job, 2),
+        "exactly_once",
+        "transactional_file",
+        "",
+    );
     kill_program_after_checkpoints(&bin, &first, &chk, job, 3);
     let oldest = *completed_ids(&chk, job).iter().min().unwrap();
     let state = dir.path().join("latest.jsonl");
@@ -202,9 +239,10 @@ fn word_count_steps_exact_after_sigkill_and_restores_of_latest_and_an_older_id()
     // Committed before the kill and after the restore: each update once.
     assert_each_update_once(&dir.path().join("counts"), &want);
 
-    let older = spec(dir.path(), "older", job, 2, "exactly_once", "");
+    let older = spec(dir.path(), "older", (job, 2), "exactly_once", "file", "");
     let state = dir.path().join("older.jsonl");
     let summary = run_program_to_end(&bin, &older, &chk, Some(&oldest.to_string()), &state);
     assert_eq!(summary["restored_from"], json!([oldest]));
     assert_eq!(final_counts(&state), want);
+    assert_updates_up_to_the_end(&dir.path().join("older"), &want);
 }

@@ -111,6 +111,11 @@ impl Functions {
                     registered: step.kind(),
                     used: t.kind(),
                 }),
+                None if self.by_name.contains_key(t.function()) => Err(OperatorError::StepKind {
+                    name: t.function().to_string(),
+                    registered: KEYED,
+                    used: t.kind(),
+                }),
                 None => Err(OperatorError::UnknownStep {
                     kind: t.kind(),
                     name: t.function().to_string(),
@@ -127,9 +132,14 @@ impl Functions {
         name: &FunctionName,
         max_parallelism: u32,
     ) -> Result<Box<dyn RecordOperator>, OperatorError> {
-        match self.by_name.get(name) {
-            Some(make) => make(max_parallelism),
-            None => Err(self.unknown(name)),
+        match (self.by_name.get(name), self.steps.get(name)) {
+            (Some(make), _) => make(max_parallelism),
+            (None, Some(step)) => Err(OperatorError::StepKind {
+                name: name.to_string(),
+                registered: step.kind(),
+                used: KEYED,
+            }),
+            (None, None) => Err(self.unknown(name)),
         }
     }
 
@@ -166,9 +176,12 @@ impl Functions {
 
 impl fmt::Debug for Functions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.by_name.keys()).finish()
+        f.debug_list().entries(self.names()).finish()
     }
 }
+
+/// What a keyed function is called in an error naming a kind.
+const KEYED: &str = "keyed process function";
 
 #[cfg(test)]
 mod tests {
@@ -198,6 +211,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("registered as a filter, not a map"), "{err}");
+        let err = functions.make(&name("m"), 128).err().unwrap().to_string();
+        assert!(
+            err.contains("registered as a map, not a keyed process function"),
+            "{err}"
+        );
         let err = functions
             .steps(&[Transform::Filter(name("nope"))])
             .unwrap_err()

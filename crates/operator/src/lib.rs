@@ -58,8 +58,9 @@ pub enum OperatorError {
         name: String,
         registered: String,
     },
-    /// A job's `transforms` use a step as another kind than registered.
-    #[error("transforms: {name:?} is registered as a {registered}, not a {used}")]
+    /// A job uses a name as another kind of function than registered
+    /// (a step as a keyed function, a map as a filter, …).
+    #[error("{name:?} is registered as a {registered}, not a {used}")]
     StepKind {
         name: String,
         registered: &'static str,

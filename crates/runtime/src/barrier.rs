@@ -30,7 +30,7 @@
 //! - An input that ended counts as having delivered every barrier.
 //!
 //! The collection of channel state itself (which records are in flight)
-//! stays with the task (`task.rs`); this module only decides.
+//! stays with the task's loop (`running.rs`); this module only decides.
 
 use std::time::{Duration, Instant};
 

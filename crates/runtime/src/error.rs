@@ -51,6 +51,8 @@ impl RuntimeError {
     /// that no longer fits the input).
     pub fn is_fatal(&self) -> bool {
         use cutpoint_operator::OperatorError;
+        // (A spec naming a function or step the program lacks is refused
+        // before any task starts: `Execution::start`.)
         match self {
             RuntimeError::Restore(_) | RuntimeError::MissingTransaction(_) => true,
             RuntimeError::State(StateError::Storage(e)) => e.is_data_error(),
@@ -58,12 +60,7 @@ impl RuntimeError {
             RuntimeError::State(StateError::Overflow { .. }) => true,
             // The same input fails the same way after every restart.
             RuntimeError::NotAnInteger(_) => true,
-            RuntimeError::Operator(
-                OperatorError::NotAnInteger(_)
-                | OperatorError::UnknownFunction { .. }
-                | OperatorError::UnknownStep { .. }
-                | OperatorError::StepKind { .. },
-            ) => true,
+            RuntimeError::Operator(OperatorError::NotAnInteger(_)) => true,
             _ => false,
         }
     }

@@ -13,9 +13,14 @@
 //! - [`barrier`]: barrier handling as a pure state machine (aligned,
 //!   at-least-once, unaligned, the aligned timeout, overlapping
 //!   checkpoints, end of input): decisions as values, unit-tested.
-//! - [`task`]: the source and aggregate task loops (barrier injection, the
-//!   synchronous snapshot phase, unaligned channel-state collection), driven
-//!   by those decisions.
+//! - `gate`: the receiving side of an exchange (`InputGate`), what a keyed
+//!   task reads its inputs through; in-process channels implement it.
+//! - [`task`]: the source task (reading, the program's stateless steps,
+//!   barrier injection) and a keyed task's opening, restore and final
+//!   report.
+//! - `running`: a keyed task's loop, driven by those decisions (the
+//!   synchronous snapshot phase, unaligned channel-state collection, the
+//!   memory budget).
 //! - [`worker`]: the per-subtask snapshot worker that runs the asynchronous
 //!   phase (RocksDB write, checkpoint, upload, ack) off the task thread.
 //! - [`execution`]: starting one attempt of a job (restoring state if asked)

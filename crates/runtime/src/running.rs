@@ -211,32 +211,32 @@ enum Flow {
 /// A keyed task between two messages: what it reads, what it keeps, what
 /// it has handed its snapshot worker.
 pub(crate) struct Running {
-    pub ctx: Arc<TaskContext>,
-    pub counters: Arc<TaskCounters>,
+    ctx: Arc<TaskContext>,
+    counters: Arc<TaskCounters>,
     /// Completed checkpoints, for the state's and the sink's commits.
-    pub commits: Receiver<CheckpointId>,
-    pub gate: Box<dyn InputGate>,
+    commits: Receiver<CheckpointId>,
+    gate: Box<dyn InputGate>,
     /// What each input is to the operator (a join's first or second).
-    pub kinds: Vec<Input>,
-    pub state: KeyedState,
-    pub sink: Output,
-    pub barriers: BarrierHandler,
+    kinds: Vec<Input>,
+    state: KeyedState,
+    sink: Output,
+    barriers: BarrierHandler,
     /// Per input: messages taken off it while collecting channel state,
     /// to be processed before its channel is read again.
-    pub buffers: Vec<VecDeque<Message>>,
+    buffers: Vec<VecDeque<Message>>,
     /// The unaligned snapshot whose channel state is being collected.
     collecting: Option<Collecting>,
     /// An unaligned snapshot to take at the top of the next step.
     start: Option<(Barrier, Duration)>,
-    pub records: u64,
+    records: u64,
     /// Snapshots taken (synchronous phases) in this run.
     snapshots: u64,
-    pub worker: Sender<WorkerJob>,
-    pub budget: Option<Budget>,
+    worker: Sender<WorkerJob>,
+    budget: Option<Budget>,
     /// Test knob: sleep per batch.
-    pub processing_delay: Option<Duration>,
+    processing_delay: Option<Duration>,
     /// Test knob: fail once after this many records.
-    pub inject: Option<InjectFailure>,
+    inject: Option<InjectFailure>,
 }
 
 impl Running {
@@ -276,6 +276,24 @@ impl Running {
             budget,
             inject: None,
         }
+    }
+
+    /// Test knob: fail once after `inject.after_records` records.
+    pub(crate) fn with_inject(mut self, inject: Option<InjectFailure>) -> Self {
+        self.inject = inject;
+        self
+    }
+
+    /// What each input is to the operator.
+    pub(crate) fn kinds(&self) -> &[Input] {
+        &self.kinds
+    }
+
+    /// The loop's results once it ended: the state, the output and the
+    /// records processed. Drops the worker's sender (the worker finishes
+    /// what it was handed, then stops).
+    pub(crate) fn into_results(self) -> (KeyedState, Output, u64) {
+        (self.state, self.sink, self.records)
     }
 
     /// Applies the channel state of the checkpoint restored from (before

@@ -112,25 +112,7 @@ impl SourceTask {
             }
         }
         if spec.takes_final_checkpoint() {
-            // Stay in the job until a checkpoint that covers the whole input
-            // completed, so no sink commits output a restore could replay.
-            let _ = ctx.events.send(TaskEvent::EndOfInput {
-                task: self.task.clone(),
-            });
-            loop {
-                match self.control.recv_timeout(Duration::from_millis(20)) {
-                    Ok(SourceControl::Trigger(barrier)) => self.inject(barrier, reader.offset())?,
-                    Ok(SourceControl::Finish) => break,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        if ctx.cancel.is_cancelled() {
-                            return Err(RuntimeError::Cancelled);
-                        }
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                        return Err(RuntimeError::Cancelled)
-                    }
-                }
-            }
+            self.await_final_checkpoint(reader.offset())?;
         }
         self.exchange.end()?;
         let _ = ctx.events.send(TaskEvent::Finished {
@@ -140,6 +122,29 @@ impl SourceTask {
             table: None,
         });
         Ok(())
+    }
+
+    /// At the end of the input: stays in the job, injecting barriers at
+    /// `offset`, until a checkpoint that covers the whole input completed
+    /// (`Finish`), so no sink commits output a restore could replay.
+    fn await_final_checkpoint(&mut self, offset: SourceOffset) -> Result<(), RuntimeError> {
+        let _ = self.ctx.events.send(TaskEvent::EndOfInput {
+            task: self.task.clone(),
+        });
+        loop {
+            match self.control.recv_timeout(Duration::from_millis(20)) {
+                Ok(SourceControl::Trigger(barrier)) => self.inject(barrier, offset)?,
+                Ok(SourceControl::Finish) => return Ok(()),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.ctx.cancel.is_cancelled() {
+                        return Err(RuntimeError::Cancelled);
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(RuntimeError::Cancelled)
+                }
+            }
+        }
     }
 
     /// Injects `barrier`: acknowledges with the offset it was injected
@@ -386,7 +391,7 @@ impl AggregateTask {
         });
         let mut running = self.running(state, sink, snap_tx, entries, applied);
         let upstream = self.upstream;
-        let kinds = running.kinds.clone();
+        let kinds = running.kinds().to_vec();
         let result = running
             .replay(replay, |i| match upstream {
                 // After a rescale the stage before may have had more subtasks.
@@ -394,14 +399,7 @@ impl AggregateTask {
                 Upstream::Sources => kinds.get(i as usize).copied(),
             })
             .and_then(|()| running.run());
-        let Running {
-            state,
-            sink,
-            records,
-            worker,
-            ..
-        } = running;
-        drop(worker);
+        let (state, sink, records) = running.into_results();
         let worker_result = worker_thread.join();
         result?;
         let store = match worker_result {
@@ -442,7 +440,7 @@ impl AggregateTask {
             .filter(|f| ctx.attempt == 0 && f.subtask == self.task.subtask.0)
             .filter(|f| f.operator.as_ref().unwrap_or(&first_stage) == &self.task.operator);
         let commits = self.commits.clone();
-        let mut running = Running::new(
+        Running::new(
             ctx,
             self.counters.clone(),
             commits,
@@ -451,9 +449,8 @@ impl AggregateTask {
             (state, sink),
             worker,
             budget,
-        );
-        running.inject = inject;
-        running
+        )
+        .with_inject(inject)
     }
 
     /// Every input ended and every snapshot succeeded: the sink's last
