@@ -58,8 +58,13 @@ TYPED = ("count_distinct", "dedup", "min", "max", "avg")
 
 
 def _valid_at(case, location):
+    # The check that holds positive data to account (ST202) goes by the
+    # case's overall mode; a component can still be marked negative when a
+    # mutation left it schema-valid and the case was counted positive.
     meta = case.meta
-    return meta is None or not meta.is_negative_at(location)
+    if meta is None or meta.generation.mode.is_positive:
+        return True
+    return not meta.is_negative_at(location)
 
 
 def _cap(obj, key, lo=None, hi=None):
