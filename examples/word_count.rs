@@ -14,8 +14,9 @@
 //! word to the count's subtasks, which emit every new count (committed
 //! with two-phase commit under `word-counts/`).
 //!
-//! Run it (from the repository root; it writes a sample input first if
-//! `word-count-input.jsonl` is missing):
+//! Run it (from the repository root; its own job reads a sample input it
+//! writes first, if missing, to `cutpoint-word-count-input.jsonl` in the
+//! system's temporary folder):
 //!
 //! ```text
 //! cargo run --release --example word_count -- run --checkpoint-dir /tmp/wc-chk
@@ -26,14 +27,12 @@
 //! steps: `[{"flat_map":"words"},{"map":"lowercase"},{"filter":"no_short_words"}]`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use cutpoint::operator::{Key, Record};
 use cutpoint::{AggregateSpec, JobBuilder, SinkSpec, SourceSpec};
-
-const INPUT: &str = "word-count-input.jsonl";
 
 /// One record per word of the line's text (the record's key).
 fn words(line: Record, out: &mut Vec<Record>) {
@@ -62,7 +61,7 @@ fn no_short_words(word: &Record) -> bool {
 }
 
 /// A sample input: 100,000 lines of words drawn from a small vocabulary.
-fn write_sample(path: &PathBuf) -> std::io::Result<()> {
+fn write_sample(path: &Path) -> std::io::Result<()> {
     const VOCABULARY: [&str; 12] = [
         "The",
         "quick",
@@ -97,10 +96,15 @@ fn write_sample(path: &PathBuf) -> std::io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let input = PathBuf::from(INPUT);
-    if !input.exists() {
+    let input = std::env::temp_dir().join("cutpoint-word-count-input.jsonl");
+    // Only the program's own job reads it (not `run --job spec.json`).
+    let own_job = !std::env::args().any(|a| a == "--job" || a.starts_with("--job="));
+    if own_job && !input.exists() {
         if let Err(e) = write_sample(&input) {
-            eprintln!("word_count: writing the sample input {INPUT}: {e}");
+            eprintln!(
+                "word_count: writing the sample input {}: {e}",
+                input.display()
+            );
             return ExitCode::FAILURE;
         }
     }
