@@ -12,7 +12,8 @@ positive_data_acceptance still holds every other rule to account:
   aggregate field of `value`, `app_id` or `user_id` with a generator, a
   join names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
-  eq or ne; stage ids unique and not source,
+  eq or ne; each file sink of a sink list in its own folder, stdout listed
+  once; stage ids unique and not source,
   agg, sink or an external task, ignoring case; the stage right after a join
   neither groups by a value bucket nor sums, a join's updates being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
@@ -155,6 +156,18 @@ def _settings(spec):
     sink = spec.get("sink")
     if isinstance(sink, dict) and "dir" in sink:
         spec["sink"] = dict(sink, dir=os.path.join(WORK, "sinks", str(spec["job_id"])))
+    elif isinstance(sink, list):
+        # Each file sink its own folder, stdout at most once.
+        sinks, stdout = [], False
+        for i, s in enumerate(sink):
+            if isinstance(s, dict) and "dir" in s:
+                s = dict(s, dir=os.path.join(WORK, "sinks", str(spec["job_id"]), str(i)))
+            elif isinstance(s, dict) and s.get("type") == "stdout":
+                if stdout:
+                    continue
+                stdout = True
+            sinks.append(s)
+        spec["sink"] = sinks or [{"type": "discard"}]
     if isinstance(spec.get("checkpoint"), dict):
         c = spec["checkpoint"] = dict(spec["checkpoint"])
         _cap(c, "interval_ms", lo=200)

@@ -155,7 +155,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         transforms: Vec::new(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
-        sink: SinkSpec::Discard,
+        sink: SinkSpec::Discard.into(),
         checkpoint: CheckpointConfig {
             interval_ms: (variant != Variant::None).then_some(interval_ms),
             retention: 1,

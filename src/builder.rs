@@ -13,7 +13,9 @@
 use std::time::Duration;
 
 use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
-use cutpoint_core::spec::{AggregateSpec, CheckpointingMode, SinkSpec, SourceSpec, Transform};
+use cutpoint_core::spec::{
+    AggregateSpec, CheckpointingMode, SinkSpec, Sinks, SourceSpec, Transform,
+};
 use cutpoint_core::{CoreError, FunctionName, JobSpec, Record};
 use cutpoint_operator::{Functions, WithResult};
 
@@ -30,7 +32,7 @@ pub struct JobBuilder {
     aggregate: Option<AggregateSpec>,
     function: Option<String>,
     value: Option<String>,
-    sink: SinkSpec,
+    sinks: Vec<SinkSpec>,
     interval: Option<Duration>,
     mode: CheckpointingMode,
     functions: Functions,
@@ -49,7 +51,7 @@ impl JobBuilder {
             aggregate: None,
             function: None,
             value: None,
-            sink: SinkSpec::Discard,
+            sinks: Vec::new(),
             interval: None,
             mode: CheckpointingMode::default(),
             functions: Functions::new(),
@@ -134,8 +136,10 @@ impl JobBuilder {
         self
     }
 
+    /// Adds a sink: every update of the keyed operator goes to each sink
+    /// added, in order (none added: discarded).
     pub fn sink(mut self, sink: SinkSpec) -> Self {
-        self.sink = sink;
+        self.sinks.push(sink);
         self
     }
 
@@ -172,7 +176,10 @@ impl JobBuilder {
             "transforms": self.transforms,
             "key_by": self.key_by,
             "aggregate": aggregate,
-            "sink": self.sink,
+            "sink": match self.sinks.len() {
+                0 => Sinks::default(),
+                _ => Sinks::new(self.sinks),
+            },
         });
         let mut spec: JobSpec =
             serde_json::from_value(json).map_err(|e| CoreError::InvalidSpec(e.to_string()))?;

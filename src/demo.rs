@@ -44,7 +44,7 @@ pub async fn run(
         transforms: Vec::new(),
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
-        sink: SinkSpec::Discard,
+        sink: SinkSpec::Discard.into(),
         checkpoint: CheckpointConfig {
             interval_ms: Some(1000),
             ..Default::default()

@@ -502,6 +502,74 @@ async fn two_phase_commit_sink_is_exactly_once_when_failing_between_precommit_an
     assert_every_update_exactly_once(&others, &updates, &expected);
 }
 
+/// Three sinks (two-phase commit, plain file, two-phase commit) fed the
+/// same updates; the failure falls between the pre-commit of checkpoint 1
+/// and its completion, so the restore commits each transactional sink's
+/// own transactions: both hold every update exactly once, the plain one
+/// every update at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_sinks_each_get_every_update_after_a_failure_between_precommit_and_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
+    faults.add_rule(FaultRule {
+        op: FaultOp::Put,
+        path_contains: "/chk-1/_metadata".into(),
+        action: FaultAction::Delay(Duration::from_millis(800)),
+        remaining: Some(1),
+    });
+    let (events, keys) = (1_000_000, 2_000);
+    let sinks = format!(
+        r#"[{{"type":"transactional_file","dir":{:?}}},{{"type":"file","dir":{:?}}},
+            {{"type":"transactional_file","dir":{:?}}}]"#,
+        out("a"),
+        out("plain"),
+        out("b")
+    );
+    let spec = pv_spec(
+        "pv-fan-out",
+        events,
+        keys,
+        Some(1_000_000),
+        &format!(
+            r#","checkpoint":{{"interval_ms":150}},"sink":{sinks},
+               "inject_failure":{{"subtask":0,"after_records":150000,"after_completed_checkpoint":false}}"#
+        ),
+    );
+    let job = spawn_job(JobConfig {
+        spec,
+        storage,
+        restore_from: None,
+        local_dir: dir.path().join("work"),
+        functions: Default::default(),
+    });
+    let outcome = job.join().await.unwrap();
+    assert_eq!(outcome.restarts, 1, "{outcome:?}");
+    assert_eq!(outcome.restored_from, vec![CheckpointId(1)]);
+    let expected = expected_counts(42, keys, events);
+    let read = |name: &str| {
+        let output = cutpoint_runtime::sink::read_output(&dir.path().join(name)).unwrap();
+        let updates: std::collections::BTreeMap<_, _> = output
+            .updates
+            .iter()
+            .map(|(k, v)| (k.clone(), ints(v)))
+            .collect();
+        (updates, output.others)
+    };
+    for name in ["a", "b"] {
+        let (updates, others) = read(name);
+        assert_every_update_exactly_once(&others, &updates, &expected);
+    }
+    let (plain, _) = read("plain");
+    assert_eq!(plain.len(), expected.len());
+    for (k, want) in &expected {
+        let mut got = plain[k].clone();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got, (1..=*want).collect::<Vec<_>>(), "key {k}: every update");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_file_sink_repeats_updates_after_a_restore() {
     let (updates, expected, restored, _) = sink_scenario("file", true, false).await;

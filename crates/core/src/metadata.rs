@@ -45,6 +45,14 @@ pub struct PendingTransaction {
     pub checkpoint: CheckpointId,
     /// The sink's handle for it (a staging file name).
     pub handle: String,
+    /// Which of the job's sinks it belongs to (its index in the spec's
+    /// `sink` list; 0, and absent in the JSON, for the first or only one).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sink: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The kinds of keyed state.

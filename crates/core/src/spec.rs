@@ -44,8 +44,10 @@ pub struct JobSpec {
     /// the last one feeds the sink.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<crate::stage::StageSpec>,
+    /// Where the last stage's updates go: one sink, or several that each
+    /// get every update (fan-out).
     #[serde(default)]
-    pub sink: SinkSpec,
+    pub sink: Sinks,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
@@ -358,6 +360,97 @@ pub enum SinkSpec {
     TransactionalFile { dir: PathBuf },
 }
 
+/// The job's sinks, in order: every update of the last stage goes to each
+/// (fan-out). JSON: one sink object, or an array of 1 to [`Sinks::MAX`].
+/// A sink's index in the list names its transactions in a checkpoint
+/// ([`crate::metadata::PendingTransaction::sink`]), so a restore hands each
+/// its own: the order is part of the job, like an operator id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sinks(Vec<SinkSpec>);
+
+impl Default for Sinks {
+    fn default() -> Self {
+        Sinks(vec![SinkSpec::Discard])
+    }
+}
+
+impl From<SinkSpec> for Sinks {
+    fn from(sink: SinkSpec) -> Self {
+        Sinks(vec![sink])
+    }
+}
+
+impl Sinks {
+    /// The most sinks a job has.
+    pub const MAX: usize = 8;
+
+    /// Several sinks (checked by [`JobSpec::validate`]).
+    pub fn new(sinks: Vec<SinkSpec>) -> Self {
+        Sinks(sinks)
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, SinkSpec> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether any sink takes part in two-phase commit.
+    pub fn any_transactional(&self) -> bool {
+        self.iter()
+            .any(|s| matches!(s, SinkSpec::TransactionalFile { .. }))
+    }
+
+    /// Why the list is not a valid job's, if it is not: 1 to [`Self::MAX`]
+    /// sinks, no folder shared by two file sinks, stdout at most once.
+    fn problem(&self) -> Option<String> {
+        if self.0.is_empty() || self.0.len() > Self::MAX {
+            return Some(format!("sink: 1 to {} sinks, got {}", Self::MAX, self.0.len()));
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        let mut stdout = 0;
+        for sink in &self.0 {
+            match sink {
+                SinkSpec::File { dir } | SinkSpec::TransactionalFile { dir } => {
+                    if !dirs.insert(dir) {
+                        return Some(format!("sink: two sinks write into {}", dir.display()));
+                    }
+                }
+                SinkSpec::Stdout => stdout += 1,
+                SinkSpec::Discard => {}
+            }
+        }
+        (stdout > 1).then(|| "sink: stdout at most once".into())
+    }
+}
+
+impl Serialize for Sinks {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Sinks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = serde_json::Value::deserialize(d)?;
+        if v.is_array() {
+            Vec::<SinkSpec>::deserialize(v).map(Sinks).map_err(D::Error::custom)
+        } else {
+            SinkSpec::deserialize(v).map(Sinks::from).map_err(D::Error::custom)
+        }
+    }
+}
+
 /// Incremental uploads only what changed; full is self-contained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -551,6 +644,9 @@ impl JobSpec {
             return bad("a job has at most 16 filters".into());
         }
         if let Some(p) = self.filter.iter().find_map(|f| f.problem()) {
+            return bad(p);
+        }
+        if let Some(p) = self.sink.problem() {
             return bad(p);
         }
         if self.transforms.len() > 16 {
@@ -905,6 +1001,37 @@ mod tests {
         assert!(e.contains("dimension_source"), "{e}");
         let out_of_range = joined.replace(r#""dimension_source":1"#, r#""dimension_source":2"#);
         assert!(JobSpec::from_json(&out_of_range).is_err());
+    }
+
+    #[test]
+    fn a_job_has_one_sink_or_a_list_of_them() {
+        let with = |sink: &str| PV.replace(r#""key_by""#, &format!(r#""sink":{sink},"key_by""#));
+        let one = JobSpec::from_json(&with(r#"{"type":"stdout"}"#)).unwrap();
+        assert_eq!(one.sink, Sinks::from(SinkSpec::Stdout));
+        // One sink stays an object in the stored spec.
+        assert!(serde_json::to_string(&one).unwrap().contains(r#""sink":{"type":"stdout"}"#));
+        let two = with(r#"[{"type":"stdout"},{"type":"transactional_file","dir":"/o"}]"#);
+        let two = JobSpec::from_json(&two).unwrap();
+        assert_eq!(two.sink.len(), 2);
+        assert!(two.sink.any_transactional());
+        let back = JobSpec::from_json(&serde_json::to_string(&two).unwrap()).unwrap();
+        assert_eq!(back, two);
+        assert_eq!(JobSpec::from_json(PV).unwrap().sink, Sinks::default());
+        for (bad, why) in [
+            ("[]", "1 to 8"),
+            (r#"[{"type":"stdout"},{"type":"stdout"}]"#, "stdout at most once"),
+            (
+                r#"[{"type":"file","dir":"/o"},{"type":"transactional_file","dir":"/o"}]"#,
+                "two sinks write into /o",
+            ),
+            (r#"[{"type":"kafka"}]"#, "kafka"),
+            (r#"{"type":"file"}"#, "dir"),
+        ] {
+            let e = JobSpec::from_json(&with(bad)).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let nine = format!("[{}]", vec![r#"{"type":"discard"}"#; 9].join(","));
+        assert!(JobSpec::from_json(&with(&nine)).is_err());
     }
 
     #[test]

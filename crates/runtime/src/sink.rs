@@ -7,13 +7,17 @@
 //! (a crash in the middle of a write) before it appends, so every line of
 //! its output is one whole record. `transactional_file` is a two-phase-commit sink
 //! ([`TwoPhaseCommitSink`], [`TxnFileSink`]): exactly-once output.
+//!
+//! A job may have several sinks (`Sink::Fanout`): each gets every update;
+//! a transaction records its sink's index, and a restore hands each sink
+//! only its own ([`SinkRecovery::for_sink`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Stdout, Write};
 use std::path::{Path, PathBuf};
 
 use cutpoint_core::metadata::PendingTransaction;
-use cutpoint_core::spec::SinkSpec;
+use cutpoint_core::spec::{SinkSpec, Sinks};
 use cutpoint_core::{CheckpointId, Key, Record, Value};
 
 use crate::RuntimeError;
@@ -111,6 +115,19 @@ impl SinkRecovery {
             in_use,
         }
     }
+
+    /// What sink `sink` of a fan-out recovers: its own transactions.
+    pub fn for_sink(&self, sink: u32) -> Self {
+        Self {
+            adopted: self
+                .adopted
+                .iter()
+                .filter(|(_, t)| t.sink == sink)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 pub enum Sink {
@@ -118,6 +135,9 @@ pub enum Sink {
     Stdout(BufWriter<Stdout>),
     File(BufWriter<File>),
     Transactional(Box<dyn TwoPhaseCommitSink>),
+    /// Several sinks, each getting every update, in the spec's order; the
+    /// transactions of sink `i` carry `sink: i`.
+    Fanout(Vec<Sink>),
 }
 
 fn sink_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
@@ -198,6 +218,24 @@ fn write_update(w: &mut dyn Write, key: &Key, value: &Value) -> std::io::Result<
 }
 
 impl Sink {
+    /// Opens the job's sinks for subtask `subtask` (one, or a fan-out),
+    /// each recovering its own transactions of `recovery`.
+    pub fn open_all(
+        sinks: &Sinks,
+        subtask: u32,
+        recovery: &SinkRecovery,
+    ) -> Result<Self, RuntimeError> {
+        let mut opened = sinks
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Sink::open(spec, subtask, &recovery.for_sink(i as u32)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match opened.len() {
+            1 => opened.pop().expect("one"),
+            _ => Sink::Fanout(opened),
+        })
+    }
+
     /// Opens the sink of aggregate subtask `subtask`, recovering what
     /// `recovery` says (transactional sinks).
     pub fn open(
@@ -235,6 +273,7 @@ impl Sink {
             Sink::Stdout(w) => w,
             Sink::File(w) => w,
             Sink::Transactional(t) => return t.write(key, value),
+            Sink::Fanout(sinks) => return sinks.iter_mut().try_for_each(|s| s.emit(key, value)),
         };
         write_update(w, key, value).map_err(|e| RuntimeError::Sink(e.to_string()))
     }
@@ -245,8 +284,26 @@ impl Sink {
         checkpoint: CheckpointId,
     ) -> Result<Vec<PendingTransaction>, RuntimeError> {
         cutpoint_core::failpoint::check("sink::pre_commit")?;
+        self.pre_commit(checkpoint)
+    }
+
+    fn pre_commit(
+        &mut self,
+        checkpoint: CheckpointId,
+    ) -> Result<Vec<PendingTransaction>, RuntimeError> {
         match self {
             Sink::Transactional(t) => t.pre_commit(checkpoint),
+            Sink::Fanout(sinks) => {
+                let mut all = Vec::new();
+                for (i, sink) in sinks.iter_mut().enumerate() {
+                    let mine = sink.pre_commit(checkpoint)?;
+                    all.extend(mine.into_iter().map(|t| PendingTransaction {
+                        sink: i as u32,
+                        ..t
+                    }));
+                }
+                Ok(all)
+            }
             _ => self.flush().map(|_| Vec::new()),
         }
     }
@@ -254,8 +311,15 @@ impl Sink {
     /// Checkpoint `checkpoint` completed.
     pub fn checkpoint_complete(&mut self, checkpoint: CheckpointId) -> Result<(), RuntimeError> {
         cutpoint_core::failpoint::check("sink::commit")?;
+        self.commit_up_to(checkpoint)
+    }
+
+    fn commit_up_to(&mut self, checkpoint: CheckpointId) -> Result<(), RuntimeError> {
         match self {
             Sink::Transactional(t) => t.commit_up_to(checkpoint),
+            Sink::Fanout(sinks) => sinks
+                .iter_mut()
+                .try_for_each(|s| s.commit_up_to(checkpoint)),
             _ => Ok(()),
         }
     }
@@ -264,6 +328,7 @@ impl Sink {
     pub fn finish(&mut self) -> Result<(), RuntimeError> {
         match self {
             Sink::Transactional(t) => t.finish(),
+            Sink::Fanout(sinks) => sinks.iter_mut().try_for_each(Sink::finish),
             _ => self.flush(),
         }
     }
@@ -271,6 +336,7 @@ impl Sink {
     fn flush(&mut self) -> Result<(), RuntimeError> {
         let r = match self {
             Sink::Discard | Sink::Transactional(_) => Ok(()),
+            Sink::Fanout(sinks) => return sinks.iter_mut().try_for_each(Sink::flush),
             Sink::Stdout(w) => w.flush(),
             Sink::File(w) => w.flush(),
         };
@@ -546,5 +612,59 @@ mod tests {
         assert_eq!(cut_torn_tail(&part).unwrap(), 12);
         assert_eq!(std::fs::read(&part).unwrap(), b"");
         assert_eq!(cut_torn_tail(&d.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_fan_out_tags_each_sinks_transactions_and_a_restore_hands_each_its_own() {
+        let (a, b, c) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let sinks = Sinks::new(vec![
+            SinkSpec::TransactionalFile {
+                dir: a.path().to_path_buf(),
+            },
+            SinkSpec::File {
+                dir: c.path().to_path_buf(),
+            },
+            SinkSpec::TransactionalFile {
+                dir: b.path().to_path_buf(),
+            },
+        ]);
+        let mut sink = Sink::open_all(&sinks, 0, &own(&[])).unwrap();
+        assert!(matches!(&sink, Sink::Fanout(v) if v.len() == 3));
+        sink.emit(&Key::Int(1), &Value::Int(1)).unwrap();
+        let pending = sink.snapshot(CheckpointId(1)).unwrap();
+        let tags: Vec<u32> = pending.iter().map(|t| t.sink).collect();
+        assert_eq!(tags, [0, 2], "the two transactional sinks, by index");
+        // Crash before the commit: the restore commits each sink's own
+        // transaction in its own folder (the other's staging file is not
+        // there: adopting it would fail the restore).
+        drop(sink);
+        let mut sink = Sink::open_all(&sinks, 0, &own(&pending)).unwrap();
+        for d in [&a, &b] {
+            let out = read_output(d.path()).unwrap();
+            assert_eq!(out.updates[&Key::Int(1)], vec![Value::Int(1)]);
+        }
+        // The plain sink wrote it once too (flushed on the barrier).
+        assert_eq!(
+            read_output(c.path()).unwrap().updates[&Key::Int(1)],
+            vec![Value::Int(1)]
+        );
+        sink.emit(&Key::Int(1), &Value::Int(2)).unwrap();
+        sink.finish().unwrap();
+        for d in [&a, &b, &c] {
+            let out = read_output(d.path()).unwrap();
+            assert_eq!(out.updates[&Key::Int(1)], vec![Value::Int(1), Value::Int(2)]);
+            assert!(out.others.is_empty(), "{:?}", out.others);
+        }
+        // One sink: its transactions keep the index of the first, 0.
+        let one = Sinks::from(SinkSpec::TransactionalFile {
+            dir: a.path().to_path_buf(),
+        });
+        let mut sink = Sink::open_all(&one, 0, &own(&[])).unwrap();
+        assert!(matches!(sink, Sink::Transactional(_)));
+        assert!(sink.snapshot(CheckpointId(2)).unwrap().iter().all(|t| t.sink == 0));
     }
 }

@@ -225,7 +225,7 @@ impl AggregateTask {
                 &self.restore,
                 ctx.staging_in_use.clone(),
             );
-            let sink = Sink::open(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
+            let sink = Sink::open_all(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
             return Ok(Output::Sink(sink));
         };
         let exchange = self.next.take().ok_or_else(|| {

@@ -370,7 +370,7 @@ impl Runner {
     /// them when any metadata cannot be read.
     pub(super) async fn staging_in_use(&self) -> Result<StagingInUse, JobError> {
         let mut handles = BTreeSet::new();
-        if !matches!(self.spec.sink, SinkSpec::TransactionalFile { .. }) {
+        if !self.spec.sink.any_transactional() {
             return Ok(StagingInUse::Only(handles));
         }
         let mut add = |m: &CheckpointMetadata| {
