@@ -169,6 +169,10 @@ impl JobBuilder {
                 ))
             }
         };
+        let sink = match self.sinks.len() {
+            0 => Sinks::default(),
+            _ => Sinks::new(self.sinks),
+        };
         let json = serde_json::json!({
             "job_id": self.job_id,
             "source": self.source,
@@ -176,10 +180,7 @@ impl JobBuilder {
             "transforms": self.transforms,
             "key_by": self.key_by,
             "aggregate": aggregate,
-            "sink": match self.sinks.len() {
-                0 => Sinks::default(),
-                _ => Sinks::new(self.sinks),
-            },
+            "sink": sink,
         });
         let mut spec: JobSpec =
             serde_json::from_value(json).map_err(|e| CoreError::InvalidSpec(e.to_string()))?;

@@ -806,7 +806,7 @@ impl JobSpec {
     /// restore after a late failure would replay (Flink's checkpoints after
     /// tasks finish). Jobs with external tasks end without one.
     pub fn takes_final_checkpoint(&self) -> bool {
-        matches!(self.sink, SinkSpec::TransactionalFile { .. })
+        self.sink.any_transactional()
             && self.checkpoint.interval_ms.is_some()
             && self.external_tasks.is_empty()
     }

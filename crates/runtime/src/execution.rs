@@ -543,6 +543,7 @@ mod tests {
                 s.pending_transactions = vec![PendingTransaction {
                     checkpoint: CheckpointId(4),
                     handle: "txn".into(),
+                    sink: 0,
                 }];
             }
             subtasks.push(s);

@@ -470,6 +470,8 @@ impl TwoPhaseCommitSink for TxnFileSink {
         self.pending.push(PendingTransaction {
             checkpoint,
             handle: self.staging_name.clone(),
+            // A fan-out sets its place; alone, it is the first.
+            sink: 0,
         });
         self.seq += 1;
         let (w, name) = Self::new_staging(&self.dir, self.subtask, &self.run, self.seq)?;
@@ -571,6 +573,7 @@ mod tests {
         let gone = [PendingTransaction {
             checkpoint: CheckpointId(5),
             handle: ".staging-0-9-9.jsonl".into(),
+            sink: 0,
         }];
         assert!(TxnFileSink::open(d.path(), 0, &own(&gone)).is_err());
     }

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cutpoint_core::spec::SinkSpec;
 use cutpoint_core::{
     now_millis, CheckpointId, CheckpointMetadata, CheckpointType, JobSpec, OperatorId, SavepointId,
     SubtaskState, TaskId, METADATA_VERSION,
