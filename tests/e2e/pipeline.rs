@@ -566,7 +566,11 @@ async fn fan_out_sinks_each_get_every_update_after_a_failure_between_precommit_a
         let mut got = plain[k].clone();
         got.sort_unstable();
         got.dedup();
-        assert_eq!(got, (1..=*want).collect::<Vec<_>>(), "key {k}: every update");
+        assert_eq!(
+            got,
+            (1..=*want).collect::<Vec<_>>(),
+            "key {k}: every update"
+        );
     }
 }
 

@@ -411,7 +411,11 @@ impl Sinks {
     /// sinks, no folder shared by two file sinks, stdout at most once.
     fn problem(&self) -> Option<String> {
         if self.0.is_empty() || self.0.len() > Self::MAX {
-            return Some(format!("sink: 1 to {} sinks, got {}", Self::MAX, self.0.len()));
+            return Some(format!(
+                "sink: 1 to {} sinks, got {}",
+                Self::MAX,
+                self.0.len()
+            ));
         }
         let mut dirs = std::collections::BTreeSet::new();
         let mut stdout = 0;
@@ -444,9 +448,13 @@ impl<'de> Deserialize<'de> for Sinks {
         use serde::de::Error;
         let v = serde_json::Value::deserialize(d)?;
         if v.is_array() {
-            Vec::<SinkSpec>::deserialize(v).map(Sinks).map_err(D::Error::custom)
+            Vec::<SinkSpec>::deserialize(v)
+                .map(Sinks)
+                .map_err(D::Error::custom)
         } else {
-            SinkSpec::deserialize(v).map(Sinks::from).map_err(D::Error::custom)
+            SinkSpec::deserialize(v)
+                .map(Sinks::from)
+                .map_err(D::Error::custom)
         }
     }
 }
@@ -1009,7 +1017,9 @@ mod tests {
         let one = JobSpec::from_json(&with(r#"{"type":"stdout"}"#)).unwrap();
         assert_eq!(one.sink, Sinks::from(SinkSpec::Stdout));
         // One sink stays an object in the stored spec.
-        assert!(serde_json::to_string(&one).unwrap().contains(r#""sink":{"type":"stdout"}"#));
+        assert!(serde_json::to_string(&one)
+            .unwrap()
+            .contains(r#""sink":{"type":"stdout"}"#));
         let two = with(r#"[{"type":"stdout"},{"type":"transactional_file","dir":"/o"}]"#);
         let two = JobSpec::from_json(&two).unwrap();
         assert_eq!(two.sink.len(), 2);
@@ -1019,7 +1029,10 @@ mod tests {
         assert_eq!(JobSpec::from_json(PV).unwrap().sink, Sinks::default());
         for (bad, why) in [
             ("[]", "1 to 8"),
-            (r#"[{"type":"stdout"},{"type":"stdout"}]"#, "stdout at most once"),
+            (
+                r#"[{"type":"stdout"},{"type":"stdout"}]"#,
+                "stdout at most once",
+            ),
             (
                 r#"[{"type":"file","dir":"/o"},{"type":"transactional_file","dir":"/o"}]"#,
                 "two sinks write into /o",
@@ -1030,7 +1043,7 @@ mod tests {
             let e = JobSpec::from_json(&with(bad)).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        let nine = format!("[{}]", vec![r#"{"type":"discard"}"#; 9].join(","));
+        let nine = format!("[{}]", [r#"{"type":"discard"}"#; 9].join(","));
         assert!(JobSpec::from_json(&with(&nine)).is_err());
     }
 

@@ -659,7 +659,10 @@ mod tests {
         sink.finish().unwrap();
         for d in [&a, &b, &c] {
             let out = read_output(d.path()).unwrap();
-            assert_eq!(out.updates[&Key::Int(1)], vec![Value::Int(1), Value::Int(2)]);
+            assert_eq!(
+                out.updates[&Key::Int(1)],
+                vec![Value::Int(1), Value::Int(2)]
+            );
             assert!(out.others.is_empty(), "{:?}", out.others);
         }
         // One sink: its transactions keep the index of the first, 0.
@@ -668,6 +671,10 @@ mod tests {
         });
         let mut sink = Sink::open_all(&one, 0, &own(&[])).unwrap();
         assert!(matches!(sink, Sink::Transactional(_)));
-        assert!(sink.snapshot(CheckpointId(2)).unwrap().iter().all(|t| t.sink == 0));
+        assert!(sink
+            .snapshot(CheckpointId(2))
+            .unwrap()
+            .iter()
+            .all(|t| t.sink == 0));
     }
 }
