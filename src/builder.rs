@@ -137,7 +137,8 @@ impl JobBuilder {
     }
 
     /// Adds a sink: every update of the keyed operator goes to each sink
-    /// added, in order (none added: discarded).
+    /// added (fan-out), in order — called twice, the job has two sinks;
+    /// none added: updates are discarded.
     pub fn sink(mut self, sink: SinkSpec) -> Self {
         self.sinks.push(sink);
         self

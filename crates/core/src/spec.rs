@@ -422,7 +422,7 @@ impl Sinks {
         for sink in &self.0 {
             match sink {
                 SinkSpec::File { dir } | SinkSpec::TransactionalFile { dir } => {
-                    if !dirs.insert(dir) {
+                    if !dirs.insert(lexical(dir)) {
                         return Some(format!("sink: two sinks write into {}", dir.display()));
                     }
                 }
@@ -457,6 +457,38 @@ impl<'de> Deserialize<'de> for Sinks {
                 .map_err(D::Error::custom)
         }
     }
+}
+
+impl SinkSpec {
+    /// Its `type` in the JSON form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkSpec::Discard => "discard",
+            SinkSpec::Stdout => "stdout",
+            SinkSpec::File { .. } => "file",
+            SinkSpec::TransactionalFile { .. } => "transactional_file",
+        }
+    }
+}
+
+/// `path` made absolute (against the working directory) with `.` and `..`
+/// resolved by their names, without touching the file system: two
+/// spellings of one folder compare equal (symbolic links are not
+/// followed).
+fn lexical(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Incremental uploads only what changed; full is self-contained.
@@ -1035,6 +1067,10 @@ mod tests {
             ),
             (
                 r#"[{"type":"file","dir":"/o"},{"type":"transactional_file","dir":"/o"}]"#,
+                "two sinks write into /o",
+            ),
+            (
+                r#"[{"type":"file","dir":"/o/p/.."},{"type":"file","dir":"/o/./"}]"#,
                 "two sinks write into /o",
             ),
             (r#"[{"type":"kafka"}]"#, "kafka"),

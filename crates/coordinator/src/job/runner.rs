@@ -364,7 +364,7 @@ impl Runner {
         Ok(self.drive(tracker, &mut attempt, events, outcome).await)
     }
 
-    /// The staging files of a transactional sink that checkpoints and
+    /// The staging files of the transactional sinks that checkpoints and
     /// savepoints of this job name as pre-committed: a sink recovering from
     /// one checkpoint keeps them, so the others stay restorable. All of
     /// them when any metadata cannot be read.
