@@ -24,7 +24,11 @@
 //! ```
 //!
 //! `run --job spec.json` runs any JSON spec whose `transforms` name these
-//! steps: `[{"flat_map":"words"},{"map":"lowercase"},{"filter":"no_short_words"}]`.
+//! steps: `[{"flat_map":"words"},{"map":"lowercase"},{"filter":"no_short_words"}]`;
+//! a later stage may name `first_letter` (a count update keyed by its
+//! word's first character), e.g. `"stages":[{"id":"letters",
+//! "transforms":[{"map":"first_letter"}],"key_by":{"type":"key"},
+//! "aggregate":{"type":"count"}}]`: updates per first letter.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,6 +56,18 @@ fn lowercase(word: Record) -> Record {
             Record::new(w.to_lowercase(), word.value)
         }
         _ => word,
+    }
+}
+
+/// A count update keyed by its word's first character (for a stage after
+/// the count, named by a JSON spec: `"transforms":[{"map":"first_letter"}]`).
+fn first_letter(update: Record) -> Record {
+    match &update.key {
+        Key::Str(w) => {
+            let first: String = w.chars().take(1).collect();
+            Record::new(first, update.value)
+        }
+        Key::Int(_) => update,
     }
 }
 
@@ -124,6 +140,7 @@ fn main() -> ExitCode {
         })
         .checkpoint_every(Duration::from_millis(500))
         .build()
-        .expect("a valid job");
+        .expect("a valid job")
+        .steps(|f| f.map("first_letter", first_letter));
     cutpoint::main_with(program)
 }

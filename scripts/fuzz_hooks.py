@@ -18,7 +18,8 @@ positive_data_acceptance still holds every other rule to account:
   neither groups by a value bucket nor sums, a join's updates being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count;
-  `transforms` name steps of the serving program too, so they are dropped. Test
+  `transforms` (the job's and a stage's) name steps of the serving program
+  too, so they are dropped. Test
   knobs are dropped: this server runs as in production, without
   --enable-test-knobs, and refuses them (400, tested in tests/e2e/api.rs).
   Savepoint paths are put under this server's storage root (a path elsewhere
@@ -138,6 +139,7 @@ def _stages(spec):
     out = []
     for i, stage in enumerate(stages[:2]):
         stage = dict(stage)
+        stage.pop("transforms", None)
         if str(stage.get("id", "")).lower() in taken:
             stage["id"] = f"stage{i}x"
         taken.add(str(stage["id"]).lower())

@@ -53,6 +53,14 @@ impl Program {
         self
     }
 
+    /// Registers the stateless steps of `steps` (see [`Functions::map`]
+    /// and its siblings), for jobs that name them, e.g. in a stage's
+    /// `transforms`: `program.steps(|f| f.map("first_letter", …))`.
+    pub fn steps(mut self, steps: impl FnOnce(Functions) -> Functions) -> Self {
+        self.functions = steps(self.functions);
+        self
+    }
+
     /// The job `run` runs without `--job`.
     pub fn job(mut self, spec: JobSpec) -> Self {
         self.job = Some(spec);

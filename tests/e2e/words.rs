@@ -214,6 +214,59 @@ async fn word_count_steps_exact_after_a_failure_and_a_rescale_unaligned() {
     failure_and_rescale("unaligned", "words-unaligned").await;
 }
 
+/// A second stage whose steps (`first_letter`, run in the count's task on
+/// each of its updates) re-key them: it counts the updates per first
+/// letter — each word counted `n` times updates `n` times, so a letter's
+/// total is the sum of its words' counts. Exact after a failure in the
+/// count stage and a rescaled restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescale() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, chk, job) = (program(), dir.path().join("chk"), "words-letters");
+    let mut want: BTreeMap<Key, i64> = BTreeMap::new();
+    for (word, n) in expected() {
+        let Key::Str(w) = word else { unreachable!() };
+        let first: String = w.chars().take(1).collect();
+        *want.entry(Key::from(first)).or_insert(0) += n;
+    }
+    assert!(want.len() >= 5, "{want:?}");
+    let stage = r#","stages":[{"id":"letters","transforms":[{"map":"first_letter"}],
+        "key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+    let failing = format!(r#"{stage},"inject_failure":{{"subtask":1,"after_records":40000}}"#);
+    let first = spec(
+        dir.path(),
+        "first",
+        (job, 2),
+        "exactly_once",
+        "transactional_file",
+        &failing,
+    );
+    let state = dir.path().join("first.jsonl");
+    let summary = run_program_to_end(&bin, &first, &chk, None, &state);
+    assert_eq!(
+        summary["restarts"], 1,
+        "the injected failure happened: {summary}"
+    );
+    assert_eq!(final_counts(&state), want);
+    // Every committed update of the letters stage once: 1..=total.
+    assert_each_update_once(&dir.path().join("first"), &want);
+    let mut ids = completed_ids(&chk, job);
+    ids.sort_unstable();
+    let early = ids[ids.len() / 4];
+    let rescaled = spec(
+        dir.path(),
+        "rescaled",
+        (job, 3),
+        "exactly_once",
+        "file",
+        stage,
+    );
+    let state = dir.path().join("rescaled.jsonl");
+    let summary = run_program_to_end(&bin, &rescaled, &chk, Some(&early.to_string()), &state);
+    assert_eq!(summary["restored_from"], json!([early]));
+    assert_eq!(final_counts(&state), want);
+}
+
 #[test]
 fn word_count_steps_exact_after_sigkill_and_restores_of_latest_and_an_older_id() {
     let dir = tempfile::tempdir().unwrap();

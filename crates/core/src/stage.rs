@@ -32,6 +32,12 @@ pub struct StageSpec {
     /// Default: the job's `parallelism` (so rescaling the job rescales it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallelism: Option<u32>,
+    /// Stateless steps on the previous stage's updates `(key, new value)`,
+    /// run in that stage's task before `key_by` (see
+    /// [`crate::spec::Transform`]): a map may give an update another key
+    /// (kept by `{"type":"key"}`), a filter drop it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transforms: Vec<crate::spec::Transform>,
     /// The key the previous stage's updates are grouped by here.
     pub key_by: Rekey,
     pub aggregate: StageAggregate,
@@ -97,6 +103,9 @@ pub struct KeyedStage {
     pub aggregate: AggregateKind,
     /// Where its updates go: the next stage, or `None` for the sink.
     pub forward: Option<Forward>,
+    /// The next stage's `transforms`, run here on each update before
+    /// `forward`.
+    pub forward_transforms: Vec<crate::spec::Transform>,
 }
 
 /// Operator id of the first keyed stage.
@@ -120,6 +129,7 @@ impl JobSpec {
                 AggregateSpec::Avg { .. } => AggregateKind::Avg,
             },
             forward: None,
+            forward_transforms: Vec::new(),
         };
         let mut out = vec![first];
         for s in &self.stages {
@@ -128,6 +138,7 @@ impl JobSpec {
                     rekey: s.key_by,
                     aggregate: s.aggregate,
                 });
+                prev.forward_transforms = s.transforms.clone();
             }
             out.push(KeyedStage {
                 id: s.id.clone(),
@@ -137,6 +148,7 @@ impl JobSpec {
                     StageAggregate::Sum => AggregateKind::Sum,
                 },
                 forward: None,
+                forward_transforms: Vec::new(),
             });
         }
         out
@@ -175,6 +187,9 @@ impl JobSpec {
                 return bad(format!(
                     "stages: id {id:?} is taken (stage ids must be unique and not source, agg, sink or an external task)"
                 ));
+            }
+            if s.transforms.len() > 16 {
+                return bad(format!("stages: {id:?} has more than 16 transforms"));
             }
             if let Some(p) = s.parallelism {
                 if p == 0 || p > self.max_parallelism {

@@ -148,6 +148,9 @@ impl Functions {
     /// declared (built once to see).
     pub fn check(&self, spec: &JobSpec) -> Result<(), OperatorError> {
         self.steps(&spec.transforms)?;
+        for stage in &spec.stages {
+            self.steps(&stage.transforms)?;
+        }
         match &spec.aggregate {
             AggregateSpec::Process { function, .. } => self.make(function, 128).map(|_| ()),
             _ => Ok(()),

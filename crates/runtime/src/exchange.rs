@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channel::{self, Message, BATCH_SIZE};
 use crate::sink::Sink;
 use crate::{Barrier, RuntimeError};
+use cutpoint_operator::stateless::Steps;
 
 /// Carries an exchange's messages to the subtasks of the next operator.
 pub(crate) trait Transport: Send {
@@ -141,10 +142,12 @@ impl Exchange {
 pub(crate) enum Output {
     /// The chained sink (the last stage).
     Sink(Sink),
-    /// The next stage, each update made a record of it by `forward`.
+    /// The next stage, each update made a record of it by `forward`,
+    /// after the next stage's stateless steps (if any).
     Next {
         exchange: Exchange,
         forward: Forward,
+        steps: Steps,
     },
 }
 
@@ -153,7 +156,21 @@ impl Output {
     pub(crate) fn emit(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(s) => s.emit(key, value),
-            Output::Next { exchange, forward } => exchange.push(forward.record(key, value)?),
+            Output::Next {
+                exchange,
+                forward,
+                steps,
+            } => {
+                if steps.is_empty() {
+                    return exchange.push(forward.record(key, value)?);
+                }
+                let mut updates = vec![Record::new(key.clone(), value.clone())];
+                steps.apply(&mut updates);
+                for u in updates {
+                    exchange.push(forward.record(&u.key, &u.value)?)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -234,7 +251,11 @@ mod tests {
             rekey: Rekey::Key,
             aggregate: StageAggregate::Sum,
         };
-        let mut out = Output::Next { exchange, forward };
+        let mut out = Output::Next {
+            exchange,
+            forward,
+            steps: Steps::default(),
+        };
         out.emit(&Key::Int(7), &Value::Int(3)).unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
         assert!(rx.try_recv().is_err(), "batched, not sent yet");
@@ -254,6 +275,46 @@ mod tests {
         out.snapshot(b).unwrap();
         assert!(matches!(rx.try_recv(), Ok(Message::Records(r)) if r.len() == 1));
         assert!(matches!(rx.try_recv(), Ok(Message::Barrier(x)) if x.id == CheckpointId(1)));
+    }
+
+    #[test]
+    fn the_next_stages_steps_run_on_each_update_before_its_key_by() {
+        use cutpoint_operator::stateless::Step;
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let local = LocalTransport {
+            outputs: vec![tx],
+            priority: Vec::new(),
+            cancel: CancellationToken::new(),
+        };
+        // Updates of 10 or more, keyed by their value's tens.
+        let steps = Steps::new(vec![
+            Step::Filter(std::sync::Arc::new(|r: &Record| {
+                r.int_value().unwrap() >= 10
+            })),
+            Step::Map(std::sync::Arc::new(|r: Record| {
+                let tens = r.int_value().unwrap() / 10;
+                Record::new(Key::Int(tens), r.value)
+            })),
+        ]);
+        let mut out = Output::Next {
+            exchange: Exchange::new(Box::new(local), 128),
+            forward: Forward {
+                rekey: Rekey::Key,
+                aggregate: StageAggregate::Sum,
+            },
+            steps,
+        };
+        for (k, v) in [(1, 5), (2, 12), (3, 31)] {
+            out.emit(&Key::Int(k), &Value::Int(v)).unwrap();
+        }
+        out.flush().unwrap();
+        match rx.try_recv() {
+            Ok(Message::Records(batch)) => assert_eq!(
+                batch,
+                vec![Record::int(Key::Int(1), 12), Record::int(Key::Int(3), 31)]
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// What an exchange hands its transport, recorded.

@@ -231,7 +231,12 @@ impl AggregateTask {
         let exchange = self.next.take().ok_or_else(|| {
             RuntimeError::Internal(format!("{}: no exchange to the next stage", self.task))
         })?;
-        Ok(Output::Next { exchange, forward })
+        let steps = ctx.functions.steps(&self.stage.forward_transforms)?;
+        Ok(Output::Next {
+            exchange,
+            forward,
+            steps,
+        })
     }
 
     /// Typed state restores only into an operator that declares the same
