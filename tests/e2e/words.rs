@@ -220,9 +220,18 @@ async fn word_count_steps_exact_after_a_failure_and_a_rescale_unaligned() {
 /// total is the sum of its words' counts. Exact after a failure in the
 /// count stage and a rescaled restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescale() {
+async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescale_aligned() {
+    steps_between_stages("exactly_once", "letters-aligned").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescale_unaligned() {
+    steps_between_stages("unaligned", "letters-unaligned").await;
+}
+
+async fn steps_between_stages(mode: &str, job: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (bin, chk, job) = (program(), dir.path().join("chk"), "words-letters");
+    let (bin, chk) = (program(), dir.path().join("chk"));
     let mut want: BTreeMap<Key, i64> = BTreeMap::new();
     for (word, n) in expected() {
         let Key::Str(w) = word else { unreachable!() };
@@ -237,7 +246,7 @@ async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescal
         dir.path(),
         "first",
         (job, 2),
-        "exactly_once",
+        mode,
         "transactional_file",
         &failing,
     );
@@ -253,14 +262,7 @@ async fn steps_between_stages_rekey_updates_exactly_after_a_failure_and_a_rescal
     let mut ids = completed_ids(&chk, job);
     ids.sort_unstable();
     let early = ids[ids.len() / 4];
-    let rescaled = spec(
-        dir.path(),
-        "rescaled",
-        (job, 3),
-        "exactly_once",
-        "file",
-        stage,
-    );
+    let rescaled = spec(dir.path(), "rescaled", (job, 3), mode, "file", stage);
     let state = dir.path().join("rescaled.jsonl");
     let summary = run_program_to_end(&bin, &rescaled, &chk, Some(&early.to_string()), &state);
     assert_eq!(summary["restored_from"], json!([early]));

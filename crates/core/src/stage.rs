@@ -4,14 +4,17 @@
 //! the sink. Pure data: the runtime builds one exchange and one keyed task
 //! per subtask for each stage from [`JobSpec::keyed_stages`].
 //!
-//! A stage's input record is an update of the stage before: the key it
-//! changed and its new aggregate value. [`Rekey`] says which key the
-//! update is grouped by downstream and [`StageAggregate`] what it adds.
+//! A stage's input record is an update of the stage before — the key it
+//! changed and its new aggregate value — after the stage's `transforms`
+//! (a program's stateless steps, run in the stage before: a map may change
+//! the key or value, a filter or flat map drop or multiply updates).
+//! [`Rekey`] says which key the update is grouped by downstream and
+//! [`StageAggregate`] what it adds.
 //!
 //! Invariants of a validated spec: stage ids are unique and none is
 //! `source`, `agg`, `sink` or an external task, ignoring ASCII case; every stage's parallelism
 //! is within `1..=max_parallelism`; there are at most
-//! [`JobSpec::MAX_STAGES`] of them; the stage after a join neither
+//! [`JobSpec::MAX_STAGES`] of them, each with at most 16 `transforms`; the stage after a join neither
 //! groups by a bucket of its updates nor sums them (they are
 //! `[count, dimension]` lists). Other updates that are not integers (a
 //! dedup of strings, a program's function) fail the task there, named

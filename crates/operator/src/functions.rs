@@ -2,7 +2,8 @@
 //! name, so a job spec (built in the program, or JSON over REST) can run
 //! them: `"aggregate": {"type": "process", "function": "fraud_detector"}`;
 //! and its stateless steps ([`Step`]: map, filter, flat map), which a
-//! spec's `"transforms": [{"flat_map": "words"}]` runs in the source task.
+//! spec's `"transforms": [{"flat_map": "words"}]` runs in the source task
+//! (and a stage's `transforms` on the updates of the stage before).
 //! Keyed functions and steps share one namespace: a name means one thing.
 //!
 //! A registry is a value the program hands to the coordinator, the server
@@ -227,6 +228,27 @@ mod tests {
             err.contains("no filter \"nope\"") && err.contains("f, fm, m"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_jobs_check_covers_every_stages_steps() {
+        let spec = |stage_steps: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"j","source":{{"type":"generator","events":10,"keys":3}},
+                    "key_by":"app_id","aggregate":{{"type":"count"}},
+                    "stages":[{{"id":"s","transforms":{stage_steps},"key_by":{{"type":"key"}},"aggregate":{{"type":"count"}}}}]}}"#
+            ))
+        };
+        let functions = Functions::new().map("m", |r| r);
+        functions.check(&spec(r#"[{"map":"m"}]"#).unwrap()).unwrap();
+        let err = functions
+            .check(&spec(r#"[{"flat_map":"x"}]"#).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no flat_map \"x\""), "{err}");
+        let seventeen = format!("[{}]", [r#"{"map":"m"}"#; 17].join(","));
+        let err = spec(&seventeen).unwrap_err().to_string();
+        assert!(err.contains("more than 16 transforms"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Stateless steps: the `map`, `filter` and `flat_map` functions a Rust
 //! program registers by name ([`crate::functions::Functions::map`] and its
 //! siblings) and a job's `transforms` name ([`cutpoint_core::spec::Transform`]),
-//! resolved into [`Steps`], which the source task runs on every batch.
+//! resolved into [`Steps`], which the source task runs on every batch (a
+//! job's `transforms`) and a keyed task on each update it sends to the
+//! next stage (that stage's `transforms`).
 //!
 //! Invariants: steps keep no state (a checkpoint holds nothing of them)
 //! and run in the order the job lists them; records keep their order
