@@ -447,10 +447,17 @@ impl<'de> Deserialize<'de> for Sinks {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let v = serde_json::Value::deserialize(d)?;
-        if v.is_array() {
-            Vec::<SinkSpec>::deserialize(v)
+        if let serde_json::Value::Array(items) = v {
+            // Each item on its own, so an error names the sink it is in.
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    SinkSpec::deserialize(item)
+                        .map_err(|e| D::Error::custom(format!("sink[{i}]: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
                 .map(Sinks)
-                .map_err(D::Error::custom)
         } else {
             SinkSpec::deserialize(v)
                 .map(Sinks::from)
@@ -1074,6 +1081,7 @@ mod tests {
                 "two sinks write into /o",
             ),
             (r#"[{"type":"kafka"}]"#, "kafka"),
+            (r#"[{"type":"stdout"},{"type":"file"}]"#, "sink[1]"),
             (r#"{"type":"file"}"#, "dir"),
         ] {
             let e = JobSpec::from_json(&with(bad)).unwrap_err().to_string();

@@ -148,6 +148,8 @@ pub(crate) enum Output {
         exchange: Exchange,
         forward: Forward,
         steps: Steps,
+        /// Reused for an update's records through the steps.
+        updates: Vec<Record>,
     },
 }
 
@@ -160,13 +162,15 @@ impl Output {
                 exchange,
                 forward,
                 steps,
+                updates,
             } => {
                 if steps.is_empty() {
                     return exchange.push(forward.record(key, value)?);
                 }
-                let mut updates = vec![Record::new(key.clone(), value.clone())];
-                steps.apply(&mut updates);
-                for u in updates {
+                updates.clear();
+                updates.push(Record::new(key.clone(), value.clone()));
+                steps.apply(updates);
+                for u in updates.drain(..) {
                     exchange.push(forward.record(&u.key, &u.value)?)?;
                 }
                 Ok(())
@@ -255,6 +259,7 @@ mod tests {
             exchange,
             forward,
             steps: Steps::default(),
+            updates: Vec::new(),
         };
         out.emit(&Key::Int(7), &Value::Int(3)).unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
@@ -303,6 +308,7 @@ mod tests {
                 aggregate: StageAggregate::Sum,
             },
             steps,
+            updates: Vec::new(),
         };
         for (k, v) in [(1, 5), (2, 12), (3, 31)] {
             out.emit(&Key::Int(k), &Value::Int(v)).unwrap();

@@ -236,6 +236,7 @@ impl AggregateTask {
             exchange,
             forward,
             steps,
+            updates: Vec::new(),
         })
     }
 
