@@ -407,6 +407,69 @@ async fn an_alignment_past_the_aligned_timeout_turns_unaligned_and_stays_exact()
     assert_exact(&actual, &expected);
 }
 
+/// Events and keys of the sink scenarios (the PV job's generator, seed 42).
+const SINK_EVENTS: u64 = 1_000_000;
+const SINK_KEYS: u64 = 2_000;
+
+/// Runs the PV job into `sink` (a sink's JSON, or a list of them) in `dir`
+/// with one injected failure (optionally between the pre-commit of
+/// checkpoint 1 and its completion: `delay_first_metadata`); returns the
+/// checkpoints restored from.
+async fn run_into_sinks(
+    dir: &std::path::Path,
+    sink: &str,
+    after_completed_checkpoint: bool,
+    delay_first_metadata: bool,
+) -> Vec<CheckpointId> {
+    let (storage, faults) = faulty_storage(&dir.join("chk"));
+    if delay_first_metadata {
+        // The failure falls between the sinks' pre-commit of checkpoint 1
+        // and its completion.
+        faults.add_rule(FaultRule {
+            op: FaultOp::Put,
+            path_contains: "/chk-1/_metadata".into(),
+            action: FaultAction::Delay(Duration::from_millis(800)),
+            remaining: Some(1),
+        });
+    }
+    let spec = pv_spec(
+        "pv-sink",
+        SINK_EVENTS,
+        SINK_KEYS,
+        Some(1_000_000),
+        &format!(
+            r#","checkpoint":{{"interval_ms":150}},"sink":{sink},
+               "inject_failure":{{"subtask":0,"after_records":150000,"after_completed_checkpoint":{after_completed_checkpoint}}}"#
+        ),
+    );
+    let job = spawn_job(JobConfig {
+        spec,
+        storage,
+        restore_from: None,
+        local_dir: dir.join("work"),
+        functions: Default::default(),
+    });
+    let outcome = job.join().await.unwrap();
+    assert_eq!(outcome.restarts, 1, "{outcome:?}");
+    outcome.restored_from
+}
+
+/// Every update a file sink's folder made visible, per key, and the names
+/// of its other files.
+fn sink_updates(
+    out: &std::path::Path,
+) -> (
+    std::collections::BTreeMap<cutpoint_core::Key, Vec<i64>>,
+    Vec<String>,
+) {
+    let output = cutpoint_runtime::sink::read_output(out).unwrap();
+    let updates = output.updates.iter();
+    (
+        updates.map(|(k, v)| (k.clone(), ints(v))).collect(),
+        output.others,
+    )
+}
+
 /// Runs the PV job into a sink with one injected failure; returns every
 /// update the sink made visible, per key, and the checkpoint restored from.
 async fn sink_scenario(
@@ -421,45 +484,23 @@ async fn sink_scenario(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
-    if delay_first_metadata {
-        // The failure falls between the sinks' pre-commit of checkpoint 1
-        // and its completion.
-        faults.add_rule(FaultRule {
-            op: FaultOp::Put,
-            path_contains: "/chk-1/_metadata".into(),
-            action: FaultAction::Delay(Duration::from_millis(800)),
-            remaining: Some(1),
-        });
-    }
-    let (events, keys) = (1_000_000, 2_000);
-    let spec = pv_spec(
-        "pv-sink",
-        events,
-        keys,
-        Some(1_000_000),
-        &format!(
-            r#","checkpoint":{{"interval_ms":150}},"sink":{{"type":"{sink}","dir":{:?}}},
-               "inject_failure":{{"subtask":0,"after_records":150000,"after_completed_checkpoint":{after_completed_checkpoint}}}"#,
-            out.display().to_string()
-        ),
+    let json = format!(
+        r#"{{"type":"{sink}","dir":{:?}}}"#,
+        out.display().to_string()
     );
-    let job = spawn_job(JobConfig {
-        spec,
-        storage,
-        restore_from: None,
-        local_dir: dir.path().join("work"),
-        functions: Default::default(),
-    });
-    let outcome = job.join().await.unwrap();
-    assert_eq!(outcome.restarts, 1, "{outcome:?}");
-    let output = cutpoint_runtime::sink::read_output(&out).unwrap();
-    let updates = output.updates.iter();
+    let restored = run_into_sinks(
+        dir.path(),
+        &json,
+        after_completed_checkpoint,
+        delay_first_metadata,
+    )
+    .await;
+    let (updates, others) = sink_updates(&out);
     (
-        updates.map(|(k, v)| (k.clone(), ints(v))).collect(),
-        expected_counts(42, keys, events),
-        outcome.restored_from,
-        output.others,
+        updates,
+        expected_counts(42, SINK_KEYS, SINK_EVENTS),
+        restored,
+        others,
     )
 }
 
@@ -511,14 +552,6 @@ async fn two_phase_commit_sink_is_exactly_once_when_failing_between_precommit_an
 async fn fan_out_sinks_each_get_every_update_after_a_failure_between_precommit_and_commit() {
     let dir = tempfile::tempdir().unwrap();
     let out = |name: &str| dir.path().join(name).display().to_string();
-    let (storage, faults) = faulty_storage(&dir.path().join("chk"));
-    faults.add_rule(FaultRule {
-        op: FaultOp::Put,
-        path_contains: "/chk-1/_metadata".into(),
-        action: FaultAction::Delay(Duration::from_millis(800)),
-        remaining: Some(1),
-    });
-    let (events, keys) = (1_000_000, 2_000);
     let sinks = format!(
         r#"[{{"type":"transactional_file","dir":{:?}}},{{"type":"file","dir":{:?}}},
             {{"type":"transactional_file","dir":{:?}}}]"#,
@@ -526,41 +559,14 @@ async fn fan_out_sinks_each_get_every_update_after_a_failure_between_precommit_a
         out("plain"),
         out("b")
     );
-    let spec = pv_spec(
-        "pv-fan-out",
-        events,
-        keys,
-        Some(1_000_000),
-        &format!(
-            r#","checkpoint":{{"interval_ms":150}},"sink":{sinks},
-               "inject_failure":{{"subtask":0,"after_records":150000,"after_completed_checkpoint":false}}"#
-        ),
-    );
-    let job = spawn_job(JobConfig {
-        spec,
-        storage,
-        restore_from: None,
-        local_dir: dir.path().join("work"),
-        functions: Default::default(),
-    });
-    let outcome = job.join().await.unwrap();
-    assert_eq!(outcome.restarts, 1, "{outcome:?}");
-    assert_eq!(outcome.restored_from, vec![CheckpointId(1)]);
-    let expected = expected_counts(42, keys, events);
-    let read = |name: &str| {
-        let output = cutpoint_runtime::sink::read_output(&dir.path().join(name)).unwrap();
-        let updates: std::collections::BTreeMap<_, _> = output
-            .updates
-            .iter()
-            .map(|(k, v)| (k.clone(), ints(v)))
-            .collect();
-        (updates, output.others)
-    };
+    let restored = run_into_sinks(dir.path(), &sinks, false, true).await;
+    assert_eq!(restored, vec![CheckpointId(1)]);
+    let expected = expected_counts(42, SINK_KEYS, SINK_EVENTS);
     for name in ["a", "b"] {
-        let (updates, others) = read(name);
+        let (updates, others) = sink_updates(&dir.path().join(name));
         assert_every_update_exactly_once(&others, &updates, &expected);
     }
-    let (plain, _) = read("plain");
+    let (plain, _) = sink_updates(&dir.path().join("plain"));
     assert_eq!(plain.len(), expected.len());
     for (k, want) in &expected {
         let mut got = plain[k].clone();
