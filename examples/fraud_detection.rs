@@ -105,6 +105,7 @@ fn main() -> ExitCode {
         seed: 7,
         users: 1_000,
         rate_per_s: None,
+        disorder_ms: 0,
     };
     let program = JobBuilder::source("fraud-detection", payments)
         .parallelism(2)

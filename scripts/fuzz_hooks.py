@@ -9,7 +9,8 @@ positive_data_acceptance still holds every other rule to account:
 
 - POST /v1/jobs: the cross-field rules of the JobSubmission description
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
-  aggregate field of `value`, `app_id` or `user_id` with a generator, a
+  aggregate field of `value`, `app_id` or `user_id` with a generator, an
+  event_time field of `ts` with a generator, a
   join names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
@@ -112,6 +113,8 @@ def _sources(spec):
     fields = ("value", "app_id", "user_id", "amount")
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
+        if isinstance(spec.get("event_time"), dict):
+            spec["event_time"] = dict(spec["event_time"], field="ts")
         if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
     spec["aggregate"] = agg

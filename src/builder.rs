@@ -16,6 +16,7 @@ use cutpoint_core::filter::{Filter, FilterOp, FilterValue};
 use cutpoint_core::spec::{
     AggregateSpec, CheckpointingMode, SinkSpec, Sinks, SourceSpec, Transform,
 };
+use cutpoint_core::time::EventTimeSpec;
 use cutpoint_core::{CoreError, FunctionName, JobSpec, Record};
 use cutpoint_operator::{Functions, WithResult};
 
@@ -29,6 +30,7 @@ pub struct JobBuilder {
     key_by: String,
     filters: Vec<Filter>,
     transforms: Vec<Transform>,
+    event_time: Option<EventTimeSpec>,
     aggregate: Option<AggregateSpec>,
     function: Option<String>,
     value: Option<String>,
@@ -48,6 +50,7 @@ impl JobBuilder {
             key_by: String::new(),
             filters: Vec::new(),
             transforms: Vec::new(),
+            event_time: None,
             aggregate: None,
             function: None,
             value: None,
@@ -104,6 +107,33 @@ impl JobBuilder {
     /// A name `Functions` accepted (so valid).
     fn name(name: &str) -> FunctionName {
         FunctionName::new(name).expect("checked when registered")
+    }
+
+    /// Event time from `field` (integer milliseconds), with watermarks
+    /// trailing each partition's largest event time by `max_out_of_orderness`.
+    pub fn event_time(mut self, field: &str, max_out_of_orderness: Duration) -> Self {
+        let spec = self.time();
+        spec.field = field.into();
+        spec.max_out_of_orderness_ms = max_out_of_orderness.as_millis() as u64;
+        self
+    }
+
+    /// A partition that reads nothing for `timeout` stops holding the
+    /// watermark back until it reads again (without
+    /// [`JobBuilder::event_time`], `build` says the event time field is
+    /// missing).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.time().idle_timeout_ms = Some(timeout.as_millis().max(1) as u64);
+        self
+    }
+
+    fn time(&mut self) -> &mut EventTimeSpec {
+        self.event_time.get_or_insert_with(|| EventTimeSpec {
+            field: String::new(),
+            max_out_of_orderness_ms: 0,
+            idle_timeout_ms: None,
+            watermark_interval_ms: 200,
+        })
     }
 
     /// The field records are keyed (and partitioned) by.
@@ -190,6 +220,7 @@ impl JobBuilder {
         }
         spec.checkpoint.interval_ms = self.interval.map(|d| d.as_millis().max(1) as u64);
         spec.checkpoint.mode = self.mode;
+        spec.event_time = self.event_time;
         spec.validate()?;
         Ok(Program {
             job: Some(spec),
@@ -244,6 +275,7 @@ mod tests {
             seed: 1,
             users: 5,
             rate_per_s: None,
+            disorder_ms: 0,
         }
     }
 

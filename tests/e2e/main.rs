@@ -9,6 +9,7 @@ mod common;
 mod contract;
 mod defects;
 mod docker;
+mod event_time;
 mod fraud;
 mod gc;
 mod incremental;

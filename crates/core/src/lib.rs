@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod record;
 pub mod spec;
 pub mod stage;
+pub mod time;
 pub mod value;
 
 pub use error::CoreError;

@@ -35,6 +35,10 @@ pub struct SourceOffset {
     /// Bad input lines skipped before `offset`.
     #[serde(default)]
     pub bad_records: u64,
+    /// Event time: the largest event time read before `offset` (what the
+    /// partition's watermark resumes from after a restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_timestamp: Option<i64>,
 }
 
 /// A sink transaction pre-committed on a barrier: committed when its

@@ -38,6 +38,10 @@ pub struct JobSpec {
     /// [`Transform`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transforms: Vec<Transform>,
+    /// The records' event time and the sources' watermarks (see
+    /// [`crate::time`]); absent: records have no event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<crate::time::EventTimeSpec>,
     pub aggregate: AggregateSpec,
     /// Further keyed stages after `aggregate` (see [`crate::stage`]): each
     /// re-keys the updates of the stage before and aggregates them again;
@@ -176,6 +180,12 @@ pub enum SourceSpec {
         /// Total events per second over all partitions; unlimited if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rate_per_s: Option<u64>,
+        /// Event time: event `i`, the `k`-th of its partition, has
+        /// `ts = k - splitmix64((seed ^ 0x7E57_0DD5) + i * 0x94D049BB133111EB) % (disorder_ms + 1)`
+        /// (one event per millisecond per partition, each up to
+        /// `disorder_ms` late).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        disorder_ms: u64,
     },
     /// One newline-delimited JSON file per partition (like a Kafka
     /// partition); the offset is the byte position of the next line.
@@ -194,6 +204,10 @@ impl SourceSpec {
             SourceSpec::Files { paths, .. } => paths.len() as u32,
         }
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn default_partitions() -> u32 {
@@ -696,6 +710,9 @@ impl JobSpec {
         if let Some(p) = self.sink.problem() {
             return bad(p);
         }
+        if let Some(p) = self.event_time.as_ref().and_then(|t| t.problem()) {
+            return bad(p);
+        }
         if self.transforms.len() > 16 {
             return bad("a job has at most 16 transforms".into());
         }
@@ -712,6 +729,7 @@ impl JobSpec {
                 partitions,
                 keys,
                 users,
+                disorder_ms,
                 ..
             } => {
                 if *partitions == 0 || *partitions > 1024 {
@@ -728,6 +746,18 @@ impl JobSpec {
                 }
                 if *users == 0 {
                     return bad("source.users must be at least 1".into());
+                }
+                if *disorder_ms > crate::time::EventTimeSpec::MAX_OUT_OF_ORDERNESS_MS {
+                    return bad(format!(
+                        "source.disorder_ms must be at most {} (a week)",
+                        crate::time::EventTimeSpec::MAX_OUT_OF_ORDERNESS_MS
+                    ));
+                }
+                if let Some(t) = self.event_time.as_ref().filter(|t| t.field != "ts") {
+                    return bad(format!(
+                        "event_time.field: the generator's event time is ts, not {:?}",
+                        t.field
+                    ));
                 }
                 // (A join's field belongs to its dimension source only.)
                 let field = match &self.aggregate {
@@ -930,6 +960,46 @@ mod tests {
 
     const PV: &str = r#"{"job_id":"pv","source":{"type":"generator","events":10,"keys":3},
         "key_by":"app_id","aggregate":{"type":"count"}}"#;
+
+    #[test]
+    fn event_time_names_a_field_the_source_has_with_sane_bounds() {
+        let spec = |source: &str, time: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"t","source":{source},"key_by":"app_id",
+                    "aggregate":{{"type":"count"}},"event_time":{time}}}"#
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let generator = r#"{"type":"generator","events":10,"keys":3,"disorder_ms":50}"#;
+        let s = spec(generator, r#"{"field":"ts","max_out_of_orderness_ms":50}"#).unwrap();
+        let t = s.event_time.unwrap();
+        assert_eq!((t.watermark_interval_ms, t.idle_timeout_ms), (200, None));
+        let e = spec(generator, r#"{"field":"time"}"#).unwrap_err();
+        assert!(e.contains("the generator's event time is ts"), "{e}");
+        let files = r#"{"type":"files","paths":["a.jsonl"]}"#;
+        assert!(spec(files, r#"{"field":"time","idle_timeout_ms":500}"#).is_ok());
+        for (bad, why) in [
+            (r#"{"field":""}"#, "event_time.field"),
+            (r#"{"field":"t","idle_timeout_ms":0}"#, "idle_timeout_ms"),
+            (
+                r#"{"field":"t","watermark_interval_ms":0}"#,
+                "watermark_interval_ms",
+            ),
+            (
+                r#"{"field":"t","max_out_of_orderness_ms":604800001}"#,
+                "a week",
+            ),
+            (r#"{"field":"t","lateness":1}"#, "unknown field"),
+        ] {
+            let e = spec(files, bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let wild =
+            r#"{"type":"generator","events":10,"keys":3,"disorder_ms":18446744073709551615}"#;
+        assert!(spec(wild, r#"{"field":"ts"}"#)
+            .unwrap_err()
+            .contains("disorder_ms"));
+    }
 
     #[test]
     fn typed_aggregates_name_a_generated_field_and_take_a_budget() {

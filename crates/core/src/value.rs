@@ -286,7 +286,8 @@ mod tests {
     fn values_keys_and_records_stay_small() {
         assert_eq!(std::mem::size_of::<Value>(), 16);
         assert_eq!(std::mem::size_of::<crate::Key>(), 16);
-        assert_eq!(std::mem::size_of::<crate::Record>(), 32);
+        // Key, value and the event time.
+        assert_eq!(std::mem::size_of::<crate::Record>(), 40);
     }
 
     #[test]

@@ -593,10 +593,7 @@ mod tests {
 
     #[test]
     fn count_distinct_and_dedup_take_any_value_min_needs_an_integer() {
-        let text = |k, v: &str| Record {
-            key: Key::Int(k),
-            value: Value::from(v),
-        };
+        let text = |k, v: &str| Record::new(Key::Int(k), Value::from(v));
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
         let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
         let mut out = Vec::new();
@@ -635,10 +632,7 @@ mod tests {
         };
         let mut op = builtin(&agg, 128, &Default::default()).unwrap().unwrap();
         let mut out = Vec::new();
-        let dim = |k, v: &str| Record {
-            key: Key::Int(k),
-            value: Value::from(v),
-        };
+        let dim = |k, v: &str| Record::new(Key::Int(k), Value::from(v));
         let click = |k| Record::int(Key::Int(k), 1);
         op.process(Input::First, click(1), &mut out).unwrap();
         op.process(Input::Second, dim(1, "games"), &mut out)

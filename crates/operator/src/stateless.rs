@@ -7,7 +7,9 @@
 //!
 //! Invariants: steps keep no state (a checkpoint holds nothing of them)
 //! and run in the order the job lists them; records keep their order
-//! through every step (a flat map's outputs take its input's place).
+//! through every step (a flat map's outputs take its input's place); a
+//! map's or flat map's output keeps its input's event time unless the
+//! function set one.
 
 use std::fmt;
 use std::sync::Arc;
@@ -73,19 +75,37 @@ impl Steps {
                 Step::Filter(keep) => batch.retain(|r| keep(r)),
                 Step::Map(f) => {
                     self.spare.clear();
-                    self.spare.extend(batch.drain(..).map(|r| f(r)));
+                    self.spare.extend(batch.drain(..).map(|r| {
+                        let ts = r.ts;
+                        keep_time(f(r), ts)
+                    }));
                     std::mem::swap(batch, &mut self.spare);
                 }
                 Step::FlatMap(f) => {
                     self.spare.clear();
                     for r in batch.drain(..) {
+                        let (ts, from) = (r.ts, self.spare.len());
                         f(r, &mut self.spare);
+                        for out in &mut self.spare[from..] {
+                            if out.ts == Record::NO_TIME {
+                                out.ts = ts;
+                            }
+                        }
                     }
                     std::mem::swap(batch, &mut self.spare);
                 }
             }
         }
     }
+}
+
+/// A step's output takes its input's event time unless it set its own.
+#[inline]
+fn keep_time(mut out: Record, ts: i64) -> Record {
+    if out.ts == Record::NO_TIME {
+        out.ts = ts;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -123,6 +143,21 @@ mod tests {
         steps.apply(&mut batch);
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].key, Key::from("d-0"));
+    }
+
+    #[test]
+    fn outputs_keep_their_inputs_event_time_unless_a_step_sets_one() {
+        let mut steps = Steps::new(vec![
+            Step::FlatMap(Arc::new(|r: Record, out: &mut Vec<Record>| {
+                out.push(Record::new(r.key.clone(), 1));
+                out.push(Record::new(r.key.clone(), 2).at(r.ts + 5));
+            })),
+            Step::Map(Arc::new(|r: Record| Record::new("m", r.value))),
+        ]);
+        let mut batch = vec![rec("a", 1).at(100), rec("b", 1).at(200)];
+        steps.apply(&mut batch);
+        let times: Vec<i64> = batch.iter().map(|r| r.ts).collect();
+        assert_eq!(times, [100, 105, 200, 205]);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! Records travel in batches, so the hot path is one channel operation per
 //! [`BATCH_SIZE`] records. A barrier is a message of its own, between two
 //! batches; it never overtakes records in the same channel (aligned mode).
+//! Watermarks travel the same way, in band.
 
 use std::time::Duration;
 
 use crossbeam_channel::{SendTimeoutError, Sender};
+use cutpoint_core::time::TimeSignal;
 use cutpoint_core::Record;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,8 @@ pub const CHANNEL_CAPACITY: usize = 16;
 pub enum Message {
     Records(Vec<Record>),
     Barrier(Barrier),
+    /// A watermark, or the sender turned idle (event time only).
+    Time(TimeSignal),
     EndOfStream,
 }
 

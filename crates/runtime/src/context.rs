@@ -4,7 +4,7 @@
 //! module; it uses neither.)
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cutpoint_core::{CheckpointId, JobSpec};
@@ -32,13 +32,35 @@ pub(crate) struct TaskContext {
 
 /// Live counters of one task, read by the API while the job runs (one
 /// atomic update per batch, not per record).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TaskCounters {
     records: AtomicU64,
     offset: AtomicU64,
+    /// The watermark it sent last ([`cutpoint_core::Record::NO_TIME`]: none).
+    watermark: AtomicI64,
+}
+
+impl Default for TaskCounters {
+    fn default() -> Self {
+        Self {
+            records: AtomicU64::new(0),
+            offset: AtomicU64::new(0),
+            watermark: AtomicI64::new(cutpoint_core::Record::NO_TIME),
+        }
+    }
 }
 
 impl TaskCounters {
+    pub(crate) fn set_watermark(&self, w: i64) {
+        self.watermark.store(w, Ordering::Relaxed);
+    }
+
+    /// The watermark the task sent last (event time only).
+    pub fn watermark(&self) -> Option<i64> {
+        let w = self.watermark.load(Ordering::Relaxed);
+        (w != cutpoint_core::Record::NO_TIME).then_some(w)
+    }
+
     pub(crate) fn add(&self, records: u64, offset: Option<u64>) {
         self.records.fetch_add(records, Ordering::Relaxed);
         if let Some(o) = offset {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use cutpoint_core::metadata::PendingTransaction;
 use cutpoint_core::stage::Forward;
+use cutpoint_core::time::TimeSignal;
 use cutpoint_core::{keygroup, CheckpointId, Key, Record, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +129,15 @@ impl Exchange {
         Ok(())
     }
 
+    /// A watermark (or idleness) to every target, after what is batched.
+    pub(crate) fn time(&mut self, signal: TimeSignal) -> Result<(), RuntimeError> {
+        self.flush()?;
+        for t in 0..self.batches.len() {
+            self.transport.send(t, Message::Time(signal))?;
+        }
+        Ok(())
+    }
+
     /// The end of this input: what is batched, then end of stream.
     pub(crate) fn end(&mut self) -> Result<(), RuntimeError> {
         self.flush()?;
@@ -216,6 +226,15 @@ impl Output {
         match self {
             Output::Sink(s) => s.snapshot(b.id),
             Output::Next { exchange, .. } => exchange.barrier(b).map(|()| Vec::new()),
+        }
+    }
+
+    /// The task's watermark moved (or it turned idle): on to the next
+    /// stage, after the updates before it; a sink has no use for it.
+    pub(crate) fn time(&mut self, signal: TimeSignal) -> Result<(), RuntimeError> {
+        match self {
+            Output::Sink(_) => Ok(()),
+            Output::Next { exchange, .. } => exchange.time(signal),
         }
     }
 
@@ -341,6 +360,7 @@ mod tests {
                 Message::Records(r) => format!("{t}:records({})", r.len()),
                 Message::Barrier(b) => format!("{t}:barrier({})", b.id),
                 Message::EndOfStream => format!("{t}:end"),
+                Message::Time(s) => format!("{t}:{s:?}"),
             };
             self.log.0.lock().unwrap().push(m);
             Ok(())
@@ -356,7 +376,8 @@ mod tests {
 
     /// Each record goes to the subtask of its key group; a barrier first
     /// overtakes (unaligned), then follows everything batched before it
-    /// on every target; the end comes last.
+    /// on every target; a watermark follows what was batched before it
+    /// on every target too; the end comes last.
     #[test]
     fn routing_and_barrier_order_are_decided_above_the_transport() {
         let log = Recorded::default();
@@ -382,6 +403,8 @@ mod tests {
             reuse: None,
         };
         x.barrier(barrier).unwrap();
+        x.push(Record::int(Key::Int(b.unwrap()), 1)).unwrap();
+        x.time(TimeSignal::Watermark(9)).unwrap();
         x.end().unwrap();
         assert_eq!(
             *log.0.lock().unwrap(),
@@ -391,6 +414,9 @@ mod tests {
                 "1:records(1)",
                 "0:barrier(4)",
                 "1:barrier(4)",
+                "1:records(1)",
+                "0:Watermark(9)",
+                "1:Watermark(9)",
                 "0:end",
                 "1:end"
             ]

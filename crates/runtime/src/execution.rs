@@ -534,6 +534,7 @@ mod tests {
                 partition: 0,
                 offset: 5,
                 bad_records: 0,
+                max_timestamp: None,
             }),
             ..SubtaskState::empty(TaskId::new(&op("source"), 0))
         }];

@@ -8,7 +8,7 @@
 //!
 //! - [`source`]: replayable partition readers (generator, NDJSON files).
 //! - [`channel`]: the messages on the wire between tasks (batches of records,
-//!   barriers, end of stream) and back-pressured sends.
+//!   barriers, watermarks, end of stream) and back-pressured sends.
 //! - [`sink`]: where aggregate updates go.
 //! - [`barrier`]: barrier handling as a pure state machine (aligned,
 //!   at-least-once, unaligned, the aligned timeout, overlapping
@@ -23,6 +23,8 @@
 //!   memory budget).
 //! - [`worker`]: the per-subtask snapshot worker that runs the asynchronous
 //!   phase (RocksDB write, checkpoint, upload, ack) off the task thread.
+//! - `time`: event time in the tasks (a source's watermarks, a keyed
+//!   task's minimum over its inputs), around `cutpoint_core::time`.
 //! - [`execution`]: starting one attempt of a job (restoring state if asked)
 //!   and the handle the coordinator drives it with.
 //!
@@ -43,6 +45,7 @@ mod running;
 pub mod sink;
 pub mod source;
 mod task;
+mod time;
 mod worker;
 
 pub use context::TaskCounters;

@@ -20,6 +20,12 @@
 //! records after that barrier must not enter the state before the newer
 //! snapshot is taken.
 //!
+//! Watermarks (event time) are read in band like records: an input held
+//! back for alignment holds its watermarks back too, and while collecting
+//! channel state they wait in the input's buffer in order; the task's
+//! watermark (the minimum over its inputs, `crate::time`) goes on to the
+//! next stage after the updates before it.
+//!
 //! Under a memory budget the working table evicts clean entries (read
 //! through from RocksDB) and hands dirty ones to the worker to write
 //! behind; past [`BUDGET_CAP`] budgets the task waits for the worker.
@@ -42,6 +48,7 @@ use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::Output;
 use crate::gate::{InputGate, Polled};
 use crate::keyed::{Delta, KeyedState};
+use crate::time::TaskTime;
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
 
@@ -160,6 +167,8 @@ impl Collecting {
                 self.before[j] = false;
                 buffer.push_back(Message::EndOfStream);
             }
+            // In order with the records around it.
+            time @ Message::Time(_) => buffer.push_back(time),
         }
     }
 
@@ -221,6 +230,8 @@ pub(crate) struct Running {
     state: KeyedState,
     sink: Output,
     barriers: BarrierHandler,
+    /// Event time: the task's watermark over its inputs.
+    time: TaskTime,
     /// Per input: messages taken off it while collecting channel state,
     /// to be processed before its channel is read again.
     buffers: Vec<VecDeque<Message>>,
@@ -259,6 +270,7 @@ impl Running {
             .map(Duration::from_millis);
         Self {
             barriers: BarrierHandler::new(n, spec.checkpoint.mode, aligned_timeout),
+            time: TaskTime::new(spec, n),
             processing_delay: spec.inject_processing_delay_us.map(Duration::from_micros),
             buffers: (0..n).map(|_| VecDeque::new()).collect(),
             ctx,
@@ -372,7 +384,15 @@ impl Running {
                 self.barriers
                     .on_barrier(i, b, Instant::now(), self.collecting.is_some())
             }
-            Message::EndOfStream => self.barriers.on_end(i, Instant::now()),
+            Message::Time(signal) => {
+                self.time
+                    .on_signal(i, signal, &mut self.sink, &self.counters)?;
+                Decision::Continue
+            }
+            Message::EndOfStream => {
+                self.time.on_end(i, &mut self.sink, &self.counters)?;
+                self.barriers.on_end(i, Instant::now())
+            }
         };
         self.carry_out(decision)?;
         Ok(Flow::Continue)

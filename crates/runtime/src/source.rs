@@ -5,6 +5,11 @@
 //! - [`FileReader`]: newline-delimited JSON; the offset is the byte position
 //!   of the next line. Bad lines are counted (and logged with their
 //!   position) or fail the task, as the spec says — never silently dropped.
+//!
+//! With the job's `event_time`, every record carries its event time: the
+//! generator's `ts` ([`generator_ts`]), or the file line's field (a line
+//! without it is a bad line). The watermarks are the source task's
+//! ([`cutpoint_core::time::WatermarkGenerator`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -54,6 +59,17 @@ pub fn generator_amount(seed: u64, i: u64) -> u64 {
     1 + splitmix64(x) % 1000
 }
 
+/// The generator's event time of event `i`, the `k`-th of its partition:
+/// one event per millisecond, each up to `disorder_ms` late.
+#[inline]
+pub fn generator_ts(seed: u64, disorder_ms: u64, i: u64, k: u64) -> i64 {
+    if disorder_ms == 0 {
+        return k as i64;
+    }
+    let x = (seed ^ 0x7E57_0DD5).wrapping_add(i.wrapping_mul(0x94D0_49BB_1331_11EB));
+    k as i64 - (splitmix64(x) % (disorder_ms + 1)) as i64
+}
+
 /// Event-index range `[start, end)` of partition `p` of `n`.
 pub fn generator_range(events: u64, partitions: u32, p: u32) -> (u64, u64) {
     let n = partitions as u128;
@@ -72,6 +88,9 @@ pub struct GeneratorReader {
     value: GenValue,
     /// The spec's filters, on the generated fields.
     filters: Vec<(GenValue, Filter)>,
+    /// Event time: the partition's first index and the disorder
+    /// (`None`: records have no event time).
+    time: Option<(u64, u64)>,
 }
 
 /// A generated field (the one a record carries as its value, or one a
@@ -119,9 +138,12 @@ impl GeneratorReader {
             {
                 continue;
             }
-            out.push(Record {
-                key: Key::Int(app),
-                value: Value::Int(self.field(self.value, i, app)),
+            let record = Record::int(Key::Int(app), self.field(self.value, i, app));
+            out.push(match self.time {
+                None => record,
+                Some((start, disorder)) => {
+                    record.at(generator_ts(self.seed, disorder, i, i - start))
+                }
             });
         }
         self.next = stop;
@@ -139,6 +161,7 @@ impl PartitionReader for GeneratorReader {
             partition: self.partition,
             offset: self.next,
             bad_records: 0,
+            max_timestamp: None,
         }
     }
 }
@@ -153,6 +176,8 @@ pub struct FileReader {
     key_field: String,
     /// The field records carry as their value (`None`: 1 per event).
     value_field: Option<(String, ValueKind)>,
+    /// The field holding the event time (`None`: records have none).
+    time_field: Option<String>,
     policy: BadLinePolicy,
     line: String,
     /// The spec's filters.
@@ -189,6 +214,16 @@ impl FileReader {
                 Value::from_json(v).map_err(|why| format!("field {f:?} holds {why}"))?
             }
         };
+        let ts = match &self.time_field {
+            None => Record::NO_TIME,
+            Some(f) => obj
+                .get(f)
+                .and_then(|v| v.as_i64())
+                .filter(|t| *t != Record::NO_TIME)
+                .ok_or_else(|| {
+                    format!("field {f:?} (the event time) is missing or not an integer")
+                })?,
+        };
         // Filters after the checks: a malformed line is bad either way.
         if !self
             .filters
@@ -197,7 +232,7 @@ impl FileReader {
         {
             return Ok(None);
         }
-        Ok(Some(Record { key, value }))
+        Ok(Some(Record::new(key, value).at(ts)))
     }
 }
 
@@ -248,6 +283,7 @@ impl PartitionReader for FileReader {
             partition: self.partition,
             offset: self.offset,
             bad_records: self.bad_records,
+            max_timestamp: None,
         }
     }
 }
@@ -280,6 +316,7 @@ pub fn open_reader(
             keys,
             seed,
             users,
+            disorder_ms,
             ..
         } => {
             let (start, end) = generator_range(*events, *partitions, local);
@@ -306,6 +343,7 @@ pub fn open_reader(
                     .iter()
                     .map(|f| (GenValue::named(Some(&f.field)), f.clone()))
                     .collect(),
+                time: spec.event_time.as_ref().map(|_| (start, *disorder_ms)),
             }))
         }
         SourceSpec::Files { paths, on_bad_line } => {
@@ -334,6 +372,7 @@ pub fn open_reader(
                 bad_records,
                 key_field: spec.key_by.clone(),
                 value_field,
+                time_field: spec.event_time.as_ref().map(|t| t.field.clone()),
                 policy: *on_bad_line,
                 line: String::new(),
                 filters: spec.filter.clone(),

@@ -1,5 +1,5 @@
 //! Tasks: a source task reads its partition, runs the job's stateless
-//! steps and injects barriers; a keyed task ([`AggregateTask`]) opens or
+//! steps, sends its watermarks (event time) and injects barriers; a keyed task ([`AggregateTask`]) opens or
 //! restores its state, starts its snapshot worker and runs its loop
 //! ([`crate::running::Running`]: barrier decisions, snapshots, channel
 //! state, the memory budget) until every input ended, then reports its
@@ -27,6 +27,7 @@ use crate::keyed::{input_of, KeyedState};
 use crate::running::{Budget, Running};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
+use crate::time::SourceTime;
 use crate::worker::{Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
 use cutpoint_operator::builtins::Input;
@@ -63,26 +64,16 @@ impl SourceTask {
         });
         let mut buf = Vec::with_capacity(BATCH_SIZE);
         let mut records: u64 = 0;
-        let own_source = spec.source_of(partition).map(|(_, s, _)| s);
-        let (read_size, pace) = match own_source {
-            Some(SourceSpec::Generator {
-                rate_per_s: Some(r),
-                partitions,
-                ..
-            }) => {
-                let per = (*r / *partitions as u64).max(1);
-                ((per / 100).clamp(1, BATCH_SIZE as u64) as usize, Some(per))
-            }
-            _ => (BATCH_SIZE, None),
-        };
+        let (read_size, pace) = pacing(spec.source_of(partition).map(|(_, s, _)| s));
         let started = Instant::now();
+        let mut time = SourceTime::new(spec, self.from.as_ref());
         // Pacing counts events read (the generator's offset is its event
         // index), not records sent: a filter does not speed the input up.
         let first = reader.offset().offset;
         loop {
             while let Ok(control) = self.control.try_recv() {
                 if let SourceControl::Trigger(barrier) = control {
-                    self.inject(barrier, reader.offset())?;
+                    self.inject(barrier, time.offset(reader.offset()))?;
                 }
             }
             if ctx.cancel.is_cancelled() {
@@ -93,12 +84,14 @@ impl SourceTask {
             records += buf.len() as u64;
             self.counters
                 .add(buf.len() as u64, Some(reader.offset().offset));
+            time.observe(&buf);
             if !steps.is_empty() {
                 steps.apply(&mut buf);
             }
             for record in buf.drain(..) {
                 self.exchange.push(record)?;
             }
+            time.emit(&mut self.exchange, &self.counters)?;
             if !more {
                 break;
             }
@@ -111,14 +104,16 @@ impl SourceTask {
                 }
             }
         }
+        time.end(&mut self.exchange, &self.counters)?;
+        let offset = time.offset(reader.offset());
         if spec.takes_final_checkpoint() {
-            self.await_final_checkpoint(reader.offset())?;
+            self.await_final_checkpoint(offset)?;
         }
         self.exchange.end()?;
         let _ = ctx.events.send(TaskEvent::Finished {
             task: self.task,
             records,
-            offset: Some(reader.offset()),
+            offset: Some(offset),
             table: None,
         });
         Ok(())
@@ -170,6 +165,22 @@ impl SourceTask {
             }),
         });
         self.exchange.barrier(barrier)
+    }
+}
+
+/// Records per read and events per second of a partition of `source`: a
+/// rate-limited generator reads about 100 times a second.
+fn pacing(source: Option<&SourceSpec>) -> (usize, Option<u64>) {
+    match source {
+        Some(SourceSpec::Generator {
+            rate_per_s: Some(r),
+            partitions,
+            ..
+        }) => {
+            let per = (*r / *partitions as u64).max(1);
+            ((per / 100).clamp(1, BATCH_SIZE as u64) as usize, Some(per))
+        }
+        _ => (BATCH_SIZE, None),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Channel state of unaligned checkpoints: the records that were in flight
 //! before barrier `n` on a subtask's inputs when it snapshotted. They are
-//! written as JSON lines (`{"input":…,"key":…,"value":…}`, the input being
+//! written as JSON lines (`{"input":…,"key":…,"value":…}`, plus `"ts":…`
+//! for a record with an event time; the input being
 //! the job-wide source partition it came from, the value in its JSON form) into the checkpoint's own
 //! folder (`chk-{n}/{op}/{subtask}/channel-state.jsonl`, so they go with the
 //! checkpoint), verified like every state file when read back, and filtered
@@ -39,7 +40,12 @@ pub fn upload_channel_state(
     let write = || -> std::io::Result<()> {
         let mut w = BufWriter::new(std::fs::File::create(&local)?);
         for (input, r) in records {
-            let line = serde_json::json!({"input": input, "key": r.key, "value": r.value});
+            let line = match r.time() {
+                None => serde_json::json!({"input": input, "key": r.key, "value": r.value}),
+                Some(ts) => {
+                    serde_json::json!({"input": input, "key": r.key, "value": r.value, "ts": ts})
+                }
+            };
             serde_json::to_writer(&mut w, &line)?;
             w.write_all(b"\n")?;
         }
@@ -76,6 +82,8 @@ struct Line {
     input: u32,
     key: Key,
     value: Value,
+    #[serde(default)]
+    ts: Option<i64>,
 }
 
 /// The in-flight records (with their input) of the checkpoint `old`
@@ -110,10 +118,17 @@ pub fn read_channel_state(
                     reason: why,
                 })
             };
-            let Line { input, key, value } =
-                serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
+            let Line {
+                input,
+                key,
+                value,
+                ts,
+            } = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
             if range.contains(keygroup::key_group(key.stable_hash(), max_parallelism)) {
-                out.push((input, Record { key, value }));
+                out.push((
+                    input,
+                    Record::new(key, value).at(ts.unwrap_or(Record::NO_TIME)),
+                ));
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

@@ -293,6 +293,9 @@ pub struct TaskProgress {
     /// A source's current offset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Event time: the watermark the task sent last (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watermark_ms: Option<i64>,
 }
 
 /// A cloneable handle to control and observe a running job.
@@ -394,7 +397,7 @@ impl JobControl {
         self.status.changed().await.is_ok()
     }
 
-    /// Records and offsets of the running attempt's tasks (empty while
+    /// Records, offsets and watermarks of the running attempt's tasks (empty while
     /// restarting or after the end).
     pub fn progress(&self) -> Vec<TaskProgress> {
         let live = self.live.lock().expect("live lock").clone();
@@ -405,6 +408,7 @@ impl JobControl {
                     records: c.records(),
                     offset: (task.operator.as_str() == cutpoint_runtime::SOURCE_OPERATOR)
                         .then(|| c.offset()),
+                    watermark_ms: c.watermark(),
                 })
                 .collect()
         })

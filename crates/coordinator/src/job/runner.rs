@@ -584,9 +584,20 @@ impl Runner {
     }
 
     /// Adds what the sources read since the last report to
-    /// `cutpoint_records_read_total` (every attempt's reads, replays included).
+    /// `cutpoint_records_read_total` (every attempt's reads, replays
+    /// included), and sets each task's `cutpoint_task_watermark_ms` (event
+    /// time only).
     pub(super) fn report_records(&self, attempt: &mut Attempt) {
         let Some(exec) = &attempt.exec else { return };
+        for (task, c) in exec.counters().iter() {
+            if let Some(w) = c.watermark() {
+                let labels = [
+                    ("job", self.spec.job_id.to_string()),
+                    ("task", task.to_string()),
+                ];
+                metrics::gauge!("cutpoint_task_watermark_ms", &labels).set(w as f64);
+            }
+        }
         let read: u64 = exec
             .counters()
             .iter()
