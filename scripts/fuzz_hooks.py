@@ -10,13 +10,16 @@ positive_data_acceptance still holds every other rule to account:
 - POST /v1/jobs: the cross-field rules of the JobSubmission description
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, an
-  event_time field of `ts` with a generator, a
+  event_time field of `ts` with a generator, a window and a generator's
+  disorder_ms only with event_time and a window only of count, sum, min,
+  max or avg, a
   join names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
   once; stage ids unique and not source,
   agg, sink or an external task, ignoring case; the stage right after a join
-  neither groups by a value bucket nor sums, a join's updates being lists). A `process` aggregate names a
+  or a window neither groups by a value bucket nor sums, their updates
+  being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
   and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count;
   `transforms` (the job's and a stage's) name steps of the serving program
@@ -115,8 +118,14 @@ def _sources(spec):
         spec["key_by"] = "app_id"
         if isinstance(spec.get("event_time"), dict):
             spec["event_time"] = dict(spec["event_time"], field="ts")
+    if "event_time" not in spec:
+        spec.pop("window", None)
+        for s in sources:
+            s.pop("disorder_ms", None)
         if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
+    if "window" in spec and agg.get("type") not in ("count", "sum", "min", "max", "avg"):
+        agg = {"type": "count"}
     spec["aggregate"] = agg
     filters = []
     for f in spec.get("filter") or []:
@@ -147,7 +156,7 @@ def _stages(spec):
             stage["id"] = f"stage{i}x"
         taken.add(str(stage["id"]).lower())
         _cap(stage, "parallelism", hi=min(2, spec.get("max_parallelism", 128)))
-        if i == 0 and (spec.get("aggregate") or {}).get("type") == "join":
+        if i == 0 and ((spec.get("aggregate") or {}).get("type") == "join" or "window" in spec):
             stage["key_by"] = {"type": "key"}
             stage["aggregate"] = {"type": "count"}
         out.append(stage)

@@ -53,6 +53,7 @@ fn min_of(w: &[Option<i64>]) -> Option<i64> {
 /// saw a keyed task of each stage with a watermark short of the end.
 async fn sample_watermarks(handle: &cutpoint_coordinator::JobHandle) -> (u32, u32) {
     let (mut agg_seen, mut hist_seen) = (0, 0);
+    let mut last: BTreeMap<String, Option<i64>> = BTreeMap::new();
     while !handle.status().state.is_final() {
         let first = handle.progress();
         let second = handle.progress();
@@ -64,6 +65,12 @@ async fn sample_watermarks(handle: &cutpoint_coordinator::JobHandle) -> (u32, u3
         let hist = watermark_of(&first, "hist");
         let agg = watermark_of(&second, "agg");
         let sources = watermark_of(&third, "source");
+        // No task's watermark ever goes back (one attempt: no failure).
+        for t in &third {
+            let w = t.watermark_ms;
+            let before = last.insert(t.task.to_string(), w).flatten();
+            assert!(before <= w, "{}: {before:?} then {w:?}", t.task);
+        }
         for h in hist.iter().flatten() {
             assert!(Some(*h) <= min_of(&agg), "hist {h} ahead of agg {agg:?}");
             hist_seen += u32::from(*h < i64::MAX);
@@ -185,7 +192,7 @@ async fn a_restored_source_resumes_its_largest_event_time_from_the_checkpoint() 
             "sink":{{"type":"transactional_file","dir":{out:?}}},
             "checkpoint":{{"interval_ms":50,"retention":100}},
             "inject_processing_delay_us":5000,
-            "inject_failure":{{"subtask":0,"after_records":50000}}}}"#
+            "inject_failure":{{"subtask":0,"after_records":50000,"after_completed_checkpoint":true}}}}"#
     );
     let o = spawn_job(JobConfig {
         spec: JobSpec::from_json(&spec).expect("valid spec"),

@@ -20,4 +20,5 @@ mod stages;
 mod storage;
 mod typed;
 mod unaligned;
+mod windows;
 mod words;

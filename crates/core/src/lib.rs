@@ -22,6 +22,7 @@ pub mod spec;
 pub mod stage;
 pub mod time;
 pub mod value;
+pub mod window;
 
 pub use error::CoreError;
 pub use graph::JobGraph;

@@ -83,6 +83,9 @@ pub enum AggregateKind {
     /// A registered keyed process function (its states recorded beside).
     Process,
     Avg,
+    /// An event-time window of count, sum, min, max or avg (its states
+    /// recorded beside).
+    Window,
 }
 
 impl AggregateKind {
@@ -97,6 +100,7 @@ impl AggregateKind {
             AggregateKind::Max => "max",
             AggregateKind::Process => "process",
             AggregateKind::Avg => "avg",
+            AggregateKind::Window => "window",
         }
     }
 
@@ -183,6 +187,10 @@ pub struct SubtaskState {
     /// releases, and for sources and external tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema: Option<StateSchema>,
+    /// Event time: a keyed subtask's watermark at its snapshot (what its
+    /// state's timers had fired up to); a restore starts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
     pub ack_timestamp: u64,
 }
 

@@ -42,6 +42,11 @@ pub struct JobSpec {
     /// [`crate::time`]); absent: records have no event time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<crate::time::EventTimeSpec>,
+    /// Aggregates per key and event-time window instead of per key (see
+    /// [`crate::window`]); needs `event_time` and a count, sum, min, max
+    /// or avg. Each window's result is an update `[start, end, result]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::window::WindowSpec>,
     pub aggregate: AggregateSpec,
     /// Further keyed stages after `aggregate` (see [`crate::stage`]): each
     /// re-keys the updates of the stage before and aggregates them again;
@@ -308,6 +313,21 @@ impl AggregateSpec {
     /// The field the sources project as each record's value (`None`: 1
     /// per event; [`AggregateSpec::value_kind`]: what it may hold). A
     /// join's is its dimension source's only.
+    /// Its `type` in the spec.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AggregateSpec::Count => "count",
+            AggregateSpec::Sum { .. } => "sum",
+            AggregateSpec::Join { .. } => "join",
+            AggregateSpec::CountDistinct { .. } => "count_distinct",
+            AggregateSpec::Dedup { .. } => "dedup",
+            AggregateSpec::Min { .. } => "min",
+            AggregateSpec::Max { .. } => "max",
+            AggregateSpec::Process { .. } => "process",
+            AggregateSpec::Avg { .. } => "avg",
+        }
+    }
+
     pub fn value_field(&self) -> Option<&str> {
         match self {
             AggregateSpec::Count => None,
@@ -713,6 +733,9 @@ impl JobSpec {
         if let Some(p) = self.event_time.as_ref().and_then(|t| t.problem()) {
             return bad(p);
         }
+        if let Some(p) = self.window_problem() {
+            return bad(p);
+        }
         if self.transforms.len() > 16 {
             return bad("a job has at most 16 transforms".into());
         }
@@ -720,6 +743,28 @@ impl JobSpec {
             return bad("transforms do not run before a join yet (both inputs would take the same steps): drop `transforms` or the join".into());
         }
         self.validate_rest()
+    }
+
+    /// What is wrong with the job's window, if anything.
+    fn window_problem(&self) -> Option<String> {
+        let window = self.window.as_ref()?;
+        if self.event_time.is_none() {
+            return Some("window needs event_time (the field records are windowed by)".into());
+        }
+        if !matches!(
+            self.aggregate,
+            AggregateSpec::Count
+                | AggregateSpec::Sum { .. }
+                | AggregateSpec::Min { .. }
+                | AggregateSpec::Max { .. }
+                | AggregateSpec::Avg { .. }
+        ) {
+            return Some(format!(
+                "window: a {} is not windowed yet (count, sum, min, max or avg are)",
+                self.aggregate.name()
+            ));
+        }
+        window.problem()
     }
 
     fn validate_source(&self, source: &SourceSpec) -> Result<(), CoreError> {
@@ -752,6 +797,9 @@ impl JobSpec {
                         "source.disorder_ms must be at most {} (a week)",
                         crate::time::EventTimeSpec::MAX_OUT_OF_ORDERNESS_MS
                     ));
+                }
+                if *disorder_ms > 0 && self.event_time.is_none() {
+                    return bad("source.disorder_ms needs event_time (without it records have no event time)".into());
                 }
                 if let Some(t) = self.event_time.as_ref().filter(|t| t.field != "ts") {
                     return bad(format!(

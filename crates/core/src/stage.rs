@@ -121,6 +121,7 @@ impl JobSpec {
             id: OperatorId::new(FIRST_STAGE).expect("static operator id"),
             parallelism: self.parallelism,
             aggregate: match self.aggregate {
+                _ if self.window.is_some() => AggregateKind::Window,
                 AggregateSpec::Count => AggregateKind::Count,
                 AggregateSpec::Sum { .. } => AggregateKind::Sum,
                 AggregateSpec::Join { .. } => AggregateKind::Join,
@@ -209,6 +210,12 @@ impl JobSpec {
             if needs_integers && after_join {
                 return bad(format!(
                     "stages: {id} groups by a bucket of agg's updates or sums them, but a join's updates are [count, dimension] lists, not integers (count them instead)"
+                ));
+            }
+            let after_window = self.window.is_some() && std::ptr::eq(s, &self.stages[0]);
+            if needs_integers && after_window {
+                return bad(format!(
+                    "stages: {id} groups by a bucket of agg's updates or sums them, but a window's updates are [start, end, result] lists, not integers (count them instead)"
                 ));
             }
             if let Rekey::ValueBucket { width } = s.key_by {

@@ -6,9 +6,10 @@
 //!   out-of-orderness: the partition's watermark is the largest event time
 //!   it read, minus the bound, minus 1 (Flink's
 //!   `BoundedOutOfOrdernessWatermarks`). Sent at most every
-//!   `watermark_interval_ms` when it advanced; a partition that read
-//!   nothing for `idle_timeout_ms` says it is idle, and sends its
-//!   watermark again when it reads.
+//!   `watermark_interval_ms` when it advanced; a partition that sent no
+//!   record for `idle_timeout_ms` (time blocked on a full channel does not
+//!   count) says it is idle, and when records come again sends its
+//!   watermark ahead of them.
 //! - [`WatermarkTracker`]: one per task with inputs. Its watermark is the
 //!   minimum over its active inputs; idle inputs are left out, ended
 //!   inputs count as the end of time; when every live input is idle the
@@ -17,7 +18,8 @@
 //! Invariants:
 //! - A watermark `w` says no record with event time `<= w` follows on that
 //!   channel (records that do are late). What a task sends never goes
-//!   back, idle periods and restores included.
+//!   back within an attempt, idle periods included; a restored keyed task
+//!   starts at the watermark its checkpoint kept.
 //! - Watermarks travel in band with records and barriers, so a snapshot
 //!   cuts them consistently. A checkpoint keeps each source partition's
 //!   largest event time with its offset ([`crate::metadata::SourceOffset`]);
@@ -39,8 +41,9 @@ pub struct EventTimeSpec {
     /// partition's watermark is its largest event time minus this, minus 1.
     #[serde(default)]
     pub max_out_of_orderness_ms: u64,
-    /// A partition that read nothing for this long is idle: it stops
-    /// holding the watermark back until it reads again. Absent: never idle.
+    /// A partition that sent no record for this long (time blocked on a
+    /// full channel does not count) is idle: it stops holding the
+    /// watermark back until it sends again. Absent: never idle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
     /// How often a source partition sends its watermark when it advanced
@@ -88,18 +91,33 @@ pub enum TimeSignal {
     Idle,
 }
 
+/// Whether a partition reads (and what it last sent), or is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// The last watermark sent (`None`: none since the start or since idle).
+    Active { sent: Option<i64> },
+    Idle,
+}
+
+/// Whether a turn of a source task sent records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    Sent,
+    Quiet,
+}
+
 /// The watermarks of one source partition (bounded out-of-orderness).
 #[derive(Debug, Clone)]
 pub struct WatermarkGenerator {
     bound: i64,
     interval_ms: u64,
     idle_timeout_ms: Option<u64>,
-    /// Largest event time read; `None` before the first.
+    /// Largest event time sent; `None` before the first.
     max_ts: Option<i64>,
-    /// The last watermark sent (`None`: none since the start or since idle).
-    sent: Option<i64>,
-    idle: bool,
-    last_read_ms: u64,
+    status: Status,
+    /// When the partition last sent records (after the send returned: time
+    /// blocked on a full channel never counts as quiet).
+    last_sent_ms: u64,
     next_send_ms: u64,
 }
 
@@ -112,14 +130,27 @@ impl WatermarkGenerator {
             interval_ms: spec.watermark_interval_ms,
             idle_timeout_ms: spec.idle_timeout_ms,
             max_ts: restored_max,
-            sent: None,
-            idle: false,
-            last_read_ms: now_ms,
+            status: Status::Active { sent: None },
+            last_sent_ms: now_ms,
             next_send_ms: now_ms,
         }
     }
 
-    /// A record of event time `ts` was read.
+    /// Records are about to be sent while the partition is idle: it is
+    /// active again, and announces so with its watermark as it stood
+    /// before them (sent ahead of them; `None` if it never had one).
+    pub fn wake(&mut self, now_ms: u64) -> Option<TimeSignal> {
+        if self.status != Status::Idle {
+            return None;
+        }
+        let w = self.watermark();
+        self.status = Status::Active { sent: w };
+        self.last_sent_ms = now_ms;
+        self.next_send_ms = now_ms + self.interval_ms;
+        w.map(TimeSignal::Watermark)
+    }
+
+    /// A record of event time `ts` is sent.
     #[inline]
     pub fn on_event(&mut self, ts: i64) {
         if self.max_ts.is_none_or(|m| ts > m) {
@@ -127,38 +158,30 @@ impl WatermarkGenerator {
         }
     }
 
-    /// Records were read at `now_ms` (the partition is active).
-    pub fn on_read(&mut self, now_ms: u64) {
-        self.last_read_ms = now_ms;
-        if self.idle {
-            self.idle = false;
-            // Announce the watermark again: downstream takes this input back.
-            self.sent = None;
-            self.next_send_ms = now_ms;
-        }
-    }
-
-    /// Largest event time read (what a checkpoint keeps).
+    /// Largest event time sent (what a checkpoint keeps).
     pub fn max_timestamp(&self) -> Option<i64> {
         self.max_ts
     }
 
-    /// The current watermark, once a record was read.
+    /// The current watermark, once a record was sent.
     pub fn watermark(&self) -> Option<i64> {
         self.max_ts
             .map(|m| m.saturating_sub(self.bound).saturating_sub(1))
     }
 
-    /// What to send at `now_ms`, if anything: the watermark when it
-    /// advanced and the interval passed, or `Idle` once the partition read
-    /// nothing for the idle timeout.
-    pub fn poll(&mut self, now_ms: u64) -> Option<TimeSignal> {
-        if self.idle {
+    /// After a turn of the task at `now_ms`: what to send, if anything —
+    /// the watermark when it advanced and the interval passed, or `Idle`
+    /// once the partition sent nothing for the idle timeout.
+    pub fn poll(&mut self, now_ms: u64, turn: Activity) -> Option<TimeSignal> {
+        let Status::Active { sent } = self.status else {
             return None;
+        };
+        if turn == Activity::Sent {
+            self.last_sent_ms = now_ms;
         }
         if let Some(t) = self.idle_timeout_ms {
-            if now_ms.saturating_sub(self.last_read_ms) >= t {
-                self.idle = true;
+            if now_ms.saturating_sub(self.last_sent_ms) >= t {
+                self.status = Status::Idle;
                 return Some(TimeSignal::Idle);
             }
         }
@@ -166,10 +189,10 @@ impl WatermarkGenerator {
             return None;
         }
         let w = self.watermark()?;
-        if self.sent.is_some_and(|s| w <= s) {
+        if sent.is_some_and(|s| w <= s) {
             return None;
         }
-        self.sent = Some(w);
+        self.status = Status::Active { sent: Some(w) };
         self.next_send_ms = now_ms + self.interval_ms;
         Some(TimeSignal::Watermark(w))
     }
@@ -185,22 +208,30 @@ enum InputTime {
     Ended,
 }
 
+/// What a task last said downstream about its activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Active,
+    Idle,
+}
+
 /// A task's watermark: the minimum over its inputs.
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
     inputs: Vec<InputTime>,
     /// The watermark sent on (never goes back).
     current: Option<i64>,
-    idle: bool,
+    said: Said,
 }
 
 impl WatermarkTracker {
-    /// A task with `inputs` inputs, no watermark yet.
-    pub fn new(inputs: usize) -> Self {
+    /// A task with `inputs` inputs, at `restored` (the watermark its
+    /// checkpoint kept, if any): it never sends less.
+    pub fn new(inputs: usize, restored: Option<i64>) -> Self {
         Self {
             inputs: vec![InputTime::Active(None); inputs],
-            current: None,
-            idle: false,
+            current: restored,
+            said: Said::Active,
         }
     }
 
@@ -242,13 +273,13 @@ impl WatermarkTracker {
         }
         let all_ended = self.inputs.iter().all(|i| *i == InputTime::Ended);
         if !active && !all_ended {
-            if self.idle {
+            if self.said == Said::Idle {
                 return None;
             }
-            self.idle = true;
+            self.said = Said::Idle;
             return Some(TimeSignal::Idle);
         }
-        let was_idle = std::mem::replace(&mut self.idle, false);
+        let was_idle = std::mem::replace(&mut self.said, Said::Active) == Said::Idle;
         let Some(min) = min else {
             // An active input has sent nothing yet.
             return None;
@@ -266,6 +297,7 @@ impl WatermarkTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Activity::{Quiet, Sent};
     use TimeSignal::{Idle, Watermark};
 
     fn spec(bound: u64, idle: Option<u64>) -> EventTimeSpec {
@@ -280,44 +312,57 @@ mod tests {
     #[test]
     fn a_partition_sends_its_largest_time_minus_the_bound_at_most_every_interval() {
         let mut g = WatermarkGenerator::new(&spec(10, None), None, 0);
-        assert_eq!(g.poll(0), None, "nothing read yet");
+        assert_eq!(g.poll(0, Quiet), None, "nothing sent yet");
         for ts in [50, 30, 70, 60] {
             g.on_event(ts);
         }
-        g.on_read(0);
-        assert_eq!(g.poll(0), Some(Watermark(59)));
+        assert_eq!(g.poll(0, Sent), Some(Watermark(59)));
         g.on_event(90);
-        assert_eq!(g.poll(50), None, "within the interval");
-        assert_eq!(g.poll(100), Some(Watermark(79)));
+        assert_eq!(g.poll(50, Sent), None, "within the interval");
+        assert_eq!(g.poll(100, Sent), Some(Watermark(79)));
         g.on_event(20);
-        assert_eq!(g.poll(300), None, "an older record does not move it");
+        assert_eq!(g.poll(300, Sent), None, "an older record does not move it");
         assert_eq!(g.max_timestamp(), Some(90));
     }
 
     #[test]
     fn a_restored_partition_resumes_from_its_checkpointed_time() {
         let mut g = WatermarkGenerator::new(&spec(5, None), Some(1_000), 0);
-        assert_eq!(g.poll(0), Some(Watermark(994)));
+        assert_eq!(g.poll(0, Quiet), Some(Watermark(994)));
         g.on_event(900);
-        assert_eq!(g.poll(500), None);
+        assert_eq!(g.poll(500, Sent), None);
     }
 
     #[test]
-    fn a_quiet_partition_turns_idle_then_announces_itself_again() {
+    fn a_quiet_partition_turns_idle_then_announces_itself_before_its_records() {
+        let mut g = WatermarkGenerator::new(&spec(0, Some(1_000)), None, 0);
+        assert_eq!(g.wake(0), None, "not idle");
+        g.on_event(10);
+        assert_eq!(g.poll(0, Sent), Some(Watermark(9)));
+        assert_eq!(g.poll(999, Quiet), None);
+        assert_eq!(g.poll(1_000, Quiet), Some(Idle));
+        assert_eq!(g.poll(5_000, Quiet), None, "idle is said once");
+        // Records come: the watermark as it stood goes ahead of them.
+        assert_eq!(g.wake(6_000), Some(Watermark(9)));
+        g.on_event(50);
+        assert_eq!(g.poll(6_000, Sent), None, "the interval runs from the wake");
+        assert_eq!(g.poll(6_100, Sent), Some(Watermark(49)));
+    }
+
+    #[test]
+    fn time_blocked_sending_is_not_quiet() {
         let mut g = WatermarkGenerator::new(&spec(0, Some(1_000)), None, 0);
         g.on_event(10);
-        g.on_read(0);
-        assert_eq!(g.poll(0), Some(Watermark(9)));
-        assert_eq!(g.poll(999), None);
-        assert_eq!(g.poll(1_000), Some(Idle));
-        assert_eq!(g.poll(5_000), None, "idle is said once");
-        g.on_read(6_000);
-        assert_eq!(g.poll(6_000), Some(Watermark(9)), "active again, unchanged");
+        assert_eq!(g.poll(0, Sent), Some(Watermark(9)));
+        // A send blocked for 5 s on a full channel, then returned.
+        assert_eq!(g.poll(5_000, Sent), None);
+        assert_eq!(g.poll(5_500, Quiet), None);
+        assert_eq!(g.poll(6_000, Quiet), Some(Idle));
     }
 
     #[test]
     fn a_task_takes_the_minimum_of_its_inputs_once_each_sent_one() {
-        let mut t = WatermarkTracker::new(3);
+        let mut t = WatermarkTracker::new(3, None);
         assert_eq!(t.on_signal(0, Watermark(10)), None);
         assert_eq!(t.on_signal(1, Watermark(5)), None);
         assert_eq!(t.on_signal(2, Watermark(7)), Some(Watermark(5)));
@@ -333,7 +378,7 @@ mod tests {
 
     #[test]
     fn idle_inputs_do_not_hold_the_task_back_and_it_never_goes_back() {
-        let mut t = WatermarkTracker::new(2);
+        let mut t = WatermarkTracker::new(2, None);
         t.on_signal(0, Watermark(100));
         assert_eq!(t.on_signal(1, Idle), Some(Watermark(100)));
         assert_eq!(t.on_signal(0, Watermark(150)), Some(Watermark(150)));
@@ -346,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_task_whose_inputs_are_all_idle_is_idle_until_one_comes_back() {
-        let mut t = WatermarkTracker::new(2);
+        let mut t = WatermarkTracker::new(2, None);
         t.on_signal(0, Watermark(10));
         t.on_signal(1, Watermark(20));
         assert_eq!(t.on_signal(0, Idle), Some(Watermark(20)));
@@ -358,12 +403,22 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_task_never_sends_less_than_its_checkpointed_watermark() {
+        let mut t = WatermarkTracker::new(2, Some(100));
+        assert_eq!(t.current(), Some(100));
+        t.on_signal(0, Watermark(50));
+        assert_eq!(t.on_signal(1, Watermark(80)), None);
+        assert_eq!(t.on_signal(0, Watermark(120)), None, "input 1 is at 80");
+        assert_eq!(t.on_signal(1, Watermark(130)), Some(Watermark(120)));
+    }
+
+    #[test]
     fn ended_inputs_count_as_the_end_of_time() {
-        let mut t = WatermarkTracker::new(2);
+        let mut t = WatermarkTracker::new(2, None);
         t.on_signal(0, Watermark(10));
         assert_eq!(t.on_end(1), Some(Watermark(10)));
         assert_eq!(t.on_end(0), Some(Watermark(i64::MAX)));
-        let mut idle_then_end = WatermarkTracker::new(2);
+        let mut idle_then_end = WatermarkTracker::new(2, None);
         idle_then_end.on_signal(0, Idle);
         assert_eq!(idle_then_end.on_signal(1, Idle), Some(Idle));
         assert_eq!(idle_then_end.on_end(0), None, "still idle");

@@ -24,13 +24,17 @@
 //! completed checkpoints ([`KeyedProcessFunction::notify_checkpoint_complete`]).
 //! Records are a key and a [`Value`] in running jobs (the runtime's one
 //! record type); [`integer`] reads the value a function needs as an
-//! integer. Not built yet: timers, operator (non-keyed) state, records
-//! with several named fields.
+//! integer. A function may use event-time timers ([`timers`]: kept in its
+//! state, fired in time order as the watermark passes them, `on_timer`);
+//! [`window`]: the JSON spec's event-time windows on them. Not built yet:
+//! processing-time timers, operator (non-keyed) state, records with
+//! several named fields.
 
 pub use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::{LayoutError, StateNames};
 pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
+pub use timers::TimerService;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -46,6 +50,9 @@ pub enum OperatorError {
     /// avg).
     #[error(transparent)]
     NotAnInteger(#[from] cutpoint_core::NotAnInteger),
+    /// A function registered a timer without saying it uses timers.
+    #[error("a function registered a timer but its uses_timers() is false (its timers would not be kept in state)")]
+    NoTimers,
     /// The spec names a process function this program did not register.
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
@@ -104,12 +111,37 @@ pub trait KeyedProcessFunction: Send {
         let _ = checkpoint;
         Ok(())
     }
+
+    /// Whether the function registers event-time timers
+    /// ([`KeyedContext::register_event_time_timer`]); its timers are then
+    /// kept in its state (the reserved state [`timers::TIMER_STATE`]).
+    fn uses_timers(&self) -> bool {
+        false
+    }
+
+    /// An event-time timer of the context's key and namespace fired: the
+    /// watermark reached `time`. Outputs go downstream at event time `time`.
+    fn on_timer(
+        &mut self,
+        time: i64,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Vec<Self::Out>,
+    ) -> Result<(), OperatorError> {
+        let _ = (time, ctx, out);
+        Ok(())
+    }
+
+    /// Records this function dropped as late so far (a window's).
+    fn late_records(&self) -> u64 {
+        0
+    }
 }
 
-/// Typed state of the current key (and namespace).
+/// Typed state and timers of the current key (and namespace).
 pub struct KeyedContext<'a> {
     table: &'a mut TypedTable,
     key: KeyContext,
+    timers: Option<&'a mut TimerService>,
 }
 
 impl KeyedContext<'_> {
@@ -119,7 +151,32 @@ impl KeyedContext<'_> {
 
     /// Works in `namespace` (e.g. a window) until set again.
     pub fn set_namespace(&mut self, namespace: &[u8]) {
-        self.key.namespace = namespace.to_vec();
+        self.key.namespace.clear();
+        self.key.namespace.extend_from_slice(namespace);
+    }
+
+    /// The current namespace (a fired timer's, in `on_timer`).
+    pub fn namespace(&self) -> &[u8] {
+        &self.key.namespace
+    }
+
+    /// The subtask's watermark (event time; `None` before the first).
+    pub fn current_watermark(&self) -> Option<i64> {
+        self.timers.as_ref().and_then(|t| t.watermark())
+    }
+
+    /// Calls `on_timer` for this key and namespace once the watermark
+    /// reaches `time` (once per key, namespace and time). Needs
+    /// [`KeyedProcessFunction::uses_timers`].
+    pub fn register_event_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
+        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
+        Ok(timers.register(self.table, &self.key, time)?)
+    }
+
+    /// Deletes this key's and namespace's timer at `time`, if any.
+    pub fn delete_event_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
+        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
+        Ok(timers.delete(self.table, &self.key, time)?)
     }
 
     pub fn value<T: DeserializeOwned>(
@@ -206,11 +263,12 @@ pub struct KeyedOperator<F: KeyedProcessFunction> {
     function: F,
     key_of: KeyFn<F::In>,
     table: TypedTable,
+    timers: Option<TimerService>,
     max_parallelism: u32,
 }
 
 impl<F: KeyedProcessFunction> KeyedOperator<F> {
-    /// `function`, keyed by `key_of`; its states declared.
+    /// `function`, keyed by `key_of`; its states (and timers) declared.
     pub fn new(
         function: F,
         key_of: impl Fn(&F::In) -> Key + Send + 'static,
@@ -220,10 +278,17 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         for d in function.states() {
             names.declare(&d)?;
         }
+        let timers = match function.uses_timers() {
+            true => Some(TimerService::new(
+                names.declare(&TimerService::descriptor())?,
+            )),
+            false => None,
+        };
         Ok(Self {
             function,
             key_of: Box::new(key_of),
             table: TypedTable::new(names),
+            timers,
             max_parallelism,
         })
     }
@@ -234,8 +299,44 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         let mut ctx = KeyedContext {
             table: &mut self.table,
             key,
+            timers: self.timers.as_mut(),
         };
         self.function.process(record, &mut ctx, out)
+    }
+
+    /// The watermark reached `w`: every timer at or before it fires, in
+    /// time order; each one's outputs are appended to `out` with its time.
+    pub fn advance_watermark(
+        &mut self,
+        w: i64,
+        out: &mut Vec<(i64, F::Out)>,
+    ) -> Result<(), OperatorError> {
+        let Some(timers) = self.timers.as_mut() else {
+            return Ok(());
+        };
+        let mut fired = Vec::new();
+        while let Some((time, key)) = timers.pop_due(&mut self.table, w, self.max_parallelism)? {
+            let mut ctx = KeyedContext {
+                table: &mut self.table,
+                key,
+                timers: Some(&mut *timers),
+            };
+            self.function.on_timer(time, &mut ctx, &mut fired)?;
+            out.extend(fired.drain(..).map(|o| (time, o)));
+        }
+        Ok(())
+    }
+
+    /// A restore: the watermark the checkpoint kept.
+    pub fn restore_watermark(&mut self, w: i64) {
+        if let Some(t) = &mut self.timers {
+            t.restore_watermark(w);
+        }
+    }
+
+    /// The timers waiting (`None`: the function uses none).
+    pub fn timers(&self) -> Option<&TimerService> {
+        self.timers.as_ref()
     }
 
     /// Checkpoint `checkpoint` completed: the function's hook.
@@ -259,15 +360,22 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.table.freeze()
     }
 
-    /// Loads one entry of a restored key-group range.
+    /// Loads one entry of a restored key-group range (a timer's entry
+    /// also goes back in the queue).
     pub fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), OperatorError> {
-        Ok(self.table.load(key, value)?)
+        self.table.load(key, value)?;
+        if let Some(t) = &mut self.timers {
+            t.restore(key)?;
+        }
+        Ok(())
     }
 }
 
 pub mod builtins;
 pub mod functions;
 pub mod stateless;
+pub mod timers;
+pub mod window;
 
 pub use builtins::{FromRecord, Input, RecordOperator, WithResult};
 pub use functions::Functions;

@@ -38,6 +38,10 @@ pub struct TaskCounters {
     offset: AtomicU64,
     /// The watermark it sent last ([`cutpoint_core::Record::NO_TIME`]: none).
     watermark: AtomicI64,
+    /// Event-time timers waiting in its state.
+    timers: AtomicU64,
+    /// Records its windows dropped as late.
+    late: AtomicU64,
 }
 
 impl Default for TaskCounters {
@@ -46,19 +50,35 @@ impl Default for TaskCounters {
             records: AtomicU64::new(0),
             offset: AtomicU64::new(0),
             watermark: AtomicI64::new(cutpoint_core::Record::NO_TIME),
+            timers: AtomicU64::new(0),
+            late: AtomicU64::new(0),
         }
     }
 }
 
 impl TaskCounters {
     pub(crate) fn set_watermark(&self, w: i64) {
-        self.watermark.store(w, Ordering::Relaxed);
+        self.watermark.store(w, Ordering::Release);
     }
 
     /// The watermark the task sent last (event time only).
     pub fn watermark(&self) -> Option<i64> {
-        let w = self.watermark.load(Ordering::Relaxed);
+        let w = self.watermark.load(Ordering::Acquire);
         (w != cutpoint_core::Record::NO_TIME).then_some(w)
+    }
+
+    pub(crate) fn set_time_stats(&self, timers: usize, late: u64) {
+        self.timers.store(timers as u64, Ordering::Relaxed);
+        self.late.store(late, Ordering::Relaxed);
+    }
+
+    /// Event-time timers waiting in the task's state, and records its
+    /// windows dropped as late in this attempt.
+    pub fn time_stats(&self) -> (u64, u64) {
+        (
+            self.timers.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn add(&self, records: u64, offset: Option<u64>) {

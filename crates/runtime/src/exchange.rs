@@ -164,8 +164,11 @@ pub(crate) enum Output {
 }
 
 impl Output {
+    /// An update at event time `ts` (the time of the record or timer that
+    /// caused it; [`Record::NO_TIME`] without event time): the next stage
+    /// gets it at that time, a sink writes key and value.
     #[inline]
-    pub(crate) fn emit(&mut self, key: &Key, value: &Value) -> Result<(), RuntimeError> {
+    pub(crate) fn emit(&mut self, key: &Key, value: &Value, ts: i64) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(s) => s.emit(key, value),
             Output::Next {
@@ -175,13 +178,13 @@ impl Output {
                 updates,
             } => {
                 if steps.is_empty() {
-                    return exchange.push(forward.record(key, value)?);
+                    return exchange.push(forward.record(key, value)?.at(ts));
                 }
                 updates.clear();
-                updates.push(Record::new(key.clone(), value.clone()));
+                updates.push(Record::new(key.clone(), value.clone()).at(ts));
                 steps.apply(updates);
                 for u in updates.drain(..) {
-                    exchange.push(forward.record(&u.key, &u.value)?)?;
+                    exchange.push(forward.record(&u.key, &u.value)?.at(u.ts))?;
                 }
                 Ok(())
             }
@@ -191,10 +194,10 @@ impl Output {
     /// [`Output::emit`] of an integer (the integer table's hot path: no
     /// `Value` is built for the discard sink; measured on PV).
     #[inline]
-    pub(crate) fn emit_int(&mut self, key: &Key, value: i64) -> Result<(), RuntimeError> {
+    pub(crate) fn emit_int(&mut self, key: &Key, value: i64, ts: i64) -> Result<(), RuntimeError> {
         match self {
             Output::Sink(Sink::Discard) => Ok(()),
-            _ => self.emit(key, &Value::Int(value)),
+            _ => self.emit(key, &Value::Int(value), ts),
         }
     }
 
@@ -280,7 +283,7 @@ mod tests {
             steps: Steps::default(),
             updates: Vec::new(),
         };
-        out.emit(&Key::Int(7), &Value::Int(3)).unwrap();
+        out.emit(&Key::Int(7), &Value::Int(3), Record::NO_TIME).unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
         assert!(rx.try_recv().is_err(), "batched, not sent yet");
         out.flush_if_lingering(start + LINGER).unwrap();
@@ -289,7 +292,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A barrier sends what is batched ahead of itself.
-        out.emit(&Key::Int(8), &Value::Int(1)).unwrap();
+        out.emit(&Key::Int(8), &Value::Int(1), Record::NO_TIME).unwrap();
         let b = Barrier {
             id: CheckpointId(1),
             checkpoint_type: cutpoint_core::CheckpointType::Full,
@@ -330,7 +333,7 @@ mod tests {
             updates: Vec::new(),
         };
         for (k, v) in [(1, 5), (2, 12), (3, 31)] {
-            out.emit(&Key::Int(k), &Value::Int(v)).unwrap();
+            out.emit(&Key::Int(k), &Value::Int(v), Record::NO_TIME).unwrap();
         }
         out.flush().unwrap();
         match rx.try_recv() {

@@ -79,13 +79,43 @@ impl KeyedState {
                 // Processing time, once per batch (TTL state expires).
                 op.set_time(cutpoint_core::now_millis())?;
                 for r in batch {
+                    let ts = r.ts;
                     op.process(input, r, updates)?;
                     for (k, v) in updates.drain(..) {
-                        out.emit(&k, &v)?;
+                        out.emit(&k, &v, ts)?;
                     }
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The task's watermark reached `w`: typed state's event-time timers
+    /// up to it fire, their updates (at the timer's time) go to `out`.
+    pub(crate) fn on_watermark(&mut self, w: i64, out: &mut Output) -> Result<(), RuntimeError> {
+        let KeyedState::Typed { op, .. } = self else {
+            return Ok(());
+        };
+        let mut fired = Vec::new();
+        op.on_watermark(w, &mut fired)?;
+        for (ts, k, v) in fired {
+            out.emit(&k, &v, ts)?;
+        }
+        Ok(())
+    }
+
+    /// Typed state's timers waiting and records dropped as late.
+    pub(crate) fn time_stats(&self) -> Option<(usize, u64)> {
+        match self {
+            KeyedState::Typed { op, .. } => Some(op.time_stats()),
+            KeyedState::Counts(_) => None,
+        }
+    }
+
+    /// A restore: the watermark the checkpoint kept (timers know it).
+    pub(crate) fn restore_watermark(&mut self, w: i64) {
+        if let KeyedState::Typed { op, .. } = self {
+            op.restore_watermark(w);
         }
     }
 
@@ -206,7 +236,7 @@ fn apply_counts(
             return Err(not_an_integer(r));
         };
         let v = table.add(r.key.clone(), add);
-        out.emit_int(&r.key, v)?;
+        out.emit_int(&r.key, v, r.ts)?;
     }
     Ok(())
 }

@@ -48,7 +48,8 @@ use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::Output;
 use crate::gate::{InputGate, Polled};
 use crate::keyed::{Delta, KeyedState};
-use crate::time::TaskTime;
+use crate::time::{self, TaskTime};
+use cutpoint_core::time::TimeSignal;
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
 
@@ -147,6 +148,8 @@ struct Collecting {
     before: Vec<bool>,
     /// In-flight records with the input they came on.
     records: Vec<(u32, Record)>,
+    /// The task's watermark at the snapshot.
+    watermark: Option<i64>,
 }
 
 impl Collecting {
@@ -181,6 +184,7 @@ impl Collecting {
             records_beyond_barrier: 0,
             pending_transactions: self.pending_transactions,
             channel_state: Some(self.records),
+            watermark: self.watermark,
         }
     }
 }
@@ -191,8 +195,8 @@ fn sync_phase(
     state: &mut KeyedState,
     sink: &mut Output,
     barrier: Barrier,
-    alignment: Duration,
-    records_beyond: u64,
+    (alignment, records_beyond): (Duration, u64),
+    watermark: Option<i64>,
 ) -> Result<SnapshotJob, RuntimeError> {
     cutpoint_core::failpoint::check("task::align")?;
     let t0 = Instant::now();
@@ -207,6 +211,7 @@ fn sync_phase(
         records_beyond_barrier: records_beyond,
         pending_transactions,
         channel_state: None,
+        watermark,
     })
 }
 
@@ -270,7 +275,7 @@ impl Running {
             .map(Duration::from_millis);
         Self {
             barriers: BarrierHandler::new(n, spec.checkpoint.mode, aligned_timeout),
-            time: TaskTime::new(spec, n),
+            time: TaskTime::new(spec, n, None),
             processing_delay: spec.inject_processing_delay_us.map(Duration::from_micros),
             buffers: (0..n).map(|_| VecDeque::new()).collect(),
             ctx,
@@ -293,6 +298,16 @@ impl Running {
     /// Test knob: fail once after `inject.after_records` records.
     pub(crate) fn with_inject(mut self, inject: Option<InjectFailure>) -> Self {
         self.inject = inject;
+        self
+    }
+
+    /// Starts at the watermark the restored checkpoint kept (event time):
+    /// the task never sends less, and its state's timers know it.
+    pub(crate) fn with_watermark(mut self, restored: Option<i64>) -> Self {
+        self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored);
+        if let Some(w) = restored {
+            self.state.restore_watermark(w);
+        }
         self
     }
 
@@ -385,17 +400,36 @@ impl Running {
                     .on_barrier(i, b, Instant::now(), self.collecting.is_some())
             }
             Message::Time(signal) => {
-                self.time
-                    .on_signal(i, signal, &mut self.sink, &self.counters)?;
+                let next = self.time.on_signal(i, signal);
+                self.on_time(next)?;
                 Decision::Continue
             }
             Message::EndOfStream => {
-                self.time.on_end(i, &mut self.sink, &self.counters)?;
+                let next = self.time.on_end(i);
+                self.on_time(next)?;
                 self.barriers.on_end(i, Instant::now())
             }
         };
         self.carry_out(decision)?;
         Ok(Flow::Continue)
+    }
+
+    /// The task's watermark moved (or it turned idle): the state acts on
+    /// it (timers fire, their output goes first), then it goes on.
+    fn on_time(&mut self, next: Option<TimeSignal>) -> Result<(), RuntimeError> {
+        let Some(signal) = next else { return Ok(()) };
+        if let TimeSignal::Watermark(w) = signal {
+            self.state.on_watermark(w, &mut self.sink)?;
+            self.report_time();
+        }
+        time::forward(signal, &mut self.sink, &self.counters)
+    }
+
+    /// Timers waiting and late records, for the job view and metrics.
+    fn report_time(&self) {
+        if let Some((timers, late)) = self.state.time_stats() {
+            self.counters.set_time_stats(timers, late);
+        }
     }
 
     /// Counts a delta frozen for the worker (the budget evicts only once
@@ -434,6 +468,7 @@ impl Running {
                 .map(|j| seen[j] < b.id && !ended[j])
                 .collect(),
             records: Vec::new(),
+            watermark: self.time.current(),
         };
         for (j, buffer) in self.buffers.iter_mut().enumerate() {
             if !c.before[j] {
@@ -544,6 +579,7 @@ impl Running {
             std::thread::sleep(d);
         }
         self.state.apply(&mut self.sink, self.kinds[i], batch)?;
+        self.report_time();
         self.sink.flush_if_lingering(Instant::now())?;
         if let Some(e) = self.state.take_error() {
             return Err(e);
@@ -582,8 +618,8 @@ impl Running {
                     &mut self.state,
                     &mut self.sink,
                     barrier,
-                    alignment,
-                    records_beyond,
+                    (alignment, records_beyond),
+                    self.time.current(),
                 )?;
                 self.snapshots += 1;
                 self.count_handed();

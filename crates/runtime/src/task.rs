@@ -28,6 +28,7 @@ use crate::running::{Budget, Running};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
 use crate::time::SourceTime;
+use cutpoint_core::time::Activity;
 use crate::worker::{Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
 use cutpoint_operator::builtins::Input;
@@ -84,14 +85,19 @@ impl SourceTask {
             records += buf.len() as u64;
             self.counters
                 .add(buf.len() as u64, Some(reader.offset().offset));
-            time.observe(&buf);
             if !steps.is_empty() {
                 steps.apply(&mut buf);
             }
+            time.before_send(&buf, &mut self.exchange, &self.counters)?;
+            let turn = if buf.is_empty() {
+                Activity::Quiet
+            } else {
+                Activity::Sent
+            };
             for record in buf.drain(..) {
                 self.exchange.push(record)?;
             }
-            time.emit(&mut self.exchange, &self.counters)?;
+            time.after_send(turn, &mut self.exchange, &self.counters)?;
             if !more {
                 break;
             }
@@ -166,6 +172,21 @@ impl SourceTask {
         });
         self.exchange.barrier(barrier)
     }
+}
+
+/// A restored entry the operator could not take.
+fn corrupt(dirs: &LocalDirs, e: cutpoint_operator::OperatorError) -> StateError {
+    StateError::CorruptState {
+        dir: dirs.db.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The watermark a keyed subtask restores at: the least of its old
+/// subtasks' (their key groups' windows fired up to it), `None` if any
+/// had none (or nothing is restored).
+fn restored_watermark(restore: &[SubtaskState]) -> Option<i64> {
+    restore.iter().map(|s| s.watermark).min().flatten()
 }
 
 /// Records per read and events per second of a partition of `source`: a
@@ -290,7 +311,12 @@ impl AggregateTask {
         let maxp = spec.max_parallelism;
         let typed = match self.upstream {
             Upstream::Sources => {
-                cutpoint_operator::builtins::builtin(&spec.aggregate, maxp, &self.ctx.functions)?
+                cutpoint_operator::builtins::builtin(
+                    &spec.aggregate,
+                    spec.window.as_ref(),
+                    maxp,
+                    &self.ctx.functions,
+                )?
             }
             Upstream::Stage => None,
         };
@@ -317,8 +343,13 @@ impl AggregateTask {
         let state = match typed {
             None => KeyedState::Counts(restored.table),
             // Under a memory budget typed state reads through instead.
-            Some(op) if spec.state.memory_budget_mb.is_some() => {
+            Some(mut op) if spec.state.memory_budget_mb.is_some() => {
                 self.check_declared(op.declared())?;
+                // The rest reads through; timers are indexed in memory.
+                restored.store.scan_raw(self.range, |k, v| match op.is_timer(k) {
+                    true => op.restore_entry(k, v).map_err(|e| corrupt(&self.dirs, e)),
+                    false => Ok(()),
+                })?;
                 KeyedState::Typed {
                     op,
                     updates: Vec::new(),
@@ -327,11 +358,7 @@ impl AggregateTask {
             Some(mut op) => {
                 self.check_declared(op.declared())?;
                 restored.store.scan_raw(self.range, |k, v| {
-                    op.restore_entry(k, v)
-                        .map_err(|e| StateError::CorruptState {
-                            dir: self.dirs.db.display().to_string(),
-                            reason: e.to_string(),
-                        })
+                    op.restore_entry(k, v).map_err(|e| corrupt(&self.dirs, e))
                 })?;
                 KeyedState::Typed {
                     op,
@@ -468,6 +495,7 @@ impl AggregateTask {
             budget,
         )
         .with_inject(inject)
+        .with_watermark(restored_watermark(&self.restore))
     }
 
     /// Every input ended and every snapshot succeeded: the sink's last

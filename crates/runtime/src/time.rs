@@ -4,18 +4,22 @@
 //! watermark is ever sent and nothing is done per record.
 //!
 //! Invariants:
-//! - A source task observes each record's event time before the job's
-//!   steps run, and sends its watermark after the batch it covers, in band.
+//! - A source task counts the event times of the records it sends (after
+//!   the job's steps) and sends its watermark after the batch it covers,
+//!   in band; a partition coming back from idle says so before its records.
 //! - At the end of its input a source partition sends the end of time
-//!   (`i64::MAX`), before it waits for the final checkpoint, so everything
-//!   the watermark releases happens before that checkpoint's barrier.
-//! - A checkpoint keeps a partition's largest event time with its offset;
-//!   a restored source resumes its watermark from it.
+//!   (`i64::MAX`), then waits for the final checkpoint. (Aligned, what it
+//!   releases is in that checkpoint; unaligned, the barrier may overtake
+//!   it, and what it releases is committed when the job finishes.)
+//! - A keyed task acts on a new watermark (timers fire) before it sends
+//!   the watermark on, so what it emitted for it goes first.
+//! - A checkpoint keeps a partition's largest event time with its offset,
+//!   and a keyed task's watermark with its state; a restore resumes both.
 
 use std::time::Instant;
 
 use cutpoint_core::metadata::SourceOffset;
-use cutpoint_core::time::{TimeSignal, WatermarkGenerator, WatermarkTracker};
+use cutpoint_core::time::{Activity, TimeSignal, WatermarkGenerator, WatermarkTracker};
 use cutpoint_core::{JobSpec, Record};
 
 use crate::context::TaskCounters;
@@ -45,33 +49,42 @@ impl SourceTime {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Notes the event times of `batch` (as read, before any step).
-    #[inline]
-    pub(crate) fn observe(&mut self, batch: &[Record]) {
-        let now = self.now_ms();
-        let Some(g) = &mut self.generator else { return };
-        for r in batch {
-            g.on_event(r.ts);
-        }
-        if !batch.is_empty() {
-            g.on_read(now);
-        }
-    }
-
-    /// Sends the watermark (or idleness) if it is due.
-    pub(crate) fn emit(
+    /// `batch` (after the job's steps) is about to be sent: an idle
+    /// partition first says it is active again; its event times count.
+    pub(crate) fn before_send(
         &mut self,
+        batch: &[Record],
         exchange: &mut Exchange,
         counters: &TaskCounters,
     ) -> Result<(), RuntimeError> {
+        if batch.is_empty() || self.generator.is_none() {
+            return Ok(());
+        }
         let now = self.now_ms();
-        let Some(signal) = self.generator.as_mut().and_then(|g| g.poll(now)) else {
+        let Some(g) = &mut self.generator else {
             return Ok(());
         };
-        if let TimeSignal::Watermark(w) = signal {
-            counters.set_watermark(w);
+        let wake = g.wake(now);
+        for r in batch {
+            g.on_event(r.ts);
         }
-        exchange.time(signal)
+        send(wake, exchange, counters)
+    }
+
+    /// After a turn that sent records or not: the watermark (or idleness)
+    /// if it is due.
+    pub(crate) fn after_send(
+        &mut self,
+        turn: Activity,
+        exchange: &mut Exchange,
+        counters: &TaskCounters,
+    ) -> Result<(), RuntimeError> {
+        if self.generator.is_none() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let signal = self.generator.as_mut().and_then(|g| g.poll(now, turn));
+        send(signal, exchange, counters)
     }
 
     /// The end of the partition's input: the end of time.
@@ -94,57 +107,58 @@ impl SourceTime {
     }
 }
 
+fn send(
+    signal: Option<TimeSignal>,
+    exchange: &mut Exchange,
+    counters: &TaskCounters,
+) -> Result<(), RuntimeError> {
+    let Some(signal) = signal else { return Ok(()) };
+    if let TimeSignal::Watermark(w) = signal {
+        counters.set_watermark(w);
+    }
+    exchange.time(signal)
+}
+
 /// A keyed task's event time: the minimum watermark over its inputs.
 pub(crate) struct TaskTime {
     tracker: Option<WatermarkTracker>,
 }
 
 impl TaskTime {
-    pub(crate) fn new(spec: &JobSpec, inputs: usize) -> Self {
+    /// A task with `inputs` inputs, at the watermark its checkpoint kept.
+    pub(crate) fn new(spec: &JobSpec, inputs: usize, restored: Option<i64>) -> Self {
         Self {
             tracker: spec
                 .event_time
                 .as_ref()
-                .map(|_| WatermarkTracker::new(inputs)),
+                .map(|_| WatermarkTracker::new(inputs, restored)),
         }
     }
 
-    /// Input `i` sent `signal`: what the task's watermark became goes on.
-    pub(crate) fn on_signal(
-        &mut self,
-        i: usize,
-        signal: TimeSignal,
-        out: &mut Output,
-        counters: &TaskCounters,
-    ) -> Result<(), RuntimeError> {
-        let Some(t) = &mut self.tracker else {
-            return Ok(());
-        };
-        let next = t.on_signal(i, signal);
-        forward(next, out, counters)
+    /// The task's watermark (what a snapshot keeps).
+    pub(crate) fn current(&self) -> Option<i64> {
+        self.tracker.as_ref().and_then(WatermarkTracker::current)
+    }
+
+    /// Input `i` sent `signal`: what the task's watermark became, if it
+    /// changed (to act on, then [`forward`]).
+    pub(crate) fn on_signal(&mut self, i: usize, signal: TimeSignal) -> Option<TimeSignal> {
+        self.tracker.as_mut()?.on_signal(i, signal)
     }
 
     /// Input `i` ended.
-    pub(crate) fn on_end(
-        &mut self,
-        i: usize,
-        out: &mut Output,
-        counters: &TaskCounters,
-    ) -> Result<(), RuntimeError> {
-        let Some(t) = &mut self.tracker else {
-            return Ok(());
-        };
-        let next = t.on_end(i);
-        forward(next, out, counters)
+    pub(crate) fn on_end(&mut self, i: usize) -> Option<TimeSignal> {
+        self.tracker.as_mut()?.on_end(i)
     }
 }
 
-fn forward(
-    next: Option<TimeSignal>,
+/// What the task's watermark became, on to the next stage (after what
+/// the task emitted for it).
+pub(crate) fn forward(
+    signal: TimeSignal,
     out: &mut Output,
     counters: &TaskCounters,
 ) -> Result<(), RuntimeError> {
-    let Some(signal) = next else { return Ok(()) };
     if let TimeSignal::Watermark(w) = signal {
         counters.set_watermark(w);
     }

@@ -31,6 +31,8 @@ pub(crate) struct SnapshotJob {
     pub pending_transactions: Vec<cutpoint_core::metadata::PendingTransaction>,
     /// Unaligned: the records in flight before the barrier, to persist.
     pub channel_state: Option<Vec<(u32, cutpoint_core::Record)>>,
+    /// Event time: the task's watermark at the snapshot.
+    pub watermark: Option<i64>,
 }
 
 /// What a task hands its snapshot worker.
@@ -229,6 +231,7 @@ impl Worker {
                         channel_state: channel.into_iter().collect(),
                         unaligned: job.channel_state.is_some(),
                         schema: Some(self.schema.clone()),
+                        watermark: job.watermark,
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),

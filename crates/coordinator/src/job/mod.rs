@@ -293,9 +293,17 @@ pub struct TaskProgress {
     /// A source's current offset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
-    /// Event time: the watermark the task sent last (ms).
+    /// Event time: the watermark the task sent last (ms; the end of
+    /// time, `i64::MAX`, once its input ended).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watermark_ms: Option<i64>,
+    /// Event time, keyed tasks: timers waiting in the task's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timers_pending: Option<u64>,
+    /// Event time, keyed tasks: records its windows dropped as late in
+    /// this attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_records: Option<u64>,
 }
 
 /// A cloneable handle to control and observe a running job.
@@ -409,10 +417,18 @@ impl JobControl {
                     offset: (task.operator.as_str() == cutpoint_runtime::SOURCE_OPERATOR)
                         .then(|| c.offset()),
                     watermark_ms: c.watermark(),
+                    timers_pending: self.time_stat(task, c).map(|(t, _)| t),
+                    late_records: self.time_stat(task, c).map(|(_, l)| l),
                 })
                 .collect()
         })
         .unwrap_or_default()
+    }
+
+    /// A keyed task's timers and late records, in a job with event time.
+    fn time_stat(&self, task: &TaskId, c: &TaskCounters) -> Option<(u64, u64)> {
+        let keyed = task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR;
+        (keyed && self.spec.event_time.is_some()).then(|| c.time_stats())
     }
 
     /// A copy of the job's checkpoint statistics.

@@ -596,6 +596,11 @@ impl Runner {
                     ("task", task.to_string()),
                 ];
                 metrics::gauge!("cutpoint_task_watermark_ms", &labels).set(w as f64);
+                let (timers, late) = c.time_stats();
+                if task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR {
+                    metrics::gauge!("cutpoint_task_timers_pending", &labels).set(timers as f64);
+                    metrics::gauge!("cutpoint_task_late_records", &labels).set(late as f64);
+                }
             }
         }
         let read: u64 = exec

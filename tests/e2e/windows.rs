@@ -1,0 +1,266 @@
+//! Event-time windows through whole jobs, each compared with windows
+//! computed plainly here from the input: out-of-order events (the
+//! generator's `disorder_ms`, within the watermark's bound), a tumbling
+//! count and a sliding sum per key, into a two-phase-commit sink. After a
+//! failure (aligned and unaligned) every window's result is committed
+//! exactly once; a restore of an early checkpoint at another parallelism
+//! emits exactly the windows that had not fired by the checkpoint's
+//! watermark, each once. A file with a few very late lines: they are left
+//! out, also when replayed after a restore.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
+use cutpoint_core::{CheckpointMetadata, JobId, JobSpec, Key, Value};
+use cutpoint_runtime::source::{generator_amount, generator_app_id, generator_range, generator_ts};
+
+use crate::common::*;
+
+const EVENTS: u64 = 300_000;
+const KEYS: u64 = 20;
+const DISORDER: u64 = 300;
+const SEED: u64 = 42;
+
+/// `(key, window start)` → result.
+type Windows = BTreeMap<(Key, i64), i64>;
+
+/// The windows of `[start, start + size)` starting every `slide` that
+/// hold `ts`.
+fn starts(ts: i64, size: i64, slide: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut s = ts.div_euclid(slide) * slide;
+    while s > ts - size {
+        out.push(s);
+        s -= slide;
+    }
+    out
+}
+
+/// Every generated event's windows, with `value(i)` added per window.
+fn expected(size: i64, slide: i64, value: impl Fn(u64) -> i64) -> Windows {
+    let mut w = Windows::new();
+    for p in 0..2 {
+        let (start, end) = generator_range(EVENTS, 2, p);
+        for i in start..end {
+            let ts = generator_ts(SEED, DISORDER, i, i - start);
+            let key = Key::Int(generator_app_id(SEED, KEYS, i) as i64);
+            for s in starts(ts, size, slide) {
+                *w.entry((key.clone(), s)).or_insert(0) += value(i);
+            }
+        }
+    }
+    w
+}
+
+/// What a sink folder committed: `(key, start)` → every result for it.
+fn committed(out: &Path, size: i64) -> BTreeMap<(Key, i64), Vec<i64>> {
+    let output = cutpoint_runtime::sink::read_output(out).unwrap();
+    let mut got: BTreeMap<(Key, i64), Vec<i64>> = BTreeMap::new();
+    for (key, values) in output.updates {
+        for v in values {
+            let Value::List(l) = &v else {
+                panic!("{key}: {v} is not [start, end, result]")
+            };
+            let [s, e, r] = l.as_slice() else {
+                panic!("{key}: {v}")
+            };
+            let (s, e, r) = (int(s), int(e), int(r));
+            assert_eq!(e - s, size, "{key}: {v}");
+            got.entry((key.clone(), s)).or_default().push(r);
+        }
+    }
+    got
+}
+
+/// Each window in `want` committed exactly once with its result, and
+/// nothing else.
+fn assert_each_window_once(got: &BTreeMap<(Key, i64), Vec<i64>>, want: &Windows) {
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(w, r)| got.get(*w) != Some(&vec![**r]))
+        .take(5)
+        .map(|(w, r)| format!("{w:?}: want [{r}], got {:?}", got.get(w)))
+        .collect();
+    assert!(wrong.is_empty(), "{} windows, wrong: {wrong:?}", want.len());
+    let extra: Vec<_> = got.keys().filter(|w| !want.contains_key(*w)).take(5).collect();
+    assert!(extra.is_empty(), "windows that should not be there: {extra:?}");
+}
+
+struct Case {
+    job: &'static str,
+    mode: &'static str,
+    window: String,
+    aggregate: &'static str,
+    size: i64,
+    slide: i64,
+    value: fn(u64) -> i64,
+}
+
+fn spec(c: &Case, job: &str, parallelism: u32, out: &Path, extra: &str) -> String {
+    let slow = if c.mode == "unaligned" {
+        r#","inject_processing_delay_us":1500"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"job_id":"{job}","parallelism":{parallelism},
+            "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"seed":{SEED},
+                "rate_per_s":300000,"disorder_ms":{DISORDER}}},
+            "key_by":"app_id","aggregate":{},
+            "event_time":{{"field":"ts","max_out_of_orderness_ms":{DISORDER},"watermark_interval_ms":10}},
+            "window":{},
+            "sink":{{"type":"transactional_file","dir":{out:?}}},
+            "checkpoint":{{"interval_ms":100,"retention":100,"mode":"{}"}}{slow}{extra}}}"#,
+        c.aggregate, c.window, c.mode
+    )
+}
+
+async fn run(spec: String, dir: &Path, restore_from: Option<RestoreFrom>, work: &str) -> JobOutcome {
+    spawn_job(JobConfig {
+        spec: JobSpec::from_json(&spec).expect("valid spec"),
+        storage: storage_at(dir.join("chk").to_str().unwrap()),
+        restore_from,
+        local_dir: dir.join(work),
+        functions: Default::default(),
+    })
+    .join()
+    .await
+    .unwrap()
+}
+
+/// A checkpoint a quarter into the run, with the first stage's watermark.
+async fn early_checkpoint(dir: &Path, job: &str) -> (CheckpointMetadata, i64) {
+    let storage = storage_at(dir.join("chk").to_str().unwrap());
+    let mut metas: Vec<_> = storage
+        .list_checkpoints(&JobId::new(job).unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| l.metadata.ok())
+        .collect();
+    metas.sort_by_key(|m| m.checkpoint_id);
+    let watermark = |m: &CheckpointMetadata| {
+        let agg = m.subtasks.iter().filter(|s| s.task.operator.as_str() == "agg");
+        agg.map(|s| s.watermark).min().flatten()
+    };
+    let with = metas.iter().filter(|m| watermark(m).is_some()).count();
+    let m = metas
+        .into_iter()
+        .filter(|m| watermark(m).is_some())
+        .nth(with / 4)
+        .expect("a checkpoint with a watermark");
+    let w = watermark(&m).unwrap();
+    (m, w)
+}
+
+async fn failure_and_rescale(c: Case) {
+    let dir = tempfile::tempdir().unwrap();
+    let want = expected(c.size, c.slide, c.value);
+    let out = dir.path().join("first");
+    let failing = r#","inject_failure":{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}"#;
+    let o = run(spec(&c, c.job, 2, &out, failing), dir.path(), None, "w1").await;
+    assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+    assert_each_window_once(&committed(&out, c.size), &want);
+
+    // An early checkpoint, restored at parallelism 3 into a new folder:
+    // exactly the windows that had not fired by its watermark.
+    let (m, w) = early_checkpoint(dir.path(), c.job).await;
+    let out = dir.path().join("rescaled");
+    let restored = run(
+        spec(&c, c.job, 3, &out, ""),
+        dir.path(),
+        Some(RestoreFrom::Checkpoint(m.checkpoint_id)),
+        "w2",
+    )
+    .await;
+    assert_eq!(restored.restored_from, vec![m.checkpoint_id]);
+    let later: Windows = want
+        .into_iter()
+        .filter(|((_, s), _)| s + c.size - 1 > w)
+        .collect();
+    assert!(!later.is_empty());
+    assert_each_window_once(&committed(&out, c.size), &later);
+}
+
+fn tumbling_count(job: &'static str, mode: &'static str) -> Case {
+    Case {
+        job,
+        mode,
+        window: r#"{"type":"tumbling","size_ms":1000}"#.into(),
+        aggregate: r#"{"type":"count"}"#,
+        size: 1000,
+        slide: 1000,
+        value: |_| 1,
+    }
+}
+
+fn sliding_sum(job: &'static str, mode: &'static str) -> Case {
+    Case {
+        job,
+        mode,
+        window: r#"{"type":"sliding","size_ms":2000,"slide_ms":500}"#.into(),
+        aggregate: r#"{"type":"sum","field":"amount"}"#,
+        size: 2000,
+        slide: 500,
+        value: |i| generator_amount(SEED, i) as i64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_counts_each_window_once_after_a_failure_and_a_rescale_aligned() {
+    failure_and_rescale(tumbling_count("tumbling-aligned", "exactly_once")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_counts_each_window_once_after_a_failure_and_a_rescale_unaligned() {
+    failure_and_rescale(tumbling_count("tumbling-unaligned", "unaligned")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_sums_each_window_once_after_a_failure_and_a_rescale_aligned() {
+    failure_and_rescale(sliding_sum("sliding-aligned", "exactly_once")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_sums_each_window_once_after_a_failure_and_a_rescale_unaligned() {
+    failure_and_rescale(sliding_sum("sliding-unaligned", "unaligned")).await;
+}
+
+/// One partition (so which lines are late does not depend on how two
+/// partitions interleave): line `j` has event time `j`, except a few very
+/// late ones 50 s back, long after their windows fired. They are left out
+/// of every window, also when a restore replays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn very_late_lines_are_left_out_also_after_a_restore() {
+    const LINES: i64 = 100_000;
+    let late = |j: i64| j >= 60_000 && j % 5_000 == 0;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p0.jsonl");
+    let text: String = (0..LINES)
+        .map(|j| {
+            let t = if late(j) { j - 50_000 } else { j };
+            format!("{{\"k\":{},\"t\":{t}}}\n", j % 10)
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let out = dir.path().join("out");
+    let spec = format!(
+        r#"{{"job_id":"late-lines","parallelism":2,
+            "source":{{"type":"files","paths":[{input:?}]}},
+            "key_by":"k","aggregate":{{"type":"count"}},
+            "event_time":{{"field":"t","watermark_interval_ms":1}},
+            "window":{{"type":"tumbling","size_ms":1000}},
+            "sink":{{"type":"transactional_file","dir":{out:?}}},
+            "checkpoint":{{"interval_ms":50,"retention":100}},
+            "inject_processing_delay_us":3000,
+            "inject_failure":{{"subtask":0,"after_records":35000,"after_completed_checkpoint":true}}}}"#
+    );
+    let o = run(spec, dir.path(), None, "w").await;
+    assert_eq!(o.restarts, 1, "{o:?}");
+    let mut want = Windows::new();
+    for j in (0..LINES).filter(|j| !late(*j)) {
+        *want.entry((Key::Int(j % 10), j.div_euclid(1000) * 1000)).or_insert(0) += 1;
+    }
+    assert_each_window_once(&committed(&out, 1000), &want);
+}
