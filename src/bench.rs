@@ -155,6 +155,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         key_by: "app_id".into(),
         transforms: Vec::new(),
         event_time: None,
+        window: None,
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard.into(),

@@ -44,6 +44,7 @@ pub async fn run(
         key_by: "app_id".into(),
         transforms: Vec::new(),
         event_time: None,
+        window: None,
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard.into(),

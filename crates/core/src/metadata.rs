@@ -233,6 +233,7 @@ impl SubtaskState {
             persisted_data_size: 0,
             unaligned: false,
             schema: None,
+            watermark: None,
             ack_timestamp: 0,
         }
     }

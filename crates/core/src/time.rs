@@ -95,7 +95,9 @@ pub enum TimeSignal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     /// The last watermark sent (`None`: none since the start or since idle).
-    Active { sent: Option<i64> },
+    Active {
+        sent: Option<i64>,
+    },
     Idle,
 }
 

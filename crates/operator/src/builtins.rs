@@ -97,8 +97,11 @@ pub trait RecordOperator: Send {
     fn table_mut(&mut self) -> &mut TypedTable;
     /// The watermark reached `w`: timers up to it fire; their updates go
     /// to `out` with the timer's time.
-    fn on_watermark(&mut self, w: i64, out: &mut Vec<(i64, Key, Value)>)
-        -> Result<(), OperatorError>;
+    fn on_watermark(
+        &mut self,
+        w: i64,
+        out: &mut Vec<(i64, Key, Value)>,
+    ) -> Result<(), OperatorError>;
     /// A restore: the watermark the checkpoint kept.
     fn restore_watermark(&mut self, w: i64);
     /// Whether a restored RocksDB entry is a timer (loaded even when the
@@ -550,7 +553,9 @@ mod tests {
     #[test]
     fn count_distinct_emits_each_new_value_once() {
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
-        let mut op = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let out = run(op.as_mut(), &INPUT);
         let int = |k, v| (Key::Int(k), v);
         assert_eq!(out, [int(1, 1), int(2, 1), int(1, 2), int(1, 3)]);
@@ -566,13 +571,17 @@ mod tests {
             field: "v".into(),
             keep: Keep::First,
         };
-        let mut op = builtin(&first, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&first, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(run(op.as_mut(), &INPUT), [int(1, 5), int(2, 7)]);
         let last = AggregateSpec::Dedup {
             field: "v".into(),
             keep: Keep::Last,
         };
-        let mut op = builtin(&last, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&last, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let out = run(op.as_mut(), &INPUT);
         assert_eq!(out, [int(1, 5), int(2, 7), int(1, 6), int(1, 5), int(1, 9)]);
         let mut results = ints(op.results().unwrap());
@@ -585,7 +594,9 @@ mod tests {
         let int = |k, v| (Key::Int(k), v);
         let input = [(1, 5), (1, 7), (1, 0), (2, -3), (1, 0), (1, 9), (2, -4)];
         let min = AggregateSpec::Min { field: "v".into() };
-        let mut op = builtin(&min, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&min, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         // 0 is a value like any other: the first value of a key counts.
         assert_eq!(
             run(op.as_mut(), &input),
@@ -595,7 +606,9 @@ mod tests {
         results.sort();
         assert_eq!(results, [int(1, 0), int(2, -4)]);
         let max = AggregateSpec::Max { field: "v".into() };
-        let mut op = builtin(&max, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&max, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(
             run(op.as_mut(), &input),
             [int(1, 5), int(1, 7), int(2, -3), int(1, 9)]
@@ -605,10 +618,14 @@ mod tests {
     #[test]
     fn a_restored_operator_goes_on_where_the_snapshot_was() {
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
-        let mut op = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         run(op.as_mut(), &INPUT[..4]);
         let delta = op.snapshot();
-        let mut restored = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut restored = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         for (k, v) in &delta {
             restored.restore_entry(k, v.as_ref().unwrap()).unwrap();
         }
@@ -620,7 +637,9 @@ mod tests {
     #[test]
     fn avg_emits_the_mean_rounded_down_when_it_changes() {
         let agg = AggregateSpec::Avg { field: "v".into() };
-        let mut op = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let out = run(op.as_mut(), &[(1, 4), (1, 5), (1, 6), (1, -30), (2, 7)]);
         // Means of key 1: 4, 4 (9/2), 5, -4 (-15/4 rounded down).
         assert_eq!(
@@ -649,7 +668,9 @@ mod tests {
     fn count_distinct_and_dedup_take_any_value_min_needs_an_integer() {
         let text = |k, v: &str| Record::new(Key::Int(k), Value::from(v));
         let agg = AggregateSpec::CountDistinct { field: "v".into() };
-        let mut op = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
         let five = Record::int(Key::Int(1), 5);
         for r in [text(1, "a"), text(1, "b"), text(1, "a"), five, text(1, "5")] {
@@ -662,7 +683,9 @@ mod tests {
             field: "v".into(),
             keep: Keep::Last,
         };
-        let mut op = builtin(&last, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&last, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
         for r in [text(1, "a"), text(1, "a"), text(1, "b")] {
             op.process(Input::First, r, &mut out).unwrap();
@@ -670,7 +693,9 @@ mod tests {
         assert_eq!(out, [(Key::Int(1), "a".into()), (Key::Int(1), "b".into())]);
         assert_eq!(op.results().unwrap(), [(Key::Int(1), Value::from("b"))]);
         let min = AggregateSpec::Min { field: "v".into() };
-        let mut op = builtin(&min, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&min, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let err = op
             .process(Input::First, text(4, "z"), &mut Vec::new())
             .unwrap_err();
@@ -684,7 +709,9 @@ mod tests {
             dimension_source: 1,
             field: "category".into(),
         };
-        let mut op = builtin(&agg, None, 128, &Default::default()).unwrap().unwrap();
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
         let mut out = Vec::new();
         let dim = |k, v: &str| Record::new(Key::Int(k), Value::from(v));
         let click = |k| Record::int(Key::Int(k), 1);

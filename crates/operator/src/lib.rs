@@ -34,9 +34,9 @@ pub use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::{LayoutError, StateNames};
 pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
-pub use timers::TimerService;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub use timers::TimerService;
 
 /// Why an operator could not process a record.
 #[derive(Debug, thiserror::Error)]

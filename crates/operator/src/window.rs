@@ -56,10 +56,7 @@ impl WindowFunction {
 
     fn add(self, acc: Acc, v: i64) -> Acc {
         match self {
-            WindowFunction::Count => Acc {
-                a: acc.a + 1,
-                b: 0,
-            },
+            WindowFunction::Count => Acc { a: acc.a + 1, b: 0 },
             WindowFunction::Sum => Acc {
                 a: acc.a.saturating_add(v),
                 b: 0,
@@ -150,7 +147,10 @@ impl KeyedProcessFunction for WindowAggregate {
         out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
         let ts = record.time().ok_or_else(|| {
-            OperatorError::User(format!("key {}: a record without an event time", record.key))
+            OperatorError::User(format!(
+                "key {}: a record without an event time",
+                record.key
+            ))
         })?;
         let v = match self.function {
             WindowFunction::Count => 1,

@@ -283,7 +283,8 @@ mod tests {
             steps: Steps::default(),
             updates: Vec::new(),
         };
-        out.emit(&Key::Int(7), &Value::Int(3), Record::NO_TIME).unwrap();
+        out.emit(&Key::Int(7), &Value::Int(3), Record::NO_TIME)
+            .unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
         assert!(rx.try_recv().is_err(), "batched, not sent yet");
         out.flush_if_lingering(start + LINGER).unwrap();
@@ -292,7 +293,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A barrier sends what is batched ahead of itself.
-        out.emit(&Key::Int(8), &Value::Int(1), Record::NO_TIME).unwrap();
+        out.emit(&Key::Int(8), &Value::Int(1), Record::NO_TIME)
+            .unwrap();
         let b = Barrier {
             id: CheckpointId(1),
             checkpoint_type: cutpoint_core::CheckpointType::Full,
@@ -333,7 +335,8 @@ mod tests {
             updates: Vec::new(),
         };
         for (k, v) in [(1, 5), (2, 12), (3, 31)] {
-            out.emit(&Key::Int(k), &Value::Int(v), Record::NO_TIME).unwrap();
+            out.emit(&Key::Int(k), &Value::Int(v), Record::NO_TIME)
+                .unwrap();
         }
         out.flush().unwrap();
         match rx.try_recv() {

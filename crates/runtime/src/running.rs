@@ -49,9 +49,9 @@ use crate::exchange::Output;
 use crate::gate::{InputGate, Polled};
 use crate::keyed::{Delta, KeyedState};
 use crate::time::{self, TaskTime};
-use cutpoint_core::time::TimeSignal;
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
+use cutpoint_core::time::TimeSignal;
 
 /// The working table may run ahead of the write-behind up to this many
 /// budgets; beyond, the task waits for the snapshot worker (back-pressure).

@@ -28,9 +28,9 @@ use crate::running::{Budget, Running};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
 use crate::time::SourceTime;
-use cutpoint_core::time::Activity;
 use crate::worker::{Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
+use cutpoint_core::time::Activity;
 use cutpoint_operator::builtins::Input;
 
 /// Commands to a source task.
@@ -310,14 +310,12 @@ impl AggregateTask {
         let spec = &self.ctx.spec;
         let maxp = spec.max_parallelism;
         let typed = match self.upstream {
-            Upstream::Sources => {
-                cutpoint_operator::builtins::builtin(
-                    &spec.aggregate,
-                    spec.window.as_ref(),
-                    maxp,
-                    &self.ctx.functions,
-                )?
-            }
+            Upstream::Sources => cutpoint_operator::builtins::builtin(
+                &spec.aggregate,
+                spec.window.as_ref(),
+                maxp,
+                &self.ctx.functions,
+            )?,
             Upstream::Stage => None,
         };
         let restored = if self.restore.is_empty() {
@@ -346,10 +344,12 @@ impl AggregateTask {
             Some(mut op) if spec.state.memory_budget_mb.is_some() => {
                 self.check_declared(op.declared())?;
                 // The rest reads through; timers are indexed in memory.
-                restored.store.scan_raw(self.range, |k, v| match op.is_timer(k) {
-                    true => op.restore_entry(k, v).map_err(|e| corrupt(&self.dirs, e)),
-                    false => Ok(()),
-                })?;
+                restored
+                    .store
+                    .scan_raw(self.range, |k, v| match op.is_timer(k) {
+                        true => op.restore_entry(k, v).map_err(|e| corrupt(&self.dirs, e)),
+                        false => Ok(()),
+                    })?;
                 KeyedState::Typed {
                     op,
                     updates: Vec::new(),
