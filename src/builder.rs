@@ -17,6 +17,7 @@ use cutpoint_core::spec::{
     AggregateSpec, CheckpointingMode, SinkSpec, Sinks, SourceSpec, Transform,
 };
 use cutpoint_core::time::EventTimeSpec;
+use cutpoint_core::window::WindowSpec;
 use cutpoint_core::{CoreError, FunctionName, JobSpec, Record};
 use cutpoint_operator::{Functions, WithResult};
 
@@ -31,6 +32,7 @@ pub struct JobBuilder {
     filters: Vec<Filter>,
     transforms: Vec<Transform>,
     event_time: Option<EventTimeSpec>,
+    window: Option<WindowSpec>,
     aggregate: Option<AggregateSpec>,
     function: Option<String>,
     value: Option<String>,
@@ -51,6 +53,7 @@ impl JobBuilder {
             filters: Vec::new(),
             transforms: Vec::new(),
             event_time: None,
+            window: None,
             aggregate: None,
             function: None,
             value: None,
@@ -124,6 +127,13 @@ impl JobBuilder {
     /// missing).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.time().idle_timeout_ms = Some(timeout.as_millis().max(1) as u64);
+        self
+    }
+
+    /// Aggregates per key and event-time window (needs
+    /// [`JobBuilder::event_time`] and a count, sum, min, max or avg).
+    pub fn window(mut self, window: WindowSpec) -> Self {
+        self.window = Some(window);
         self
     }
 
@@ -221,6 +231,7 @@ impl JobBuilder {
         spec.checkpoint.interval_ms = self.interval.map(|d| d.as_millis().max(1) as u64);
         spec.checkpoint.mode = self.mode;
         spec.event_time = self.event_time;
+        spec.window = self.window;
         spec.validate()?;
         Ok(Program {
             job: Some(spec),
@@ -305,6 +316,42 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["last"]);
         program.functions.check(&spec).unwrap();
+    }
+
+    #[test]
+    fn a_windowed_job_builds_the_spec_a_json_job_would_have() {
+        let source = SourceSpec::Generator {
+            partitions: 1,
+            events: 1000,
+            keys: 10,
+            seed: 1,
+            users: 5,
+            rate_per_s: None,
+            disorder_ms: 20,
+        };
+        let program = JobBuilder::source("per-second", source.clone())
+            .key_by("app_id")
+            .event_time("ts", Duration::from_millis(20))
+            .idle_timeout(Duration::from_secs(5))
+            .window(WindowSpec::Tumbling {
+                size_ms: 1000,
+                allowed_lateness_ms: 0,
+            })
+            .aggregate(AggregateSpec::Count)
+            .build()
+            .unwrap();
+        let json = r#"{"job_id":"per-second",
+            "source":{"type":"generator","partitions":1,"events":1000,"keys":10,"seed":1,"users":5,"disorder_ms":20},
+            "key_by":"app_id","aggregate":{"type":"count"},
+            "event_time":{"field":"ts","max_out_of_orderness_ms":20,"idle_timeout_ms":5000},
+            "window":{"type":"tumbling","size_ms":1000}}"#;
+        assert_eq!(program.job.unwrap(), JobSpec::from_json(json).unwrap());
+        let no_time = JobBuilder::source("t", source)
+            .key_by("app_id")
+            .idle_timeout(Duration::from_secs(1))
+            .build();
+        let e = no_time.err().unwrap().to_string();
+        assert!(e.contains("event_time.field"), "{e}");
     }
 
     #[test]

@@ -310,9 +310,6 @@ pub enum Keep {
 }
 
 impl AggregateSpec {
-    /// The field the sources project as each record's value (`None`: 1
-    /// per event; [`AggregateSpec::value_kind`]: what it may hold). A
-    /// join's is its dimension source's only.
     /// Its `type` in the spec.
     pub fn name(&self) -> &'static str {
         match self {
@@ -328,6 +325,9 @@ impl AggregateSpec {
         }
     }
 
+    /// The field the sources project as each record's value (`None`: 1
+    /// per event; [`AggregateSpec::value_kind`]: what it may hold). A
+    /// join's is its dimension source's only.
     pub fn value_field(&self) -> Option<&str> {
         match self {
             AggregateSpec::Count => None,
@@ -1106,7 +1106,7 @@ mod tests {
 
     #[test]
     fn the_example_specs_are_valid() {
-        for name in ["pv", "uv", "histogram"] {
+        for name in ["pv", "uv", "histogram", "tumbling", "sliding"] {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             JobSpec::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));

@@ -20,11 +20,12 @@
 use cutpoint_core::metadata::DeclaredState;
 use cutpoint_core::spec::{AggregateSpec, Keep};
 use cutpoint_core::window::WindowSpec;
-use cutpoint_core::{Key, Record, Value};
+use cutpoint_core::{Key, KeyGroupRange, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 use cutpoint_state::typed::{TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 
+use crate::timers::Fired;
 use crate::window::{WindowAggregate, WindowFunction};
 use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 
@@ -95,18 +96,21 @@ pub trait RecordOperator: Send {
     /// Its typed state (memory budget, statistics).
     fn table(&self) -> &TypedTable;
     fn table_mut(&mut self) -> &mut TypedTable;
-    /// The watermark reached `w`: timers up to it fire; their updates go
-    /// to `out` with the timer's time.
+    /// The watermark reached `w`: up to `max` timers at or before it fire
+    /// (call again on [`Fired::More`]); their updates go to `out` with the
+    /// timer's time.
     fn on_watermark(
         &mut self,
         w: i64,
+        max: usize,
         out: &mut Vec<(i64, Key, Value)>,
-    ) -> Result<(), OperatorError>;
-    /// A restore: the watermark the checkpoint kept.
-    fn restore_watermark(&mut self, w: i64);
-    /// Whether a restored RocksDB entry is a timer (loaded even when the
-    /// rest of the state reads through under a memory budget).
-    fn is_timer(&self, entry: &[u8]) -> bool;
+    ) -> Result<Fired, OperatorError>;
+    /// A restore: the watermark each restored key-group range had.
+    fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]);
+    /// The RocksDB key prefix of key group `key_group`'s timers (`None`:
+    /// no timers), read at a restore even when the rest of the state
+    /// reads through under a memory budget.
+    fn timer_prefix(&self, key_group: u16) -> Option<[u8; 4]>;
     /// Timers waiting, and records dropped as late so far.
     fn time_stats(&self) -> (usize, u64);
 }
@@ -170,20 +174,21 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
     fn on_watermark(
         &mut self,
         w: i64,
+        max: usize,
         out: &mut Vec<(i64, Key, Value)>,
-    ) -> Result<(), OperatorError> {
+    ) -> Result<Fired, OperatorError> {
         let mut fired = Vec::new();
-        self.advance_watermark(w, &mut fired)?;
+        let more = self.advance_watermark(w, max, &mut fired)?;
         out.extend(fired.into_iter().map(|(t, (k, v))| (t, k, v)));
-        Ok(())
+        Ok(more)
     }
 
-    fn restore_watermark(&mut self, w: i64) {
-        KeyedOperator::restore_watermark(self, w)
+    fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]) {
+        KeyedOperator::restore_watermarks(self, floors)
     }
 
-    fn is_timer(&self, entry: &[u8]) -> bool {
-        self.timers().is_some_and(|t| t.is_timer(entry))
+    fn timer_prefix(&self, key_group: u16) -> Option<[u8; 4]> {
+        self.timers().map(|t| t.prefix(key_group))
     }
 
     fn time_stats(&self) -> (usize, u64) {

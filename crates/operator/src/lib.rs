@@ -36,7 +36,7 @@ pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-pub use timers::TimerService;
+pub use timers::{Fired, TimerService};
 
 /// Why an operator could not process a record.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,10 @@ pub enum OperatorError {
     /// avg).
     #[error(transparent)]
     NotAnInteger(#[from] cutpoint_core::NotAnInteger),
+    /// A function declared a state whose name starts with `__` (reserved:
+    /// its timers are kept under one).
+    #[error("state {0:?}: names starting with __ are reserved")]
+    ReservedName(String),
     /// A function registered a timer without saying it uses timers.
     #[error("a function registered a timer but its uses_timers() is false (its timers would not be kept in state)")]
     NoTimers,
@@ -160,9 +164,12 @@ impl KeyedContext<'_> {
         &self.key.namespace
     }
 
-    /// The subtask's watermark (event time; `None` before the first).
+    /// The watermark of the current key (event time; `None` before the
+    /// first): its subtask's, or after a restore the one its key group had
+    /// at the checkpoint, if later.
     pub fn current_watermark(&self) -> Option<i64> {
-        self.timers.as_ref().and_then(|t| t.watermark())
+        let t = self.timers.as_ref()?;
+        t.watermark_for(self.key.key_group)
     }
 
     /// Calls `on_timer` for this key and namespace once the watermark
@@ -276,6 +283,9 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
     ) -> Result<Self, OperatorError> {
         let mut names = StateNames::default();
         for d in function.states() {
+            if d.name.starts_with("__") {
+                return Err(OperatorError::ReservedName(d.name));
+            }
             names.declare(&d)?;
         }
         let timers = match function.uses_timers() {
@@ -304,18 +314,25 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.function.process(record, &mut ctx, out)
     }
 
-    /// The watermark reached `w`: every timer at or before it fires, in
-    /// time order; each one's outputs are appended to `out` with its time.
+    /// The watermark reached `w`: timers at or before it fire, in time
+    /// order, at most `max` of them this pass (call again while it says
+    /// [`Fired::More`]); each one's outputs are appended to `out` with its
+    /// time.
     pub fn advance_watermark(
         &mut self,
         w: i64,
+        max: usize,
         out: &mut Vec<(i64, F::Out)>,
-    ) -> Result<(), OperatorError> {
+    ) -> Result<Fired, OperatorError> {
         let Some(timers) = self.timers.as_mut() else {
-            return Ok(());
+            return Ok(Fired::All);
         };
         let mut fired = Vec::new();
-        while let Some((time, key)) = timers.pop_due(&mut self.table, w, self.max_parallelism)? {
+        for _ in 0..max {
+            let Some((time, key)) = timers.pop_due(&mut self.table, w, self.max_parallelism)?
+            else {
+                return Ok(Fired::All);
+            };
             let mut ctx = KeyedContext {
                 table: &mut self.table,
                 key,
@@ -324,13 +341,16 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             self.function.on_timer(time, &mut ctx, &mut fired)?;
             out.extend(fired.drain(..).map(|o| (time, o)));
         }
-        Ok(())
+        Ok(match timers.is_due(w) {
+            true => Fired::More,
+            false => Fired::All,
+        })
     }
 
-    /// A restore: the watermark the checkpoint kept.
-    pub fn restore_watermark(&mut self, w: i64) {
+    /// A restore: the watermark each restored key-group range had.
+    pub fn restore_watermarks(&mut self, floors: &[(cutpoint_core::KeyGroupRange, i64)]) {
         if let Some(t) = &mut self.timers {
-            t.restore_watermark(w);
+            t.restore_watermarks(floors);
         }
     }
 

@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 
-use cutpoint_core::{keygroup, Key};
+use cutpoint_core::{keygroup, Key, KeyGroupRange};
 use cutpoint_state::layout::{decode_entry, LayoutError, StateDescriptor};
 use cutpoint_state::typed::{KeyContext, TypedTable};
 
@@ -50,6 +50,19 @@ pub struct TimerService {
     /// The state id [`TIMER_STATE`] has in this subtask's table.
     state_id: u16,
     watermark: Option<i64>,
+    /// A restore: the watermark each restored key-group range had at the
+    /// checkpoint (its subtask's). A key of one of them sees at least it,
+    /// so what fired there before the checkpoint stays fired after a
+    /// rescale that joined it with a subtask that was behind.
+    floors: Vec<(KeyGroupRange, i64)>,
+}
+
+/// Whether a pass of firing timers fired every due one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fired {
+    All,
+    /// The limit was reached; more are due.
+    More,
 }
 
 impl TimerService {
@@ -65,12 +78,29 @@ impl TimerService {
             state: Self::descriptor(),
             state_id,
             watermark: None,
+            floors: Vec::new(),
         }
     }
 
     /// The watermark timers fired up to.
     pub fn watermark(&self) -> Option<i64> {
         self.watermark
+    }
+
+    /// The watermark a key of key group `key_group` sees: the subtask's,
+    /// or its range's at the restored checkpoint if that is later.
+    pub fn watermark_for(&self, key_group: u16) -> Option<i64> {
+        let floor = self
+            .floors
+            .iter()
+            .find(|(r, _)| r.contains(u32::from(key_group)))
+            .map(|(_, w)| *w);
+        self.watermark.max(floor)
+    }
+
+    /// Whether a timer at or before `w` waits.
+    pub fn is_due(&self, w: i64) -> bool {
+        self.queue.first().is_some_and(|t| t.0 <= w)
     }
 
     /// Timers waiting.
@@ -82,9 +112,9 @@ impl TimerService {
         self.queue.is_empty()
     }
 
-    /// A restore: the watermark the checkpoint kept.
-    pub(crate) fn restore_watermark(&mut self, w: i64) {
-        self.watermark = Some(self.watermark.map_or(w, |c| c.max(w)));
+    /// A restore: the watermark each restored key-group range had.
+    pub(crate) fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]) {
+        self.floors = floors.to_vec();
     }
 
     /// A timer at `time` for `ctx`'s key and namespace (once per triple).
@@ -142,6 +172,14 @@ impl TimerService {
         Ok(Some((time, ctx)))
     }
 
+    /// The RocksDB key prefix of every timer of key group `key_group`.
+    pub fn prefix(&self, key_group: u16) -> [u8; 4] {
+        let mut p = [0; 4];
+        p[..2].copy_from_slice(&key_group.to_be_bytes());
+        p[2..].copy_from_slice(&self.state_id.to_be_bytes());
+        p
+    }
+
     /// One restored entry: a timer if it is one of [`TIMER_STATE`]'s.
     pub(crate) fn restore(&mut self, entry: &[u8]) -> Result<(), LayoutError> {
         if entry.get(2..4) != Some(&self.state_id.to_be_bytes()) {
@@ -156,5 +194,182 @@ impl TimerService {
     /// Whether `entry` (a RocksDB key) is a timer.
     pub fn is_timer(&self, entry: &[u8]) -> bool {
         entry.get(2..4) == Some(&self.state_id.to_be_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cutpoint_core::{KeyGroupRange, Record, Value};
+    use cutpoint_state::RocksStore;
+
+    use crate::{KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
+
+    const MAXP: u32 = 128;
+
+    /// Registers a timer at each record's value (deleting it instead for a
+    /// negative one); a firing at an even time registers one more at
+    /// time + 1. Emits `(key, time)` per firing.
+    struct Alarms;
+
+    impl KeyedProcessFunction for Alarms {
+        type In = Record;
+        type Out = (i64, i64);
+
+        fn states(&self) -> Vec<cutpoint_state::layout::StateDescriptor> {
+            Vec::new()
+        }
+
+        fn uses_timers(&self) -> bool {
+            true
+        }
+
+        fn process(
+            &mut self,
+            r: Record,
+            ctx: &mut KeyedContext<'_>,
+            _: &mut Vec<(i64, i64)>,
+        ) -> Result<(), OperatorError> {
+            let t = r.value.as_int().unwrap();
+            match t < 0 {
+                true => ctx.delete_event_time_timer(-t),
+                false => ctx.register_event_time_timer(t),
+            }
+        }
+
+        fn on_timer(
+            &mut self,
+            time: i64,
+            ctx: &mut KeyedContext<'_>,
+            out: &mut Vec<(i64, i64)>,
+        ) -> Result<(), OperatorError> {
+            let Some(k) = ctx.current_key().to_string().parse().ok() else {
+                return Err(OperatorError::User("key".into()));
+            };
+            out.push((k, time));
+            if time % 2 == 0 {
+                ctx.register_event_time_timer(time + 1)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn op() -> KeyedOperator<Alarms> {
+        KeyedOperator::new(Alarms, |r: &Record| r.key.clone(), MAXP).unwrap()
+    }
+
+    fn set(op: &mut KeyedOperator<Alarms>, key: i64, t: i64) {
+        op.process(Record::new(key, Value::Int(t)), &mut Vec::new())
+            .unwrap();
+    }
+
+    fn fire(op: &mut KeyedOperator<Alarms>, w: i64) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        op.advance_watermark(w, usize::MAX, &mut out).unwrap();
+        out.into_iter().map(|(_, o)| o).collect()
+    }
+
+    #[test]
+    fn timers_fire_once_in_time_order_and_are_deduplicated() {
+        let mut op = op();
+        for (k, t) in [
+            (1, 31),
+            (2, 11),
+            (1, 11),
+            (1, 31),
+            (2, 21),
+            (2, -21),
+            (3, 12),
+        ] {
+            set(&mut op, k, t);
+        }
+        assert_eq!(op.timers().unwrap().len(), 4, "one per key and time");
+        assert_eq!(fire(&mut op, 10), []);
+        // 12 fires and registers 13, which is due too: the same pass.
+        assert_eq!(fire(&mut op, 13), [(1, 11), (2, 11), (3, 12), (3, 13)]);
+        assert_eq!(fire(&mut op, 100), [(1, 31)], "21 was deleted");
+        assert_eq!(fire(&mut op, 200), []);
+        assert_eq!(op.timers().unwrap().watermark(), Some(200));
+    }
+
+    #[test]
+    fn a_function_without_timers_cannot_register_one() {
+        struct Plain;
+        impl KeyedProcessFunction for Plain {
+            type In = Record;
+            type Out = ();
+            fn states(&self) -> Vec<cutpoint_state::layout::StateDescriptor> {
+                Vec::new()
+            }
+            fn process(
+                &mut self,
+                _: Record,
+                ctx: &mut KeyedContext<'_>,
+                _: &mut Vec<()>,
+            ) -> Result<(), OperatorError> {
+                ctx.register_event_time_timer(5)
+            }
+        }
+        let mut op = KeyedOperator::new(Plain, |r: &Record| r.key.clone(), MAXP).unwrap();
+        let e = op.process(Record::new(1, 1), &mut Vec::new()).unwrap_err();
+        assert!(matches!(e, OperatorError::NoTimers), "{e}");
+    }
+
+    /// Timers of many keys in two subtasks' RocksDB, some fired before the
+    /// snapshot: restored into one subtask (a rescale), each remaining
+    /// timer fires once and none that fired comes back; afterwards RocksDB
+    /// holds no timer.
+    #[test]
+    fn timers_are_restored_and_rescaled_with_their_key_groups() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let open = |d: &tempfile::TempDir| {
+            RocksStore::open(&d.path().join("db"), &d.path().join("s"), MAXP).unwrap()
+        };
+        let mut stores: Vec<RocksStore> = dirs.iter().map(open).collect();
+        let mut ops = [op(), op()];
+        let group = |k: i64| {
+            cutpoint_core::keygroup::key_group(cutpoint_core::Key::Int(k).stable_hash(), MAXP)
+        };
+        for k in 0..200 {
+            let sub = usize::from(group(k) >= 64);
+            set(&mut ops[sub], k, 101 + 2 * (k % 10));
+        }
+        let mut fired_before: Vec<(i64, i64)> = Vec::new();
+        for (op, db) in ops.iter_mut().zip(&mut stores) {
+            fired_before.extend(fire(op, 104));
+            db.apply_entries(&op.snapshot()).unwrap();
+        }
+        assert_eq!(fired_before.len(), 40, "times 101 and 103");
+        let mut one = op();
+        let all = KeyGroupRange {
+            start: 0,
+            end: MAXP - 1,
+        };
+        for db in &stores {
+            db.scan_raw(all, |k, v| {
+                one.restore_entry(k, v).unwrap();
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(one.timers().unwrap().len(), 160);
+        let mut after = fire(&mut one, i64::MAX);
+        after.sort_unstable();
+        let mut want: Vec<(i64, i64)> = (0..200)
+            .map(|k| (k, 101 + 2 * (k % 10)))
+            .filter(|(_, t)| *t > 104)
+            .collect();
+        want.sort_unstable();
+        assert_eq!(after, want);
+        let delta = one.snapshot();
+        let mut left = 0;
+        for db in &mut stores {
+            db.apply_entries(&delta).unwrap();
+            db.scan_raw(all, |k, _| {
+                left += usize::from(one.timers().unwrap().is_timer(k));
+                Ok(())
+            })
+            .unwrap();
+        }
+        assert_eq!(left, 0, "every fired timer's entry is deleted in RocksDB");
     }
 }

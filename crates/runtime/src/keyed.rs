@@ -11,8 +11,9 @@
 
 use cutpoint_core::metadata::{AggregateKind, StateSchema};
 use cutpoint_core::spec::AggregateSpec;
-use cutpoint_core::{JobSpec, Key, NotAnInteger, Record, Value};
+use cutpoint_core::{JobSpec, Key, KeyGroupRange, NotAnInteger, Record, Value};
 use cutpoint_operator::builtins::{Input, RecordOperator};
+use cutpoint_operator::Fired;
 use cutpoint_state::typed::TypedDelta;
 use cutpoint_state::{FrozenDelta, Residency, ResultTable, StateReader, StateTable};
 
@@ -90,18 +91,24 @@ impl KeyedState {
         }
     }
 
-    /// The task's watermark reached `w`: typed state's event-time timers
-    /// up to it fire, their updates (at the timer's time) go to `out`.
-    pub(crate) fn on_watermark(&mut self, w: i64, out: &mut Output) -> Result<(), RuntimeError> {
+    /// The task's watermark reached `w`: up to `max` of typed state's
+    /// event-time timers at or before it fire, their updates (at the
+    /// timer's time) go to `out`; [`Fired::More`] while more are due.
+    pub(crate) fn fire(
+        &mut self,
+        w: i64,
+        max: usize,
+        out: &mut Output,
+    ) -> Result<Fired, RuntimeError> {
         let KeyedState::Typed { op, .. } = self else {
-            return Ok(());
+            return Ok(Fired::All);
         };
         let mut fired = Vec::new();
-        op.on_watermark(w, &mut fired)?;
+        let more = op.on_watermark(w, max, &mut fired)?;
         for (ts, k, v) in fired {
             out.emit(&k, &v, ts)?;
         }
-        Ok(())
+        Ok(more)
     }
 
     /// Typed state's timers waiting and records dropped as late.
@@ -112,10 +119,10 @@ impl KeyedState {
         }
     }
 
-    /// A restore: the watermark the checkpoint kept (timers know it).
-    pub(crate) fn restore_watermark(&mut self, w: i64) {
+    /// A restore: the watermark each restored key-group range had.
+    pub(crate) fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]) {
         if let KeyedState::Typed { op, .. } = self {
-            op.restore_watermark(w);
+            op.restore_watermarks(floors);
         }
     }
 

@@ -48,10 +48,11 @@ use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::Output;
 use crate::gate::{InputGate, Polled};
 use crate::keyed::{Delta, KeyedState};
-use crate::time::{self, TaskTime};
+use crate::time::{self, RestoredTime, TaskTime};
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
 use cutpoint_core::time::TimeSignal;
+use cutpoint_operator::Fired;
 
 /// The working table may run ahead of the write-behind up to this many
 /// budgets; beyond, the task waits for the snapshot worker (back-pressure).
@@ -59,6 +60,9 @@ pub const BUDGET_CAP: usize = 2;
 
 /// Batches an unaligned snapshot takes off its inputs ahead of processing.
 const COLLECT_AHEAD: usize = 4 * CHANNEL_CAPACITY;
+
+/// Event-time timers fired per pass before the memory budget is kept.
+const FIRE_BATCH: usize = 1024;
 
 /// The longest the loop waits for input before it looks at its timers
 /// (the aligned-checkpoint timeout) and at cancellation again.
@@ -301,13 +305,16 @@ impl Running {
         self
     }
 
-    /// Starts at the watermark the restored checkpoint kept (event time):
-    /// the task never sends less, and its state's timers know it.
-    pub(crate) fn with_watermark(mut self, restored: Option<i64>) -> Self {
-        self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored);
-        if let Some(w) = restored {
-            self.state.restore_watermark(w);
+    /// A restore (event time): starts at the watermark the checkpoint
+    /// kept for this subtask's key groups (the least of them: it never
+    /// sends less), and each key group's keys see at least the watermark
+    /// their old subtask had.
+    pub(crate) fn with_watermarks(mut self, restored: RestoredTime) -> Self {
+        self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored.start);
+        if let Some(w) = restored.start {
+            self.counters.set_watermark(w);
         }
+        self.state.restore_watermarks(&restored.floors);
         self
     }
 
@@ -419,10 +426,22 @@ impl Running {
     fn on_time(&mut self, next: Option<TimeSignal>) -> Result<(), RuntimeError> {
         let Some(signal) = next else { return Ok(()) };
         if let TimeSignal::Watermark(w) = signal {
-            self.state.on_watermark(w, &mut self.sink)?;
+            // In passes, keeping the memory budget between them.
+            while self.state.fire(w, FIRE_BATCH, &mut self.sink)? == Fired::More {
+                self.keep_budget()?;
+            }
+            self.keep_budget()?;
             self.report_time();
         }
         time::forward(signal, &mut self.sink, &self.counters)
+    }
+
+    fn keep_budget(&mut self) -> Result<(), RuntimeError> {
+        let collecting = self.collecting.is_some();
+        match &mut self.budget {
+            Some(b) => b.keep(&mut self.state, &self.worker, &self.ctx.cancel, collecting),
+            None => Ok(()),
+        }
     }
 
     /// Timers waiting and late records, for the job view and metrics.
@@ -468,7 +487,7 @@ impl Running {
                 .map(|j| seen[j] < b.id && !ended[j])
                 .collect(),
             records: Vec::new(),
-            watermark: self.time.current(),
+            watermark: self.time.kept(),
         };
         for (j, buffer) in self.buffers.iter_mut().enumerate() {
             if !c.before[j] {
@@ -584,10 +603,7 @@ impl Running {
         if let Some(e) = self.state.take_error() {
             return Err(e);
         }
-        let collecting = self.collecting.is_some();
-        if let Some(budget) = &mut self.budget {
-            budget.keep(&mut self.state, &self.worker, &self.ctx.cancel, collecting)?;
-        }
+        self.keep_budget()?;
         if let Some(f) = &self.inject {
             let ready = if f.after_completed_checkpoint {
                 self.ctx.any_completed.load(Ordering::SeqCst)
@@ -619,7 +635,7 @@ impl Running {
                     &mut self.sink,
                     barrier,
                     (alignment, records_beyond),
-                    self.time.current(),
+                    self.time.kept(),
                 )?;
                 self.snapshots += 1;
                 self.count_handed();

@@ -27,7 +27,7 @@ use crate::keyed::{input_of, KeyedState};
 use crate::running::{Budget, Running};
 use crate::sink::{Sink, SinkRecovery};
 use crate::source::open_reader;
-use crate::time::SourceTime;
+use crate::time::{RestoredTime, SourceTime};
 use crate::worker::{Worker, WorkerJob};
 use crate::{Barrier, RuntimeError, TaskEvent};
 use cutpoint_core::time::Activity;
@@ -182,13 +182,6 @@ fn corrupt(dirs: &LocalDirs, e: cutpoint_operator::OperatorError) -> StateError 
     }
 }
 
-/// The watermark a keyed subtask restores at: the least of its old
-/// subtasks' (their key groups' windows fired up to it), `None` if any
-/// had none (or nothing is restored).
-fn restored_watermark(restore: &[SubtaskState]) -> Option<i64> {
-    restore.iter().map(|s| s.watermark).min().flatten()
-}
-
 /// Records per read and events per second of a partition of `source`: a
 /// rate-limited generator reads about 100 times a second.
 fn pacing(source: Option<&SourceSpec>) -> (usize, Option<u64>) {
@@ -304,6 +297,28 @@ impl AggregateTask {
         Ok(())
     }
 
+    /// Under a memory budget: loads only the timers of the subtask's key
+    /// groups (one seek each), so they are in the operator's index.
+    fn restore_timers(
+        &self,
+        store: &RocksStore,
+        op: &mut dyn cutpoint_operator::builtins::RecordOperator,
+    ) -> Result<(), StateError> {
+        let reader = store.reader();
+        for kg in self.range.start..=self.range.end {
+            let Some(prefix) = op.timer_prefix(kg as u16) else {
+                return Ok(());
+            };
+            let mut entries = Vec::new();
+            reader.scan_prefix(&prefix, |k, v| entries.push((k.to_vec(), v.to_vec())))?;
+            for (k, v) in entries {
+                op.restore_entry(&k, &v)
+                    .map_err(|e| corrupt(&self.dirs, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Restores (or opens empty) state, and reads the channel state to
     /// replay; errors here are restore failures.
     pub(crate) fn open_state(&self) -> Result<(Opened, Vec<(u32, Record)>), RuntimeError> {
@@ -344,12 +359,7 @@ impl AggregateTask {
             Some(mut op) if spec.state.memory_budget_mb.is_some() => {
                 self.check_declared(op.declared())?;
                 // The rest reads through; timers are indexed in memory.
-                restored
-                    .store
-                    .scan_raw(self.range, |k, v| match op.is_timer(k) {
-                        true => op.restore_entry(k, v).map_err(|e| corrupt(&self.dirs, e)),
-                        false => Ok(()),
-                    })?;
+                self.restore_timers(&restored.store, op.as_mut())?;
                 KeyedState::Typed {
                     op,
                     updates: Vec::new(),
@@ -495,7 +505,7 @@ impl AggregateTask {
             budget,
         )
         .with_inject(inject)
-        .with_watermark(restored_watermark(&self.restore))
+        .with_watermarks(RestoredTime::of(&self.restore, self.range))
     }
 
     /// Every input ended and every snapshot succeeded: the sink's last

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use cutpoint_core::metadata::SourceOffset;
 use cutpoint_core::time::{Activity, TimeSignal, WatermarkGenerator, WatermarkTracker};
-use cutpoint_core::{JobSpec, Record};
+use cutpoint_core::{JobSpec, KeyGroupRange, Record, SubtaskState};
 
 use crate::context::TaskCounters;
 use crate::exchange::{Exchange, Output};
@@ -119,6 +119,33 @@ fn send(
     exchange.time(signal)
 }
 
+/// What a restored keyed subtask knows of event time.
+#[derive(Debug, Default)]
+pub(crate) struct RestoredTime {
+    /// Its watermark: the least over the old subtasks whose key groups it
+    /// takes (`None` if one had none).
+    pub start: Option<i64>,
+    /// Each restored range's watermark at the checkpoint.
+    pub floors: Vec<(KeyGroupRange, i64)>,
+}
+
+impl RestoredTime {
+    /// From the restored subtasks' states, for a subtask owning `range`.
+    pub(crate) fn of(restore: &[SubtaskState], range: KeyGroupRange) -> Self {
+        let overlapping: Vec<_> = restore
+            .iter()
+            .filter(|s| s.key_group_range.is_some_and(|r| r.intersects(&range)))
+            .collect();
+        Self {
+            start: overlapping.iter().map(|s| s.watermark).min().flatten(),
+            floors: overlapping
+                .iter()
+                .filter_map(|s| Some((s.key_group_range?, s.watermark?)))
+                .collect(),
+        }
+    }
+}
+
 /// A keyed task's event time: the minimum watermark over its inputs.
 pub(crate) struct TaskTime {
     tracker: Option<WatermarkTracker>,
@@ -135,9 +162,12 @@ impl TaskTime {
         }
     }
 
-    /// The task's watermark (what a snapshot keeps).
-    pub(crate) fn current(&self) -> Option<i64> {
-        self.tracker.as_ref().and_then(WatermarkTracker::current)
+    /// What a snapshot keeps: the task's watermark, unless it is the end
+    /// of time (a job restored from a final checkpoint into more input
+    /// must not find every record late).
+    pub(crate) fn kept(&self) -> Option<i64> {
+        let w = self.tracker.as_ref().and_then(WatermarkTracker::current);
+        w.filter(|w| *w != i64::MAX)
     }
 
     /// Input `i` sent `signal`: what the task's watermark became, if it
