@@ -338,6 +338,7 @@ mod tests {
                 allowed_lateness_ms: 0,
             })
             .aggregate(AggregateSpec::Count)
+            .checkpoint_every(Duration::from_secs(1))
             .build()
             .unwrap();
         let json = r#"{"job_id":"per-second",
