@@ -2,9 +2,11 @@
 //!
 //! Each cycle runs a small job as a child process of this binary — PV, a
 //! two-stage chain, count-distinct, dedup, a Rust function registered by
-//! name with list, map and value state ([`function`]), or the keyed
+//! name with list, map and value state ([`function`]), the keyed
 //! two-input join of clicks with a dimension source (its final dimension
-//! per key checked too; its updates' counts like the others') — injects
+//! per key checked too; its updates' counts like the others'), or an
+//! event-time window count of out-of-order events whose windows are then
+//! counted per key (each window fired exactly once) — injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
 //! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
 //! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
@@ -87,7 +89,17 @@ enum Shape {
     /// dimension (its latest `user_id`): the keyed two-input join, typed
     /// state `(count, dimension)`; updates are `[count, dimension]`.
     Join,
+    /// Out-of-order events (within the watermark's bound, so none is
+    /// late) counted per app and tumbling event-time window (state and
+    /// timers), then the windows counted per app: each window fired
+    /// exactly once gives the number of windows the app had events in.
+    Windows,
 }
+
+/// The window shape: the generator's disorder (also the watermark's
+/// bound) and the window size.
+const WINDOW_DISORDER: u64 = 200;
+const WINDOW_MS: i64 = 500;
 
 /// The join shape's dimension source: one partition (its order per key is
 /// fixed, so the latest dimension is too), a seed of its own.
@@ -104,6 +116,7 @@ impl Shape {
             Shape::DedupOnce => "dedup",
             Shape::FirstSeen => "process",
             Shape::Join => "join",
+            Shape::Windows => "windows",
         }
     }
 
@@ -111,7 +124,7 @@ impl Shape {
     fn typed(self) -> bool {
         matches!(
             self,
-            Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen | Shape::Join
+            Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen | Shape::Join | Shape::Windows
         )
     }
 
@@ -152,6 +165,10 @@ impl Shape {
                 json!({"type": "join", "dimension_source": 1, "field": "user_id"}),
                 json!([]),
             ),
+            Shape::Windows => (
+                count.clone(),
+                json!([{"id": "windows", "key_by": {"type": "key"}, "aggregate": count}]),
+            ),
         }
     }
 
@@ -185,6 +202,21 @@ impl Shape {
                 distinct
             }
             Shape::DedupOnce => counts.iter().map(|c| i64::from(*c > 0)).collect(),
+            Shape::Windows => {
+                use cutpoint_runtime::source::{generator_range, generator_ts};
+                let mut seen = std::collections::HashSet::new();
+                let mut windows = vec![0i64; keys as usize];
+                for p in 0..2 {
+                    let (start, end) = generator_range(EVENTS, 2, p);
+                    for i in start..end {
+                        let ts = generator_ts(SEED, WINDOW_DISORDER, i, i - start);
+                        if seen.insert((app(i), ts.div_euclid(WINDOW_MS))) {
+                            windows[app(i)] += 1;
+                        }
+                    }
+                }
+                windows
+            }
         }
     }
 }
@@ -406,13 +438,14 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     // every other choice.
     let mut shapes = ChaCha8Rng::seed_from_u64(seed ^ 0x5A5E_0F5A_BE5E_ED00);
     shapes.set_stream(cycle);
-    let shape = match shapes.gen_range(0..11) {
+    let shape = match shapes.gen_range(0..13) {
         0..4 => Shape::Pv,
         4..6 => Shape::TwoStage,
         6 => Shape::Distinct,
         7 => Shape::DedupOnce,
         8..10 => Shape::FirstSeen,
-        _ => Shape::Join,
+        10 => Shape::Join,
+        _ => Shape::Windows,
     };
     Plan {
         job,
@@ -819,6 +852,12 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     if p.budget {
         spec["state"] = json!({"memory_budget_mb": 1});
     }
+    if p.shape == Shape::Windows {
+        spec["source"]["disorder_ms"] = json!(WINDOW_DISORDER);
+        spec["event_time"] = json!({"field": "ts", "max_out_of_orderness_ms": WINDOW_DISORDER,
+            "watermark_interval_ms": 20});
+        spec["window"] = json!({"type": "tumbling", "size_ms": WINDOW_MS});
+    }
     if p.shape == Shape::Join {
         spec["union"] = json!([{"type": "generator", "partitions": 1, "events": DIM_EVENTS,
             "keys": p.keys(), "users": USERS, "seed": DIM_SEED, "rate_per_s": DIM_RATE}]);
@@ -1095,7 +1134,7 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 6, "every job form is run");
+        assert_eq!(shapes.len(), 7, "every job form is run");
         let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
         assert!(
             (0..64).any(typed_budgeted),
@@ -1119,6 +1158,9 @@ mod tests {
             .all(|(d, c)| d <= c && *d <= USERS as i64));
         assert!(Shape::DedupOnce.truth(KEYS).iter().all(|x| *x == 1));
         assert_eq!(Shape::Join.truth(KEYS), pv, "the join counts clicks only");
+        // Every key had events in some windows, at most one per event.
+        let windows = Shape::Windows.truth(KEYS);
+        assert!(windows.iter().zip(&pv).all(|(w, c)| *w >= 1 && w <= c));
         let dims = Shape::dimensions(KEYS);
         assert!(dims
             .iter()

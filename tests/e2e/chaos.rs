@@ -93,6 +93,7 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
         "dedup",
         "process",
         "join",
+        "windows",
     ] {
         assert!(
             summary["shapes"][shape].as_u64().unwrap_or(0) > 0,
