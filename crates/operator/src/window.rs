@@ -193,18 +193,23 @@ impl KeyedProcessFunction for WindowAggregate {
             }
             counted = true;
             ctx.set_namespace(&w.encode());
-            let acc = match ctx.value::<Acc>(&self.acc)? {
-                Some(acc) => self.function.add(acc, v),
-                None => self.function.first(v),
+            let (acc, first) = match ctx.value::<Acc>(&self.acc)? {
+                Some(acc) => (self.function.add(acc, v), false),
+                None => (self.function.first(v), true),
             };
             ctx.set_value(&self.acc, &acc)?;
             if w.max_timestamp() <= watermark {
                 // Fired already, within the allowed lateness: update now.
                 self.emit(w, acc, ctx, out)?;
-            } else {
+            } else if first {
                 ctx.register_event_time_timer(w.max_timestamp())?;
             }
-            ctx.register_event_time_timer(cleanup)?;
+            // A window's timers are registered with its first record (an
+            // accumulator and its timers are snapshotted and restored
+            // together, so one that exists has them).
+            if first {
+                ctx.register_event_time_timer(cleanup)?;
+            }
         }
         self.windows = windows;
         if !counted {
