@@ -191,6 +191,11 @@ pub struct SubtaskState {
     /// state's timers had fired up to); a restore starts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watermark: Option<i64>,
+    /// Event time, after a rescaled restore: key-group ranges whose old
+    /// subtask was ahead of this one's watermark, with that watermark
+    /// (their windows fired up to it); the next restore keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watermark_floors: Vec<(KeyGroupRange, i64)>,
     pub ack_timestamp: u64,
 }
 
@@ -234,6 +239,7 @@ impl SubtaskState {
             unaligned: false,
             schema: None,
             watermark: None,
+            watermark_floors: Vec::new(),
             ack_timestamp: 0,
         }
     }

@@ -93,8 +93,9 @@ impl TimerService {
         let floor = self
             .floors
             .iter()
-            .find(|(r, _)| r.contains(u32::from(key_group)))
-            .map(|(_, w)| *w);
+            .filter(|(r, _)| r.contains(u32::from(key_group)))
+            .map(|(_, w)| *w)
+            .max();
         self.watermark.max(floor)
     }
 

@@ -48,7 +48,7 @@ use crate::context::{TaskContext, TaskCounters};
 use crate::exchange::Output;
 use crate::gate::{InputGate, Polled};
 use crate::keyed::{Delta, KeyedState};
-use crate::time::{self, RestoredTime, TaskTime};
+use crate::time::{self, KeptTime, RestoredTime, TaskTime};
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
 use cutpoint_core::time::TimeSignal;
@@ -152,8 +152,8 @@ struct Collecting {
     before: Vec<bool>,
     /// In-flight records with the input they came on.
     records: Vec<(u32, Record)>,
-    /// The task's watermark at the snapshot.
-    watermark: Option<i64>,
+    /// The task's event time at the snapshot.
+    time: KeptTime,
 }
 
 impl Collecting {
@@ -188,7 +188,7 @@ impl Collecting {
             records_beyond_barrier: 0,
             pending_transactions: self.pending_transactions,
             channel_state: Some(self.records),
-            watermark: self.watermark,
+            time: self.time,
         }
     }
 }
@@ -200,7 +200,7 @@ fn sync_phase(
     sink: &mut Output,
     barrier: Barrier,
     (alignment, records_beyond): (Duration, u64),
-    watermark: Option<i64>,
+    time: KeptTime,
 ) -> Result<SnapshotJob, RuntimeError> {
     cutpoint_core::failpoint::check("task::align")?;
     let t0 = Instant::now();
@@ -215,7 +215,7 @@ fn sync_phase(
         records_beyond_barrier: records_beyond,
         pending_transactions,
         channel_state: None,
-        watermark,
+        time,
     })
 }
 
@@ -279,7 +279,7 @@ impl Running {
             .map(Duration::from_millis);
         Self {
             barriers: BarrierHandler::new(n, spec.checkpoint.mode, aligned_timeout),
-            time: TaskTime::new(spec, n, None),
+            time: TaskTime::new(spec, n, RestoredTime::default()),
             processing_delay: spec.inject_processing_delay_us.map(Duration::from_micros),
             buffers: (0..n).map(|_| VecDeque::new()).collect(),
             ctx,
@@ -310,11 +310,11 @@ impl Running {
     /// sends less), and each key group's keys see at least the watermark
     /// their old subtask had.
     pub(crate) fn with_watermarks(mut self, restored: RestoredTime) -> Self {
-        self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored.start);
         if let Some(w) = restored.start {
             self.counters.set_watermark(w);
         }
         self.state.restore_watermarks(&restored.floors);
+        self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored);
         self
     }
 
@@ -487,7 +487,7 @@ impl Running {
                 .map(|j| seen[j] < b.id && !ended[j])
                 .collect(),
             records: Vec::new(),
-            watermark: self.time.kept(),
+            time: self.time.kept(),
         };
         for (j, buffer) in self.buffers.iter_mut().enumerate() {
             if !c.before[j] {

@@ -125,8 +125,16 @@ pub(crate) struct RestoredTime {
     /// Its watermark: the least over the old subtasks whose key groups it
     /// takes (`None` if one had none).
     pub start: Option<i64>,
-    /// Each restored range's watermark at the checkpoint.
+    /// The watermark each restored key-group range had at the checkpoint
+    /// (its old subtask's, or a floor that subtask kept from a restore
+    /// before), clipped to the new subtask's range.
     pub floors: Vec<(KeyGroupRange, i64)>,
+}
+
+/// `r` cut to `range`, if they meet.
+fn clip(r: KeyGroupRange, range: KeyGroupRange) -> Option<KeyGroupRange> {
+    let (start, end) = (r.start.max(range.start), r.end.min(range.end));
+    (start <= end).then_some(KeyGroupRange { start, end })
 }
 
 impl RestoredTime {
@@ -136,38 +144,65 @@ impl RestoredTime {
             .iter()
             .filter(|s| s.key_group_range.is_some_and(|r| r.intersects(&range)))
             .collect();
+        let own = overlapping
+            .iter()
+            .filter_map(|s| Some((s.key_group_range?, s.watermark?)));
+        let kept = overlapping
+            .iter()
+            .flat_map(|s| s.watermark_floors.iter().copied());
         Self {
             start: overlapping.iter().map(|s| s.watermark).min().flatten(),
-            floors: overlapping
-                .iter()
-                .filter_map(|s| Some((s.key_group_range?, s.watermark?)))
+            floors: own
+                .chain(kept)
+                .filter_map(|(r, w)| Some((clip(r, range)?, w)))
                 .collect(),
         }
     }
 }
 
+/// What a snapshot keeps of a keyed task's event time.
+#[derive(Debug, Default)]
+pub(crate) struct KeptTime {
+    /// Its watermark, unless it is the end of time (a job restored from a
+    /// final checkpoint into more input must not find every record late).
+    pub watermark: Option<i64>,
+    /// The restored floors still above it: a key group's windows fired up
+    /// to its floor before the restore, so the next restore must know it
+    /// too (a rescale joined subtasks at different watermarks).
+    pub floors: Vec<(KeyGroupRange, i64)>,
+}
+
 /// A keyed task's event time: the minimum watermark over its inputs.
 pub(crate) struct TaskTime {
     tracker: Option<WatermarkTracker>,
+    /// The restored floors of its key groups (see [`RestoredTime`]).
+    floors: Vec<(KeyGroupRange, i64)>,
 }
 
 impl TaskTime {
     /// A task with `inputs` inputs, at the watermark its checkpoint kept.
-    pub(crate) fn new(spec: &JobSpec, inputs: usize, restored: Option<i64>) -> Self {
+    pub(crate) fn new(spec: &JobSpec, inputs: usize, restored: RestoredTime) -> Self {
         Self {
             tracker: spec
                 .event_time
                 .as_ref()
-                .map(|_| WatermarkTracker::new(inputs, restored)),
+                .map(|_| WatermarkTracker::new(inputs, restored.start)),
+            floors: restored.floors,
         }
     }
 
-    /// What a snapshot keeps: the task's watermark, unless it is the end
-    /// of time (a job restored from a final checkpoint into more input
-    /// must not find every record late).
-    pub(crate) fn kept(&self) -> Option<i64> {
+    /// What a snapshot keeps.
+    pub(crate) fn kept(&self) -> KeptTime {
         let w = self.tracker.as_ref().and_then(WatermarkTracker::current);
-        w.filter(|w| *w != i64::MAX)
+        KeptTime {
+            watermark: w.filter(|w| *w != i64::MAX),
+            floors: self
+                .floors
+                .iter()
+                .filter(|(_, f)| w.is_none_or(|w| *f > w))
+                .copied()
+                .collect(),
+        }
     }
 
     /// Input `i` sent `signal`: what the task's watermark became, if it
@@ -193,4 +228,65 @@ pub(crate) fn forward(
         counters.set_watermark(w);
     }
     out.time(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use cutpoint_core::{OperatorId, TaskId};
+
+    use super::*;
+
+    fn range(start: u32, end: u32) -> KeyGroupRange {
+        KeyGroupRange { start, end }
+    }
+
+    fn old(
+        i: u32,
+        r: KeyGroupRange,
+        w: Option<i64>,
+        floors: Vec<(KeyGroupRange, i64)>,
+    ) -> SubtaskState {
+        SubtaskState {
+            key_group_range: Some(r),
+            watermark: w,
+            watermark_floors: floors,
+            ..SubtaskState::empty(TaskId::new(&OperatorId::new("agg").unwrap(), i))
+        }
+    }
+
+    fn spec() -> JobSpec {
+        JobSpec::from_json(
+            r#"{"job_id":"t","source":{"type":"generator","events":10,"keys":3},
+                "key_by":"app_id","aggregate":{"type":"count"},"event_time":{"field":"ts"}}"#,
+        )
+        .unwrap()
+    }
+
+    /// Two subtasks at different watermarks (unaligned) joined by a
+    /// rescale: the new one starts at the lower, each range keeps its own
+    /// as a floor, and a snapshot before the watermark moves keeps the
+    /// higher floor, so a second restore still knows it.
+    #[test]
+    fn floors_survive_a_rescale_and_the_next_checkpoint() {
+        let a = old(0, range(0, 63), Some(100), Vec::new());
+        let b = old(1, range(64, 127), Some(50), Vec::new());
+        let joined = RestoredTime::of(&[a, b], range(0, 127));
+        assert_eq!(joined.start, Some(50));
+        assert_eq!(joined.floors, [(range(0, 63), 100), (range(64, 127), 50)]);
+        let kept = TaskTime::new(&spec(), 2, joined).kept();
+        assert_eq!(kept.watermark, Some(50));
+        assert_eq!(
+            kept.floors,
+            [(range(0, 63), 100)],
+            "the one above the watermark"
+        );
+        // The next restore, rescaled again: clipped to the new range.
+        let c = old(0, range(0, 127), kept.watermark, kept.floors);
+        let again = RestoredTime::of(&[c], range(32, 95));
+        assert_eq!(again.start, Some(50));
+        assert_eq!(again.floors, [(range(32, 95), 50), (range(32, 63), 100)]);
+        // A subtask without a watermark: none to start from.
+        let none = old(1, range(64, 127), None, Vec::new());
+        assert_eq!(RestoredTime::of(&[none], range(0, 127)).start, None);
+    }
 }

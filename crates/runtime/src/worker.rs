@@ -31,8 +31,8 @@ pub(crate) struct SnapshotJob {
     pub pending_transactions: Vec<cutpoint_core::metadata::PendingTransaction>,
     /// Unaligned: the records in flight before the barrier, to persist.
     pub channel_state: Option<Vec<(u32, cutpoint_core::Record)>>,
-    /// Event time: the task's watermark at the snapshot.
-    pub watermark: Option<i64>,
+    /// Event time: the task's watermark (and floors) at the snapshot.
+    pub time: crate::time::KeptTime,
 }
 
 /// What a task hands its snapshot worker.
@@ -231,7 +231,8 @@ impl Worker {
                         channel_state: channel.into_iter().collect(),
                         unaligned: job.channel_state.is_some(),
                         schema: Some(self.schema.clone()),
-                        watermark: job.watermark,
+                        watermark: job.time.watermark,
+                        watermark_floors: job.time.floors,
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),
