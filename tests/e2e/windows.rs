@@ -372,22 +372,34 @@ fn each_window_once_after_sigkill_and_restores_of_latest_and_an_older_id() {
     let want = expected(c.disorder, c.size, c.slide, c.value);
     let job_file = |name: &str, sink: (&str, &Path)| {
         let path = dir.path().join(name);
-        let json = spec(&c, c.job, 2, sink, "").replace(r#""rate_per_s":300000"#, r#""rate_per_s":150000"#);
+        let json = spec(&c, c.job, 2, sink, "")
+            .replace(r#""rate_per_s":300000"#, r#""rate_per_s":150000"#);
         std::fs::write(&path, json).unwrap();
         path
     };
     let out = dir.path().join("out");
     let first = job_file("job.json", ("transactional_file", &out));
     crate::stages::kill_after_checkpoints(&first, &chk, c.job, 3);
-    let oldest = *crate::stages::completed_ids(&chk, c.job).iter().min().unwrap();
+    let oldest = *crate::stages::completed_ids(&chk, c.job)
+        .iter()
+        .min()
+        .unwrap();
 
     let summary = crate::binary::run_to_end(&first, &chk, Some("latest"), &dir.path().join("s1"));
-    assert!(summary["events"].as_u64().unwrap() < EVENTS, "resumed: {summary}");
+    assert!(
+        summary["events"].as_u64().unwrap() < EVENTS,
+        "resumed: {summary}"
+    );
     assert_each_window_once(&committed(&out, c.size), &want);
 
     let older = dir.path().join("older");
     let second = job_file("older.json", ("file", &older));
-    let summary = crate::binary::run_to_end(&second, &chk, Some(&oldest.to_string()), &dir.path().join("s2"));
+    let summary = crate::binary::run_to_end(
+        &second,
+        &chk,
+        Some(&oldest.to_string()),
+        &dir.path().join("s2"),
+    );
     assert_eq!(summary["restored_from"], serde_json::json!([oldest]));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let m = rt.block_on(async {
@@ -407,7 +419,11 @@ fn each_window_once_after_sigkill_and_restores_of_latest_and_an_older_id() {
         .collect();
     let later: Windows = want
         .into_iter()
-        .filter(|((k, s), _)| !owners.as_ref().is_some_and(|o| fired_before(o, k, *s, c.size)))
+        .filter(|((k, s), _)| {
+            !owners
+                .as_ref()
+                .is_some_and(|o| fired_before(o, k, *s, c.size))
+        })
         .collect();
     assert_each_window_once(&committed(&older, c.size), &later);
 }
