@@ -841,6 +841,9 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
         _ => "exactly_once",
     };
     let (aggregate, stages) = p.shape.spec();
+    // Under the 1 MB budget typed state's checkpoints take 1–2 s on the S3
+    // test server (docs/reliability.md); on a loaded CI machine more.
+    let timeout_ms = if p.budget { 10_000 } else { 2_000 };
     let mut spec = json!({
         "job_id": "chaos",
         "parallelism": 2,
@@ -850,7 +853,7 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
         "stages": stages,
         "sink": sink,
         "checkpoint": {
-            "interval_ms": p.interval_ms, "timeout_ms": 2000, "tolerable_failures": 2,
+            "interval_ms": p.interval_ms, "timeout_ms": timeout_ms, "tolerable_failures": 2,
             "retention": p.retention, "type": if p.full { "full" } else { "incremental" },
             "mode": mode, "orphan_sweep_interval_ms": 500,
         },
