@@ -20,7 +20,8 @@ const KEYS: u64 = 1_000;
 const DISORDER: u64 = 100;
 const SEED: u64 = 42;
 
-async fn metadata(dir: &Path, job: &str) -> Vec<CheckpointMetadata> {
+/// Every readable checkpoint of `job` under `dir/chk`, oldest first.
+pub(crate) async fn metadata(dir: &Path, job: &str) -> Vec<CheckpointMetadata> {
     let storage = storage_at(dir.join("chk").to_str().unwrap());
     let mut metas: Vec<_> = storage
         .list_checkpoints(&JobId::new(job).unwrap())

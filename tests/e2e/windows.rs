@@ -11,11 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cutpoint_coordinator::{spawn_job, JobConfig, JobOutcome, RestoreFrom};
-use cutpoint_core::{keygroup, CheckpointMetadata, JobId, JobSpec, Key, KeyGroupRange, Value};
+use cutpoint_coordinator::RestoreFrom;
+use cutpoint_core::{keygroup, CheckpointMetadata, Key, KeyGroupRange, Value};
 use cutpoint_runtime::source::{generator_amount, generator_app_id, generator_range, generator_ts};
 
 use crate::common::*;
+use crate::event_time::metadata;
+use crate::stages::run;
 
 const EVENTS: u64 = 300_000;
 const KEYS: u64 = 20;
@@ -164,39 +166,13 @@ fn spec(c: &Case, job: &str, parallelism: u32, out: (&str, &Path), extra: &str) 
     )
 }
 
-async fn run(
-    spec: String,
-    dir: &Path,
-    restore_from: Option<RestoreFrom>,
-    work: &str,
-) -> JobOutcome {
-    spawn_job(JobConfig {
-        spec: JobSpec::from_json(&spec).expect("valid spec"),
-        storage: storage_at(dir.join("chk").to_str().unwrap()),
-        restore_from,
-        local_dir: dir.join(work),
-        functions: Default::default(),
-    })
-    .join()
-    .await
-    .unwrap()
-}
-
 /// A checkpoint a quarter into the run, with each first-stage subtask's
 /// key groups and watermark.
 async fn early_checkpoint(
     dir: &Path,
     job: &str,
 ) -> (CheckpointMetadata, Vec<(KeyGroupRange, i64)>) {
-    let storage = storage_at(dir.join("chk").to_str().unwrap());
-    let mut metas: Vec<_> = storage
-        .list_checkpoints(&JobId::new(job).unwrap())
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|l| l.metadata.ok())
-        .collect();
-    metas.sort_by_key(|m| m.checkpoint_id);
+    let metas = metadata(dir, job).await;
     let owners = |m: &CheckpointMetadata| -> Option<Vec<(KeyGroupRange, i64)>> {
         let agg = m
             .subtasks
@@ -402,15 +378,11 @@ fn each_window_once_after_sigkill_and_restores_of_latest_and_an_older_id() {
     );
     assert_eq!(summary["restored_from"], serde_json::json!([oldest]));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = rt.block_on(async {
-        let storage = storage_at(chk.to_str().unwrap());
-        let job = JobId::new(c.job).unwrap();
-        let list = storage.list_checkpoints(&job).await.unwrap();
-        list.into_iter()
-            .filter_map(|l| l.metadata.ok())
-            .find(|m| m.checkpoint_id.0 == oldest)
-            .expect("the oldest checkpoint")
-    });
+    let metas = rt.block_on(metadata(dir.path(), c.job));
+    let m = metas
+        .into_iter()
+        .find(|m| m.checkpoint_id.0 == oldest)
+        .expect("the oldest checkpoint");
     let owners: Option<Vec<(KeyGroupRange, i64)>> = m
         .subtasks
         .iter()
