@@ -12,8 +12,8 @@ positive_data_acceptance still holds every other rule to account:
   aggregate field of `value`, `app_id` or `user_id` with a generator, an
   event_time field of `ts` with a generator, a window and a generator's
   disorder_ms only with event_time and a window only of count, sum, min,
-  max or avg, a sliding window's slide_ms at most its size_ms and at least
-  a hundredth of it, a
+  max, avg, count_distinct or top_n, a top_n only with a window, a sliding
+  window's slide_ms at most its size_ms and at least a hundredth of it, a
   join names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
@@ -117,7 +117,7 @@ def _sources(spec):
     fields = ("value", "app_id", "user_id", "amount")
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
-        if agg.get("type") in ("sum", *TYPED) and agg.get("field") not in fields:
+        if agg.get("type") in ("sum", "top_n", *TYPED) and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
         if isinstance(spec.get("event_time"), dict):
             spec["event_time"] = dict(spec["event_time"], field="ts")
@@ -125,7 +125,10 @@ def _sources(spec):
         spec.pop("window", None)
         for s in sources:
             s.pop("disorder_ms", None)
-    if "window" in spec and agg.get("type") not in ("count", "sum", "min", "max", "avg"):
+    windowed = ("count", "sum", "min", "max", "avg", "count_distinct", "top_n")
+    if "window" in spec and agg.get("type") not in windowed:
+        agg = {"type": "count"}
+    if "window" not in spec and agg.get("type") == "top_n":
         agg = {"type": "count"}
     w = spec.get("window")
     if isinstance(w, dict) and w.get("type") == "sliding":

@@ -130,8 +130,9 @@ impl JobBuilder {
         self
     }
 
-    /// Aggregates per key and event-time window (needs
-    /// [`JobBuilder::event_time`] and a count, sum, min, max or avg).
+    /// Aggregates per key and event-time window: tumbling, sliding or
+    /// session (needs [`JobBuilder::event_time`] and a count, sum, min,
+    /// max, avg, count-distinct or top-n).
     pub fn window(mut self, window: WindowSpec) -> Self {
         self.window = Some(window);
         self

@@ -5,8 +5,9 @@
 //! name with list, map and value state ([`function`]), the keyed
 //! two-input join of clicks with a dimension source (its final dimension
 //! per key checked too; its updates' counts like the others'), or an
-//! event-time window count of out-of-order events whose windows are then
-//! counted per key (each window fired exactly once) — injects
+//! event-time window count (tumbling or session windows) of out-of-order
+//! events whose windows are then counted per key (each window fired
+//! exactly once) — injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
 //! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
 //! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
@@ -94,12 +95,20 @@ enum Shape {
     /// timers), then the windows counted per app: each window fired
     /// exactly once gives the number of windows the app had events in.
     Windows,
+    /// The same events counted per app and session window (merging
+    /// windows: state and timers that change as sessions merge), then the
+    /// sessions counted per app: each session fired exactly once gives
+    /// the number of sessions of the app's sorted event times.
+    Sessions,
 }
 
 /// The window shape: the generator's disorder (also the watermark's
 /// bound) and the window size.
 const WINDOW_DISORDER: u64 = 200;
 const WINDOW_MS: i64 = 500;
+/// The session shape's gap (an app has an event every 1 s on average
+/// without a memory budget, every 5 s with one).
+const SESSION_GAP_MS: i64 = 2_000;
 
 /// The join shape's dimension source: one partition (its order per key is
 /// fixed, so the latest dimension is too), a seed of its own.
@@ -117,6 +126,7 @@ impl Shape {
             Shape::FirstSeen => "process",
             Shape::Join => "join",
             Shape::Windows => "windows",
+            Shape::Sessions => "sessions",
         }
     }
 
@@ -124,7 +134,12 @@ impl Shape {
     fn typed(self) -> bool {
         matches!(
             self,
-            Shape::Distinct | Shape::DedupOnce | Shape::FirstSeen | Shape::Join | Shape::Windows
+            Shape::Distinct
+                | Shape::DedupOnce
+                | Shape::FirstSeen
+                | Shape::Join
+                | Shape::Windows
+                | Shape::Sessions
         )
     }
 
@@ -165,7 +180,7 @@ impl Shape {
                 json!({"type": "join", "dimension_source": 1, "field": "user_id"}),
                 json!([]),
             ),
-            Shape::Windows => (
+            Shape::Windows | Shape::Sessions => (
                 count.clone(),
                 json!([{"id": "windows", "key_by": {"type": "key"}, "aggregate": count}]),
             ),
@@ -216,6 +231,22 @@ impl Shape {
                     }
                 }
                 windows
+            }
+            Shape::Sessions => {
+                use cutpoint_runtime::source::{generator_range, generator_ts};
+                let mut times = vec![Vec::new(); keys as usize];
+                for p in 0..2 {
+                    let (start, end) = generator_range(EVENTS, 2, p);
+                    for i in start..end {
+                        times[app(i)].push(generator_ts(SEED, WINDOW_DISORDER, i, i - start));
+                    }
+                }
+                let sessions = |mut t: Vec<i64>| {
+                    t.sort();
+                    let gaps = t.windows(2).filter(|w| w[1] - w[0] >= SESSION_GAP_MS);
+                    i64::from(!t.is_empty()) + gaps.count() as i64
+                };
+                times.into_iter().map(sessions).collect()
             }
         }
     }
@@ -452,6 +483,14 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     windows.set_stream(cycle);
     let shape = match windows.gen_range(0..7) {
         0 => Shape::Windows,
+        _ => shape,
+    };
+    // Sessions on another stream of their own (1 cycle in 14 of the rest).
+    let mut sessions = ChaCha8Rng::seed_from_u64(seed ^ 0x5E55_1045_5EED_0019);
+    sessions.set_stream(cycle);
+    let shape = match (shape, sessions.gen_range(0..14)) {
+        (Shape::Windows, _) => shape,
+        (_, 0) => Shape::Sessions,
         _ => shape,
     };
     Plan {
@@ -862,11 +901,14 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     if p.budget {
         spec["state"] = json!({"memory_budget_mb": 1});
     }
-    if p.shape == Shape::Windows {
+    if matches!(p.shape, Shape::Windows | Shape::Sessions) {
         spec["source"]["disorder_ms"] = json!(WINDOW_DISORDER);
         spec["event_time"] = json!({"field": "ts", "max_out_of_orderness_ms": WINDOW_DISORDER,
             "watermark_interval_ms": 20});
-        spec["window"] = json!({"type": "tumbling", "size_ms": WINDOW_MS});
+        spec["window"] = match p.shape {
+            Shape::Windows => json!({"type": "tumbling", "size_ms": WINDOW_MS}),
+            _ => json!({"type": "session", "gap_ms": SESSION_GAP_MS}),
+        };
     }
     if p.shape == Shape::Join {
         spec["union"] = json!([{"type": "generator", "partitions": 1, "events": DIM_EVENTS,
@@ -1171,6 +1213,9 @@ mod tests {
         // Every key had events in some windows, at most one per event.
         let windows = Shape::Windows.truth(KEYS);
         assert!(windows.iter().zip(&pv).all(|(w, c)| *w >= 1 && w <= c));
+        // Fewer sessions than 500 ms windows: a session spans at least 2 s.
+        let sessions = Shape::Sessions.truth(KEYS);
+        assert!(sessions.iter().zip(&windows).all(|(s, w)| *s >= 1 && s < w));
         let dims = Shape::dimensions(KEYS);
         assert!(dims
             .iter()

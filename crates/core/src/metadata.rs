@@ -83,8 +83,8 @@ pub enum AggregateKind {
     /// A registered keyed process function (its states recorded beside).
     Process,
     Avg,
-    /// An event-time window of count, sum, min, max or avg (its states
-    /// recorded beside).
+    /// An event-time window (tumbling, sliding or session) of count, sum,
+    /// min, max, avg, count-distinct or top-n (its states recorded beside).
     Window,
 }
 

@@ -43,8 +43,9 @@ pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<crate::time::EventTimeSpec>,
     /// Aggregates per key and event-time window instead of per key (see
-    /// [`crate::window`]); needs `event_time` and a count, sum, min, max
-    /// or avg. Each window's result is an update `[start, end, result]`.
+    /// [`crate::window`]); needs `event_time` and a count, sum, min, max,
+    /// avg, count-distinct or top-n. Each window's result is an update
+    /// `[start, end, result]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<crate::window::WindowSpec>,
     pub aggregate: AggregateSpec,
@@ -278,6 +279,10 @@ pub enum AggregateSpec {
     /// the sum and count, and the mean); updates carry the mean when it
     /// changes.
     Avg { field: String },
+    /// The `n` largest values of an integer field per key and window,
+    /// largest first, repeats kept (windowed only): a window's result is
+    /// the list.
+    TopN { field: String, n: u32 },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
     /// carry the key and the value of `field` (any value; 1 per event if
@@ -310,6 +315,9 @@ pub enum Keep {
 }
 
 impl AggregateSpec {
+    /// The largest `n` of a top-n.
+    pub const MAX_TOP_N: u32 = 100;
+
     /// Its `type` in the spec.
     pub fn name(&self) -> &'static str {
         match self {
@@ -322,6 +330,7 @@ impl AggregateSpec {
             AggregateSpec::Max { .. } => "max",
             AggregateSpec::Process { .. } => "process",
             AggregateSpec::Avg { .. } => "avg",
+            AggregateSpec::TopN { .. } => "top_n",
         }
     }
 
@@ -338,7 +347,8 @@ impl AggregateSpec {
             | AggregateSpec::Dedup { field, .. }
             | AggregateSpec::Min { field }
             | AggregateSpec::Max { field }
-            | AggregateSpec::Avg { field } => Some(field),
+            | AggregateSpec::Avg { field }
+            | AggregateSpec::TopN { field, .. } => Some(field),
         }
     }
 
@@ -356,7 +366,8 @@ impl AggregateSpec {
             | AggregateSpec::Sum { .. }
             | AggregateSpec::Min { .. }
             | AggregateSpec::Max { .. }
-            | AggregateSpec::Avg { .. } => ValueKind::Integer,
+            | AggregateSpec::Avg { .. }
+            | AggregateSpec::TopN { .. } => ValueKind::Integer,
         }
     }
 
@@ -371,6 +382,7 @@ impl AggregateSpec {
                 | AggregateSpec::Min { .. }
                 | AggregateSpec::Max { .. }
                 | AggregateSpec::Avg { .. }
+                | AggregateSpec::TopN { .. }
                 | AggregateSpec::Process { .. }
         )
     }
@@ -747,6 +759,17 @@ impl JobSpec {
 
     /// What is wrong with the job's window, if anything.
     fn window_problem(&self) -> Option<String> {
+        if let AggregateSpec::TopN { n, .. } = self.aggregate {
+            if self.window.is_none() {
+                return Some("aggregate: top_n needs a window (it keeps the n largest values per key and window)".into());
+            }
+            if !(1..=AggregateSpec::MAX_TOP_N).contains(&n) {
+                return Some(format!(
+                    "aggregate.n must be in 1..={}",
+                    AggregateSpec::MAX_TOP_N
+                ));
+            }
+        }
         let window = self.window.as_ref()?;
         if self.event_time.is_none() {
             return Some("window needs event_time (the field records are windowed by)".into());
@@ -758,9 +781,11 @@ impl JobSpec {
                 | AggregateSpec::Min { .. }
                 | AggregateSpec::Max { .. }
                 | AggregateSpec::Avg { .. }
+                | AggregateSpec::CountDistinct { .. }
+                | AggregateSpec::TopN { .. }
         ) {
             return Some(format!(
-                "window: a {} is not windowed yet (count, sum, min, max or avg are)",
+                "window: a {} is not windowed yet (count, sum, min, max, avg, count_distinct or top_n are)",
                 self.aggregate.name()
             ));
         }
@@ -1106,11 +1131,37 @@ mod tests {
 
     #[test]
     fn the_example_specs_are_valid() {
-        for name in ["pv", "uv", "histogram", "tumbling", "sliding"] {
+        let names = [
+            "pv", "uv", "histogram", "tumbling", "sliding", "sessions", "top_n",
+        ];
+        for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             JobSpec::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
+    }
+
+    #[test]
+    fn windows_take_their_aggregates_and_top_n_needs_a_window() {
+        let spec = |agg: &str, window: &str| {
+            let time = r#""event_time":{"field":"ts"},"#;
+            JobSpec::from_json(&PV.replace(
+                r#""aggregate":{"type":"count"}"#,
+                &format!(r#"{time}"aggregate":{agg}{window}"#),
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let session = r#","window":{"type":"session","gap_ms":500}"#;
+        let top = r#"{"type":"top_n","field":"amount","n":3}"#;
+        assert!(spec(top, session).is_ok());
+        let distinct = r#"{"type":"count_distinct","field":"user_id"}"#;
+        assert!(spec(distinct, session).is_ok());
+        let e = spec(top, "").unwrap_err();
+        assert!(e.contains("top_n needs a window"), "{e}");
+        let e = spec(&top.replace(":3", ":101"), session).unwrap_err();
+        assert!(e.contains("aggregate.n"), "{e}");
+        let e = spec(r#"{"type":"dedup","field":"user_id"}"#, session).unwrap_err();
+        assert!(e.contains("dedup is not windowed"), "{e}");
     }
 
     #[test]

@@ -131,6 +131,8 @@ impl JobSpec {
                 AggregateSpec::Max { .. } => AggregateKind::Max,
                 AggregateSpec::Process { .. } => AggregateKind::Process,
                 AggregateSpec::Avg { .. } => AggregateKind::Avg,
+                // Windowed only (validated).
+                AggregateSpec::TopN { .. } => AggregateKind::Window,
             },
             forward: None,
             forward_transforms: Vec::new(),

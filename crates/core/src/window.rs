@@ -1,15 +1,26 @@
 //! Event-time windows (Dataflow II): what a job's `window` says
-//! ([`WindowSpec`]: tumbling or sliding, with allowed lateness) and which
-//! windows a record falls in ([`WindowSpec::assign`], Flink's
-//! `TumblingEventTimeWindows` / `SlidingEventTimeWindows` with offset 0).
-//! Pure; the operator that keeps window state and fires on timers is
-//! `cutpoint_operator::window`.
+//! ([`WindowSpec`]: tumbling, sliding or session, with allowed lateness),
+//! which windows a record falls in ([`WindowSpec::assign`], Flink's
+//! `TumblingEventTimeWindows` / `SlidingEventTimeWindows` with offset 0,
+//! `EventTimeSessionWindows`) and how session windows merge
+//! ([`merge_session`]). Pure; the operators that keep window state and
+//! fire on timers are `cutpoint_operator::window` and
+//! `cutpoint_operator::session`.
 //!
 //! A window `[start, end)` holds the records with `start <= ts < end`; it
 //! fires once the watermark reaches its last millisecond `end - 1`, and
 //! its state goes once the watermark reaches `end - 1 + allowed_lateness`
 //! (its cleanup time). A record for a window past its cleanup time is
 //! late: dropped and counted.
+//!
+//! Session windows: a record at `ts` opens the window `[ts, ts + gap)`;
+//! windows of one key that overlap merge into one (their cover). Windows
+//! that only touch (`[0, 10)` and `[10, 20)`) do not merge, unlike
+//! Flink's: a record exactly `gap` after the last one starts a new
+//! session. With Flink's rule the record at `end` merges or not depending
+//! on whether the watermark reached `end - 1` before it arrived; with
+//! this one a session's extent depends only on its records (a record
+//! that could extend a fired session is itself late).
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +39,13 @@ pub enum WindowSpec {
     Sliding {
         size_ms: u64,
         slide_ms: u64,
+        #[serde(default)]
+        allowed_lateness_ms: u64,
+    },
+    /// Per key, records less than `gap_ms` apart form one session: its
+    /// window runs from its first record to its last plus `gap_ms`.
+    Session {
+        gap_ms: u64,
         #[serde(default)]
         allowed_lateness_ms: u64,
     },
@@ -73,12 +91,31 @@ impl WindowSpec {
     /// The longest allowed lateness: a week.
     pub const MAX_LATENESS_MS: u64 = 7 * 24 * 3_600_000;
 
+    /// Size and slide (a session's gap, and a slide that lets the first
+    /// check pass).
     fn size_slide(&self) -> (i64, i64) {
         match *self {
             WindowSpec::Tumbling { size_ms, .. } => (size_ms as i64, size_ms as i64),
             WindowSpec::Sliding {
                 size_ms, slide_ms, ..
             } => (size_ms as i64, slide_ms as i64),
+            WindowSpec::Session { gap_ms, .. } => (gap_ms as i64, gap_ms as i64),
+        }
+    }
+
+    /// Whether its windows merge (session windows).
+    pub fn is_merging(&self) -> bool {
+        matches!(self, WindowSpec::Session { .. })
+    }
+
+    /// Its shape in words (`tumbling 1000 ms`), for state names.
+    pub fn shape(&self) -> String {
+        match *self {
+            WindowSpec::Tumbling { size_ms, .. } => format!("tumbling {size_ms} ms"),
+            WindowSpec::Sliding {
+                size_ms, slide_ms, ..
+            } => format!("sliding {size_ms} ms every {slide_ms} ms"),
+            WindowSpec::Session { gap_ms, .. } => format!("session gap {gap_ms} ms"),
         }
     }
 
@@ -92,6 +129,10 @@ impl WindowSpec {
             | WindowSpec::Sliding {
                 allowed_lateness_ms,
                 ..
+            }
+            | WindowSpec::Session {
+                allowed_lateness_ms,
+                ..
             } => allowed_lateness_ms as i64,
         }
     }
@@ -102,10 +143,16 @@ impl WindowSpec {
     }
 
     /// The windows a record at `ts` falls in, latest start first (replaces
-    /// `out`'s contents). Windows reaching past the end of time are left
-    /// out.
+    /// `out`'s contents; a session's: its own, before merging). Windows
+    /// reaching past the end of time are left out.
     pub fn assign(&self, ts: i64, out: &mut Vec<Window>) {
         out.clear();
+        if let WindowSpec::Session { gap_ms, .. } = *self {
+            if let Some(end) = ts.checked_add(gap_ms as i64) {
+                out.push(Window { start: ts, end });
+            }
+            return;
+        }
         let (size, slide) = self.size_slide();
         let Some(mut start) = ts.checked_sub(ts.rem_euclid(slide)) else {
             return;
@@ -124,6 +171,12 @@ impl WindowSpec {
     /// What is wrong with it, if anything.
     pub fn problem(&self) -> Option<String> {
         let (size, slide) = self.size_slide();
+        if self.is_merging() && (size < 1 || size as u64 > Self::MAX_SIZE_MS) {
+            return Some(format!(
+                "window.gap_ms must be in 1..={} (31 days)",
+                Self::MAX_SIZE_MS
+            ));
+        }
         if size < 1 || size as u64 > Self::MAX_SIZE_MS {
             return Some(format!(
                 "window.size_ms must be in 1..={} (31 days)",
@@ -147,6 +200,25 @@ impl WindowSpec {
         }
         None
     }
+}
+
+/// Merges `new` into a key's sessions (sorted by start, pairwise
+/// disjoint): the merged window (the cover of `new` and every session it
+/// overlaps) and the range of `sessions` it replaces (empty if it
+/// overlaps none: then it goes in at that position). Overlapping sessions
+/// are consecutive, since they are sorted and disjoint.
+pub fn merge_session(sessions: &[Window], new: Window) -> (Window, std::ops::Range<usize>) {
+    // The first session that ends after `new` starts, and the first that
+    // starts at or after `new`'s end: the ones between overlap it.
+    let first = sessions.partition_point(|s| s.end <= new.start);
+    let last = first + sessions[first..].partition_point(|s| s.start < new.end);
+    let merged = sessions[first..last]
+        .iter()
+        .fold(new, |m, s| Window {
+            start: m.start.min(s.start),
+            end: m.end.max(s.end),
+        });
+    (merged, first..last)
 }
 
 #[cfg(test)]
@@ -234,6 +306,72 @@ mod tests {
         let ok: WindowSpec =
             serde_json::from_str(r#"{"type":"sliding","size_ms":60000,"slide_ms":1000}"#).unwrap();
         assert_eq!(ok.problem(), None);
-        assert!(serde_json::from_str::<WindowSpec>(r#"{"type":"session","gap_ms":5}"#).is_err());
+        let session: WindowSpec = serde_json::from_str(r#"{"type":"session","gap_ms":5}"#).unwrap();
+        assert_eq!(session.problem(), None);
+        let no_gap: WindowSpec = serde_json::from_str(r#"{"type":"session","gap_ms":0}"#).unwrap();
+        assert!(no_gap.problem().unwrap().contains("gap_ms"));
+        assert!(serde_json::from_str::<WindowSpec>(r#"{"type":"session","size_ms":5}"#).is_err());
+    }
+
+    fn w(start: i64, end: i64) -> Window {
+        Window { start, end }
+    }
+
+    #[test]
+    fn a_session_record_opens_its_own_window_of_the_gap() {
+        let s = WindowSpec::Session {
+            gap_ms: 10,
+            allowed_lateness_ms: 0,
+        };
+        assert_eq!(windows(s, 7), [(7, 17)]);
+        assert!(windows(s, i64::MAX - 3).is_empty());
+        assert_eq!(s.cleanup_time(&w(7, 17)), 16);
+        assert!(s.is_merging());
+    }
+
+    #[test]
+    fn session_windows_merge_when_they_overlap_and_not_when_they_touch() {
+        let sessions = [w(0, 10), w(20, 30), w(40, 50)];
+        // Inside one: that one, unchanged.
+        assert_eq!(merge_session(&sessions, w(22, 28)), (w(20, 30), 1..2));
+        // Overlapping one on either side.
+        assert_eq!(merge_session(&sessions, w(25, 35)), (w(20, 35), 1..2));
+        assert_eq!(merge_session(&sessions, w(15, 25)), (w(15, 30), 1..2));
+        // Bridging two: all three become one.
+        assert_eq!(merge_session(&sessions, w(5, 45)), (w(0, 50), 0..3));
+        assert_eq!(merge_session(&sessions, w(9, 21)), (w(0, 30), 0..2));
+        // Touching only: no merge, it goes in between.
+        assert_eq!(merge_session(&sessions, w(10, 20)), (w(10, 20), 1..1));
+        assert_eq!(merge_session(&sessions, w(30, 40)), (w(30, 40), 2..2));
+        // Before all, after all, and into none.
+        assert_eq!(merge_session(&sessions, w(-10, 0)), (w(-10, 0), 0..0));
+        assert_eq!(merge_session(&sessions, w(60, 70)), (w(60, 70), 3..3));
+        assert_eq!(merge_session(&[], w(1, 2)), (w(1, 2), 0..0));
+    }
+
+    #[test]
+    fn sessions_built_record_by_record_match_the_gaps_between_sorted_times() {
+        // Any arrival order gives the sessions of the sorted times: a new
+        // session wherever two consecutive times are `gap` or more apart.
+        let gap = 5;
+        let times = [31, 3, 17, 9, 12, 40, 1, 36, 26, 44];
+        let mut sessions: Vec<Window> = Vec::new();
+        for t in times {
+            let (merged, range) = merge_session(&sessions, w(t, t + gap));
+            sessions.splice(range, [merged]);
+        }
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        let mut expected = vec![w(sorted[0], sorted[0] + gap)];
+        for t in &sorted[1..] {
+            let last = expected.last_mut().unwrap();
+            if t - (last.end - gap) < gap {
+                last.end = t + gap;
+            } else {
+                expected.push(w(*t, t + gap));
+            }
+        }
+        assert_eq!(sessions, expected);
+        assert_eq!(sessions.len(), 6, "{sessions:?}");
     }
 }

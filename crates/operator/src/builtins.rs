@@ -26,6 +26,7 @@ use cutpoint_state::typed::{TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 
 use crate::timers::Fired;
+use crate::session::SessionAggregate;
 use crate::window::{WindowAggregate, WindowFunction};
 use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 
@@ -514,6 +515,8 @@ pub fn builtin(
             AggregateSpec::Min { .. } => WindowFunction::Min,
             AggregateSpec::Max { .. } => WindowFunction::Max,
             AggregateSpec::Avg { .. } => WindowFunction::Avg,
+            AggregateSpec::CountDistinct { .. } => WindowFunction::CountDistinct,
+            AggregateSpec::TopN { n, .. } => WindowFunction::TopN(*n),
             other => {
                 return Err(OperatorError::User(format!(
                     "a {} is not windowed",
@@ -521,7 +524,10 @@ pub fn builtin(
                 )))
             }
         };
-        return boxed(WindowAggregate::new(*w, function), p);
+        return match w.is_merging() {
+            true => boxed(SessionAggregate::new(*w, function), p),
+            false => boxed(WindowAggregate::new(*w, function), p),
+        };
     }
     match aggregate {
         AggregateSpec::Process { function, .. } => Ok(Some(functions.make(function, p)?)),
@@ -531,6 +537,9 @@ pub fn builtin(
         AggregateSpec::Max { .. } => boxed(Extreme::new(Which::Max), p),
         AggregateSpec::Avg { .. } => boxed(Avg::default(), p),
         AggregateSpec::Join { .. } => boxed(Join::default(), p),
+        AggregateSpec::TopN { .. } => Err(OperatorError::User(
+            "aggregate: top_n needs a window".into(),
+        )),
         AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),
     }
 }

@@ -244,3 +244,25 @@ fn a_rescaled_restore_continues_exactly() {
 fn op_process(op: &mut KeyedOperator<FraudDetector>, p: &Payment, out: &mut Vec<Alert>) {
     op.process(p.clone(), out).unwrap();
 }
+
+/// The state names of every entry RocksDB holds after the operator's
+/// snapshot is written.
+pub(crate) fn stored_states<F: KeyedProcessFunction>(op: &mut KeyedOperator<F>) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = RocksStore::open(&dir.path().join("db"), &dir.path().join("s"), MAXP).unwrap();
+    db.apply_entries(&op.snapshot()).unwrap();
+    let declared = op.table.names().declared();
+    let mut names = Vec::new();
+    let all = KeyGroupRange {
+        start: 0,
+        end: MAXP - 1,
+    };
+    db.scan_raw(all, |k, _| {
+        let id = u16::from_be_bytes([k[2], k[3]]);
+        let d = declared.iter().find(|d| d.id == id).unwrap();
+        names.push(d.name.clone());
+        Ok(())
+    })
+    .unwrap();
+    names
+}

@@ -1,10 +1,14 @@
-//! The JSON spec's event-time windows ([`WindowAggregate`]): count, sum,
-//! min, max or avg per key and window, built like Flink's
-//! `WindowOperator` from typed state and event-time timers.
+//! The JSON spec's tumbling and sliding event-time windows
+//! ([`WindowAggregate`]): a [`WindowFunction`] (count, sum, min, max, avg,
+//! count-distinct, top-n) per key and window, built like Flink's
+//! `WindowOperator` from typed state and event-time timers. Session
+//! windows, which merge, are [`crate::session`]'s, on the same functions.
 //!
 //! Per key and window (the namespace: [`Window::encode`]) one value state
-//! holds the accumulator (named after the function and the window, so a
-//! restore into another shape is refused); a timer at the window's last millisecond emits
+//! holds the accumulator ([`Acc`]: numbers, or a count-distinct's values,
+//! all of them in the one state value, or a top-n's n values; named after
+//! the function and the window, so a restore into another shape is
+//! refused); a timer at the window's last millisecond emits
 //! `[start, end, result]`, one at its cleanup time (the same, without
 //! allowed lateness) deletes the accumulator — so once the watermark
 //! passed a window's cleanup time no state and no timer of it remains. A
@@ -36,66 +40,147 @@ pub enum WindowFunction {
     Max,
     /// The mean, rounded down.
     Avg,
+    /// The number of distinct values (any value).
+    CountDistinct,
+    /// The `n` largest integers, largest first, repeats kept.
+    TopN(u32),
 }
 
-/// A window's accumulator: the count, sum or extreme in `a`; avg's count
-/// in `b`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Acc {
-    a: i64,
-    b: i64,
+/// A window's accumulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Acc {
+    /// Count, sum, min, max: `a`; avg: the sum in `a`, the count in `b`.
+    Num { a: i64, b: i64 },
+    /// Count-distinct: the distinct values, ascending; top-n: at most n
+    /// values, largest first.
+    Values(Vec<Value>),
 }
 
 impl WindowFunction {
-    fn name(self) -> &'static str {
+    fn name(self) -> String {
         match self {
-            WindowFunction::Count => "count",
-            WindowFunction::Sum => "sum",
-            WindowFunction::Min => "min",
-            WindowFunction::Max => "max",
-            WindowFunction::Avg => "avg",
+            WindowFunction::Count => "count".into(),
+            WindowFunction::Sum => "sum".into(),
+            WindowFunction::Min => "min".into(),
+            WindowFunction::Max => "max".into(),
+            WindowFunction::Avg => "avg".into(),
+            WindowFunction::CountDistinct => "count_distinct".into(),
+            WindowFunction::TopN(n) => format!("top {n}"),
         }
     }
 
-    fn first(self, v: i64) -> Acc {
-        match self {
-            WindowFunction::Count => Acc { a: 1, b: 0 },
-            WindowFunction::Avg => Acc { a: v, b: 1 },
-            _ => Acc { a: v, b: 0 },
+    /// The name of a window operator's accumulator state: the function,
+    /// the window's shape and its lateness
+    /// (`window_acc(count, tumbling 1000 ms, lateness 0 ms)`), so a restore
+    /// into another function or window is refused, both named, instead of
+    /// reading accumulators and timers of another shape.
+    pub(crate) fn state_name(self, prefix: &str, spec: &WindowSpec) -> String {
+        format!(
+            "{prefix}({}, {}, lateness {} ms)",
+            self.name(),
+            spec.shape(),
+            spec.allowed_lateness()
+        )
+    }
+
+    /// The accumulator of one record.
+    pub(crate) fn single(self, record: &Record) -> Result<Acc, OperatorError> {
+        Ok(match self {
+            WindowFunction::Count => Acc::Num { a: 1, b: 0 },
+            WindowFunction::Avg => Acc::Num {
+                a: integer(record)?,
+                b: 1,
+            },
+            WindowFunction::Sum | WindowFunction::Min | WindowFunction::Max => Acc::Num {
+                a: integer(record)?,
+                b: 0,
+            },
+            WindowFunction::CountDistinct => Acc::Values(vec![record.value.clone()]),
+            WindowFunction::TopN(_) => Acc::Values(vec![Value::Int(integer(record)?)]),
+        })
+    }
+
+    /// Two accumulators as one (a record added to a window, or two
+    /// session windows merged).
+    pub(crate) fn merge(self, x: Acc, y: Acc) -> Result<Acc, OperatorError> {
+        match (x, y) {
+            (Acc::Num { a, b }, Acc::Num { a: a2, b: b2 }) => {
+                let a = match self {
+                    WindowFunction::Min => a.min(a2),
+                    WindowFunction::Max => a.max(a2),
+                    _ => a.saturating_add(a2),
+                };
+                Ok(Acc::Num {
+                    a,
+                    b: b.saturating_add(b2),
+                })
+            }
+            (Acc::Values(x), Acc::Values(y)) => Ok(Acc::Values(self.merge_values(x, y))),
+            _ => Err(OperatorError::User(format!(
+                "a {} window's accumulator is of another function",
+                self.name()
+            ))),
         }
     }
 
-    fn add(self, acc: Acc, v: i64) -> Acc {
+    /// Count-distinct: the sorted union; top-n: the n largest of both.
+    fn merge_values(self, x: Vec<Value>, y: Vec<Value>) -> Vec<Value> {
+        let (mut big, small) = if x.len() >= y.len() { (x, y) } else { (y, x) };
         match self {
-            WindowFunction::Count => Acc { a: acc.a + 1, b: 0 },
-            WindowFunction::Sum => Acc {
-                a: acc.a.saturating_add(v),
-                b: 0,
-            },
-            WindowFunction::Min => Acc {
-                a: acc.a.min(v),
-                b: 0,
-            },
-            WindowFunction::Max => Acc {
-                a: acc.a.max(v),
-                b: 0,
-            },
-            WindowFunction::Avg => Acc {
-                a: acc.a.saturating_add(v),
-                b: acc.b.saturating_add(1),
-            },
+            WindowFunction::TopN(n) => {
+                for v in small {
+                    let at = big.partition_point(|b| *b >= v);
+                    if at < n as usize {
+                        big.insert(at, v);
+                        big.truncate(n as usize);
+                    }
+                }
+            }
+            _ => {
+                for v in small {
+                    if let Err(at) = big.binary_search(&v) {
+                        big.insert(at, v);
+                    }
+                }
+            }
         }
+        big
     }
 
-    fn result(self, acc: Acc) -> i64 {
-        match self {
-            WindowFunction::Avg => acc.a.div_euclid(acc.b.max(1)),
-            _ => acc.a,
+    pub(crate) fn result(self, acc: &Acc) -> Value {
+        match (self, acc) {
+            (WindowFunction::Avg, Acc::Num { a, b }) => Value::Int(a.div_euclid((*b).max(1))),
+            (_, Acc::Num { a, .. }) => Value::Int(*a),
+            (WindowFunction::CountDistinct, Acc::Values(v)) => Value::Int(v.len() as i64),
+            (_, Acc::Values(v)) => Value::list(v.iter().cloned()),
         }
     }
 }
 
-/// Count, sum, min, max or avg per key and event-time window.
+/// A window's result, `[start, end, result]`, also kept as the key's
+/// latest result (`last`, in the default namespace); the namespace is
+/// `w`'s afterwards.
+pub(crate) fn emit_result(
+    function: WindowFunction,
+    last: &StateDescriptor,
+    w: &Window,
+    acc: &Acc,
+    ctx: &mut KeyedContext<'_>,
+    out: &mut Vec<(Key, Value)>,
+) -> Result<(), OperatorError> {
+    let result = Value::list([
+        Value::Int(w.start),
+        Value::Int(w.end),
+        function.result(acc),
+    ]);
+    ctx.set_namespace(&[]);
+    ctx.set_value(last, &result)?;
+    ctx.set_namespace(&w.encode());
+    out.push((ctx.current_key().clone(), result));
+    Ok(())
+}
+
+/// A window function per key and tumbling or sliding event-time window.
 pub struct WindowAggregate {
     spec: WindowSpec,
     function: WindowFunction,
@@ -107,50 +192,21 @@ pub struct WindowAggregate {
 }
 
 impl WindowAggregate {
-    /// Its accumulator state is named after the function and the window
-    /// (`window_acc(count, tumbling 1000 ms, lateness 0 ms)`), so a restore
-    /// into another function or window is refused, both named, instead of
-    /// reading accumulators and timers of another shape.
+    /// Its accumulator state is named by [`WindowFunction::state_name`].
+    /// Session windows are [`crate::session::SessionAggregate`]'s.
     pub fn new(spec: WindowSpec, function: WindowFunction) -> Self {
-        let shape = match spec {
-            WindowSpec::Tumbling { size_ms, .. } => format!("tumbling {size_ms} ms"),
-            WindowSpec::Sliding {
-                size_ms, slide_ms, ..
-            } => format!("sliding {size_ms} ms every {slide_ms} ms"),
-        };
-        let name = format!(
-            "window_acc({}, {shape}, lateness {} ms)",
-            function.name(),
-            spec.allowed_lateness()
-        );
+        debug_assert!(!spec.is_merging());
+        let name = function.state_name("window_acc", &spec);
         Self {
             spec,
             function,
-            acc: StateDescriptor::value(&name),
+            // Version 2: the accumulator became an enum (count-distinct
+            // and top-n keep values).
+            acc: StateDescriptor::value(&name).with_codec_version(2),
             last: StateDescriptor::value("window_last"),
             late: 0,
             windows: Vec::new(),
         }
-    }
-
-    /// `[start, end, result]`, also kept as the key's latest result.
-    fn emit(
-        &self,
-        w: &Window,
-        acc: Acc,
-        ctx: &mut KeyedContext<'_>,
-        out: &mut Vec<(Key, Value)>,
-    ) -> Result<(), OperatorError> {
-        let result = Value::list([
-            Value::Int(w.start),
-            Value::Int(w.end),
-            Value::Int(self.function.result(acc)),
-        ]);
-        ctx.set_namespace(&[]);
-        ctx.set_value(&self.last, &result)?;
-        ctx.set_namespace(&w.encode());
-        out.push((ctx.current_key().clone(), result));
-        Ok(())
     }
 }
 
@@ -178,10 +234,7 @@ impl KeyedProcessFunction for WindowAggregate {
                 record.key
             ))
         })?;
-        let v = match self.function {
-            WindowFunction::Count => 1,
-            _ => integer(&record)?,
-        };
+        let single = self.function.single(&record)?;
         let watermark = ctx.current_watermark().unwrap_or(i64::MIN);
         let mut windows = std::mem::take(&mut self.windows);
         self.spec.assign(ts, &mut windows);
@@ -194,13 +247,13 @@ impl KeyedProcessFunction for WindowAggregate {
             counted = true;
             ctx.set_namespace(&w.encode());
             let (acc, first) = match ctx.value::<Acc>(&self.acc)? {
-                Some(acc) => (self.function.add(acc, v), false),
-                None => (self.function.first(v), true),
+                Some(acc) => (self.function.merge(acc, single.clone())?, false),
+                None => (single.clone(), true),
             };
             ctx.set_value(&self.acc, &acc)?;
             if w.max_timestamp() <= watermark {
                 // Fired already, within the allowed lateness: update now.
-                self.emit(w, acc, ctx, out)?;
+                emit_result(self.function, &self.last, w, &acc, ctx, out)?;
             } else if first {
                 ctx.register_event_time_timer(w.max_timestamp())?;
             }
@@ -228,7 +281,7 @@ impl KeyedProcessFunction for WindowAggregate {
             .ok_or_else(|| OperatorError::User("a window timer without its window".into()))?;
         if time == w.max_timestamp() {
             if let Some(acc) = ctx.value::<Acc>(&self.acc)? {
-                self.emit(&w, acc, ctx, out)?;
+                emit_result(self.function, &self.last, &w, &acc, ctx, out)?;
             }
         }
         if time == self.spec.cleanup_time(&w) {
@@ -252,10 +305,8 @@ impl WithResult for WindowAggregate {
 
 #[cfg(test)]
 mod tests {
-    use cutpoint_core::KeyGroupRange;
-    use cutpoint_state::RocksStore;
-
     use super::*;
+    use crate::tests::stored_states;
     use crate::KeyedOperator;
 
     const MAXP: u32 = 128;
@@ -289,28 +340,6 @@ mod tests {
         out.iter()
             .map(|(t, (k, v))| format!("{t}/{k}:{v}"))
             .collect()
-    }
-
-    /// The state names of every entry RocksDB holds after the operator's
-    /// snapshot is written.
-    fn stored_states(op: &mut KeyedOperator<WindowAggregate>) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        let mut db = RocksStore::open(&dir.path().join("db"), &dir.path().join("s"), MAXP).unwrap();
-        db.apply_entries(&op.snapshot()).unwrap();
-        let declared = op.table.names().declared();
-        let mut names = Vec::new();
-        let all = KeyGroupRange {
-            start: 0,
-            end: MAXP - 1,
-        };
-        db.scan_raw(all, |k, _| {
-            let id = u16::from_be_bytes([k[2], k[3]]);
-            let d = declared.iter().find(|d| d.id == id).unwrap();
-            names.push(d.name.clone());
-            Ok(())
-        })
-        .unwrap();
-        names
     }
 
     #[test]
