@@ -13,8 +13,9 @@ positive_data_acceptance still holds every other rule to account:
   event_time field of `ts` with a generator, a window and a generator's
   disorder_ms only with event_time and a window only of count, sum, min,
   max, avg, count_distinct or top_n, a top_n only with a window, a sliding
-  window's slide_ms at most its size_ms and at least a hundredth of it, a
-  join names one of two or more sources, so is every filter field with a
+  window's slide_ms at most its size_ms and at least a hundredth of it, an
+  interval join with event_time, without a window, its lower_ms at most
+  its upper_ms, a join (either) names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
   once; stage ids unique and not source,
@@ -113,11 +114,21 @@ def _sources(spec):
         if not spec.get("union"):
             spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]
         agg = dict(agg, dimension_source=min(int(agg["dimension_source"]), len(spec["union"])))
+    if agg.get("type") == "interval_join":
+        if not spec.get("union"):
+            spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]
+        lo, hi = sorted((agg["lower_ms"], agg["upper_ms"]))
+        right = min(int(agg["right_source"]), len(spec["union"]))
+        agg = dict(agg, right_source=right, lower_ms=lo, upper_ms=hi)
+        if not isinstance(spec.get("event_time"), dict):
+            spec["event_time"] = {"field": "ts"}
+        spec.pop("window", None)
     sources = [spec["source"], *spec.get("union", [])]
     fields = ("value", "app_id", "user_id", "amount")
     if any(s.get("type") == "generator" for s in sources):
         spec["key_by"] = "app_id"
-        if agg.get("type") in ("sum", "top_n", *TYPED) and agg.get("field") not in fields:
+        typed = ("sum", "top_n", "interval_join", *TYPED)
+        if agg.get("type") in typed and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
         if isinstance(spec.get("event_time"), dict):
             spec["event_time"] = dict(spec["event_time"], field="ts")
@@ -166,7 +177,8 @@ def _stages(spec):
             stage["id"] = f"stage{i}x"
         taken.add(str(stage["id"]).lower())
         _cap(stage, "parallelism", hi=min(2, spec.get("max_parallelism", 128)))
-        if i == 0 and ((spec.get("aggregate") or {}).get("type") == "join" or "window" in spec):
+        joins = ("join", "interval_join")
+        if i == 0 and ((spec.get("aggregate") or {}).get("type") in joins or "window" in spec):
             stage["key_by"] = {"type": "key"}
             stage["aggregate"] = {"type": "count"}
         out.append(stage)

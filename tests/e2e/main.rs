@@ -13,6 +13,7 @@ mod event_time;
 mod fraud;
 mod gc;
 mod incremental;
+mod interval_join;
 mod operators;
 mod pipeline;
 mod setup_script;

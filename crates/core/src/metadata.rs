@@ -86,6 +86,8 @@ pub enum AggregateKind {
     /// An event-time window (tumbling, sliding or session) of count, sum,
     /// min, max, avg, count-distinct or top-n (its states recorded beside).
     Window,
+    /// An event-time interval join (its states recorded beside).
+    IntervalJoin,
 }
 
 impl AggregateKind {
@@ -101,6 +103,7 @@ impl AggregateKind {
             AggregateKind::Process => "process",
             AggregateKind::Avg => "avg",
             AggregateKind::Window => "window",
+            AggregateKind::IntervalJoin => "interval_join",
         }
     }
 

@@ -283,6 +283,21 @@ pub enum AggregateSpec {
     /// largest first, repeats kept (windowed only): a window's result is
     /// the list.
     TopN { field: String, n: u32 },
+    /// An event-time interval join of two inputs (Flink's `intervalJoin`):
+    /// records of source `right_source` are the right input, every other
+    /// source's the left; a left record `l` and a right record `r` of one
+    /// key join when `l.ts + lower_ms <= r.ts <= l.ts + upper_ms`, and
+    /// each pair emits `[l.ts, r.ts, l.field, r.field]` (any values) once.
+    /// Needs `event_time`; a record at or behind the watermark is late
+    /// (dropped, counted); each record is kept until the watermark passes
+    /// the last time a partner of it can have. The job's final state: the
+    /// pairs emitted per key.
+    IntervalJoin {
+        right_source: u32,
+        field: String,
+        lower_ms: i64,
+        upper_ms: i64,
+    },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
     /// carry the key and the value of `field` (any value; 1 per event if
@@ -317,6 +332,28 @@ pub enum Keep {
 impl AggregateSpec {
     /// The largest `n` of a top-n.
     pub const MAX_TOP_N: u32 = 100;
+    /// The widest bound of an interval join: a week either way.
+    pub const MAX_JOIN_BOUND_MS: i64 = 7 * 24 * 3_600_000;
+
+    /// Whether it is a join of two inputs (the regular or the interval
+    /// join): updates are lists; transforms do not run before it.
+    pub fn is_join(&self) -> bool {
+        matches!(
+            self,
+            AggregateSpec::Join { .. } | AggregateSpec::IntervalJoin { .. }
+        )
+    }
+
+    /// The source whose records are a join's second input.
+    pub fn second_input(&self) -> Option<u32> {
+        match *self {
+            AggregateSpec::Join {
+                dimension_source, ..
+            } => Some(dimension_source),
+            AggregateSpec::IntervalJoin { right_source, .. } => Some(right_source),
+            _ => None,
+        }
+    }
 
     /// Its `type` in the spec.
     pub fn name(&self) -> &'static str {
@@ -331,6 +368,7 @@ impl AggregateSpec {
             AggregateSpec::Process { .. } => "process",
             AggregateSpec::Avg { .. } => "avg",
             AggregateSpec::TopN { .. } => "top_n",
+            AggregateSpec::IntervalJoin { .. } => "interval_join",
         }
     }
 
@@ -348,7 +386,8 @@ impl AggregateSpec {
             | AggregateSpec::Min { field }
             | AggregateSpec::Max { field }
             | AggregateSpec::Avg { field }
-            | AggregateSpec::TopN { field, .. } => Some(field),
+            | AggregateSpec::TopN { field, .. }
+            | AggregateSpec::IntervalJoin { field, .. } => Some(field),
         }
     }
 
@@ -361,6 +400,7 @@ impl AggregateSpec {
             AggregateSpec::CountDistinct { .. }
             | AggregateSpec::Dedup { .. }
             | AggregateSpec::Join { .. }
+            | AggregateSpec::IntervalJoin { .. }
             | AggregateSpec::Process { .. } => ValueKind::Any,
             AggregateSpec::Count
             | AggregateSpec::Sum { .. }
@@ -383,6 +423,7 @@ impl AggregateSpec {
                 | AggregateSpec::Max { .. }
                 | AggregateSpec::Avg { .. }
                 | AggregateSpec::TopN { .. }
+                | AggregateSpec::IntervalJoin { .. }
                 | AggregateSpec::Process { .. }
         )
     }
@@ -730,6 +771,9 @@ impl JobSpec {
                 return bad("aggregate.field must name the dimension field".into());
             }
         }
+        if let Some(p) = self.interval_join_problem() {
+            return bad(p);
+        }
         if self.aggregate.value_field() == Some("") {
             return bad("aggregate.field must name a field".into());
         }
@@ -751,10 +795,39 @@ impl JobSpec {
         if self.transforms.len() > 16 {
             return bad("a job has at most 16 transforms".into());
         }
-        if !self.transforms.is_empty() && matches!(self.aggregate, AggregateSpec::Join { .. }) {
+        if !self.transforms.is_empty() && self.aggregate.is_join() {
             return bad("transforms do not run before a join yet (both inputs would take the same steps): drop `transforms` or the join".into());
         }
         self.validate_rest()
+    }
+
+    /// What is wrong with the job's interval join, if anything.
+    fn interval_join_problem(&self) -> Option<String> {
+        let AggregateSpec::IntervalJoin {
+            right_source,
+            lower_ms,
+            upper_ms,
+            ..
+        } = self.aggregate
+        else {
+            return None;
+        };
+        if right_source as usize >= self.sources().count() || self.union.is_empty() {
+            return Some("aggregate.right_source must name one of two or more sources (0 = source, 1.. = union)".into());
+        }
+        if self.event_time.is_none() {
+            return Some("an interval join needs event_time (the field its bounds apply to)".into());
+        }
+        if self.window.is_some() {
+            return Some("an interval join is not windowed: drop `window` (lower_ms and upper_ms bound it)".into());
+        }
+        let max = AggregateSpec::MAX_JOIN_BOUND_MS;
+        if lower_ms > upper_ms || lower_ms < -max || upper_ms > max {
+            return Some(format!(
+                "aggregate: lower_ms must be at most upper_ms, both within ±{max} ms (a week)"
+            ));
+        }
+        None
     }
 
     /// What is wrong with the job's window, if anything.
@@ -1132,7 +1205,7 @@ mod tests {
     #[test]
     fn the_example_specs_are_valid() {
         let names = [
-            "pv", "uv", "histogram", "tumbling", "sliding", "sessions", "top_n",
+            "pv", "uv", "histogram", "tumbling", "sliding", "sessions", "top_n", "interval_join",
         ];
         for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
@@ -1162,6 +1235,34 @@ mod tests {
         assert!(e.contains("aggregate.n"), "{e}");
         let e = spec(r#"{"type":"dedup","field":"user_id"}"#, session).unwrap_err();
         assert!(e.contains("dedup is not windowed"), "{e}");
+    }
+
+    #[test]
+    fn an_interval_join_names_its_right_source_and_needs_event_time_and_ordered_bounds() {
+        let spec = |union: &str, agg: &str, time: &str| {
+            JobSpec::from_json(&PV.replace(
+                r#""aggregate":{"type":"count"}"#,
+                &format!(r#"{union}{time}"aggregate":{agg}"#),
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let union = r#""union":[{"type":"generator","events":10,"keys":3}],"#;
+        let time = r#""event_time":{"field":"ts"},"#;
+        let join = r#"{"type":"interval_join","right_source":1,"field":"amount","lower_ms":-5,"upper_ms":5}"#;
+        let s = spec(union, join, time).unwrap();
+        assert_eq!(s.aggregate.second_input(), Some(1));
+        assert!(s.aggregate.is_join());
+        let e = spec("", join, time).unwrap_err();
+        assert!(e.contains("right_source"), "{e}");
+        let e = spec(union, join, "").unwrap_err();
+        assert!(e.contains("needs event_time"), "{e}");
+        let e = spec(union, &join.replace("-5", "6"), time).unwrap_err();
+        assert!(e.contains("lower_ms must be at most upper_ms"), "{e}");
+        let windowed = format!(r#"{time}"window":{{"type":"tumbling","size_ms":5}},"#);
+        let e = spec(union, join, &windowed).unwrap_err();
+        assert!(e.contains("not windowed"), "{e}");
+        let with_steps = spec(&format!(r#"{union}"transforms":[{{"map":"m"}}],"#), join, time);
+        assert!(with_steps.unwrap_err().contains("before a join"));
     }
 
     #[test]

@@ -133,6 +133,7 @@ impl JobSpec {
                 AggregateSpec::Avg { .. } => AggregateKind::Avg,
                 // Windowed only (validated).
                 AggregateSpec::TopN { .. } => AggregateKind::Window,
+                AggregateSpec::IntervalJoin { .. } => AggregateKind::IntervalJoin,
             },
             forward: None,
             forward_transforms: Vec::new(),
@@ -207,11 +208,10 @@ impl JobSpec {
             }
             let needs_integers =
                 matches!(s.key_by, Rekey::ValueBucket { .. }) || s.aggregate == StageAggregate::Sum;
-            let after_join = matches!(self.aggregate, AggregateSpec::Join { .. })
-                && std::ptr::eq(s, &self.stages[0]);
+            let after_join = self.aggregate.is_join() && std::ptr::eq(s, &self.stages[0]);
             if needs_integers && after_join {
                 return bad(format!(
-                    "stages: {id} groups by a bucket of agg's updates or sums them, but a join's updates are [count, dimension] lists, not integers (count them instead)"
+                    "stages: {id} groups by a bucket of agg's updates or sums them, but a join's updates are lists ([count, dimension], or an interval join's pairs), not integers (count them instead)"
                 ));
             }
             let after_window = self.window.is_some() && std::ptr::eq(s, &self.stages[0]);

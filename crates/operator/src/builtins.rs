@@ -26,6 +26,7 @@ use cutpoint_state::typed::{TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 
 use crate::timers::Fired;
+use crate::interval::IntervalJoin;
 use crate::session::SessionAggregate;
 use crate::window::{WindowAggregate, WindowFunction};
 use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
@@ -537,6 +538,9 @@ pub fn builtin(
         AggregateSpec::Max { .. } => boxed(Extreme::new(Which::Max), p),
         AggregateSpec::Avg { .. } => boxed(Avg::default(), p),
         AggregateSpec::Join { .. } => boxed(Join::default(), p),
+        AggregateSpec::IntervalJoin {
+            lower_ms, upper_ms, ..
+        } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
         AggregateSpec::TopN { .. } => Err(OperatorError::User(
             "aggregate: top_n needs a window".into(),
         )),

@@ -26,7 +26,8 @@
 //! record type); [`integer`] reads the value a function needs as an
 //! integer. A function may use event-time timers ([`timers`]: kept in its
 //! state, fired in time order as the watermark passes them, `on_timer`);
-//! [`window`] and [`session`]: the JSON spec's event-time windows on them. Not built yet:
+//! [`window`] and [`session`]: the JSON spec's event-time windows on them;
+//! [`interval`]: its interval join. Not built yet:
 //! processing-time timers, operator (non-keyed) state, records with
 //! several named fields.
 
@@ -393,6 +394,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 
 pub mod builtins;
 pub mod functions;
+pub mod interval;
 pub mod session;
 pub mod stateless;
 pub mod timers;

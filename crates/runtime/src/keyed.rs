@@ -22,18 +22,14 @@ use crate::task::Upstream;
 use crate::RuntimeError;
 
 /// Which of the operator's inputs input channel `input` is: a join's
-/// dimension source is its second; everything else is a first input.
+/// dimension source (an interval join's right source) is its second;
+/// everything else is a first input.
 pub(crate) fn input_of(spec: &JobSpec, upstream: Upstream, input: u32) -> Input {
     if upstream == Upstream::Stage {
         return Input::First;
     }
-    match (&spec.aggregate, spec.source_of(input)) {
-        (
-            AggregateSpec::Join {
-                dimension_source, ..
-            },
-            Some((s, _, _)),
-        ) if s == *dimension_source => Input::Second,
+    match (spec.aggregate.second_input(), spec.source_of(input)) {
+        (Some(second), Some((s, _, _))) if s == second => Input::Second,
         _ => Input::First,
     }
 }
