@@ -55,6 +55,8 @@ spec = json.load(open(sys.argv[1]))
 spec["source"]["rate_per_s"] = 200000
 spec["source"]["events"] = 200000 * 900
 spec["checkpoint"].update(interval_ms=1000, retention=10)
+# Event time, so the tasks table shows watermarks and timers.
+spec["event_time"] = {"field": "ts", "max_out_of_orderness_ms": 100}
 json.dump(spec, open(sys.argv[2], "w"))
 EOF
 python3 - "http://$addr/v1/jobs" "$work/pv.json" <<'EOF'

@@ -235,6 +235,20 @@ def run(driver, base, token, job, screenshot, facts):
         raise Failure(f"a checkpoint row lacks human-readable durations/sizes: {row_text!r}")
     before = max(r[0] for r in p.rows())
 
+    # 1b. The tasks table: every task, the keyed ones with a watermark (the
+    # job has event time), timers pending and late records counted.
+    tasks = p.wait_js(
+        "const rows = [...document.querySelectorAll('#tasks tr[data-task]')];"
+        "const agg = rows.filter(r => r.dataset.task.startsWith('agg['));"
+        "const wm = agg.map(r => r.cells[3].dataset.watermark).filter(w => w && Number(w) > 0);"
+        "return agg.length >= 1 && wm.length === agg.length"
+        " ? {rows: rows.length, agg: agg.length, text: agg[0].textContent} : null;",
+        "the tasks table to list the keyed tasks with their watermarks",
+    )
+    if " ms" not in tasks["text"]:
+        raise Failure(f"a keyed task's row lacks its watermark in ms: {tasks['text']!r}")
+    facts.append(f"tasks table {tasks['rows']} rows")
+
     # 2. Trigger a checkpoint: #last-action names it, its row reaches COMPLETED.
     la = p.action("#trigger", "trigger", "Trigger checkpoint")
     cid = int(la["id"])
