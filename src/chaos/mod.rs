@@ -107,7 +107,7 @@ enum Shape {
 const WINDOW_DISORDER: u64 = 200;
 const WINDOW_MS: i64 = 500;
 /// The session shape's gap (an app has an event every 1 s on average
-/// without a memory budget, every 5 s with one).
+/// without a memory budget, every 10 s with one).
 const SESSION_GAP_MS: i64 = 2_000;
 
 /// The join shape's dimension source: one partition (its order per key is
@@ -1186,7 +1186,7 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 7, "every job form is run");
+        assert_eq!(shapes.len(), 8, "every job form is run");
         let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
         assert!(
             (0..64).any(typed_budgeted),

@@ -27,12 +27,12 @@ const RIGHT_SEED: u64 = 7;
 const LOWER: i64 = -5;
 const UPPER: i64 = 5;
 
-/// One generated record: its job-wide partition, its position there, key,
-/// event time and amount.
+/// One generated record: its job-wide partition, its event index (what
+/// the partition's offset counts), key, event time and amount.
 #[derive(Clone)]
 struct Event {
     partition: u32,
-    k: u64,
+    i: u64,
     key: Key,
     ts: i64,
     amount: i64,
@@ -47,7 +47,7 @@ fn events(seed: u64, first: u32) -> Vec<Event> {
         for i in start..end {
             out.push(Event {
                 partition: first + p,
-                k: i - start,
+                i,
                 key: Key::Int(generator_app_id(seed, KEYS, i) as i64),
                 ts: generator_ts(seed, 300, i, i - start),
                 amount: generator_amount(seed, i) as i64,
@@ -110,8 +110,15 @@ fn assert_pairs(got: &Pairs, want: &Pairs) {
         .map(|(p, n)| format!("{p:?}: want {n}, got {:?}", got.get(p)))
         .collect();
     assert!(wrong.is_empty(), "{} pairs, wrong: {wrong:?}", want.len());
-    let extra: Vec<_> = got.keys().filter(|p| !want.contains_key(*p)).take(5).collect();
-    assert!(extra.is_empty(), "pairs that should not be there: {extra:?}");
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|p| !want.contains_key(*p))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "pairs that should not be there: {extra:?}"
+    );
 }
 
 fn spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &str) -> String {
@@ -146,7 +153,7 @@ fn before(m: &CheckpointMetadata, e: &Event) -> bool {
     m.subtasks
         .iter()
         .filter_map(|s| s.source_offset.as_ref())
-        .any(|o| o.partition == e.partition && e.k < o.offset)
+        .any(|o| o.partition == e.partition && e.i < o.offset)
 }
 
 async fn failure(job: &str, mode: &str) -> tempfile::TempDir {

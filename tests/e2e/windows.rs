@@ -72,7 +72,9 @@ fn top3(disorder: u64) -> Windows {
     for (key, ts, i) in events(disorder) {
         for s in starts(ts, 2000, 500) {
             let amount = generator_amount(SEED, i) as i64;
-            w.entry((key.clone(), s, s + 2000)).or_default().push(amount);
+            w.entry((key.clone(), s, s + 2000))
+                .or_default()
+                .push(amount);
         }
     }
     let top = |mut v: Vec<i64>| {

@@ -816,10 +816,15 @@ impl JobSpec {
             return Some("aggregate.right_source must name one of two or more sources (0 = source, 1.. = union)".into());
         }
         if self.event_time.is_none() {
-            return Some("an interval join needs event_time (the field its bounds apply to)".into());
+            return Some(
+                "an interval join needs event_time (the field its bounds apply to)".into(),
+            );
         }
         if self.window.is_some() {
-            return Some("an interval join is not windowed: drop `window` (lower_ms and upper_ms bound it)".into());
+            return Some(
+                "an interval join is not windowed: drop `window` (lower_ms and upper_ms bound it)"
+                    .into(),
+            );
         }
         let max = AggregateSpec::MAX_JOIN_BOUND_MS;
         if lower_ms > upper_ms || lower_ms < -max || upper_ms > max {
@@ -1205,7 +1210,14 @@ mod tests {
     #[test]
     fn the_example_specs_are_valid() {
         let names = [
-            "pv", "uv", "histogram", "tumbling", "sliding", "sessions", "top_n", "interval_join",
+            "pv",
+            "uv",
+            "histogram",
+            "tumbling",
+            "sliding",
+            "sessions",
+            "top_n",
+            "interval_join",
         ];
         for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
@@ -1261,7 +1273,11 @@ mod tests {
         let windowed = format!(r#"{time}"window":{{"type":"tumbling","size_ms":5}},"#);
         let e = spec(union, join, &windowed).unwrap_err();
         assert!(e.contains("not windowed"), "{e}");
-        let with_steps = spec(&format!(r#"{union}"transforms":[{{"map":"m"}}],"#), join, time);
+        let with_steps = spec(
+            &format!(r#"{union}"transforms":[{{"map":"m"}}],"#),
+            join,
+            time,
+        );
         assert!(with_steps.unwrap_err().contains("before a join"));
     }
 

@@ -20,7 +20,10 @@
 //! session. With Flink's rule the record at `end` merges or not depending
 //! on whether the watermark reached `end - 1` before it arrived; with
 //! this one a session's extent depends only on its records (a record
-//! that could extend a fired session is itself late).
+//! ahead of the watermark cannot overlap a fired session). A record
+//! behind the watermark whose own window is not past its cleanup time
+//! still counts, as in Flink: it may open a session overlapping one that
+//! fired and was cleaned up.
 
 use serde::{Deserialize, Serialize};
 
@@ -212,12 +215,10 @@ pub fn merge_session(sessions: &[Window], new: Window) -> (Window, std::ops::Ran
     // starts at or after `new`'s end: the ones between overlap it.
     let first = sessions.partition_point(|s| s.end <= new.start);
     let last = first + sessions[first..].partition_point(|s| s.start < new.end);
-    let merged = sessions[first..last]
-        .iter()
-        .fold(new, |m, s| Window {
-            start: m.start.min(s.start),
-            end: m.end.max(s.end),
-        });
+    let merged = sessions[first..last].iter().fold(new, |m, s| Window {
+        start: m.start.min(s.start),
+        end: m.end.max(s.end),
+    });
     (merged, first..last)
 }
 

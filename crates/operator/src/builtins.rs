@@ -25,9 +25,9 @@ use cutpoint_state::layout::StateDescriptor;
 use cutpoint_state::typed::{TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 
-use crate::timers::Fired;
 use crate::interval::IntervalJoin;
 use crate::session::SessionAggregate;
+use crate::timers::Fired;
 use crate::window::{WindowAggregate, WindowFunction};
 use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 

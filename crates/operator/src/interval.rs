@@ -168,7 +168,11 @@ impl KeyedProcessFunction for IntervalJoin {
         let input = match ctx.namespace() {
             LEFT => Input::First,
             RIGHT => Input::Second,
-            _ => return Err(OperatorError::User("an interval join timer of no side".into())),
+            _ => {
+                return Err(OperatorError::User(
+                    "an interval join timer of no side".into(),
+                ))
+            }
         };
         let ts = time - self.keep(input);
         ctx.set_namespace(&[]);
@@ -224,9 +228,15 @@ mod tests {
         assert_eq!(feed(&mut op, Input::Second, 7, 13), ["[10,13,1,7]"]);
         assert_eq!(feed(&mut op, Input::Second, 8, 8), ["[10,8,1,8]"]);
         assert!(feed(&mut op, Input::Second, 9, 14).is_empty(), "past upper");
-        assert!(feed(&mut op, Input::Second, 9, 7).is_empty(), "before lower");
+        assert!(
+            feed(&mut op, Input::Second, 9, 7).is_empty(),
+            "before lower"
+        );
         // A second left record at 11 meets 13, 8 is too early: 11-2 > 8.
-        assert_eq!(feed(&mut op, Input::First, 2, 11), ["[11,13,2,7]", "[11,14,2,9]"]);
+        assert_eq!(
+            feed(&mut op, Input::First, 2, 11),
+            ["[11,13,2,7]", "[11,14,2,9]"]
+        );
     }
 
     #[test]

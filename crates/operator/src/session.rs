@@ -156,9 +156,10 @@ impl KeyedProcessFunction for SessionAggregate {
         let unchanged = range.len() == 1 && self.windows[range.start] == merged;
         let mut acc = single;
         for s in sessions.drain(range.clone()).rev() {
+            let w = s.window();
             acc = self.function.merge(s.acc, acc)?;
             if !unchanged {
-                self.delete(&s.window(), ctx)?;
+                self.delete(&w, ctx)?;
             }
         }
         let session = Session {
@@ -264,10 +265,7 @@ mod tests {
         // [0,15) and [22,32) merged: their timers went, the merged one's
         // came, beside key 2's second session's.
         assert_eq!(op.timers().unwrap().len(), 2);
-        assert_eq!(
-            advance(&mut op, 100),
-            ["22/2:[13,23,1]", "31/1:[0,32,4]"]
-        );
+        assert_eq!(advance(&mut op, 100), ["22/2:[13,23,1]", "31/1:[0,32,4]"]);
         assert_eq!(op.timers().unwrap().len(), 0);
         assert_eq!(stored_states(&mut op), ["window_last", "window_last"]);
     }

@@ -168,11 +168,7 @@ pub(crate) fn emit_result(
     ctx: &mut KeyedContext<'_>,
     out: &mut Vec<(Key, Value)>,
 ) -> Result<(), OperatorError> {
-    let result = Value::list([
-        Value::Int(w.start),
-        Value::Int(w.end),
-        function.result(acc),
-    ]);
+    let result = Value::list([Value::Int(w.start), Value::Int(w.end), function.result(acc)]);
     ctx.set_namespace(&[]);
     ctx.set_value(last, &result)?;
     ctx.set_namespace(&w.encode());

@@ -10,7 +10,6 @@
 //! update (the job's result).
 
 use cutpoint_core::metadata::{AggregateKind, StateSchema};
-use cutpoint_core::spec::AggregateSpec;
 use cutpoint_core::{JobSpec, Key, KeyGroupRange, NotAnInteger, Record, Value};
 use cutpoint_operator::builtins::{Input, RecordOperator};
 use cutpoint_operator::Fired;
