@@ -7,7 +7,8 @@
 //! per key checked too; its updates' counts like the others'), or an
 //! event-time window count (tumbling or session windows) of out-of-order
 //! events whose windows are then counted per key (each window fired
-//! exactly once) — injects
+//! exactly once), or an event-time interval join of two sources whose
+//! pairs are counted per key (each pair emitted exactly once) — injects
 //! one fault at a random point — SIGKILL, a task panic, a fail point (error,
 //! panic, crash or delay; see `cutpoint_core::failpoint`), a store fault
 //! (`CUTPOINT_FAULTS`), or an operator's mistake: the newest `_metadata`
@@ -100,6 +101,10 @@ enum Shape {
     /// sessions counted per app: each session fired exactly once gives
     /// the number of sessions of the app's sorted event times.
     Sessions,
+    /// The same events interval-joined per app with a second source of
+    /// its own (`l.ts - 100 <= r.ts <= l.ts + 100`; buffers in map state
+    /// expired by timers), then the pairs counted per app.
+    IntervalJoin,
 }
 
 /// The window shape: the generator's disorder (also the watermark's
@@ -109,6 +114,12 @@ const WINDOW_MS: i64 = 500;
 /// The session shape's gap (an app has an event every 1 s on average
 /// without a memory budget, every 10 s with one).
 const SESSION_GAP_MS: i64 = 2_000;
+/// The interval join shape's right source: one partition, as many events
+/// per second of event time as the left source (which has two), its own
+/// seed; the bounds either way.
+const RIGHT_EVENTS: u64 = EVENTS / 2;
+const RIGHT_SEED: u64 = 11;
+const JOIN_BOUND_MS: i64 = 100;
 
 /// The join shape's dimension source: one partition (its order per key is
 /// fixed, so the latest dimension is too), a seed of its own.
@@ -127,6 +138,7 @@ impl Shape {
             Shape::Join => "join",
             Shape::Windows => "windows",
             Shape::Sessions => "sessions",
+            Shape::IntervalJoin => "interval_join",
         }
     }
 
@@ -140,6 +152,7 @@ impl Shape {
                 | Shape::Join
                 | Shape::Windows
                 | Shape::Sessions
+                | Shape::IntervalJoin
         )
     }
 
@@ -183,6 +196,11 @@ impl Shape {
             Shape::Windows | Shape::Sessions => (
                 count.clone(),
                 json!([{"id": "windows", "key_by": {"type": "key"}, "aggregate": count}]),
+            ),
+            Shape::IntervalJoin => (
+                json!({"type": "interval_join", "right_source": 1, "field": "amount",
+                    "lower_ms": -JOIN_BOUND_MS, "upper_ms": JOIN_BOUND_MS}),
+                json!([{"id": "pairs", "key_by": {"type": "key"}, "aggregate": count}]),
             ),
         }
     }
@@ -248,7 +266,33 @@ impl Shape {
                 };
                 times.into_iter().map(sessions).collect()
             }
+            Shape::IntervalJoin => Self::pairs(keys),
         }
+    }
+
+    /// The interval join's pairs per app, computed plainly: each app's
+    /// right event times sorted, each left event's partners found by range.
+    fn pairs(keys: u64) -> Vec<i64> {
+        use cutpoint_runtime::source::{generator_app_id, generator_range, generator_ts};
+        let mut right = vec![Vec::new(); keys as usize];
+        for i in 0..RIGHT_EVENTS {
+            let app = generator_app_id(RIGHT_SEED, keys, i) as usize;
+            right[app].push(generator_ts(RIGHT_SEED, WINDOW_DISORDER, i, i));
+        }
+        right.iter_mut().for_each(|r| r.sort());
+        let mut pairs = vec![0i64; keys as usize];
+        for p in 0..2 {
+            let (start, end) = generator_range(EVENTS, 2, p);
+            for i in start..end {
+                let app = generator_app_id(SEED, keys, i) as usize;
+                let ts = generator_ts(SEED, WINDOW_DISORDER, i, i - start);
+                let r = &right[app];
+                let from = r.partition_point(|t| *t < ts - JOIN_BOUND_MS);
+                let to = r.partition_point(|t| *t <= ts + JOIN_BOUND_MS);
+                pairs[app] += (to - from) as i64;
+            }
+        }
+        pairs
     }
 }
 
@@ -485,12 +529,14 @@ fn plan(seed: u64, cycle: u64) -> Plan {
         0 => Shape::Windows,
         _ => shape,
     };
-    // Sessions on another stream of their own (1 cycle in 14 of the rest).
+    // Sessions and the interval join on another stream of their own (1
+    // cycle in 14 of the rest each).
     let mut sessions = ChaCha8Rng::seed_from_u64(seed ^ 0x5E55_1045_5EED_0019);
     sessions.set_stream(cycle);
     let shape = match (shape, sessions.gen_range(0..14)) {
         (Shape::Windows, _) => shape,
         (_, 0) => Shape::Sessions,
+        (_, 1) => Shape::IntervalJoin,
         _ => shape,
     };
     Plan {
@@ -901,14 +947,24 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     if p.budget {
         spec["state"] = json!({"memory_budget_mb": 1});
     }
-    if matches!(p.shape, Shape::Windows | Shape::Sessions) {
+    if matches!(
+        p.shape,
+        Shape::Windows | Shape::Sessions | Shape::IntervalJoin
+    ) {
         spec["source"]["disorder_ms"] = json!(WINDOW_DISORDER);
         spec["event_time"] = json!({"field": "ts", "max_out_of_orderness_ms": WINDOW_DISORDER,
             "watermark_interval_ms": 20});
-        spec["window"] = match p.shape {
-            Shape::Windows => json!({"type": "tumbling", "size_ms": WINDOW_MS}),
-            _ => json!({"type": "session", "gap_ms": SESSION_GAP_MS}),
-        };
+        match p.shape {
+            Shape::Windows => spec["window"] = json!({"type": "tumbling", "size_ms": WINDOW_MS}),
+            Shape::Sessions => {
+                spec["window"] = json!({"type": "session", "gap_ms": SESSION_GAP_MS})
+            }
+            _ => {
+                spec["union"] = json!([{"type": "generator", "partitions": 1,
+                    "events": RIGHT_EVENTS, "keys": p.keys(), "users": USERS, "seed": RIGHT_SEED,
+                    "rate_per_s": RATE / 2, "disorder_ms": WINDOW_DISORDER}]);
+            }
+        }
     }
     if p.shape == Shape::Join {
         spec["union"] = json!([{"type": "generator", "partitions": 1, "events": DIM_EVENTS,
@@ -1186,7 +1242,7 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 8, "every job form is run");
+        assert_eq!(shapes.len(), 9, "every job form is run");
         let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
         assert!(
             (0..64).any(typed_budgeted),
@@ -1216,6 +1272,10 @@ mod tests {
         // Fewer sessions than 500 ms windows: a session spans at least 2 s.
         let sessions = Shape::Sessions.truth(KEYS);
         assert!(sessions.iter().zip(&windows).all(|(s, w)| *s >= 1 && s < w));
+        // About 0.1 partners per left event (201 ms of a right source with
+        // an event per app every 2 s).
+        let pairs: i64 = Shape::IntervalJoin.truth(KEYS).iter().sum();
+        assert!((20_000..80_000).contains(&pairs), "{pairs} pairs");
         let dims = Shape::dimensions(KEYS);
         assert!(dims
             .iter()

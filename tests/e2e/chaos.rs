@@ -95,6 +95,7 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
         "join",
         "windows",
         "sessions",
+        "interval_join",
     ] {
         assert!(
             summary["shapes"][shape].as_u64().unwrap_or(0) > 0,
