@@ -2,15 +2,18 @@
 //! `IntervalJoinOperator`): a left record `l` and a right record `r` of
 //! one key join when `l.ts + lower <= r.ts <= l.ts + upper`.
 //!
-//! Each input's records are buffered per key in a map state from event
-//! time to the values at that time (`interval_left` / `interval_right`);
-//! a record is matched against every buffered record of the other input
+//! Each input's records are buffered per key in a map state from a time
+//! bucket (`upper - lower + 1` ms wide, so a record's partners are in at
+//! most two buckets of the other input) to the `(time, value)`s in it
+//! (`interval_left` / `interval_right`). A record is matched against the
+//! buffered records of the other input in the buckets its bounds reach
 //! (each pair is emitted once, by whichever of the two came second) and
-//! then buffered itself, with a timer (namespace `L` or `R`) at the last
-//! watermark a partner of it can come before: `ts + max(upper, 0)` for a
-//! left record, `ts + max(-lower, 0)` for a right one. The timer removes
-//! the time's entry, so once the watermark passed it no state and no
-//! timer of the record remains.
+//! then buffered itself, with a timer (namespace `L` or `R`) per bucket at
+//! the last watermark a partner of the bucket's latest possible record
+//! can come before: its last millisecond plus `max(upper, 0)` on the left,
+//! plus `max(-lower, 0)` on the right. The timer removes the bucket, so
+//! once the watermark passed it no state and no timer of its records
+//! remains.
 //!
 //! A record at or behind its key's watermark is late: dropped and counted
 //! (as Flink's). This makes the output exact whatever the timing: a pair
@@ -28,10 +31,15 @@ use crate::{KeyedContext, KeyedProcessFunction, OperatorError};
 const LEFT: &[u8] = b"L";
 const RIGHT: &[u8] = b"R";
 
+/// A bucket of buffered records: `(time, value)`s.
+type Bucket = Vec<(i64, Value)>;
+
 /// The interval join of a left and a right input.
 pub struct IntervalJoin {
     lower: i64,
     upper: i64,
+    /// The buckets' width (ms).
+    width: i64,
     left: StateDescriptor,
     right: StateDescriptor,
     pairs: StateDescriptor,
@@ -48,6 +56,7 @@ impl IntervalJoin {
         Self {
             lower,
             upper,
+            width: upper.saturating_sub(lower).saturating_add(1).max(1),
             left: StateDescriptor::map(&name("left")),
             right: StateDescriptor::map(&name("right")),
             pairs: StateDescriptor::value("interval_pairs"),
@@ -70,6 +79,24 @@ impl IntervalJoin {
         }
     }
 
+    fn bucket(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.width)
+    }
+
+    /// When bucket `b` of `input` goes: its last millisecond plus how
+    /// long a record of `input` is kept (`None`: past the end of time).
+    fn cleanup(&self, input: Input, b: i64) -> Option<i64> {
+        b.checked_add(1)?
+            .checked_mul(self.width)?
+            .checked_sub(1)?
+            .checked_add(self.keep(input))
+    }
+
+    /// The bucket a cleanup timer of `input` at `time` removes.
+    fn bucket_of_cleanup(&self, input: Input, time: i64) -> i64 {
+        (time - self.keep(input) + 1).div_euclid(self.width) - 1
+    }
+
     /// Whether a left record at `l` and a right one at `r` join.
     fn joins(&self, l: i64, r: i64) -> bool {
         l.saturating_add(self.lower) <= r && r <= l.saturating_add(self.upper)
@@ -85,28 +112,33 @@ impl IntervalJoin {
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<(Key, Value)>,
     ) -> Result<i64, OperatorError> {
-        let other = match input {
-            Input::First => Input::Second,
-            Input::Second => Input::First,
+        let (other, from, to) = match input {
+            Input::First => (
+                Input::Second,
+                ts.saturating_add(self.lower),
+                ts.saturating_add(self.upper),
+            ),
+            Input::Second => (
+                Input::First,
+                ts.saturating_sub(self.upper),
+                ts.saturating_sub(self.lower),
+            ),
         };
-        let buffered: Vec<(i64, Vec<Value>)> = ctx.map_entries(self.buffer(other))?;
         let mut n = 0;
-        for (t, values) in buffered {
-            let (l, r) = match input {
-                Input::First => (ts, t),
-                Input::Second => (t, ts),
-            };
-            if !self.joins(l, r) {
+        for b in self.bucket(from)..=self.bucket(to) {
+            let Some(bucket) = ctx.map_get::<_, Bucket>(self.buffer(other), &b)? else {
                 continue;
-            }
-            for v in values {
-                let (lv, rv) = match input {
-                    Input::First => (record.value.clone(), v),
-                    Input::Second => (v, record.value.clone()),
+            };
+            for (t, v) in bucket {
+                let (l, r, lv, rv) = match input {
+                    Input::First => (ts, t, record.value.clone(), v),
+                    Input::Second => (t, ts, v, record.value.clone()),
                 };
-                let pair = [Value::Int(l), Value::Int(r), lv, rv];
-                out.push((record.key.clone(), Value::list(pair)));
-                n += 1;
+                if self.joins(l, r) {
+                    let pair = [Value::Int(l), Value::Int(r), lv, rv];
+                    out.push((record.key.clone(), Value::list(pair)));
+                    n += 1;
+                }
             }
         }
         Ok(n)
@@ -138,7 +170,8 @@ impl KeyedProcessFunction for IntervalJoin {
             ))
         })?;
         let watermark = ctx.current_watermark().unwrap_or(i64::MIN);
-        let Some(cleanup) = ts.checked_add(self.keep(input)).filter(|_| ts > watermark) else {
+        let b = self.bucket(ts);
+        let Some(cleanup) = self.cleanup(input, b).filter(|_| ts > watermark) else {
             self.late += 1;
             return Ok(());
         };
@@ -149,9 +182,9 @@ impl KeyedProcessFunction for IntervalJoin {
             ctx.set_value(&self.pairs, &total)?;
         }
         let buffer = self.buffer(input);
-        let mut values: Vec<Value> = ctx.map_get(buffer, &ts)?.unwrap_or_default();
-        values.push(record.value);
-        ctx.map_put(buffer, &ts, &values)?;
+        let mut bucket: Bucket = ctx.map_get(buffer, &b)?.unwrap_or_default();
+        bucket.push((ts, record.value));
+        ctx.map_put(buffer, &b, &bucket)?;
         ctx.set_namespace(match input {
             Input::First => LEFT,
             Input::Second => RIGHT,
@@ -174,9 +207,9 @@ impl KeyedProcessFunction for IntervalJoin {
                 ))
             }
         };
-        let ts = time - self.keep(input);
+        let b = self.bucket_of_cleanup(input, time);
         ctx.set_namespace(&[]);
-        Ok(ctx.map_remove(self.buffer(input), &ts)?)
+        Ok(ctx.map_remove(self.buffer(input), &b)?)
     }
 
     fn late_records(&self) -> u64 {
@@ -240,17 +273,19 @@ mod tests {
     }
 
     #[test]
-    fn the_watermark_removes_records_no_partner_can_reach_and_late_ones_are_dropped() {
+    fn the_watermark_removes_buckets_no_partner_can_reach_and_late_ones_are_dropped() {
         let mut op = op(-2, 3);
+        // Buckets of 6 ms: left 10 is in [6, 11], kept until 11 + 3;
+        // right 20 in [18, 23], kept until 23 + 2.
         feed(&mut op, Input::First, 1, 10);
         feed(&mut op, Input::Second, 5, 20);
-        // Left 10 is kept until 13, right 20 until 22.
         assert_eq!(op.timers().unwrap().len(), 2);
         advance(&mut op, 12);
         assert_eq!(feed(&mut op, Input::Second, 6, 13), ["[10,13,1,6]"]);
-        advance(&mut op, 13);
-        // Left 10 is gone; a right record at 13 would be late anyway.
-        assert!(feed(&mut op, Input::Second, 7, 13).is_empty());
+        assert!(feed(&mut op, Input::Second, 6, 14).is_empty(), "past upper");
+        advance(&mut op, 14);
+        // Left 10 is gone; a right record at 14 would be late anyway.
+        assert!(feed(&mut op, Input::Second, 7, 14).is_empty());
         assert_eq!(op.function.late_records(), 1);
         advance(&mut op, 100);
         assert_eq!(op.timers().unwrap().len(), 0);
@@ -264,14 +299,18 @@ mod tests {
     fn negative_bounds_keep_only_the_right_input() {
         // r.ts in [l.ts - 5, l.ts - 1]: right records come first in time.
         let mut op = op(-5, -1);
+        // Buckets of 5 ms: right 10 is in [10, 14], kept until 14 + 5.
         feed(&mut op, Input::Second, 1, 10);
         feed(&mut op, Input::First, 2, 10);
-        assert_eq!(op.timers().unwrap().len(), 2, "left at 10, right at 15");
+        assert_eq!(op.timers().unwrap().len(), 2, "left at 14, right at 19");
         assert_eq!(feed(&mut op, Input::First, 3, 14), ["[14,10,3,1]"]);
         advance(&mut op, 14);
-        // Right 10 is kept until 15: left 15 still meets it.
         assert_eq!(feed(&mut op, Input::First, 4, 15), ["[15,10,4,1]"]);
-        advance(&mut op, 15);
-        assert!(feed(&mut op, Input::First, 5, 16).is_empty());
+        advance(&mut op, 18);
+        // Right 10 is still kept, but no left record after 18 reaches it.
+        assert!(feed(&mut op, Input::First, 5, 19).is_empty());
+        advance(&mut op, 19);
+        assert_eq!(op.timers().unwrap().len(), 0);
+        assert_eq!(stored_states(&mut op), ["interval_pairs"]);
     }
 }
