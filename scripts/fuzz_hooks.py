@@ -10,7 +10,8 @@ positive_data_acceptance still holds every other rule to account:
 - POST /v1/jobs: the cross-field rules of the JobSubmission description
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, an
-  event_time field of `ts` with a generator, a window and a generator's
+  event_time field of `ts` with a generator, a window (unless of
+  processing time, then without allowed lateness) and a generator's
   disorder_ms only with event_time and a window only of count, sum, min,
   max, avg, count_distinct or top_n, a top_n only with a window, a sliding
   window's slide_ms at most its size_ms and at least a hundredth of it, an
@@ -132,8 +133,12 @@ def _sources(spec):
             agg = dict(agg, field="user_id")
         if isinstance(spec.get("event_time"), dict):
             spec["event_time"] = dict(spec["event_time"], field="ts")
+    w = spec.get("window")
+    if isinstance(w, dict) and w.get("time") == "processing":
+        spec["window"] = dict(w, allowed_lateness_ms=0)
     if "event_time" not in spec:
-        spec.pop("window", None)
+        if not (isinstance(w, dict) and w.get("time") == "processing"):
+            spec.pop("window", None)
         for s in sources:
             s.pop("disorder_ms", None)
     windowed = ("count", "sum", "min", "max", "avg", "count_distinct", "top_n")

@@ -337,6 +337,7 @@ mod tests {
             .window(WindowSpec::Tumbling {
                 size_ms: 1000,
                 allowed_lateness_ms: 0,
+                time: cutpoint_core::window::WindowTime::Event,
             })
             .aggregate(AggregateSpec::Count)
             .checkpoint_every(Duration::from_secs(1))

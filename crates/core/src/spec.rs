@@ -849,8 +849,9 @@ impl JobSpec {
             }
         }
         let window = self.window.as_ref()?;
-        if self.event_time.is_none() {
-            return Some("window needs event_time (the field records are windowed by)".into());
+        let event_time = window.time() == crate::window::WindowTime::Event;
+        if event_time && self.event_time.is_none() {
+            return Some("window needs event_time (the field records are windowed by), or \"time\":\"processing\"".into());
         }
         if !matches!(
             self.aggregate,
@@ -1247,6 +1248,25 @@ mod tests {
         assert!(e.contains("aggregate.n"), "{e}");
         let e = spec(r#"{"type":"dedup","field":"user_id"}"#, session).unwrap_err();
         assert!(e.contains("dedup is not windowed"), "{e}");
+        // Processing time needs no event time, and has no lateness.
+        let processing = r#","window":{"type":"tumbling","size_ms":500,"time":"processing"}"#;
+        let plain = |agg: &str, window: &str| {
+            JobSpec::from_json(&PV.replace(
+                r#""aggregate":{"type":"count"}"#,
+                &format!(r#""aggregate":{agg}{window}"#),
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let s = plain(r#"{"type":"count"}"#, processing).unwrap();
+        assert_eq!(
+            s.window.unwrap().time(),
+            crate::window::WindowTime::Processing
+        );
+        let e = plain(r#"{"type":"count"}"#, session).unwrap_err();
+        assert!(e.contains("needs event_time"), "{e}");
+        let late = processing.replace("}", r#","allowed_lateness_ms":5}"#);
+        let e = plain(r#"{"type":"count"}"#, &late).unwrap_err();
+        assert!(e.contains("event time only"), "{e}");
     }
 
     #[test]

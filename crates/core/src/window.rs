@@ -27,7 +27,27 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A job's event-time window.
+/// Which clock a window follows: the records' event time (the default),
+/// or the wall clock when the keyed task processes each record (Flink's
+/// `TumblingProcessingTimeWindows` and kin: no watermarks, nothing is
+/// late, and which window a record falls in depends on when it is
+/// processed; every window still fires once, its state and timers kept in
+/// the checkpoints; open windows fire at the end of the input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowTime {
+    #[default]
+    Event,
+    Processing,
+}
+
+impl WindowTime {
+    pub fn is_event(&self) -> bool {
+        *self == WindowTime::Event
+    }
+}
+
+/// A job's window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WindowSpec {
@@ -36,6 +56,8 @@ pub enum WindowSpec {
         size_ms: u64,
         #[serde(default)]
         allowed_lateness_ms: u64,
+        #[serde(default, skip_serializing_if = "WindowTime::is_event")]
+        time: WindowTime,
     },
     /// Windows of `size_ms` starting every `slide_ms` (each record is in
     /// `size_ms / slide_ms` of them, rounded up).
@@ -44,6 +66,8 @@ pub enum WindowSpec {
         slide_ms: u64,
         #[serde(default)]
         allowed_lateness_ms: u64,
+        #[serde(default, skip_serializing_if = "WindowTime::is_event")]
+        time: WindowTime,
     },
     /// Per key, records less than `gap_ms` apart form one session: its
     /// window runs from its first record to its last plus `gap_ms`.
@@ -51,6 +75,8 @@ pub enum WindowSpec {
         gap_ms: u64,
         #[serde(default)]
         allowed_lateness_ms: u64,
+        #[serde(default, skip_serializing_if = "WindowTime::is_event")]
+        time: WindowTime,
     },
 }
 
@@ -106,19 +132,33 @@ impl WindowSpec {
         }
     }
 
+    /// Which clock it follows.
+    pub fn time(&self) -> WindowTime {
+        match *self {
+            WindowSpec::Tumbling { time, .. }
+            | WindowSpec::Sliding { time, .. }
+            | WindowSpec::Session { time, .. } => time,
+        }
+    }
+
     /// Whether its windows merge (session windows).
     pub fn is_merging(&self) -> bool {
         matches!(self, WindowSpec::Session { .. })
     }
 
-    /// Its shape in words (`tumbling 1000 ms`), for state names.
+    /// Its shape in words (`tumbling 1000 ms`; `tumbling 1000 ms of
+    /// processing time`), for state names.
     pub fn shape(&self) -> String {
-        match *self {
+        let shape = match *self {
             WindowSpec::Tumbling { size_ms, .. } => format!("tumbling {size_ms} ms"),
             WindowSpec::Sliding {
                 size_ms, slide_ms, ..
             } => format!("sliding {size_ms} ms every {slide_ms} ms"),
             WindowSpec::Session { gap_ms, .. } => format!("session gap {gap_ms} ms"),
+        };
+        match self.time() {
+            WindowTime::Event => shape,
+            WindowTime::Processing => format!("{shape} of processing time"),
         }
     }
 
@@ -195,6 +235,12 @@ impl WindowSpec {
                 Self::MAX_WINDOWS_PER_RECORD
             ));
         }
+        if self.time() == WindowTime::Processing && self.allowed_lateness() > 0 {
+            return Some(
+                "window.allowed_lateness_ms applies to event time only (nothing is late in processing time)"
+                    .into(),
+            );
+        }
         if self.allowed_lateness() as u64 > Self::MAX_LATENESS_MS {
             return Some(format!(
                 "window.allowed_lateness_ms must be at most {} (a week)",
@@ -237,6 +283,7 @@ mod tests {
         let t = WindowSpec::Tumbling {
             size_ms: 10,
             allowed_lateness_ms: 0,
+            time: WindowTime::Event,
         };
         assert_eq!(windows(t, 0), [(0, 10)]);
         assert_eq!(windows(t, 9), [(0, 10)]);
@@ -251,6 +298,7 @@ mod tests {
             size_ms: 10,
             slide_ms: 5,
             allowed_lateness_ms: 3,
+            time: WindowTime::Event,
         };
         assert_eq!(windows(s, 7), [(5, 15), (0, 10)]);
         assert_eq!(windows(s, 5), [(5, 15), (0, 10)]);
@@ -259,6 +307,7 @@ mod tests {
             size_ms: 10,
             slide_ms: 3,
             allowed_lateness_ms: 0,
+            time: WindowTime::Event,
         };
         // Starts at multiples of 3 in (ts - 10, ts].
         assert_eq!(windows(uneven, 10), [(9, 19), (6, 16), (3, 13)]);
@@ -270,6 +319,7 @@ mod tests {
         let t = WindowSpec::Tumbling {
             size_ms: 1000,
             allowed_lateness_ms: 0,
+            time: WindowTime::Event,
         };
         assert!(windows(t, i64::MAX).is_empty(), "its end is past i64::MAX");
         assert!(
@@ -323,6 +373,7 @@ mod tests {
         let s = WindowSpec::Session {
             gap_ms: 10,
             allowed_lateness_ms: 0,
+            time: WindowTime::Event,
         };
         assert_eq!(windows(s, 7), [(7, 17)]);
         assert!(windows(s, i64::MAX - 3).is_empty());

@@ -109,10 +109,21 @@ pub trait RecordOperator: Send {
     ) -> Result<Fired, OperatorError>;
     /// A restore: the watermark each restored key-group range had.
     fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]);
-    /// The RocksDB key prefix of key group `key_group`'s timers (`None`:
+    /// The wall clock reached `now` (`i64::MAX`: the input ended): up to
+    /// `max` processing-time timers at or before it fire, as
+    /// [`RecordOperator::on_watermark`]'s.
+    fn on_processing_time(
+        &mut self,
+        now: i64,
+        max: usize,
+        out: &mut Vec<(i64, Key, Value)>,
+    ) -> Result<Fired, OperatorError>;
+    /// When the first processing-time timer waiting is due.
+    fn next_processing_timer(&self) -> Option<i64>;
+    /// The RocksDB key prefixes of key group `key_group`'s timers (none:
     /// no timers), read at a restore even when the rest of the state
     /// reads through under a memory budget.
-    fn timer_prefix(&self, key_group: u16) -> Option<[u8; 4]>;
+    fn timer_prefixes(&self, key_group: u16) -> Vec<[u8; 4]>;
     /// Timers waiting, and records dropped as late so far.
     fn time_stats(&self) -> (usize, u64);
 }
@@ -189,12 +200,30 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         KeyedOperator::restore_watermarks(self, floors)
     }
 
-    fn timer_prefix(&self, key_group: u16) -> Option<[u8; 4]> {
-        self.timers().map(|t| t.prefix(key_group))
+    fn on_processing_time(
+        &mut self,
+        now: i64,
+        max: usize,
+        out: &mut Vec<(i64, Key, Value)>,
+    ) -> Result<Fired, OperatorError> {
+        let mut fired = Vec::new();
+        let more = self.advance_processing_time(now, max, &mut fired)?;
+        out.extend(fired.into_iter().map(|(t, (k, v))| (t, k, v)));
+        Ok(more)
+    }
+
+    fn next_processing_timer(&self) -> Option<i64> {
+        self.processing_timers().and_then(|t| t.next())
+    }
+
+    fn timer_prefixes(&self, key_group: u16) -> Vec<[u8; 4]> {
+        let services = [self.timers(), self.processing_timers()];
+        services.into_iter().flatten().map(|t| t.prefix(key_group)).collect()
     }
 
     fn time_stats(&self) -> (usize, u64) {
-        let pending = self.timers().map_or(0, |t| t.len());
+        let services = [self.timers(), self.processing_timers()];
+        let pending = services.into_iter().flatten().map(|t| t.len()).sum();
         (pending, self.function.late_records())
     }
 }

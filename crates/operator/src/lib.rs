@@ -24,12 +24,13 @@
 //! completed checkpoints ([`KeyedProcessFunction::notify_checkpoint_complete`]).
 //! Records are a key and a [`Value`] in running jobs (the runtime's one
 //! record type); [`integer`] reads the value a function needs as an
-//! integer. A function may use event-time timers ([`timers`]: kept in its
-//! state, fired in time order as the watermark passes them, `on_timer`);
+//! integer. A function may use timers ([`timers`]: event time, fired in
+//! time order as the watermark passes them, and processing time, as the
+//! wall clock does; kept in its state; `on_timer`, which tells which by
+//! [`KeyedContext::time_domain`]);
 //! [`window`] and [`session`]: the JSON spec's event-time windows on them;
-//! [`interval`]: its interval join. Not built yet:
-//! processing-time timers, operator (non-keyed) state, records with
-//! several named fields.
+//! [`interval`]: its interval join. Not built yet: operator (non-keyed)
+//! state, records with several named fields.
 
 pub use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::{LayoutError, StateNames};
@@ -37,7 +38,7 @@ pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-pub use timers::{Fired, TimerService};
+pub use timers::{Fired, TimeDomain, TimerService, Timers};
 
 /// Why an operator could not process a record.
 #[derive(Debug, thiserror::Error)]
@@ -117,15 +118,19 @@ pub trait KeyedProcessFunction: Send {
         Ok(())
     }
 
-    /// Whether the function registers event-time timers
-    /// ([`KeyedContext::register_event_time_timer`]); its timers are then
-    /// kept in its state (the reserved state [`timers::TIMER_STATE`]).
+    /// Whether the function registers timers
+    /// ([`KeyedContext::register_event_time_timer`],
+    /// [`KeyedContext::register_processing_time_timer`]); its timers are
+    /// then kept in its state (the reserved states
+    /// [`timers::TIMER_STATE`] and [`timers::PROCESSING_TIMER_STATE`]).
     fn uses_timers(&self) -> bool {
         false
     }
 
-    /// An event-time timer of the context's key and namespace fired: the
-    /// watermark reached `time`. Outputs go downstream at event time `time`.
+    /// A timer of the context's key and namespace fired: the watermark
+    /// (event time) or the wall clock (processing time,
+    /// [`KeyedContext::time_domain`]) reached `time`. Outputs go
+    /// downstream at event time `time`.
     fn on_timer(
         &mut self,
         time: i64,
@@ -146,7 +151,9 @@ pub trait KeyedProcessFunction: Send {
 pub struct KeyedContext<'a> {
     table: &'a mut TypedTable,
     key: KeyContext,
-    timers: Option<&'a mut TimerService>,
+    timers: Option<&'a mut Timers>,
+    /// Of the timer firing (event time while processing a record).
+    domain: TimeDomain,
 }
 
 impl KeyedContext<'_> {
@@ -170,21 +177,60 @@ impl KeyedContext<'_> {
     /// at the checkpoint, if later.
     pub fn current_watermark(&self) -> Option<i64> {
         let t = self.timers.as_ref()?;
-        t.watermark_for(self.key.key_group)
+        t.event.watermark_for(self.key.key_group)
+    }
+
+    /// The wall clock (ms since the epoch), never behind a processing-time
+    /// timer that fired: at least 1 ms past the time they fired up to, so
+    /// a window assigned by it has not fired yet.
+    pub fn current_processing_time(&self) -> i64 {
+        let now = cutpoint_core::now_millis() as i64;
+        let fired = self.timers.as_ref().and_then(|t| t.processing.watermark());
+        fired.map_or(now, |f| now.max(f.saturating_add(1)))
+    }
+
+    /// In `on_timer`: which clock the timer followed.
+    pub fn time_domain(&self) -> TimeDomain {
+        self.domain
     }
 
     /// Calls `on_timer` for this key and namespace once the watermark
     /// reaches `time` (once per key, namespace and time). Needs
     /// [`KeyedProcessFunction::uses_timers`].
     pub fn register_event_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
-        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
-        Ok(timers.register(self.table, &self.key, time)?)
+        self.register(TimeDomain::EventTime, time)
     }
 
-    /// Deletes this key's and namespace's timer at `time`, if any.
+    /// Deletes this key's and namespace's event-time timer at `time`, if
+    /// any.
     pub fn delete_event_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
+        self.delete(TimeDomain::EventTime, time)
+    }
+
+    /// Calls `on_timer` for this key and namespace once the wall clock
+    /// reaches `time` (ms since the epoch; once per key, namespace and
+    /// time; at the end of the input at the latest). Needs
+    /// [`KeyedProcessFunction::uses_timers`].
+    pub fn register_processing_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
+        self.register(TimeDomain::ProcessingTime, time)
+    }
+
+    /// Deletes this key's and namespace's processing-time timer at
+    /// `time`, if any.
+    pub fn delete_processing_time_timer(&mut self, time: i64) -> Result<(), OperatorError> {
+        self.delete(TimeDomain::ProcessingTime, time)
+    }
+
+    /// Registers a timer of `domain`.
+    pub fn register(&mut self, domain: TimeDomain, time: i64) -> Result<(), OperatorError> {
         let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
-        Ok(timers.delete(self.table, &self.key, time)?)
+        Ok(timers.of(domain).register(self.table, &self.key, time)?)
+    }
+
+    /// Deletes a timer of `domain`, if any.
+    pub fn delete(&mut self, domain: TimeDomain, time: i64) -> Result<(), OperatorError> {
+        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
+        Ok(timers.of(domain).delete(self.table, &self.key, time)?)
     }
 
     pub fn value<T: DeserializeOwned>(
@@ -271,7 +317,7 @@ pub struct KeyedOperator<F: KeyedProcessFunction> {
     function: F,
     key_of: KeyFn<F::In>,
     table: TypedTable,
-    timers: Option<TimerService>,
+    timers: Option<Timers>,
     max_parallelism: u32,
 }
 
@@ -290,9 +336,16 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             names.declare(&d)?;
         }
         let timers = match function.uses_timers() {
-            true => Some(TimerService::new(
-                names.declare(&TimerService::descriptor())?,
-            )),
+            true => {
+                let service = |names: &mut StateNames, domain| -> Result<_, LayoutError> {
+                    let id = names.declare(&TimerService::descriptor(domain))?;
+                    Ok(TimerService::new(domain, id))
+                };
+                Some(Timers {
+                    event: service(&mut names, TimeDomain::EventTime)?,
+                    processing: service(&mut names, TimeDomain::ProcessingTime)?,
+                })
+            }
             false => None,
         };
         Ok(Self {
@@ -311,6 +364,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             table: &mut self.table,
             key,
             timers: self.timers.as_mut(),
+            domain: TimeDomain::EventTime,
         };
         self.function.process(record, &mut ctx, out)
     }
@@ -325,24 +379,49 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         max: usize,
         out: &mut Vec<(i64, F::Out)>,
     ) -> Result<Fired, OperatorError> {
+        self.fire(TimeDomain::EventTime, w, max, out)
+    }
+
+    /// The wall clock reached `now` (ms since the epoch; `i64::MAX` at the
+    /// end of the input): processing-time timers at or before it fire, as
+    /// [`KeyedOperator::advance_watermark`]'s.
+    pub fn advance_processing_time(
+        &mut self,
+        now: i64,
+        max: usize,
+        out: &mut Vec<(i64, F::Out)>,
+    ) -> Result<Fired, OperatorError> {
+        self.fire(TimeDomain::ProcessingTime, now, max, out)
+    }
+
+    fn fire(
+        &mut self,
+        domain: TimeDomain,
+        w: i64,
+        max: usize,
+        out: &mut Vec<(i64, F::Out)>,
+    ) -> Result<Fired, OperatorError> {
         let Some(timers) = self.timers.as_mut() else {
             return Ok(Fired::All);
         };
         let mut fired = Vec::new();
         for _ in 0..max {
-            let Some((time, key)) = timers.pop_due(&mut self.table, w, self.max_parallelism)?
-            else {
+            let due = timers
+                .of(domain)
+                .pop_due(&mut self.table, w, self.max_parallelism)?;
+            let Some((time, key)) = due else {
                 return Ok(Fired::All);
             };
             let mut ctx = KeyedContext {
                 table: &mut self.table,
                 key,
                 timers: Some(&mut *timers),
+                domain,
             };
             self.function.on_timer(time, &mut ctx, &mut fired)?;
             out.extend(fired.drain(..).map(|o| (time, o)));
         }
-        Ok(match timers.is_due(w) {
+        Ok(match timers.of(domain).is_due(w) {
             true => Fired::More,
             false => Fired::All,
         })
@@ -351,13 +430,18 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
     /// A restore: the watermark each restored key-group range had.
     pub fn restore_watermarks(&mut self, floors: &[(cutpoint_core::KeyGroupRange, i64)]) {
         if let Some(t) = &mut self.timers {
-            t.restore_watermarks(floors);
+            t.event.restore_watermarks(floors);
         }
     }
 
-    /// The timers waiting (`None`: the function uses none).
+    /// The event-time timers waiting (`None`: the function uses none).
     pub fn timers(&self) -> Option<&TimerService> {
-        self.timers.as_ref()
+        self.timers.as_ref().map(|t| &t.event)
+    }
+
+    /// The processing-time timers waiting.
+    pub fn processing_timers(&self) -> Option<&TimerService> {
+        self.timers.as_ref().map(|t| &t.processing)
     }
 
     /// Checkpoint `checkpoint` completed: the function's hook.
@@ -386,7 +470,8 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
     pub fn restore_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), OperatorError> {
         self.table.load(key, value)?;
         if let Some(t) = &mut self.timers {
-            t.restore(key)?;
+            t.event.restore(key)?;
+            t.processing.restore(key)?;
         }
         Ok(())
     }

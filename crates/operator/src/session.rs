@@ -29,8 +29,8 @@ use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::builtins::WithResult;
-use crate::window::{emit_result, Acc, WindowFunction};
-use crate::{KeyedContext, KeyedProcessFunction, OperatorError};
+use crate::window::{domain, emit_result, record_time, Acc, WindowFunction};
+use crate::{KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
 /// One open session of a key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +52,7 @@ impl Session {
 /// A window function per key and event-time session.
 pub struct SessionAggregate {
     spec: WindowSpec,
+    domain: TimeDomain,
     function: WindowFunction,
     sessions: StateDescriptor,
     last: StateDescriptor,
@@ -68,6 +69,7 @@ impl SessionAggregate {
         debug_assert!(spec.is_merging());
         Self {
             spec,
+            domain: domain(&spec),
             function,
             sessions: StateDescriptor::value(&function.state_name("session_windows", &spec)),
             last: StateDescriptor::value("window_last"),
@@ -102,15 +104,15 @@ impl SessionAggregate {
     ) -> Result<(), OperatorError> {
         ctx.set_namespace(&w.encode());
         if w.max_timestamp() > watermark {
-            ctx.register_event_time_timer(w.max_timestamp())?;
+            ctx.register(self.domain, w.max_timestamp())?;
         }
-        ctx.register_event_time_timer(self.spec.cleanup_time(w))
+        ctx.register(self.domain, self.spec.cleanup_time(w))
     }
 
     fn delete(&self, w: &Window, ctx: &mut KeyedContext<'_>) -> Result<(), OperatorError> {
         ctx.set_namespace(&w.encode());
-        ctx.delete_event_time_timer(w.max_timestamp())?;
-        ctx.delete_event_time_timer(self.spec.cleanup_time(w))
+        ctx.delete(self.domain, w.max_timestamp())?;
+        ctx.delete(self.domain, self.spec.cleanup_time(w))
     }
 }
 
@@ -132,14 +134,8 @@ impl KeyedProcessFunction for SessionAggregate {
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        let ts = record.time().ok_or_else(|| {
-            OperatorError::User(format!(
-                "key {}: a record without an event time",
-                record.key
-            ))
-        })?;
+        let (ts, watermark) = record_time(self.domain, &record, ctx)?;
         let single = self.function.single(&record)?;
-        let watermark = ctx.current_watermark().unwrap_or(i64::MIN);
         self.spec.assign(ts, &mut self.own);
         let Some(&own) = self.own.first() else {
             self.late += 1; // its window would end past the end of time
@@ -226,6 +222,7 @@ mod tests {
         let spec = WindowSpec::Session {
             gap_ms,
             allowed_lateness_ms: lateness,
+            time: cutpoint_core::window::WindowTime::Event,
         };
         KeyedOperator::new(
             SessionAggregate::new(spec, f),

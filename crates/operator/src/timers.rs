@@ -1,11 +1,14 @@
-//! Event-time timers of one keyed subtask (Flink's `InternalTimerService`):
+//! Timers of one keyed subtask (Flink's `InternalTimerService`), event
+//! time and processing time ([`Timers`], one [`TimerService`] each):
 //! registered and deleted per key and namespace, deduplicated per
-//! (key, namespace, time), fired in time order once the watermark reaches
-//! them ([`crate::KeyedOperator::advance_watermark`]).
+//! (key, namespace, time), fired in time order once the watermark
+//! ([`crate::KeyedOperator::advance_watermark`]) or the wall clock
+//! ([`crate::KeyedOperator::advance_processing_time`]) reaches them.
 //!
 //! Invariants:
 //! - A timer lives in keyed state: an entry of the reserved map state
-//!   [`TIMER_STATE`] under its key and namespace, its user key the time
+//!   [`TIMER_STATE`] (event time) or [`PROCESSING_TIMER_STATE`] under its
+//!   key and namespace, its user key the time
 //!   (8 bytes, ordered). So it is in every snapshot — incrementally, with
 //!   the rest of the state — restored with it and rescaled with its key
 //!   group. The queue in memory is an index of those entries, rebuilt from
@@ -24,8 +27,36 @@ use cutpoint_core::{keygroup, Key, KeyGroupRange};
 use cutpoint_state::layout::{decode_entry, LayoutError, StateDescriptor};
 use cutpoint_state::typed::{KeyContext, TypedTable};
 
-/// The reserved name of the state that holds a function's timers.
+/// The reserved name of the state that holds a function's event-time
+/// timers.
 pub const TIMER_STATE: &str = "__event_timers";
+/// The reserved name of the state that holds its processing-time timers
+/// (a restore brings them back; those whose time passed meanwhile fire
+/// at once).
+pub const PROCESSING_TIMER_STATE: &str = "__processing_timers";
+
+/// Which clock a timer follows (Flink's `TimeDomain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeDomain {
+    EventTime,
+    ProcessingTime,
+}
+
+/// A function's timers of both domains.
+#[derive(Debug)]
+pub struct Timers {
+    pub(crate) event: TimerService,
+    pub(crate) processing: TimerService,
+}
+
+impl Timers {
+    pub(crate) fn of(&mut self, domain: TimeDomain) -> &mut TimerService {
+        match domain {
+            TimeDomain::EventTime => &mut self.event,
+            TimeDomain::ProcessingTime => &mut self.processing,
+        }
+    }
+}
 
 /// A timer: when, and for which key and namespace.
 pub type Timer = (i64, Key, Vec<u8>);
@@ -42,13 +73,14 @@ fn time_of(user_key: &[u8]) -> Result<i64, LayoutError> {
     Ok((u64::from_be_bytes(bytes) ^ (1 << 63)) as i64)
 }
 
-/// The event-time timers of one subtask.
+/// The timers of one subtask in one domain.
 #[derive(Debug)]
 pub struct TimerService {
     queue: BTreeSet<Timer>,
     state: StateDescriptor,
-    /// The state id [`TIMER_STATE`] has in this subtask's table.
+    /// The state id its state has in this subtask's table.
     state_id: u16,
+    /// The time timers fired up to (the watermark, or the wall clock).
     watermark: Option<i64>,
     /// A restore: the watermark each restored key-group range had at the
     /// checkpoint (its subtask's). A key of one of them sees at least it,
@@ -66,20 +98,28 @@ pub enum Fired {
 }
 
 impl TimerService {
-    /// The state a function with timers declares.
-    pub fn descriptor() -> StateDescriptor {
-        StateDescriptor::map(TIMER_STATE)
+    /// The state a function with timers declares for `domain`'s.
+    pub fn descriptor(domain: TimeDomain) -> StateDescriptor {
+        match domain {
+            TimeDomain::EventTime => StateDescriptor::map(TIMER_STATE),
+            TimeDomain::ProcessingTime => StateDescriptor::map(PROCESSING_TIMER_STATE),
+        }
     }
 
-    /// Timers kept in state `state_id` of a table.
-    pub(crate) fn new(state_id: u16) -> Self {
+    /// `domain`'s timers, kept in state `state_id` of a table.
+    pub(crate) fn new(domain: TimeDomain, state_id: u16) -> Self {
         Self {
             queue: BTreeSet::new(),
-            state: Self::descriptor(),
+            state: Self::descriptor(domain),
             state_id,
             watermark: None,
             floors: Vec::new(),
         }
+    }
+
+    /// The time of the first timer waiting.
+    pub fn next(&self) -> Option<i64> {
+        self.queue.first().map(|t| t.0)
     }
 
     /// The watermark timers fired up to.
@@ -181,7 +221,7 @@ impl TimerService {
         p
     }
 
-    /// One restored entry: a timer if it is one of [`TIMER_STATE`]'s.
+    /// One restored entry: a timer if it is one of this service's state.
     pub(crate) fn restore(&mut self, entry: &[u8]) -> Result<(), LayoutError> {
         if entry.get(2..4) != Some(&self.state_id.to_be_bytes()) {
             return Ok(());
@@ -372,5 +412,91 @@ mod tests {
             .unwrap();
         }
         assert_eq!(left, 0, "every fired timer's entry is deleted in RocksDB");
+    }
+
+    /// Registers a processing-time timer at each record's value and an
+    /// event-time one at its negation; emits `(time, 1)` for a
+    /// processing-time firing, `(time, 0)` for an event-time one.
+    struct Both;
+
+    impl KeyedProcessFunction for Both {
+        type In = Record;
+        type Out = (i64, i64);
+
+        fn states(&self) -> Vec<cutpoint_state::layout::StateDescriptor> {
+            Vec::new()
+        }
+
+        fn uses_timers(&self) -> bool {
+            true
+        }
+
+        fn process(
+            &mut self,
+            r: Record,
+            ctx: &mut KeyedContext<'_>,
+            _: &mut Vec<(i64, i64)>,
+        ) -> Result<(), OperatorError> {
+            let t = r.value.as_int().unwrap();
+            ctx.register_processing_time_timer(t)?;
+            ctx.register_event_time_timer(-t)
+        }
+
+        fn on_timer(
+            &mut self,
+            time: i64,
+            ctx: &mut KeyedContext<'_>,
+            out: &mut Vec<(i64, i64)>,
+        ) -> Result<(), OperatorError> {
+            let domain = ctx.time_domain();
+            out.push((time, i64::from(domain == super::TimeDomain::ProcessingTime)));
+            Ok(())
+        }
+    }
+
+    /// Processing-time timers fire by the wall clock, apart from the
+    /// event-time ones, in time order and once; they are kept in their own
+    /// reserved state, so a restore brings back those that had not fired.
+    #[test]
+    fn processing_time_timers_fire_by_the_clock_apart_and_survive_a_restore() {
+        let mut op = KeyedOperator::new(Both, |r: &Record| r.key.clone(), MAXP).unwrap();
+        for (k, t) in [(1, 30), (2, 10), (1, 30), (3, 20)] {
+            op.process(Record::new(k, Value::Int(t)), &mut Vec::new())
+                .unwrap();
+        }
+        assert_eq!(op.processing_timers().unwrap().len(), 3, "deduplicated");
+        assert_eq!(op.processing_timers().unwrap().next(), Some(10));
+        let mut out = Vec::new();
+        op.advance_processing_time(20, usize::MAX, &mut out).unwrap();
+        let fired: Vec<_> = out.drain(..).map(|(_, o)| o).collect();
+        assert_eq!(fired, [(10, 1), (20, 1)]);
+        assert_eq!(op.timers().unwrap().len(), 3, "event-time ones wait");
+        // What fired is remembered: the context's clock reads past it.
+        assert_eq!(op.processing_timers().unwrap().watermark(), Some(20));
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = RocksStore::open(&dir.path().join("db"), &dir.path().join("s"), MAXP).unwrap();
+        db.apply_entries(&op.snapshot()).unwrap();
+        let mut restored = KeyedOperator::new(Both, |r: &Record| r.key.clone(), MAXP).unwrap();
+        let all = KeyGroupRange {
+            start: 0,
+            end: MAXP - 1,
+        };
+        db.scan_raw(all, |k, v| {
+            restored.restore_entry(k, v).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(restored.processing_timers().unwrap().len(), 1);
+        assert_eq!(restored.timers().unwrap().len(), 3);
+        let mut out = Vec::new();
+        restored
+            .advance_processing_time(i64::MAX, usize::MAX, &mut out)
+            .unwrap();
+        assert_eq!(out.into_iter().map(|(_, o)| o).collect::<Vec<_>>(), [(30, 1)]);
+        let mut out = Vec::new();
+        restored.advance_watermark(-15, usize::MAX, &mut out).unwrap();
+        let event: Vec<_> = out.into_iter().map(|(_, o)| o).collect();
+        assert_eq!(event, [(-30, 0), (-20, 0)]);
     }
 }

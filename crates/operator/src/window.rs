@@ -23,13 +23,13 @@
 //! checkpointed with its state: a window fired (and cleaned up) before a
 //! snapshot stays late for every record replayed after a restore from it.
 
-use cutpoint_core::window::{Window, WindowSpec};
+use cutpoint_core::window::{Window, WindowSpec, WindowTime};
 use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::builtins::WithResult;
-use crate::{integer, KeyedContext, KeyedProcessFunction, OperatorError};
+use crate::{integer, KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
 /// What a window computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +157,40 @@ impl WindowFunction {
     }
 }
 
+/// A record's time and the time up to which windows fired: its event time
+/// and its key's watermark, or the wall clock (never behind what fired,
+/// [`KeyedContext::current_processing_time`]) and the millisecond before
+/// it — so in processing time no record is late.
+pub(crate) fn record_time(
+    domain: TimeDomain,
+    record: &Record,
+    ctx: &KeyedContext<'_>,
+) -> Result<(i64, i64), OperatorError> {
+    match domain {
+        TimeDomain::EventTime => {
+            let ts = record.time().ok_or_else(|| {
+                OperatorError::User(format!(
+                    "key {}: a record without an event time",
+                    record.key
+                ))
+            })?;
+            Ok((ts, ctx.current_watermark().unwrap_or(i64::MIN)))
+        }
+        TimeDomain::ProcessingTime => {
+            let now = ctx.current_processing_time();
+            Ok((now, now - 1))
+        }
+    }
+}
+
+/// The timer domain of a window's clock.
+pub(crate) fn domain(spec: &WindowSpec) -> TimeDomain {
+    match spec.time() {
+        WindowTime::Event => TimeDomain::EventTime,
+        WindowTime::Processing => TimeDomain::ProcessingTime,
+    }
+}
+
 /// A window's result, `[start, end, result]`, also kept as the key's
 /// latest result (`last`, in the default namespace); the namespace is
 /// `w`'s afterwards.
@@ -179,6 +213,7 @@ pub(crate) fn emit_result(
 /// A window function per key and tumbling or sliding event-time window.
 pub struct WindowAggregate {
     spec: WindowSpec,
+    domain: TimeDomain,
     function: WindowFunction,
     acc: StateDescriptor,
     last: StateDescriptor,
@@ -195,6 +230,7 @@ impl WindowAggregate {
         let name = function.state_name("window_acc", &spec);
         Self {
             spec,
+            domain: domain(&spec),
             function,
             // Version 2: the accumulator became an enum (count-distinct
             // and top-n keep values).
@@ -224,14 +260,8 @@ impl KeyedProcessFunction for WindowAggregate {
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
-        let ts = record.time().ok_or_else(|| {
-            OperatorError::User(format!(
-                "key {}: a record without an event time",
-                record.key
-            ))
-        })?;
+        let (ts, watermark) = record_time(self.domain, &record, ctx)?;
         let single = self.function.single(&record)?;
-        let watermark = ctx.current_watermark().unwrap_or(i64::MIN);
         let mut windows = std::mem::take(&mut self.windows);
         self.spec.assign(ts, &mut windows);
         let mut counted = false;
@@ -251,13 +281,13 @@ impl KeyedProcessFunction for WindowAggregate {
                 // Fired already, within the allowed lateness: update now.
                 emit_result(self.function, &self.last, w, &acc, ctx, out)?;
             } else if first {
-                ctx.register_event_time_timer(w.max_timestamp())?;
+                ctx.register(self.domain, w.max_timestamp())?;
             }
             // A window's timers are registered with its first record (an
             // accumulator and its timers are snapshotted and restored
             // together, so one that exists has them).
             if first {
-                ctx.register_event_time_timer(cleanup)?;
+                ctx.register(self.domain, cleanup)?;
             }
         }
         self.windows = windows;
@@ -320,6 +350,7 @@ mod tests {
         WindowSpec::Tumbling {
             size_ms,
             allowed_lateness_ms,
+            time: cutpoint_core::window::WindowTime::Event,
         }
     }
 
@@ -367,7 +398,8 @@ mod tests {
             [
                 "window_acc(count, tumbling 1000 ms, lateness 0 ms)",
                 "window_last",
-                "__event_timers"
+                "__event_timers",
+                "__processing_timers"
             ]
         );
         assert_ne!(names(&count), names(&sum));
@@ -396,6 +428,7 @@ mod tests {
             size_ms: 10,
             slide_ms: 5,
             allowed_lateness_ms: 0,
+            time: cutpoint_core::window::WindowTime::Event,
         };
         let mut op = op(spec, WindowFunction::Avg);
         for (v, ts) in [(1, 3), (4, 6), (8, 11)] {
@@ -428,5 +461,37 @@ mod tests {
             .process(Record::int(Key::Int(3), 1), &mut Vec::new())
             .unwrap_err();
         assert!(e.to_string().contains("key 3"), "{e}");
+    }
+
+    /// Processing time: records go to the window of the wall clock when
+    /// processed, none is late, and each window fires once, when the clock
+    /// passes it or at the end of the input (the clock at `i64::MAX`).
+    #[test]
+    fn processing_time_windows_count_every_record_once() {
+        let spec = WindowSpec::Tumbling {
+            size_ms: 2,
+            allowed_lateness_ms: 0,
+            time: cutpoint_core::window::WindowTime::Processing,
+        };
+        let mut op = op(spec, WindowFunction::Count);
+        for i in 0..2_000 {
+            // No event time needed; a few ms of wall clock pass.
+            op.process(Record::int(Key::Int(i % 3), 1), &mut Vec::new())
+                .unwrap();
+        }
+        assert_eq!(op.timers().unwrap().len(), 0, "no event-time timer");
+        assert!(op.processing_timers().unwrap().len() >= 3);
+        let mut out = Vec::new();
+        op.advance_processing_time(i64::MAX, usize::MAX, &mut out)
+            .unwrap();
+        let mut total = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for (_, (k, v)) in out {
+            let Value::List(l) = v else { panic!() };
+            assert!(seen.insert((k, l[0].as_int().unwrap())), "a window fired twice");
+            total += l[2].as_int().unwrap();
+        }
+        assert_eq!(total, 2_000);
+        assert_eq!(stored_states(&mut op), ["window_last"; 3]);
     }
 }

@@ -106,6 +106,34 @@ impl KeyedState {
         Ok(more)
     }
 
+    /// The wall clock reached `now` (`i64::MAX`: the input ended): up to
+    /// `max` of typed state's processing-time timers at or before it fire,
+    /// as [`KeyedState::fire`]'s.
+    pub(crate) fn fire_processing(
+        &mut self,
+        now: i64,
+        max: usize,
+        out: &mut Output,
+    ) -> Result<Fired, RuntimeError> {
+        let KeyedState::Typed { op, .. } = self else {
+            return Ok(Fired::All);
+        };
+        let mut fired = Vec::new();
+        let more = op.on_processing_time(now, max, &mut fired)?;
+        for (ts, k, v) in fired {
+            out.emit(&k, &v, ts)?;
+        }
+        Ok(more)
+    }
+
+    /// When typed state's first processing-time timer is due.
+    pub(crate) fn next_processing_timer(&self) -> Option<i64> {
+        match self {
+            KeyedState::Typed { op, .. } => op.next_processing_timer(),
+            KeyedState::Counts(_) => None,
+        }
+    }
+
     /// Typed state's timers waiting and records dropped as late.
     pub(crate) fn time_stats(&self) -> Option<(usize, u64)> {
         match self {

@@ -61,11 +61,12 @@ pub const BUDGET_CAP: usize = 2;
 /// Batches an unaligned snapshot takes off its inputs ahead of processing.
 const COLLECT_AHEAD: usize = 4 * CHANNEL_CAPACITY;
 
-/// Event-time timers fired per pass before the memory budget is kept.
+/// Timers fired per pass before the memory budget is kept.
 const FIRE_BATCH: usize = 1024;
 
 /// The longest the loop waits for input before it looks at its timers
-/// (the aligned-checkpoint timeout) and at cancellation again.
+/// (the aligned-checkpoint timeout, processing-time timers: they fire up
+/// to this late) and at cancellation again.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// The memory budget of a keyed subtask's state (integer or typed), kept
@@ -371,6 +372,7 @@ impl Running {
         if let Some((b, alignment)) = self.start.take() {
             self.start_unaligned(b, alignment)?;
         }
+        self.on_processing_time(cutpoint_core::now_millis() as i64)?;
         if self
             .collecting
             .as_ref()
@@ -414,7 +416,12 @@ impl Running {
             Message::EndOfStream => {
                 let next = self.time.on_end(i);
                 self.on_time(next)?;
-                self.barriers.on_end(i, Instant::now())
+                let decision = self.barriers.on_end(i, Instant::now());
+                if self.barriers.all_ended() {
+                    // The input ended: every processing-time timer fires.
+                    self.on_processing_time(i64::MAX)?;
+                }
+                decision
             }
         };
         self.carry_out(decision)?;
@@ -432,8 +439,27 @@ impl Running {
             }
             self.keep_budget()?;
             self.report_time();
+            if w == i64::MAX {
+                // The end of time: the input ended (before the final
+                // checkpoint), every processing-time timer fires too.
+                self.on_processing_time(i64::MAX)?;
+            }
         }
         time::forward(signal, &mut self.sink, &self.counters)
+    }
+
+    /// The wall clock reached `now` (`i64::MAX`: the input ended): the
+    /// processing-time timers due fire, in passes as the event-time ones.
+    fn on_processing_time(&mut self, now: i64) -> Result<(), RuntimeError> {
+        if self.state.next_processing_timer().is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        while self.state.fire_processing(now, FIRE_BATCH, &mut self.sink)? == Fired::More {
+            self.keep_budget()?;
+        }
+        self.keep_budget()?;
+        self.report_time();
+        Ok(())
     }
 
     fn keep_budget(&mut self) -> Result<(), RuntimeError> {

@@ -306,14 +306,13 @@ impl AggregateTask {
     ) -> Result<(), StateError> {
         let reader = store.reader();
         for kg in self.range.start..=self.range.end {
-            let Some(prefix) = op.timer_prefix(kg as u16) else {
-                return Ok(());
-            };
-            let mut entries = Vec::new();
-            reader.scan_prefix(&prefix, |k, v| entries.push((k.to_vec(), v.to_vec())))?;
-            for (k, v) in entries {
-                op.restore_entry(&k, &v)
-                    .map_err(|e| corrupt(&self.dirs, e))?;
+            for prefix in op.timer_prefixes(kg as u16) {
+                let mut entries = Vec::new();
+                reader.scan_prefix(&prefix, |k, v| entries.push((k.to_vec(), v.to_vec())))?;
+                for (k, v) in entries {
+                    op.restore_entry(&k, &v)
+                        .map_err(|e| corrupt(&self.dirs, e))?;
+                }
             }
         }
         Ok(())
