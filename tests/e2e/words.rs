@@ -263,6 +263,15 @@ fn word_count_steps_exact_after_sigkill_and_restores_of_latest_and_an_older_id()
         "transactional_file",
         "",
     );
+    // Slower than the other tests' runs, so the job does not finish before
+    // three checkpoints on a loaded machine (it did, once, in CI).
+    let text = std::fs::read_to_string(&first).unwrap();
+    let slower = text.replace(
+        r#""inject_processing_delay_us":3000"#,
+        r#""inject_processing_delay_us":20000"#,
+    );
+    assert_ne!(text, slower);
+    std::fs::write(&first, slower).unwrap();
     kill_program_after_checkpoints(&bin, &first, &chk, job, 3);
     let oldest = *completed_ids(&chk, job).iter().min().unwrap();
     let state = dir.path().join("latest.jsonl");

@@ -218,7 +218,11 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
 
     fn timer_prefixes(&self, key_group: u16) -> Vec<[u8; 4]> {
         let services = [self.timers(), self.processing_timers()];
-        services.into_iter().flatten().map(|t| t.prefix(key_group)).collect()
+        services
+            .into_iter()
+            .flatten()
+            .map(|t| t.prefix(key_group))
+            .collect()
     }
 
     fn time_stats(&self) -> (usize, u64) {

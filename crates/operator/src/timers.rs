@@ -467,7 +467,8 @@ mod tests {
         assert_eq!(op.processing_timers().unwrap().len(), 3, "deduplicated");
         assert_eq!(op.processing_timers().unwrap().next(), Some(10));
         let mut out = Vec::new();
-        op.advance_processing_time(20, usize::MAX, &mut out).unwrap();
+        op.advance_processing_time(20, usize::MAX, &mut out)
+            .unwrap();
         let fired: Vec<_> = out.drain(..).map(|(_, o)| o).collect();
         assert_eq!(fired, [(10, 1), (20, 1)]);
         assert_eq!(op.timers().unwrap().len(), 3, "event-time ones wait");
@@ -493,9 +494,14 @@ mod tests {
         restored
             .advance_processing_time(i64::MAX, usize::MAX, &mut out)
             .unwrap();
-        assert_eq!(out.into_iter().map(|(_, o)| o).collect::<Vec<_>>(), [(30, 1)]);
+        assert_eq!(
+            out.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
+            [(30, 1)]
+        );
         let mut out = Vec::new();
-        restored.advance_watermark(-15, usize::MAX, &mut out).unwrap();
+        restored
+            .advance_watermark(-15, usize::MAX, &mut out)
+            .unwrap();
         let event: Vec<_> = out.into_iter().map(|(_, o)| o).collect();
         assert_eq!(event, [(-30, 0), (-20, 0)]);
     }

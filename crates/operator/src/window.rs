@@ -488,7 +488,10 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for (_, (k, v)) in out {
             let Value::List(l) = v else { panic!() };
-            assert!(seen.insert((k, l[0].as_int().unwrap())), "a window fired twice");
+            assert!(
+                seen.insert((k, l[0].as_int().unwrap())),
+                "a window fired twice"
+            );
             total += l[2].as_int().unwrap();
         }
         assert_eq!(total, 2_000);

@@ -454,7 +454,11 @@ impl Running {
         if self.state.next_processing_timer().is_none_or(|t| t > now) {
             return Ok(());
         }
-        while self.state.fire_processing(now, FIRE_BATCH, &mut self.sink)? == Fired::More {
+        while self
+            .state
+            .fire_processing(now, FIRE_BATCH, &mut self.sink)?
+            == Fired::More
+        {
             self.keep_budget()?;
         }
         self.keep_budget()?;
