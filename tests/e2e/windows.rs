@@ -558,6 +558,9 @@ async fn a_plain_sink_gets_every_window_at_least_once_each_copy_exact() {
 /// up to its events, computed plainly — through a failure into a
 /// two-phase-commit sink (the open windows restored with their timers,
 /// fired once the clock passes them or at the end of the input).
+const KNOB: &str =
+    r#","inject_failure":{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}"#;
+
 async fn processing_time_counts(job: &str, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -572,11 +575,34 @@ async fn processing_time_counts(job: &str, mode: &str) {
             "key_by":"app_id","aggregate":{{"type":"count"}},
             "window":{{"type":"tumbling","size_ms":100,"time":"processing"}},
             "sink":{{"type":"transactional_file","dir":{out:?}}},
-            "checkpoint":{{"interval_ms":100,"retention":10,"mode":"{mode}"}},
-            "inject_failure":{{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}}{slow}}}"#
+            "checkpoint":{{"interval_ms":100,"retention":10,"mode":"{mode}"}}{KNOB}{slow}}}"#
     );
-    let o = run(spec, dir.path(), None, "w").await;
+    let o = run(spec.clone(), dir.path(), None, "w").await;
     assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+    // Aligned, the open windows fired at the end of the input before the
+    // final checkpoint: restored into a plain sink (its input already
+    // read), the job emits no window again. (Unaligned, the final barrier
+    // may overtake the end of the input: docs/guarantees.md.)
+    if mode == "unaligned" {
+        return check_processing_time_counts(&out);
+    }
+    let again = dir.path().join("again");
+    let restored = spec
+        .replace(KNOB, "")
+        .replace(r#""type":"transactional_file""#, r#""type":"file""#)
+        .replace(&format!("{out:?}"), &format!("{again:?}"));
+    let o = run(restored, dir.path(), Some(RestoreFrom::Latest), "w2").await;
+    assert_eq!(o.restored_from.len(), 1, "{o:?}");
+    if again.exists() {
+        let repeated = committed(&again);
+        assert!(repeated.is_empty(), "windows fired again: {repeated:?}");
+    }
+    check_processing_time_counts(&out);
+}
+
+/// Each window committed once; a key's window counts add up to its
+/// events.
+fn check_processing_time_counts(out: &Path) {
     let mut want: BTreeMap<Key, i64> = BTreeMap::new();
     for i in 0..EVENTS {
         *want
@@ -584,7 +610,7 @@ async fn processing_time_counts(job: &str, mode: &str) {
             .or_insert(0) += 1;
     }
     let mut got: BTreeMap<Key, i64> = BTreeMap::new();
-    for ((key, start, end), results) in committed(&out) {
+    for ((key, start, end), results) in committed(out) {
         assert_eq!(results.len(), 1, "{key} [{start}, {end}): {results:?}");
         assert_eq!(end - start, 100);
         *got.entry(key).or_insert(0) += int(&results[0]);

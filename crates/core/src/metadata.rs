@@ -199,6 +199,11 @@ pub struct SubtaskState {
     /// (their windows fired up to it); the next restore keeps them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watermark_floors: Vec<(KeyGroupRange, i64)>,
+    /// Processing-time timers: the wall-clock time a keyed subtask's had
+    /// fired up to at its snapshot; after a restore its clock reads past
+    /// it (a window that fired is not opened again by a clock behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processing_time_ms: Option<i64>,
     pub ack_timestamp: u64,
 }
 
@@ -243,6 +248,7 @@ impl SubtaskState {
             schema: None,
             watermark: None,
             watermark_floors: Vec::new(),
+            processing_time_ms: None,
             ack_timestamp: 0,
         }
     }

@@ -89,6 +89,11 @@ pub enum TimeSignal {
     Watermark(i64),
     /// The sender holds nothing back until it sends a watermark again.
     Idle,
+    /// The sender's input ended: no record follows before the job's final
+    /// checkpoint (sent by every source partition, with or without event
+    /// time; a task passes it on once every input sent it, after acting
+    /// on it: its processing-time timers fire). Not a watermark.
+    EndOfInput,
 }
 
 /// Whether a partition reads (and what it last sent), or is idle.
@@ -245,6 +250,8 @@ impl WatermarkTracker {
     /// Input `i` sent `signal`; what the task sends on, if anything.
     pub fn on_signal(&mut self, i: usize, signal: TimeSignal) -> Option<TimeSignal> {
         self.inputs[i] = match (self.inputs[i], signal) {
+            // Not about event time (the end of time comes as a watermark).
+            (_, TimeSignal::EndOfInput) => return None,
             (InputTime::Ended, _) => InputTime::Ended,
             (InputTime::Active(w) | InputTime::Idle(w), TimeSignal::Idle) => InputTime::Idle(w),
             (InputTime::Active(w) | InputTime::Idle(w), TimeSignal::Watermark(n)) => {

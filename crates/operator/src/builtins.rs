@@ -118,8 +118,13 @@ pub trait RecordOperator: Send {
         max: usize,
         out: &mut Vec<(i64, Key, Value)>,
     ) -> Result<Fired, OperatorError>;
-    /// When the first processing-time timer waiting is due.
+    /// When the first processing-time timer waiting is due, and the last.
     fn next_processing_timer(&self) -> Option<i64>;
+    fn last_processing_timer(&self) -> Option<i64>;
+    /// The time processing-time timers fired up to (kept with a snapshot).
+    fn processing_time_fired(&self) -> Option<i64>;
+    /// A restore: processing-time timers had fired up to `t`.
+    fn restore_processing_time(&mut self, t: i64);
     /// The RocksDB key prefixes of key group `key_group`'s timers (none:
     /// no timers), read at a restore even when the rest of the state
     /// reads through under a memory budget.
@@ -214,6 +219,18 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
 
     fn next_processing_timer(&self) -> Option<i64> {
         self.processing_timers().and_then(|t| t.next())
+    }
+
+    fn last_processing_timer(&self) -> Option<i64> {
+        self.processing_timers().and_then(|t| t.last())
+    }
+
+    fn processing_time_fired(&self) -> Option<i64> {
+        self.processing_timers().and_then(|t| t.watermark())
+    }
+
+    fn restore_processing_time(&mut self, t: i64) {
+        KeyedOperator::restore_processing_time(self, t)
     }
 
     fn timer_prefixes(&self, key_group: u16) -> Vec<[u8; 4]> {

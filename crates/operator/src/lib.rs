@@ -28,7 +28,7 @@
 //! time order as the watermark passes them, and processing time, as the
 //! wall clock does; kept in its state; `on_timer`, which tells which by
 //! [`KeyedContext::time_domain`]);
-//! [`window`] and [`session`]: the JSON spec's event-time windows on them;
+//! [`window`] and [`session`]: the JSON spec's windows on them;
 //! [`interval`]: its interval join. Not built yet: operator (non-keyed)
 //! state, records with several named fields.
 
@@ -59,6 +59,10 @@ pub enum OperatorError {
     /// A function registered a timer without saying it uses timers.
     #[error("a function registered a timer but its uses_timers() is false (its timers would not be kept in state)")]
     NoTimers,
+    /// A function registered a processing-time timer without saying it
+    /// uses them.
+    #[error("a function registered a processing-time timer but its uses_processing_time_timers() is false (its timers would not be kept in state)")]
+    NoProcessingTimers,
     /// The spec names a process function this program did not register.
     #[error("aggregate.function: no function {name:?} is registered in this program; registered: {registered}")]
     UnknownFunction { name: String, registered: String },
@@ -118,12 +122,19 @@ pub trait KeyedProcessFunction: Send {
         Ok(())
     }
 
-    /// Whether the function registers timers
-    /// ([`KeyedContext::register_event_time_timer`],
-    /// [`KeyedContext::register_processing_time_timer`]); its timers are
-    /// then kept in its state (the reserved states
-    /// [`timers::TIMER_STATE`] and [`timers::PROCESSING_TIMER_STATE`]).
+    /// Whether the function registers event-time timers
+    /// ([`KeyedContext::register_event_time_timer`]); its timers are then
+    /// kept in its state (the reserved state [`timers::TIMER_STATE`]).
     fn uses_timers(&self) -> bool {
+        false
+    }
+
+    /// Whether it registers processing-time timers
+    /// ([`KeyedContext::register_processing_time_timer`]; kept in the
+    /// reserved state [`timers::PROCESSING_TIMER_STATE`]). A separate
+    /// switch, so the states of functions that use none stay as they
+    /// were (a restore compares them).
+    fn uses_processing_time_timers(&self) -> bool {
         false
     }
 
@@ -185,7 +196,10 @@ impl KeyedContext<'_> {
     /// a window assigned by it has not fired yet.
     pub fn current_processing_time(&self) -> i64 {
         let now = cutpoint_core::now_millis() as i64;
-        let fired = self.timers.as_ref().and_then(|t| t.processing.watermark());
+        let fired = self
+            .timers
+            .as_ref()
+            .and_then(|t| t.processing.as_ref()?.watermark());
         fired.map_or(now, |f| now.max(f.saturating_add(1)))
     }
 
@@ -223,14 +237,14 @@ impl KeyedContext<'_> {
 
     /// Registers a timer of `domain`.
     pub fn register(&mut self, domain: TimeDomain, time: i64) -> Result<(), OperatorError> {
-        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
-        Ok(timers.of(domain).register(self.table, &self.key, time)?)
+        let service = service(self.timers.as_deref_mut(), domain)?;
+        Ok(service.register(self.table, &self.key, time)?)
     }
 
     /// Deletes a timer of `domain`, if any.
     pub fn delete(&mut self, domain: TimeDomain, time: i64) -> Result<(), OperatorError> {
-        let timers = self.timers.as_deref_mut().ok_or(OperatorError::NoTimers)?;
-        Ok(timers.of(domain).delete(self.table, &self.key, time)?)
+        let service = service(self.timers.as_deref_mut(), domain)?;
+        Ok(service.delete(self.table, &self.key, time)?)
     }
 
     pub fn value<T: DeserializeOwned>(
@@ -309,6 +323,19 @@ impl KeyedContext<'_> {
     }
 }
 
+/// `domain`'s timers, or the error of a function that did not say it
+/// uses them.
+fn service(
+    timers: Option<&mut Timers>,
+    domain: TimeDomain,
+) -> Result<&mut TimerService, OperatorError> {
+    match (timers, domain) {
+        (Some(t), d) => t.of(d).ok_or(OperatorError::NoProcessingTimers),
+        (None, TimeDomain::EventTime) => Err(OperatorError::NoTimers),
+        (None, TimeDomain::ProcessingTime) => Err(OperatorError::NoProcessingTimers),
+    }
+}
+
 /// Extracts a record's key.
 type KeyFn<In> = Box<dyn Fn(&In) -> Key + Send>;
 
@@ -335,17 +362,19 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             }
             names.declare(&d)?;
         }
-        let timers = match function.uses_timers() {
-            true => {
-                let service = |names: &mut StateNames, domain| -> Result<_, LayoutError> {
-                    let id = names.declare(&TimerService::descriptor(domain))?;
-                    Ok(TimerService::new(domain, id))
-                };
-                Some(Timers {
-                    event: service(&mut names, TimeDomain::EventTime)?,
-                    processing: service(&mut names, TimeDomain::ProcessingTime)?,
-                })
-            }
+        let service = |names: &mut StateNames, domain| -> Result<_, LayoutError> {
+            let id = names.declare(&TimerService::descriptor(domain))?;
+            Ok(TimerService::new(domain, id))
+        };
+        let processing = function.uses_processing_time_timers();
+        let timers = match function.uses_timers() || processing {
+            true => Some(Timers {
+                event: service(&mut names, TimeDomain::EventTime)?,
+                processing: match processing {
+                    true => Some(service(&mut names, TimeDomain::ProcessingTime)?),
+                    false => None,
+                },
+            }),
             false => None,
         };
         Ok(Self {
@@ -405,11 +434,13 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             return Ok(Fired::All);
         };
         let mut fired = Vec::new();
+        if timers.of(domain).is_none() {
+            return Ok(Fired::All);
+        }
         for _ in 0..max {
-            let due = timers
-                .of(domain)
-                .pop_due(&mut self.table, w, self.max_parallelism)?;
-            let Some((time, key)) = due else {
+            let service = timers.of(domain).expect("checked above");
+            let Some((time, key)) = service.pop_due(&mut self.table, w, self.max_parallelism)?
+            else {
                 return Ok(Fired::All);
             };
             let mut ctx = KeyedContext {
@@ -421,7 +452,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
             self.function.on_timer(time, &mut ctx, &mut fired)?;
             out.extend(fired.drain(..).map(|o| (time, o)));
         }
-        Ok(match timers.of(domain).is_due(w) {
+        Ok(match timers.of(domain).is_some_and(|t| t.is_due(w)) {
             true => Fired::More,
             false => Fired::All,
         })
@@ -439,9 +470,18 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.timers.as_ref().map(|t| &t.event)
     }
 
-    /// The processing-time timers waiting.
+    /// The processing-time timers waiting (`None`: the function uses
+    /// none).
     pub fn processing_timers(&self) -> Option<&TimerService> {
-        self.timers.as_ref().map(|t| &t.processing)
+        self.timers.as_ref()?.processing.as_ref()
+    }
+
+    /// A restore: processing-time timers had fired up to `t` (the
+    /// latest of the old subtasks'); the context's clock reads past it.
+    pub fn restore_processing_time(&mut self, t: i64) {
+        if let Some(p) = self.timers.as_mut().and_then(|t| t.processing.as_mut()) {
+            p.restore_fired(t);
+        }
     }
 
     /// Checkpoint `checkpoint` completed: the function's hook.
@@ -471,7 +511,9 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.table.load(key, value)?;
         if let Some(t) = &mut self.timers {
             t.event.restore(key)?;
-            t.processing.restore(key)?;
+            if let Some(p) = &mut t.processing {
+                p.restore(key)?;
+            }
         }
         Ok(())
     }

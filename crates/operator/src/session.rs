@@ -128,6 +128,10 @@ impl KeyedProcessFunction for SessionAggregate {
         true
     }
 
+    fn uses_processing_time_timers(&self) -> bool {
+        self.domain == TimeDomain::ProcessingTime
+    }
+
     fn process(
         &mut self,
         record: Record,

@@ -42,18 +42,19 @@ pub enum TimeDomain {
     ProcessingTime,
 }
 
-/// A function's timers of both domains.
+/// A function's timers: event time, and processing time if it says it
+/// uses them (so functions that do not declare no state for them).
 #[derive(Debug)]
 pub struct Timers {
     pub(crate) event: TimerService,
-    pub(crate) processing: TimerService,
+    pub(crate) processing: Option<TimerService>,
 }
 
 impl Timers {
-    pub(crate) fn of(&mut self, domain: TimeDomain) -> &mut TimerService {
+    pub(crate) fn of(&mut self, domain: TimeDomain) -> Option<&mut TimerService> {
         match domain {
-            TimeDomain::EventTime => &mut self.event,
-            TimeDomain::ProcessingTime => &mut self.processing,
+            TimeDomain::EventTime => Some(&mut self.event),
+            TimeDomain::ProcessingTime => self.processing.as_mut(),
         }
     }
 }
@@ -120,6 +121,16 @@ impl TimerService {
     /// The time of the first timer waiting.
     pub fn next(&self) -> Option<i64> {
         self.queue.first().map(|t| t.0)
+    }
+
+    /// The time of the last timer waiting.
+    pub fn last(&self) -> Option<i64> {
+        self.queue.last().map(|t| t.0)
+    }
+
+    /// A restore: timers had fired up to `t` (never goes back).
+    pub(crate) fn restore_fired(&mut self, t: i64) {
+        self.watermark = Some(self.watermark.map_or(t, |w| w.max(t)));
     }
 
     /// The watermark timers fired up to.
@@ -353,6 +364,35 @@ mod tests {
         let mut op = KeyedOperator::new(Plain, |r: &Record| r.key.clone(), MAXP).unwrap();
         let e = op.process(Record::new(1, 1), &mut Vec::new()).unwrap_err();
         assert!(matches!(e, OperatorError::NoTimers), "{e}");
+        // Event-time timers only: no processing-time one, and no state
+        // for them.
+        let mut alarms = super::tests::op();
+        assert!(alarms.processing_timers().is_none());
+        struct Late;
+        impl KeyedProcessFunction for Late {
+            type In = Record;
+            type Out = ();
+            fn states(&self) -> Vec<cutpoint_state::layout::StateDescriptor> {
+                Vec::new()
+            }
+            fn uses_timers(&self) -> bool {
+                true
+            }
+            fn process(
+                &mut self,
+                _: Record,
+                ctx: &mut KeyedContext<'_>,
+                _: &mut Vec<()>,
+            ) -> Result<(), OperatorError> {
+                ctx.register_processing_time_timer(5)
+            }
+        }
+        let mut late = KeyedOperator::new(Late, |r: &Record| r.key.clone(), MAXP).unwrap();
+        let e = late
+            .process(Record::new(1, 1), &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(e, OperatorError::NoProcessingTimers), "{e}");
+        set(&mut alarms, 1, 5);
     }
 
     /// Timers of many keys in two subtasks' RocksDB, some fired before the
@@ -428,6 +468,10 @@ mod tests {
         }
 
         fn uses_timers(&self) -> bool {
+            true
+        }
+
+        fn uses_processing_time_timers(&self) -> bool {
             true
         }
 

@@ -254,6 +254,10 @@ impl KeyedProcessFunction for WindowAggregate {
         true
     }
 
+    fn uses_processing_time_timers(&self) -> bool {
+        self.domain == TimeDomain::ProcessingTime
+    }
+
     fn process(
         &mut self,
         record: Record,
@@ -398,8 +402,7 @@ mod tests {
             [
                 "window_acc(count, tumbling 1000 ms, lateness 0 ms)",
                 "window_last",
-                "__event_timers",
-                "__processing_timers"
+                "__event_timers"
             ]
         );
         assert_ne!(names(&count), names(&sum));

@@ -38,7 +38,7 @@ pub struct TaskCounters {
     offset: AtomicU64,
     /// The watermark it sent last ([`cutpoint_core::Record::NO_TIME`]: none).
     watermark: AtomicI64,
-    /// Event-time timers waiting in its state.
+    /// Timers waiting in its state (event and processing time).
     timers: AtomicU64,
     /// Records its windows dropped as late.
     late: AtomicU64,
@@ -72,8 +72,8 @@ impl TaskCounters {
         self.late.store(late, Ordering::Relaxed);
     }
 
-    /// Event-time timers waiting in the task's state, and records its
-    /// windows dropped as late in this attempt.
+    /// Timers (event and processing time) waiting in the task's state,
+    /// and records its windows dropped as late in this attempt.
     pub fn time_stats(&self) -> (u64, u64) {
         (
             self.timers.load(Ordering::Relaxed),

@@ -134,6 +134,29 @@ impl KeyedState {
         }
     }
 
+    /// When typed state's last processing-time timer is due.
+    pub(crate) fn last_processing_timer(&self) -> Option<i64> {
+        match self {
+            KeyedState::Typed { op, .. } => op.last_processing_timer(),
+            KeyedState::Counts(_) => None,
+        }
+    }
+
+    /// The time typed state's processing-time timers fired up to.
+    pub(crate) fn processing_time_fired(&self) -> Option<i64> {
+        match self {
+            KeyedState::Typed { op, .. } => op.processing_time_fired(),
+            KeyedState::Counts(_) => None,
+        }
+    }
+
+    /// A restore: processing-time timers had fired up to `t`.
+    pub(crate) fn restore_processing_time(&mut self, t: i64) {
+        if let KeyedState::Typed { op, .. } = self {
+            op.restore_processing_time(t);
+        }
+    }
+
     /// Typed state's timers waiting and records dropped as late.
     pub(crate) fn time_stats(&self) -> Option<(usize, u64)> {
         match self {

@@ -315,8 +315,20 @@ impl Running {
             self.counters.set_watermark(w);
         }
         self.state.restore_watermarks(&restored.floors);
+        if let Some(t) = restored.processing {
+            self.state.restore_processing_time(t);
+        }
         self.time = TaskTime::new(&self.ctx.spec, self.gate.inputs(), restored);
         self
+    }
+
+    /// What a snapshot keeps of time: the event time's, and what the
+    /// processing-time timers fired up to.
+    fn kept_time(&self) -> time::KeptTime {
+        time::KeptTime {
+            processing: self.state.processing_time_fired(),
+            ..self.time.kept()
+        }
     }
 
     /// What each input is to the operator.
@@ -372,7 +384,9 @@ impl Running {
         if let Some((b, alignment)) = self.start.take() {
             self.start_unaligned(b, alignment)?;
         }
-        self.on_processing_time(cutpoint_core::now_millis() as i64)?;
+        if self.state.next_processing_timer().is_some() {
+            self.on_processing_time(cutpoint_core::now_millis() as i64)?;
+        }
         if self
             .collecting
             .as_ref()
@@ -416,12 +430,7 @@ impl Running {
             Message::EndOfStream => {
                 let next = self.time.on_end(i);
                 self.on_time(next)?;
-                let decision = self.barriers.on_end(i, Instant::now());
-                if self.barriers.all_ended() {
-                    // The input ended: every processing-time timer fires.
-                    self.on_processing_time(i64::MAX)?;
-                }
-                decision
+                self.barriers.on_end(i, Instant::now())
             }
         };
         self.carry_out(decision)?;
@@ -432,24 +441,31 @@ impl Running {
     /// it (timers fire, their output goes first), then it goes on.
     fn on_time(&mut self, next: Option<TimeSignal>) -> Result<(), RuntimeError> {
         let Some(signal) = next else { return Ok(()) };
-        if let TimeSignal::Watermark(w) = signal {
-            // In passes, keeping the memory budget between them.
-            while self.state.fire(w, FIRE_BATCH, &mut self.sink)? == Fired::More {
+        match signal {
+            TimeSignal::Watermark(w) => {
+                // In passes, keeping the memory budget between them.
+                while self.state.fire(w, FIRE_BATCH, &mut self.sink)? == Fired::More {
+                    self.keep_budget()?;
+                }
                 self.keep_budget()?;
+                self.report_time();
             }
-            self.keep_budget()?;
-            self.report_time();
-            if w == i64::MAX {
-                // The end of time: the input ended (before the final
-                // checkpoint), every processing-time timer fires too.
-                self.on_processing_time(i64::MAX)?;
+            // Every input ended (before the final checkpoint): every
+            // processing-time timer waiting fires — those registered
+            // meanwhile only up to the last of them, so a timer that
+            // registers the next one ends.
+            TimeSignal::EndOfInput => {
+                if let Some(last) = self.state.last_processing_timer() {
+                    self.on_processing_time(last)?;
+                }
             }
+            TimeSignal::Idle => {}
         }
         time::forward(signal, &mut self.sink, &self.counters)
     }
 
-    /// The wall clock reached `now` (`i64::MAX`: the input ended): the
-    /// processing-time timers due fire, in passes as the event-time ones.
+    /// The wall clock reached `now`: the processing-time timers due fire,
+    /// in passes as the event-time ones.
     fn on_processing_time(&mut self, now: i64) -> Result<(), RuntimeError> {
         if self.state.next_processing_timer().is_none_or(|t| t > now) {
             return Ok(());
@@ -517,7 +533,7 @@ impl Running {
                 .map(|j| seen[j] < b.id && !ended[j])
                 .collect(),
             records: Vec::new(),
-            time: self.time.kept(),
+            time: self.kept_time(),
         };
         for (j, buffer) in self.buffers.iter_mut().enumerate() {
             if !c.before[j] {
@@ -660,12 +676,13 @@ impl Running {
                 alignment,
                 records_beyond,
             } => {
+                let kept = self.kept_time();
                 let job = sync_phase(
                     &mut self.state,
                     &mut self.sink,
                     barrier,
                     (alignment, records_beyond),
-                    self.time.kept(),
+                    kept,
                 )?;
                 self.snapshots += 1;
                 self.count_handed();

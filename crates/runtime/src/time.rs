@@ -8,9 +8,12 @@
 //!   the job's steps) and sends its watermark after the batch it covers,
 //!   in band; a partition coming back from idle says so before its records.
 //! - At the end of its input a source partition sends the end of time
-//!   (`i64::MAX`), then waits for the final checkpoint. (Aligned, what it
-//!   releases is in that checkpoint; unaligned, the barrier may overtake
-//!   it, and what it releases is committed when the job finishes.)
+//!   (`i64::MAX`, with event time) and the end of its input (always), then
+//!   waits for the final checkpoint. (Aligned, what they release is in
+//!   that checkpoint; unaligned, the barrier may overtake them, and what
+//!   they release is committed when the job finishes.) A keyed task passes
+//!   the end of the input on once every input sent it, after its
+//!   processing-time timers fired.
 //! - A keyed task acts on a new watermark (timers fire) before it sends
 //!   the watermark on, so what it emitted for it goes first.
 //! - A checkpoint keeps a partition's largest event time with its offset,
@@ -87,17 +90,19 @@ impl SourceTime {
         send(signal, exchange, counters)
     }
 
-    /// The end of the partition's input: the end of time.
+    /// The end of the partition's input: the end of time (with event
+    /// time), then the end of the input (always: processing-time timers
+    /// fire on it).
     pub(crate) fn end(
         &mut self,
         exchange: &mut Exchange,
         counters: &TaskCounters,
     ) -> Result<(), RuntimeError> {
-        if self.generator.is_none() {
-            return Ok(());
+        if self.generator.is_some() {
+            counters.set_watermark(i64::MAX);
+            exchange.time(TimeSignal::Watermark(i64::MAX))?;
         }
-        counters.set_watermark(i64::MAX);
-        exchange.time(TimeSignal::Watermark(i64::MAX))
+        exchange.time(TimeSignal::EndOfInput)
     }
 
     /// `offset` with the largest event time read (what a checkpoint keeps).
@@ -129,6 +134,9 @@ pub(crate) struct RestoredTime {
     /// (its old subtask's, or a floor that subtask kept from a restore
     /// before), clipped to the new subtask's range.
     pub floors: Vec<(KeyGroupRange, i64)>,
+    /// The latest time processing-time timers fired up to in the old
+    /// subtasks whose key groups it takes.
+    pub processing: Option<i64>,
 }
 
 /// `r` cut to `range`, if they meet.
@@ -151,6 +159,10 @@ impl RestoredTime {
             .iter()
             .flat_map(|s| s.watermark_floors.iter().copied());
         Self {
+            processing: overlapping
+                .iter()
+                .filter_map(|s| s.processing_time_ms)
+                .max(),
             start: overlapping.iter().map(|s| s.watermark).min().flatten(),
             floors: own
                 .chain(kept)
@@ -160,9 +172,14 @@ impl RestoredTime {
     }
 }
 
-/// What a snapshot keeps of a keyed task's event time.
+/// What a snapshot keeps of a keyed task's event time (and the time its
+/// processing-time timers fired up to).
 #[derive(Debug, Default)]
 pub(crate) struct KeptTime {
+    /// The wall-clock time processing-time timers fired up to: after a
+    /// restore the task's clock reads past it, so a window that fired is
+    /// not opened again even by a clock behind this one.
+    pub processing: Option<i64>,
     /// Its watermark, unless it is the end of time (a job restored from a
     /// final checkpoint into more input must not find every record late).
     pub watermark: Option<i64>,
@@ -175,6 +192,10 @@ pub(crate) struct KeptTime {
 /// A keyed task's event time: the minimum watermark over its inputs.
 pub(crate) struct TaskTime {
     tracker: Option<WatermarkTracker>,
+    /// Inputs that sent the end of their input; whether the task passed
+    /// it on.
+    input_ended: Vec<bool>,
+    said_end: bool,
     /// The restored floors of its key groups (see [`RestoredTime`]).
     floors: Vec<(KeyGroupRange, i64)>,
 }
@@ -187,6 +208,8 @@ impl TaskTime {
                 .event_time
                 .as_ref()
                 .map(|_| WatermarkTracker::new(inputs, restored.start)),
+            input_ended: vec![false; inputs],
+            said_end: false,
             floors: restored.floors,
         }
     }
@@ -195,6 +218,7 @@ impl TaskTime {
     pub(crate) fn kept(&self) -> KeptTime {
         let w = self.tracker.as_ref().and_then(WatermarkTracker::current);
         KeptTime {
+            processing: None,
             watermark: w.filter(|w| *w != i64::MAX),
             floors: self
                 .floors
@@ -208,6 +232,12 @@ impl TaskTime {
     /// Input `i` sent `signal`: what the task's watermark became, if it
     /// changed (to act on, then [`forward`]).
     pub(crate) fn on_signal(&mut self, i: usize, signal: TimeSignal) -> Option<TimeSignal> {
+        if signal == TimeSignal::EndOfInput {
+            self.input_ended[i] = true;
+            let all = self.input_ended.iter().all(|e| *e);
+            let first = all && !std::mem::replace(&mut self.said_end, all);
+            return first.then_some(TimeSignal::EndOfInput);
+        }
         self.tracker.as_mut()?.on_signal(i, signal)
     }
 
@@ -288,5 +318,39 @@ mod tests {
         // A subtask without a watermark: none to start from.
         let none = old(1, range(64, 127), None, Vec::new());
         assert_eq!(RestoredTime::of(&[none], range(0, 127)).start, None);
+    }
+
+    #[test]
+    fn the_end_of_the_input_is_passed_on_once_every_input_sent_it() {
+        use cutpoint_core::time::TimeSignal::{EndOfInput, Watermark};
+        // With event time: it is not a watermark, and it is said once.
+        let mut t = TaskTime::new(&spec(), 2, RestoredTime::default());
+        assert_eq!(t.on_signal(0, Watermark(5)), None);
+        assert_eq!(t.on_signal(0, EndOfInput), None);
+        assert_eq!(t.on_signal(1, Watermark(7)), Some(Watermark(5)));
+        assert_eq!(t.on_signal(1, EndOfInput), Some(EndOfInput));
+        assert_eq!(t.on_signal(1, EndOfInput), None, "once");
+        // Without event time too.
+        let plain = JobSpec::from_json(
+            r#"{"job_id":"t","source":{"type":"generator","events":10,"keys":3},
+                "key_by":"app_id","aggregate":{"type":"count"}}"#,
+        )
+        .unwrap();
+        let mut t = TaskTime::new(&plain, 1, RestoredTime::default());
+        assert_eq!(t.on_signal(0, Watermark(5)), None);
+        assert_eq!(t.on_signal(0, EndOfInput), Some(EndOfInput));
+    }
+
+    #[test]
+    fn a_restore_takes_the_latest_processing_time_of_its_old_subtasks() {
+        let mut a = old(0, range(0, 63), None, Vec::new());
+        let mut b = old(1, range(64, 127), None, Vec::new());
+        a.processing_time_ms = Some(1_000);
+        b.processing_time_ms = Some(2_000);
+        assert_eq!(
+            RestoredTime::of(&[a.clone(), b], range(0, 127)).processing,
+            Some(2_000)
+        );
+        assert_eq!(RestoredTime::of(&[a], range(0, 31)).processing, Some(1_000));
     }
 }

@@ -233,6 +233,7 @@ impl Worker {
                         schema: Some(self.schema.clone()),
                         watermark: job.time.watermark,
                         watermark_floors: job.time.floors,
+                        processing_time_ms: job.time.processing,
                         ack_timestamp: now_millis(),
                         ..SubtaskState::empty(self.task.clone())
                     }),

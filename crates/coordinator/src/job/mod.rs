@@ -425,10 +425,12 @@ impl JobControl {
         .unwrap_or_default()
     }
 
-    /// A keyed task's timers and late records, in a job with event time.
+    /// A keyed task's timers and late records, in a job with event time
+    /// or a window (of processing time too).
     fn time_stat(&self, task: &TaskId, c: &TaskCounters) -> Option<(u64, u64)> {
         let keyed = task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR;
-        (keyed && self.spec.event_time.is_some()).then(|| c.time_stats())
+        let timed = self.spec.event_time.is_some() || self.spec.window.is_some();
+        (keyed && timed).then(|| c.time_stats())
     }
 
     /// A copy of the job's checkpoint statistics.

@@ -586,21 +586,25 @@ impl Runner {
     /// Adds what the sources read since the last report to
     /// `cutpoint_records_read_total` (every attempt's reads, replays
     /// included), and sets each task's `cutpoint_task_watermark_ms` (event
-    /// time only).
+    /// time only) and each keyed task's timers and late records (event
+    /// time or a window).
     pub(super) fn report_records(&self, attempt: &mut Attempt) {
         let Some(exec) = &attempt.exec else { return };
+        let windowed = self.spec.window.is_some();
         for (task, c) in exec.counters().iter() {
-            if let Some(w) = c.watermark() {
-                let labels = [
-                    ("job", self.spec.job_id.to_string()),
-                    ("task", task.to_string()),
-                ];
+            let labels = [
+                ("job", self.spec.job_id.to_string()),
+                ("task", task.to_string()),
+            ];
+            let watermark = c.watermark();
+            if let Some(w) = watermark {
                 metrics::gauge!("cutpoint_task_watermark_ms", &labels).set(w as f64);
+            }
+            let keyed = task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR;
+            if keyed && (watermark.is_some() || windowed) {
                 let (timers, late) = c.time_stats();
-                if task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR {
-                    metrics::gauge!("cutpoint_task_timers_pending", &labels).set(timers as f64);
-                    metrics::gauge!("cutpoint_task_late_records", &labels).set(late as f64);
-                }
+                metrics::gauge!("cutpoint_task_timers_pending", &labels).set(timers as f64);
+                metrics::gauge!("cutpoint_task_late_records", &labels).set(late as f64);
             }
         }
         let read: u64 = exec
