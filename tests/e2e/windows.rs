@@ -552,15 +552,15 @@ async fn a_plain_sink_gets_every_window_at_least_once_each_copy_exact() {
     );
 }
 
+const KNOB: &str =
+    r#","inject_failure":{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}"#;
+
 /// Processing-time tumbling counts: which window a record falls in
 /// depends on when it is processed, so the check is what holds whatever
 /// the timing — each window committed once, and a key's window counts add
 /// up to its events, computed plainly — through a failure into a
 /// two-phase-commit sink (the open windows restored with their timers,
 /// fired once the clock passes them or at the end of the input).
-const KNOB: &str =
-    r#","inject_failure":{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}"#;
-
 async fn processing_time_counts(job: &str, mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
@@ -593,10 +593,9 @@ async fn processing_time_counts(job: &str, mode: &str) {
         .replace(&format!("{out:?}"), &format!("{again:?}"));
     let o = run(restored, dir.path(), Some(RestoreFrom::Latest), "w2").await;
     assert_eq!(o.restored_from.len(), 1, "{o:?}");
-    if again.exists() {
-        let repeated = committed(&again);
-        assert!(repeated.is_empty(), "windows fired again: {repeated:?}");
-    }
+    assert!(again.exists(), "the restored job opened its sink");
+    let repeated = committed(&again);
+    assert!(repeated.is_empty(), "windows fired again: {repeated:?}");
     check_processing_time_counts(&out);
 }
 

@@ -133,7 +133,8 @@ pub trait KeyedProcessFunction: Send {
     /// ([`KeyedContext::register_processing_time_timer`]; kept in the
     /// reserved state [`timers::PROCESSING_TIMER_STATE`]). A separate
     /// switch, so the states of functions that use none stay as they
-    /// were (a restore compares them).
+    /// were (a restore compares them). It implies event-time timers too
+    /// (their state is declared either way: part of the state's layout).
     fn uses_processing_time_timers(&self) -> bool {
         false
     }
@@ -411,8 +412,9 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         self.fire(TimeDomain::EventTime, w, max, out)
     }
 
-    /// The wall clock reached `now` (ms since the epoch; `i64::MAX` at the
-    /// end of the input): processing-time timers at or before it fire, as
+    /// The wall clock reached `now` (ms since the epoch; at the end of the
+    /// input, the last timer's time): processing-time timers at or before
+    /// it fire, as
     /// [`KeyedOperator::advance_watermark`]'s.
     pub fn advance_processing_time(
         &mut self,

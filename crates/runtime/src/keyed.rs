@@ -106,8 +106,8 @@ impl KeyedState {
         Ok(more)
     }
 
-    /// The wall clock reached `now` (`i64::MAX`: the input ended): up to
-    /// `max` of typed state's processing-time timers at or before it fire,
+    /// The wall clock reached `now`: up to `max` of typed state's
+    /// processing-time timers at or before it fire,
     /// as [`KeyedState::fire`]'s.
     pub(crate) fn fire_processing(
         &mut self,

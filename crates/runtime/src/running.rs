@@ -258,6 +258,9 @@ pub(crate) struct Running {
     processing_delay: Option<Duration>,
     /// Test knob: fail once after this many records.
     inject: Option<InjectFailure>,
+    /// Every input ended: processing-time timers fired for the last time
+    /// (those registered since wait in state for a restore).
+    input_ended: bool,
 }
 
 impl Running {
@@ -279,6 +282,7 @@ impl Running {
             .aligned_checkpoint_timeout_ms
             .map(Duration::from_millis);
         Self {
+            input_ended: false,
             barriers: BarrierHandler::new(n, spec.checkpoint.mode, aligned_timeout),
             time: TaskTime::new(spec, n, RestoredTime::default()),
             processing_delay: spec.inject_processing_delay_us.map(Duration::from_micros),
@@ -384,7 +388,7 @@ impl Running {
         if let Some((b, alignment)) = self.start.take() {
             self.start_unaligned(b, alignment)?;
         }
-        if self.state.next_processing_timer().is_some() {
+        if !self.input_ended && self.state.next_processing_timer().is_some() {
             self.on_processing_time(cutpoint_core::now_millis() as i64)?;
         }
         if self
@@ -458,6 +462,7 @@ impl Running {
                 if let Some(last) = self.state.last_processing_timer() {
                     self.on_processing_time(last)?;
                 }
+                self.input_ended = true;
             }
             TimeSignal::Idle => {}
         }

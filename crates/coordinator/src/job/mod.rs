@@ -429,7 +429,12 @@ impl JobControl {
     /// or a window (of processing time too).
     fn time_stat(&self, task: &TaskId, c: &TaskCounters) -> Option<(u64, u64)> {
         let keyed = task.operator.as_str() != cutpoint_runtime::SOURCE_OPERATOR;
-        let timed = self.spec.event_time.is_some() || self.spec.window.is_some();
+        let timed = self.spec.event_time.is_some()
+            || self.spec.window.is_some()
+            || matches!(
+                self.spec.aggregate,
+                cutpoint_core::spec::AggregateSpec::Process { .. }
+            );
         (keyed && timed).then(|| c.time_stats())
     }
 
