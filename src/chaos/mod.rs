@@ -438,8 +438,36 @@ impl Plan {
 fn plan(seed: u64, cycle: u64) -> Plan {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(cycle);
+    let fault = draw_fault(seed, cycle, &mut rng);
+    let job = draw_job(&fault, &mut rng);
+    let restore_point =
+        matches!(&fault, Fault::FailPoint { name, .. } if *name == "restore::download");
+    let task_failure = (matches!(fault, Fault::TaskPanic) || restore_point).then(|| {
+        (
+            rng.gen_range(0..2),
+            rng.gen_range(20_000..180_000),
+            restore_point || rng.gen_bool(0.7),
+        )
+    });
+    let budget = matches!(fault, Fault::ReusedWorkDir { .. }) || rng.gen_bool(0.25);
+    Plan {
+        job,
+        shape: draw_shape(seed, cycle),
+        interval_ms: rng.gen_range(60..250),
+        retention: rng.gen_range(1..=3),
+        full: rng.gen_bool(0.2),
+        task_failure,
+        // A reused work dir matters most where evicted state is read back.
+        budget,
+        fault,
+    }
+}
+
+/// Even cycles: a fail point (in turn) with a drawn action; odd ones: one
+/// of the other faults (in turn).
+fn draw_fault(seed: u64, cycle: u64, rng: &mut ChaCha8Rng) -> Fault {
     let slot = (cycle / 2).wrapping_add(seed);
-    let fault = if cycle.is_multiple_of(2) {
+    if cycle.is_multiple_of(2) {
         let name = failpoint::ALL[(slot % failpoint::ALL.len() as u64) as usize];
         let action = match rng.gen_range(0..4) {
             0 => "return".to_string(),
@@ -471,8 +499,12 @@ fn plan(seed: u64, cycle: u64) -> Plan {
                 failures: rng.gen_range(1..=3),
             },
         }
-    };
-    let job = match &fault {
+    }
+}
+
+/// The job a fault runs on.
+fn draw_job(fault: &Fault, rng: &mut ChaCha8Rng) -> JobKind {
+    match fault {
         Fault::FailPoint { name, .. } if name.starts_with("sink::") => JobKind::Transactional,
         // Skipping the newest checkpoint would replay committed output.
         Fault::TransientMetadataGet { .. } => JobKind::Transactional,
@@ -498,19 +530,12 @@ fn plan(seed: u64, cycle: u64) -> Plan {
             16..20 => JobKind::FileSink,
             _ => JobKind::AtLeastOnce,
         },
-    };
-    let restore_point =
-        matches!(&fault, Fault::FailPoint { name, .. } if *name == "restore::download");
-    let task_failure = (matches!(fault, Fault::TaskPanic) || restore_point).then(|| {
-        (
-            rng.gen_range(0..2),
-            rng.gen_range(20_000..180_000),
-            restore_point || rng.gen_bool(0.7),
-        )
-    });
-    let budget = matches!(fault, Fault::ReusedWorkDir { .. }) || rng.gen_bool(0.25);
-    // Drawn from a stream of its own, so the plans of earlier seeds keep
-    // every other choice.
+    }
+}
+
+/// The job's shape, drawn from streams of their own, so the plans of
+/// earlier seeds keep every other choice.
+fn draw_shape(seed: u64, cycle: u64) -> Shape {
     let mut shapes = ChaCha8Rng::seed_from_u64(seed ^ 0x5A5E_0F5A_BE5E_ED00);
     shapes.set_stream(cycle);
     let shape = match shapes.gen_range(0..11) {
@@ -533,22 +558,11 @@ fn plan(seed: u64, cycle: u64) -> Plan {
     // cycle in 14 of the rest each).
     let mut sessions = ChaCha8Rng::seed_from_u64(seed ^ 0x5E55_1045_5EED_0019);
     sessions.set_stream(cycle);
-    let shape = match (shape, sessions.gen_range(0..14)) {
+    match (shape, sessions.gen_range(0..14)) {
         (Shape::Windows, _) => shape,
         (_, 0) => Shape::Sessions,
         (_, 1) => Shape::IntervalJoin,
         _ => shape,
-    };
-    Plan {
-        job,
-        shape,
-        interval_ms: rng.gen_range(60..250),
-        retention: rng.gen_range(1..=3),
-        full: rng.gen_bool(0.2),
-        task_failure,
-        // A reused work dir matters most where evicted state is read back.
-        budget,
-        fault,
     }
 }
 
@@ -614,13 +628,7 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
     let mut truths: BTreeMap<(Shape, u64), Vec<i64>> = BTreeMap::new();
     let rt = tokio::runtime::Handle::current();
     let started = Instant::now();
-    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut fail_points: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut fired: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut jobs: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut shapes: BTreeMap<&str, u64> = BTreeMap::new();
-    let (mut passed, mut failed, mut recoveries, mut faulty_runs_failed) = (0u64, 0u64, 0u64, 0u64);
-    let mut budgeted = 0u64;
+    let mut tally = Tally::default();
     let bar = crate::progress::bar(Some(args.cycles), "chaos cycles");
     for cycle in args.first_cycle..args.first_cycle + args.cycles {
         let p = plan(args.seed, cycle);
@@ -632,23 +640,9 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
             .entry((p.shape, p.keys()))
             .or_insert_with(|| p.shape.truth(p.keys()));
         let result = run_cycle(&exe, &p, &dir, &location, truth, &rt);
-        *shapes.entry(p.shape.as_str()).or_default() += 1;
-        budgeted += u64::from(p.budget);
-        *by_kind.entry(p.fault.kind()).or_default() += 1;
-        *jobs.entry(p.job.as_str()).or_default() += 1;
-        if let Fault::FailPoint { name, .. } = &p.fault {
-            *fail_points.entry(name).or_default() += 1;
-        }
+        tally.count(&p, &result);
         let line = match &result {
             Ok(c) => {
-                passed += 1;
-                recoveries += c.recoveries as u64;
-                faulty_runs_failed += u64::from(!c.faulty_run_succeeded);
-                if c.fired == Some(true) {
-                    if let Fault::FailPoint { name, .. } = &p.fault {
-                        *fired.entry(name).or_default() += 1;
-                    }
-                }
                 if !args.keep {
                     let _ = std::fs::remove_dir_all(&dir);
                 }
@@ -660,47 +654,93 @@ pub fn run(args: ChaosArgs) -> Result<ExitCode> {
                 })
             }
             Err(e) => {
-                failed += 1;
-                eprintln!(
-                    "chaos: cycle {cycle} FAILED: {e:#}\n  plan: {p:?}\n  files: {}\n  replay: cutpoint chaos --seed {} --first-cycle {cycle} --cycles 1 --keep",
-                    dir.display(),
+                let replay = format!(
+                    "cutpoint chaos --seed {} --first-cycle {cycle} --cycles 1 --keep",
                     args.seed
+                );
+                eprintln!(
+                    "chaos: cycle {cycle} FAILED: {e:#}\n  plan: {p:?}\n  files: {}\n  replay: {replay}",
+                    dir.display(),
                 );
                 json!({
                     "cycle": cycle, "ok": false, "job": p.job.as_str(), "shape": p.shape.as_str(), "fault": p.fault.kind(),
-                    "detail": p.fault.detail(), "error": format!("{e:#}"),
-                    "replay": format!("cutpoint chaos --seed {} --first-cycle {cycle} --cycles 1 --keep", args.seed),
+                    "detail": p.fault.detail(), "error": format!("{e:#}"), "replay": replay,
                 })
             }
         };
         bar.suspend(|| println!("{line}"));
         bar.inc(1);
-        bar.set_message(format!("{failed} failed"));
+        bar.set_message(format!("{} failed", tally.failed));
     }
     bar.finish_and_clear();
-    if failed > 0 && _tmp.is_some() {
+    if tally.failed > 0 && _tmp.is_some() {
         // Keep the evidence of failing cycles.
         let kept = _tmp.map(|t| t.keep());
         eprintln!("chaos: work files kept in {:?}", kept);
     }
-    println!(
-        "{}",
+    println!("{}", tally.summary(&args, started.elapsed()));
+    Ok(match tally.failed {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::from(2),
+    })
+}
+
+/// What a run's cycles drew and how they ended (its summary line).
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    recoveries: u64,
+    faulty_runs_failed: u64,
+    budgeted: u64,
+    by_kind: BTreeMap<&'static str, u64>,
+    fail_points: BTreeMap<&'static str, u64>,
+    fired: BTreeMap<&'static str, u64>,
+    jobs: BTreeMap<&'static str, u64>,
+    shapes: BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn count(&mut self, p: &Plan, result: &Result<CycleResult>) {
+        *self.shapes.entry(p.shape.as_str()).or_default() += 1;
+        self.budgeted += u64::from(p.budget);
+        *self.by_kind.entry(p.fault.kind()).or_default() += 1;
+        *self.jobs.entry(p.job.as_str()).or_default() += 1;
+        let point = match &p.fault {
+            Fault::FailPoint { name, .. } => Some(*name),
+            _ => None,
+        };
+        if let Some(name) = point {
+            *self.fail_points.entry(name).or_default() += 1;
+        }
+        let Ok(c) = result else {
+            self.failed += 1;
+            return;
+        };
+        self.passed += 1;
+        self.recoveries += c.recoveries as u64;
+        self.faulty_runs_failed += u64::from(!c.faulty_run_succeeded);
+        if let (Some(true), Some(name)) = (c.fired, point) {
+            *self.fired.entry(name).or_default() += 1;
+        }
+    }
+
+    fn summary(&self, args: &ChaosArgs, took: Duration) -> serde_json::Value {
+        let s3 = args
+            .checkpoint_dir
+            .as_deref()
+            .is_some_and(|b| b.starts_with("s3://"));
         json!({
             "summary": true, "seed": args.seed, "first_cycle": args.first_cycle,
-            "cycles": args.cycles, "passed": passed, "failed": failed,
-            "wrong_results": failed, "faults_by_kind": by_kind, "jobs": jobs, "shapes": shapes,
-            "fail_points": fail_points, "fail_points_fired": fired,
-            "faulty_runs_that_failed": faulty_runs_failed, "recovery_runs": recoveries,
-            "under_memory_budget": budgeted,
-            "storage": if args.checkpoint_dir.as_deref().is_some_and(|b| b.starts_with("s3://")) { "s3" } else { "local" },
-            "duration_s": started.elapsed().as_secs(),
+            "cycles": args.cycles, "passed": self.passed, "failed": self.failed,
+            "wrong_results": self.failed, "faults_by_kind": self.by_kind, "jobs": self.jobs,
+            "shapes": self.shapes, "fail_points": self.fail_points,
+            "fail_points_fired": self.fired, "faulty_runs_that_failed": self.faulty_runs_failed,
+            "recovery_runs": self.recoveries, "under_memory_budget": self.budgeted,
+            "storage": if s3 { "s3" } else { "local" },
+            "duration_s": took.as_secs(),
         })
-    );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    }
 }
 
 struct CycleResult {

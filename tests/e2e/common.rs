@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests.
 
 use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -38,14 +39,32 @@ pub fn ints(values: &[Value]) -> Vec<i64> {
 
 /// Asserts every key's count equals the expectation.
 pub fn assert_exact(actual: &BTreeMap<Key, i64>, expected: &BTreeMap<Key, i64>) {
-    let wrong: Vec<_> = expected
+    assert_same_entries("counts", actual, expected);
+}
+
+/// Asserts `got` holds exactly `want`'s entries (`what` names them; the
+/// first few differences are shown).
+pub fn assert_same_entries<K: Ord + Debug, V: PartialEq + Debug>(
+    what: &str,
+    got: &BTreeMap<K, V>,
+    want: &BTreeMap<K, V>,
+) {
+    let wrong: Vec<_> = want
         .iter()
-        .filter(|(k, v)| actual.get(*k) != Some(*v))
+        .filter(|(k, v)| got.get(*k) != Some(*v))
         .take(5)
-        .map(|(k, v)| format!("{k}: expected {v}, got {:?}", actual.get(k)))
+        .map(|(k, v)| format!("{k:?}: want {v:?}, got {:?}", got.get(k)))
         .collect();
-    assert!(wrong.is_empty(), "wrong counts: {wrong:?}");
-    assert_eq!(actual.len(), expected.len(), "unexpected extra keys");
+    assert!(wrong.is_empty(), "{} {what}, wrong: {wrong:?}", want.len());
+    let extra: Vec<_> = got
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "{what} that should not be there: {extra:?}"
+    );
 }
 
 /// A PV spec over generated events.

@@ -103,22 +103,7 @@ fn committed(out: &Path) -> Pairs {
 }
 
 fn assert_pairs(got: &Pairs, want: &Pairs) {
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(p, n)| got.get(*p) != Some(n))
-        .take(5)
-        .map(|(p, n)| format!("{p:?}: want {n}, got {:?}", got.get(p)))
-        .collect();
-    assert!(wrong.is_empty(), "{} pairs, wrong: {wrong:?}", want.len());
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|p| !want.contains_key(*p))
-        .take(5)
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "pairs that should not be there: {extra:?}"
-    );
+    assert_same_entries("pairs", got, want);
 }
 
 fn spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &str) -> String {

@@ -134,22 +134,8 @@ fn committed(out: &Path) -> BTreeMap<(Key, i64, i64), Vec<Value>> {
 /// Each window in `want` committed exactly once with its result, and
 /// nothing else.
 fn assert_each_window_once(got: &BTreeMap<(Key, i64, i64), Vec<Value>>, want: &Windows) {
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(w, r)| got.get(*w) != Some(&vec![(*r).clone()]))
-        .take(5)
-        .map(|(w, r)| format!("{w:?}: want [{r}], got {:?}", got.get(w)))
-        .collect();
-    assert!(wrong.is_empty(), "{} windows, wrong: {wrong:?}", want.len());
-    let extra: Vec<_> = got
-        .keys()
-        .filter(|w| !want.contains_key(*w))
-        .take(5)
-        .collect();
-    assert!(
-        extra.is_empty(),
-        "windows that should not be there: {extra:?}"
-    );
+    let once = want.iter().map(|(w, r)| (w.clone(), vec![r.clone()]));
+    assert_same_entries("windows", got, &once.collect());
 }
 
 /// With late records (which ones depends on timing): each window at

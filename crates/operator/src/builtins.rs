@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::interval::IntervalJoin;
 use crate::session::SessionAggregate;
-use crate::timers::Fired;
+use crate::timers::{Fired, ProcessingClock, TimeDomain};
 use crate::window::{WindowAggregate, WindowFunction};
 use crate::{integer, KeyedContext, KeyedOperator, KeyedProcessFunction, OperatorError};
 
@@ -98,31 +98,22 @@ pub trait RecordOperator: Send {
     /// Its typed state (memory budget, statistics).
     fn table(&self) -> &TypedTable;
     fn table_mut(&mut self) -> &mut TypedTable;
-    /// The watermark reached `w`: up to `max` timers at or before it fire
-    /// (call again on [`Fired::More`]); their updates go to `out` with the
-    /// timer's time.
-    fn on_watermark(
+    /// `domain`'s clock reached `t` (the watermark; the wall clock, or
+    /// the last timer's time at the end of the input): up to `max` of its
+    /// timers at or before it fire (call again on [`Fired::More`]); their
+    /// updates go to `out` with the timer's time.
+    fn on_time(
         &mut self,
-        w: i64,
+        domain: TimeDomain,
+        t: i64,
         max: usize,
         out: &mut Vec<(i64, Key, Value)>,
     ) -> Result<Fired, OperatorError>;
     /// A restore: the watermark each restored key-group range had.
     fn restore_watermarks(&mut self, floors: &[(KeyGroupRange, i64)]);
-    /// The wall clock reached `now` (`i64::MAX`: the input ended): up to
-    /// `max` processing-time timers at or before it fire, as
-    /// [`RecordOperator::on_watermark`]'s.
-    fn on_processing_time(
-        &mut self,
-        now: i64,
-        max: usize,
-        out: &mut Vec<(i64, Key, Value)>,
-    ) -> Result<Fired, OperatorError>;
-    /// When the first processing-time timer waiting is due, and the last.
-    fn next_processing_timer(&self) -> Option<i64>;
-    fn last_processing_timer(&self) -> Option<i64>;
-    /// The time processing-time timers fired up to (kept with a snapshot).
-    fn processing_time_fired(&self) -> Option<i64>;
+    /// Where its processing-time timers stand (what they fired up to is
+    /// kept with a snapshot).
+    fn processing_clock(&self) -> ProcessingClock;
     /// A restore: processing-time timers had fired up to `t`.
     fn restore_processing_time(&mut self, t: i64);
     /// The RocksDB key prefixes of key group `key_group`'s timers (none:
@@ -189,14 +180,15 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         &mut self.table
     }
 
-    fn on_watermark(
+    fn on_time(
         &mut self,
-        w: i64,
+        domain: TimeDomain,
+        t: i64,
         max: usize,
         out: &mut Vec<(i64, Key, Value)>,
     ) -> Result<Fired, OperatorError> {
         let mut fired = Vec::new();
-        let more = self.advance_watermark(w, max, &mut fired)?;
+        let more = self.advance(domain, t, max, &mut fired)?;
         out.extend(fired.into_iter().map(|(t, (k, v))| (t, k, v)));
         Ok(more)
     }
@@ -205,28 +197,8 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         KeyedOperator::restore_watermarks(self, floors)
     }
 
-    fn on_processing_time(
-        &mut self,
-        now: i64,
-        max: usize,
-        out: &mut Vec<(i64, Key, Value)>,
-    ) -> Result<Fired, OperatorError> {
-        let mut fired = Vec::new();
-        let more = self.advance_processing_time(now, max, &mut fired)?;
-        out.extend(fired.into_iter().map(|(t, (k, v))| (t, k, v)));
-        Ok(more)
-    }
-
-    fn next_processing_timer(&self) -> Option<i64> {
-        self.processing_timers().and_then(|t| t.next())
-    }
-
-    fn last_processing_timer(&self) -> Option<i64> {
-        self.processing_timers().and_then(|t| t.last())
-    }
-
-    fn processing_time_fired(&self) -> Option<i64> {
-        self.processing_timers().and_then(|t| t.watermark())
+    fn processing_clock(&self) -> ProcessingClock {
+        ProcessingClock::of(self.processing_timers())
     }
 
     fn restore_processing_time(&mut self, t: i64) {

@@ -38,7 +38,7 @@ pub use cutpoint_state::layout::{StateDescriptor, StateKind};
 use cutpoint_state::typed::{KeyContext, TypedDelta, TypedTable};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-pub use timers::{Fired, TimeDomain, TimerService, Timers};
+pub use timers::{Fired, ProcessingClock, TimeDomain, TimerService, Timers};
 
 /// Why an operator could not process a record.
 #[derive(Debug, thiserror::Error)]
@@ -409,7 +409,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         max: usize,
         out: &mut Vec<(i64, F::Out)>,
     ) -> Result<Fired, OperatorError> {
-        self.fire(TimeDomain::EventTime, w, max, out)
+        self.advance(TimeDomain::EventTime, w, max, out)
     }
 
     /// The wall clock reached `now` (ms since the epoch; at the end of the
@@ -422,10 +422,12 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
         max: usize,
         out: &mut Vec<(i64, F::Out)>,
     ) -> Result<Fired, OperatorError> {
-        self.fire(TimeDomain::ProcessingTime, now, max, out)
+        self.advance(TimeDomain::ProcessingTime, now, max, out)
     }
 
-    fn fire(
+    /// `domain`'s clock reached `w`: its timers at or before it fire, as
+    /// [`KeyedOperator::advance_watermark`]'s.
+    pub fn advance(
         &mut self,
         domain: TimeDomain,
         w: i64,

@@ -42,6 +42,32 @@ pub enum TimeDomain {
     ProcessingTime,
 }
 
+/// Where a function's processing-time timers stand: when the first and
+/// the last waiting are due, and the time they fired up to (all `None`
+/// for a function without them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessingClock {
+    pub next: Option<i64>,
+    pub last: Option<i64>,
+    pub fired: Option<i64>,
+}
+
+impl ProcessingClock {
+    /// The clock of `service` (none: the default).
+    pub fn of(service: Option<&TimerService>) -> Self {
+        service.map_or_else(Self::default, |t| Self {
+            next: t.next(),
+            last: t.last(),
+            fired: t.watermark(),
+        })
+    }
+
+    /// Whether a timer is due at `now`.
+    pub fn is_due(&self, now: i64) -> bool {
+        self.next.is_some_and(|t| t <= now)
+    }
+}
+
 /// A function's timers: event time, and processing time if it says it
 /// uses them (so functions that do not declare no state for them).
 #[derive(Debug)]

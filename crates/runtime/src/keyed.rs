@@ -12,7 +12,7 @@
 use cutpoint_core::metadata::{AggregateKind, StateSchema};
 use cutpoint_core::{JobSpec, Key, KeyGroupRange, NotAnInteger, Record, Value};
 use cutpoint_operator::builtins::{Input, RecordOperator};
-use cutpoint_operator::Fired;
+use cutpoint_operator::{Fired, ProcessingClock, TimeDomain};
 use cutpoint_state::typed::TypedDelta;
 use cutpoint_state::{FrozenDelta, Residency, ResultTable, StateReader, StateTable};
 
@@ -86,12 +86,14 @@ impl KeyedState {
         }
     }
 
-    /// The task's watermark reached `w`: up to `max` of typed state's
-    /// event-time timers at or before it fire, their updates (at the
-    /// timer's time) go to `out`; [`Fired::More`] while more are due.
+    /// `domain`'s clock reached `t` (the task's watermark, or the wall
+    /// clock): up to `max` of typed state's timers at or before it fire,
+    /// their updates (at the timer's time) go to `out`; [`Fired::More`]
+    /// while more are due.
     pub(crate) fn fire(
         &mut self,
-        w: i64,
+        domain: TimeDomain,
+        t: i64,
         max: usize,
         out: &mut Output,
     ) -> Result<Fired, RuntimeError> {
@@ -99,54 +101,18 @@ impl KeyedState {
             return Ok(Fired::All);
         };
         let mut fired = Vec::new();
-        let more = op.on_watermark(w, max, &mut fired)?;
+        let more = op.on_time(domain, t, max, &mut fired)?;
         for (ts, k, v) in fired {
             out.emit(&k, &v, ts)?;
         }
         Ok(more)
     }
 
-    /// The wall clock reached `now`: up to `max` of typed state's
-    /// processing-time timers at or before it fire,
-    /// as [`KeyedState::fire`]'s.
-    pub(crate) fn fire_processing(
-        &mut self,
-        now: i64,
-        max: usize,
-        out: &mut Output,
-    ) -> Result<Fired, RuntimeError> {
-        let KeyedState::Typed { op, .. } = self else {
-            return Ok(Fired::All);
-        };
-        let mut fired = Vec::new();
-        let more = op.on_processing_time(now, max, &mut fired)?;
-        for (ts, k, v) in fired {
-            out.emit(&k, &v, ts)?;
-        }
-        Ok(more)
-    }
-
-    /// When typed state's first processing-time timer is due.
-    pub(crate) fn next_processing_timer(&self) -> Option<i64> {
+    /// Where typed state's processing-time timers stand.
+    pub(crate) fn processing_clock(&self) -> ProcessingClock {
         match self {
-            KeyedState::Typed { op, .. } => op.next_processing_timer(),
-            KeyedState::Counts(_) => None,
-        }
-    }
-
-    /// When typed state's last processing-time timer is due.
-    pub(crate) fn last_processing_timer(&self) -> Option<i64> {
-        match self {
-            KeyedState::Typed { op, .. } => op.last_processing_timer(),
-            KeyedState::Counts(_) => None,
-        }
-    }
-
-    /// The time typed state's processing-time timers fired up to.
-    pub(crate) fn processing_time_fired(&self) -> Option<i64> {
-        match self {
-            KeyedState::Typed { op, .. } => op.processing_time_fired(),
-            KeyedState::Counts(_) => None,
+            KeyedState::Typed { op, .. } => op.processing_clock(),
+            KeyedState::Counts(_) => ProcessingClock::default(),
         }
     }
 

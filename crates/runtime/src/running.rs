@@ -52,7 +52,7 @@ use crate::time::{self, KeptTime, RestoredTime, TaskTime};
 use crate::worker::{SnapshotJob, WorkerJob};
 use crate::{Barrier, RuntimeError};
 use cutpoint_core::time::TimeSignal;
-use cutpoint_operator::Fired;
+use cutpoint_operator::{Fired, TimeDomain};
 
 /// The working table may run ahead of the write-behind up to this many
 /// budgets; beyond, the task waits for the snapshot worker (back-pressure).
@@ -330,7 +330,7 @@ impl Running {
     /// processing-time timers fired up to.
     fn kept_time(&self) -> time::KeptTime {
         time::KeptTime {
-            processing: self.state.processing_time_fired(),
+            processing: self.state.processing_clock().fired,
             ..self.time.kept()
         }
     }
@@ -388,7 +388,7 @@ impl Running {
         if let Some((b, alignment)) = self.start.take() {
             self.start_unaligned(b, alignment)?;
         }
-        if !self.input_ended && self.state.next_processing_timer().is_some() {
+        if !self.input_ended && self.state.processing_clock().next.is_some() {
             self.on_processing_time(cutpoint_core::now_millis() as i64)?;
         }
         if self
@@ -446,20 +446,13 @@ impl Running {
     fn on_time(&mut self, next: Option<TimeSignal>) -> Result<(), RuntimeError> {
         let Some(signal) = next else { return Ok(()) };
         match signal {
-            TimeSignal::Watermark(w) => {
-                // In passes, keeping the memory budget between them.
-                while self.state.fire(w, FIRE_BATCH, &mut self.sink)? == Fired::More {
-                    self.keep_budget()?;
-                }
-                self.keep_budget()?;
-                self.report_time();
-            }
+            TimeSignal::Watermark(w) => self.fire(TimeDomain::EventTime, w)?,
             // Every input ended (before the final checkpoint): every
             // processing-time timer waiting fires — those registered
             // meanwhile only up to the last of them, so a timer that
             // registers the next one ends.
             TimeSignal::EndOfInput => {
-                if let Some(last) = self.state.last_processing_timer() {
+                if let Some(last) = self.state.processing_clock().last {
                     self.on_processing_time(last)?;
                 }
                 self.input_ended = true;
@@ -469,17 +462,18 @@ impl Running {
         time::forward(signal, &mut self.sink, &self.counters)
     }
 
-    /// The wall clock reached `now`: the processing-time timers due fire,
-    /// in passes as the event-time ones.
+    /// The wall clock reached `now`: the processing-time timers due fire.
     fn on_processing_time(&mut self, now: i64) -> Result<(), RuntimeError> {
-        if self.state.next_processing_timer().is_none_or(|t| t > now) {
-            return Ok(());
+        match self.state.processing_clock().is_due(now) {
+            true => self.fire(TimeDomain::ProcessingTime, now),
+            false => Ok(()),
         }
-        while self
-            .state
-            .fire_processing(now, FIRE_BATCH, &mut self.sink)?
-            == Fired::More
-        {
+    }
+
+    /// `domain`'s clock reached `t`: its timers due fire, in passes,
+    /// keeping the memory budget between them.
+    fn fire(&mut self, domain: TimeDomain, t: i64) -> Result<(), RuntimeError> {
+        while self.state.fire(domain, t, FIRE_BATCH, &mut self.sink)? == Fired::More {
             self.keep_budget()?;
         }
         self.keep_budget()?;

@@ -7,6 +7,7 @@
 //! It owns the subtask's RocksDB instance; the task thread never touches it.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +15,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use cutpoint_core::{
     now_millis, CheckpointId, JobId, KeyGroupRange, StateFile, SubtaskState, TaskId,
 };
-use cutpoint_state::snapshot::{shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget};
+use cutpoint_state::channel::upload_channel_state;
+use cutpoint_state::snapshot::{
+    shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget, UploadedSnapshot,
+};
 use cutpoint_state::{RocksStore, StateError};
+use tokio_util::sync::CancellationToken;
 
 use crate::context::TaskContext;
 use crate::keyed::Delta;
@@ -161,45 +166,7 @@ impl Worker {
             .store
             .checkpoint(&cutpoint_core::layout::checkpoint_dir(id))?;
         let checkpointed = started.elapsed();
-        let target = SnapshotTarget {
-            storage: &self.ctx.storage,
-            job: &self.job,
-            operator: &self.task.operator,
-            subtask: self.task.subtask,
-            checkpoint: id,
-        };
-        let uploaded = self
-            .ctx
-            .rt
-            .block_on(upload_snapshot(
-                &target,
-                &dir,
-                job.barrier.checkpoint_type,
-                &self.confirmed,
-                &token,
-            ))
-            .and_then(|up| {
-                let records = job.channel_state.as_deref().unwrap_or(&[]);
-                match cutpoint_state::channel::upload_channel_state(
-                    &self.ctx.rt,
-                    &target,
-                    records,
-                    &self.scratch,
-                    &token,
-                ) {
-                    Ok(channel) => Ok((up, channel)),
-                    Err(e) => {
-                        // No ack will name the state files just uploaded:
-                        // delete them, so a failed snapshot leaves nothing.
-                        let _ = self.ctx.rt.block_on(
-                            self.ctx
-                                .storage
-                                .delete_state_files(&self.job, &up.uploaded_paths),
-                        );
-                        Err(e)
-                    }
-                }
-            });
+        let uploaded = self.upload(&dir, &job, &token);
         let _ = std::fs::remove_dir_all(&dir);
         tracing::debug!(
             task = %self.task,
@@ -213,31 +180,7 @@ impl Worker {
         let event = match uploaded {
             Ok((up, channel)) => {
                 self.remember(id, up.files.clone());
-                TaskEvent::Ack {
-                    checkpoint: id,
-                    state: Box::new(SubtaskState {
-                        key_group_range: Some(self.range),
-                        state_size: up.state_size(),
-                        checkpointed_size: up.uploaded_bytes,
-                        files_uploaded: up.uploaded_files,
-                        files_reused: up.reused_files,
-                        files: up.files,
-                        sync_duration_ms: job.sync_duration.as_millis() as u64,
-                        async_duration_ms: started.elapsed().as_millis() as u64,
-                        alignment_duration_ms: job.alignment_duration.as_millis() as u64,
-                        records_beyond_barrier: job.records_beyond_barrier,
-                        pending_transactions: job.pending_transactions,
-                        persisted_data_size: channel.as_ref().map_or(0, |f| f.size),
-                        channel_state: channel.into_iter().collect(),
-                        unaligned: job.channel_state.is_some(),
-                        schema: Some(self.schema.clone()),
-                        watermark: job.time.watermark,
-                        watermark_floors: job.time.floors,
-                        processing_time_ms: job.time.processing,
-                        ack_timestamp: now_millis(),
-                        ..SubtaskState::empty(self.task.clone())
-                    }),
-                }
+                self.ack(job, up, channel, started)
             }
             Err(StateError::Cancelled) => return Ok(()),
             Err(e) => TaskEvent::Decline {
@@ -248,5 +191,73 @@ impl Worker {
         };
         let _ = self.ctx.events.send(event);
         Ok(())
+    }
+
+    /// Uploads the RocksDB checkpoint in `dir` and, unaligned, the records
+    /// in flight; if the latter fails, the state files just uploaded are
+    /// deleted (no ack will name them), so a failed snapshot leaves
+    /// nothing.
+    fn upload(
+        &self,
+        dir: &Path,
+        job: &SnapshotJob,
+        token: &CancellationToken,
+    ) -> Result<(UploadedSnapshot, Option<StateFile>), StateError> {
+        let target = SnapshotTarget {
+            storage: &self.ctx.storage,
+            job: &self.job,
+            operator: &self.task.operator,
+            subtask: self.task.subtask,
+            checkpoint: job.barrier.id,
+        };
+        let kind = job.barrier.checkpoint_type;
+        let up =
+            (self.ctx.rt).block_on(upload_snapshot(&target, dir, kind, &self.confirmed, token))?;
+        let records = job.channel_state.as_deref().unwrap_or(&[]);
+        let scratch = &self.scratch;
+        match upload_channel_state(&self.ctx.rt, &target, records, scratch, token) {
+            Ok(channel) => Ok((up, channel)),
+            Err(e) => {
+                let storage = &self.ctx.storage;
+                let _ = (self.ctx.rt)
+                    .block_on(storage.delete_state_files(&self.job, &up.uploaded_paths));
+                Err(e)
+            }
+        }
+    }
+
+    /// The acknowledgement of a snapshot uploaded.
+    fn ack(
+        &self,
+        job: SnapshotJob,
+        up: UploadedSnapshot,
+        channel: Option<StateFile>,
+        started: Instant,
+    ) -> TaskEvent {
+        TaskEvent::Ack {
+            checkpoint: job.barrier.id,
+            state: Box::new(SubtaskState {
+                key_group_range: Some(self.range),
+                state_size: up.state_size(),
+                checkpointed_size: up.uploaded_bytes,
+                files_uploaded: up.uploaded_files,
+                files_reused: up.reused_files,
+                files: up.files,
+                sync_duration_ms: job.sync_duration.as_millis() as u64,
+                async_duration_ms: started.elapsed().as_millis() as u64,
+                alignment_duration_ms: job.alignment_duration.as_millis() as u64,
+                records_beyond_barrier: job.records_beyond_barrier,
+                pending_transactions: job.pending_transactions,
+                persisted_data_size: channel.as_ref().map_or(0, |f| f.size),
+                channel_state: channel.into_iter().collect(),
+                unaligned: job.channel_state.is_some(),
+                schema: Some(self.schema.clone()),
+                watermark: job.time.watermark,
+                watermark_floors: job.time.floors,
+                processing_time_ms: job.time.processing,
+                ack_timestamp: now_millis(),
+                ..SubtaskState::empty(self.task.clone())
+            }),
+        }
     }
 }
