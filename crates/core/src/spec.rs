@@ -252,9 +252,15 @@ pub enum AggregateSpec {
     /// list; the latest wins); records of every other source count per
     /// key, and each emits `[count, dimension]` (null until a dimension
     /// arrived). Typed state: one value `(count, dimension)` per key.
+    /// With `state_ttl_ms`, a key's row expires that long (processing
+    /// time) after its last write (Flink's state TTL for a regular
+    /// join): an idle key's count and dimension go, and its next record
+    /// starts afresh.
     Join {
         dimension_source: u32,
         field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state_ttl_ms: Option<u64>,
     },
     /// Number of distinct values of a field (any value) per key (typed state:
     /// a map of the values seen and the count); updates carry the count
@@ -334,6 +340,8 @@ impl AggregateSpec {
     pub const MAX_TOP_N: u32 = 100;
     /// The widest bound of an interval join: a week either way.
     pub const MAX_JOIN_BOUND_MS: i64 = 7 * 24 * 3_600_000;
+    /// The longest state TTL of a join: a year.
+    pub const MAX_STATE_TTL_MS: u64 = 365 * 24 * 3_600_000;
 
     /// Whether it is a join of two inputs (the regular or the interval
     /// join): updates are lists; transforms do not run before it.
@@ -762,8 +770,15 @@ impl JobSpec {
         if let AggregateSpec::Join {
             dimension_source,
             field,
+            state_ttl_ms,
         } = &self.aggregate
         {
+            if state_ttl_ms.is_some_and(|t| t == 0 || t > AggregateSpec::MAX_STATE_TTL_MS) {
+                return bad(format!(
+                    "aggregate.state_ttl_ms must be in 1..={} (a year)",
+                    AggregateSpec::MAX_STATE_TTL_MS
+                ));
+            }
             if *dimension_source as usize >= self.sources().count() || self.union.is_empty() {
                 return bad("aggregate.dimension_source must name one of two or more sources (0 = source, 1.. = union)".into());
             }
@@ -1354,6 +1369,12 @@ mod tests {
         assert!(e.contains("dimension_source"), "{e}");
         let out_of_range = joined.replace(r#""dimension_source":1"#, r#""dimension_source":2"#);
         assert!(JobSpec::from_json(&out_of_range).is_err());
+        let ttl = |t: &str| joined.replace(r#""field":"app_id""#, &format!(r#""field":"app_id","state_ttl_ms":{t}"#));
+        assert!(JobSpec::from_json(&ttl("60000")).is_ok());
+        for wrong in ["0", "31536000001"] {
+            let e = JobSpec::from_json(&ttl(wrong)).unwrap_err().to_string();
+            assert!(e.contains("state_ttl_ms"), "{e}");
+        }
     }
 
     #[test]

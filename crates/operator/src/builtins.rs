@@ -444,15 +444,21 @@ impl WithResult for Avg {
 /// source) set the key's dimension — any value, the latest wins, no
 /// update; each record of the first input (every other source) counts
 /// and emits `[count, dimension]` (null until a dimension arrived). One
-/// `ValueState<(i64, Value)>` per key, the job's result.
+/// `ValueState<(i64, Value)>` per key, the job's result; with a TTL, a
+/// row expires that long after its last write (either input's record
+/// writes it).
 pub struct Join {
     row: StateDescriptor,
 }
 
-impl Default for Join {
-    fn default() -> Self {
+impl Join {
+    pub fn new(ttl: Option<std::time::Duration>) -> Self {
+        let row = StateDescriptor::value("join_row");
         Self {
-            row: StateDescriptor::value("join_row"),
+            row: match ttl {
+                Some(ttl) => row.with_ttl(ttl),
+                None => row,
+            },
         }
     }
 }
@@ -559,7 +565,10 @@ pub fn builtin(
         AggregateSpec::Min { .. } => boxed(Extreme::new(Which::Min), p),
         AggregateSpec::Max { .. } => boxed(Extreme::new(Which::Max), p),
         AggregateSpec::Avg { .. } => boxed(Avg::default(), p),
-        AggregateSpec::Join { .. } => boxed(Join::default(), p),
+        AggregateSpec::Join { state_ttl_ms, .. } => {
+            let ttl = state_ttl_ms.map(std::time::Duration::from_millis);
+            boxed(Join::new(ttl), p)
+        }
         AggregateSpec::IntervalJoin {
             lower_ms, upper_ms, ..
         } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
@@ -748,6 +757,7 @@ mod tests {
         let agg = AggregateSpec::Join {
             dimension_source: 1,
             field: "category".into(),
+            state_ttl_ms: None,
         };
         let mut op = builtin(&agg, None, 128, &Default::default())
             .unwrap()
@@ -782,5 +792,50 @@ mod tests {
                 (Key::Int(2), row(0, "news".into()))
             ]
         );
+    }
+
+    /// With a state TTL, a key's row (count and dimension) expires that
+    /// long after its last write, by either input; the key starts afresh.
+    #[test]
+    fn a_join_row_expires_its_ttl_after_its_last_write() {
+        let agg = AggregateSpec::Join {
+            dimension_source: 1,
+            field: "category".into(),
+            state_ttl_ms: Some(100),
+        };
+        let mut op = builtin(&agg, None, 128, &Default::default())
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let dim = |k, v: &str| Record::new(Key::Int(k), Value::from(v));
+        let click = |k| Record::int(Key::Int(k), 1);
+        op.set_time(1_000).unwrap();
+        op.process(Input::Second, dim(1, "games"), &mut out)
+            .unwrap();
+        op.process(Input::Second, dim(2, "news"), &mut out).unwrap();
+        op.set_time(1_050).unwrap();
+        // Key 1's row written again: it lives until 1_150.
+        op.process(Input::First, click(1), &mut out).unwrap();
+        // Key 2's row (written at 1_000) is gone at 1_100; key 1's is not.
+        op.set_time(1_120).unwrap();
+        op.process(Input::First, click(1), &mut out).unwrap();
+        op.process(Input::First, click(2), &mut out).unwrap();
+        // Both rows were written at 1_120: gone at 1_220.
+        op.set_time(1_219).unwrap();
+        assert_eq!(op.results().unwrap().len(), 2);
+        op.set_time(1_220).unwrap();
+        assert_eq!(op.results().unwrap(), []);
+        op.process(Input::First, click(1), &mut out).unwrap();
+        let row = |n, d: Value| Value::list([Value::Int(n), d]);
+        assert_eq!(
+            out,
+            [
+                (Key::Int(1), row(1, "games".into())),
+                (Key::Int(1), row(2, "games".into())),
+                (Key::Int(2), row(1, Value::Null)),
+                (Key::Int(1), row(1, Value::Null)),
+            ]
+        );
+        assert_eq!(op.results().unwrap(), [(Key::Int(1), row(1, Value::Null))]);
     }
 }
