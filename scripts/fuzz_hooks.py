@@ -11,7 +11,8 @@ positive_data_acceptance still holds every other rule to account:
   (parallelism <= max_parallelism, also a stage's; key_by `app_id` and an
   aggregate field of `value`, `app_id` or `user_id` with a generator, an
   event_time field of `ts` with a generator, a window (unless of
-  processing time, then without allowed lateness) and a generator's
+  processing time, then without allowed lateness), key_by left out only
+  with a window, and a generator's
   disorder_ms only with event_time and a window only of count, sum, min,
   max, avg, count_distinct or top_n, a top_n only with a window, a sliding
   window's slide_ms at most its size_ms and at least a hundredth of it, an
@@ -126,7 +127,9 @@ def _sources(spec):
         spec.pop("window", None)
     sources = [spec["source"], *spec.get("union", [])]
     fields = ("value", "app_id", "user_id", "amount")
-    if any(s.get("type") == "generator" for s in sources):
+    if any(s.get("type") == "generator" for s in sources) and (
+        "key_by" in spec or "window" not in spec
+    ):
         spec["key_by"] = "app_id"
         typed = ("sum", "top_n", "interval_join", *TYPED)
         if agg.get("type") in typed and agg.get("field") not in fields:
@@ -153,6 +156,9 @@ def _sources(spec):
         slide = min(max(w["slide_ms"], -(-size // 100)), size)
         spec["window"] = dict(w, slide_ms=slide)
     spec["aggregate"] = agg
+    if "window" not in spec and not spec.get("key_by"):
+        # Only a windowed job may leave key_by out (a global window).
+        spec["key_by"] = "app_id"
     filters = []
     for f in spec.get("filter") or []:
         f = dict(f)

@@ -1,8 +1,8 @@
 //! Event-time windows through whole jobs, each compared with windows
 //! computed plainly here from the input: out-of-order events (the
 //! generator's `disorder_ms`, within the watermark's bound), a tumbling
-//! count, a sliding sum, a sliding top-3 and session counts per key, into
-//! a two-phase-commit sink. After a failure (aligned and unaligned) every
+//! count, a sliding sum, a sliding top-3 and session counts per key, and
+//! a global tumbling count (no `key_by`), into a two-phase-commit sink. After a failure (aligned and unaligned) every
 //! window's result is committed exactly once; a restore of an early
 //! checkpoint at another parallelism emits exactly the windows that had
 //! not fired by the checkpoint's watermark, each once; so do a SIGKILL and
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cutpoint_coordinator::RestoreFrom;
-use cutpoint_core::{keygroup, CheckpointMetadata, Key, KeyGroupRange, Value};
+use cutpoint_core::{keygroup, CheckpointMetadata, JobSpec, Key, KeyGroupRange, Value};
 use cutpoint_runtime::source::{generator_amount, generator_app_id, generator_range, generator_ts};
 
 use crate::common::*;
@@ -83,6 +83,17 @@ fn top3(disorder: u64) -> Windows {
         Value::list(v.into_iter().map(Value::Int))
     };
     w.into_iter().map(|(w, v)| (w, top(v))).collect()
+}
+
+/// One count per tumbling second over every key's events (a global
+/// window).
+fn global_counts(disorder: u64) -> Windows {
+    let mut w = BTreeMap::new();
+    for (_, ts, _) in events(disorder) {
+        let s = ts.div_euclid(1000) * 1000;
+        *w.entry((JobSpec::GLOBAL_KEY, s, s + 1000)).or_insert(0) += 1;
+    }
+    w.into_iter().map(|(w, n)| (w, Value::Int(n))).collect()
 }
 
 const GAP: i64 = 40;
@@ -178,6 +189,8 @@ fn check(expect: Expect, got: &BTreeMap<(Key, i64, i64), Vec<Value>>, want: &Win
 struct Case {
     job: &'static str,
     mode: &'static str,
+    /// The field records are grouped by; empty: a global window.
+    key_by: &'static str,
     /// The input's disorder and the watermark's bound: with the bound well
     /// above the disorder no record is late, and windows whose records all
     /// came before a checkpoint often fire only after it (so only their
@@ -198,11 +211,15 @@ fn spec(c: &Case, job: &str, parallelism: u32, out: (&str, &Path), extra: &str) 
     } else {
         ""
     };
+    let key_by = match c.key_by {
+        "" => String::new(),
+        field => format!(r#""key_by":"{field}","#),
+    };
     format!(
         r#"{{"job_id":"{job}","parallelism":{parallelism},
             "source":{{"type":"generator","partitions":2,"events":{EVENTS},"keys":{KEYS},"seed":{SEED},
                 "rate_per_s":300000,"disorder_ms":{}}},
-            "key_by":"app_id","aggregate":{},
+            {key_by}"aggregate":{},
             "event_time":{{"field":"ts","max_out_of_orderness_ms":{},"watermark_interval_ms":10}},
             "window":{},
             "sink":{{"type":"{sink}","dir":{out:?}}},
@@ -251,8 +268,18 @@ async fn failure_and_rescale(c: Case) {
         false => Expect::AtMostOnce,
     };
     let out = dir.path().join("first");
-    let failing = r#","inject_failure":{"subtask":1,"after_records":60000,"after_completed_checkpoint":true}"#;
-    let first = spec(&c, c.job, 2, ("transactional_file", &out), failing);
+    // Subtask 1, or (a global window) the one that gets every record.
+    let subtask = match c.key_by {
+        "" => {
+            let group = keygroup::key_group(JobSpec::GLOBAL_KEY.stable_hash(), MAXP);
+            keygroup::subtask_for_group(group, MAXP, 2)
+        }
+        _ => 1,
+    };
+    let failing = format!(
+        r#","inject_failure":{{"subtask":{subtask},"after_records":60000,"after_completed_checkpoint":true}}"#
+    );
+    let first = spec(&c, c.job, 2, ("transactional_file", &out), &failing);
     let o = run(first, dir.path(), None, "w1").await;
     assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
     check(expect, &committed(&out), &want);
@@ -283,6 +310,7 @@ fn tumbling_count(job: &'static str, mode: &'static str) -> Case {
     Case {
         job,
         mode,
+        key_by: "app_id",
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"tumbling","size_ms":1000}"#.into(),
@@ -295,6 +323,7 @@ fn sliding_sum(job: &'static str, mode: &'static str) -> Case {
     Case {
         job,
         mode,
+        key_by: "app_id",
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"sliding","size_ms":2000,"slide_ms":500}"#.into(),
@@ -307,11 +336,21 @@ fn sliding_top3(job: &'static str, mode: &'static str) -> Case {
     Case {
         job,
         mode,
+        key_by: "app_id",
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"sliding","size_ms":2000,"slide_ms":500}"#.into(),
         aggregate: r#"{"type":"top_n","field":"amount","n":3}"#,
         want: top3,
+    }
+}
+
+/// A tumbling count of every record (no `key_by`): one window per second.
+fn global_count(job: &'static str, mode: &'static str) -> Case {
+    Case {
+        key_by: "",
+        want: global_counts,
+        ..tumbling_count(job, mode)
     }
 }
 
@@ -322,6 +361,7 @@ fn session_count(job: &'static str, mode: &'static str) -> Case {
     Case {
         job,
         mode,
+        key_by: "app_id",
         disorder: 300,
         bound: 3_000,
         window: format!(r#"{{"type":"session","gap_ms":{GAP}}}"#),
@@ -338,6 +378,18 @@ async fn tumbling_counts_each_window_once_after_a_failure_and_a_rescale_aligned(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tumbling_counts_each_window_once_after_a_failure_and_a_rescale_unaligned() {
     failure_and_rescale(tumbling_count("tumbling-unaligned", "unaligned")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_windows_count_every_record_once_after_a_failure_and_a_rescale_aligned() {
+    let c = global_count("global-aligned", "exactly_once");
+    assert!((c.want)(c.disorder).len() > 100);
+    failure_and_rescale(c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_windows_count_every_record_once_after_a_failure_and_a_rescale_unaligned() {
+    failure_and_rescale(global_count("global-unaligned", "unaligned")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,11 @@ pub struct JobSpec {
     /// the others are dropped in the source task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filter: Vec<crate::filter::Filter>,
-    /// Field of the input events to group by.
+    /// Field of the input events to group by. A windowed job may leave
+    /// it out: a global window (Flink's `windowAll`), every record in one
+    /// group with the key [`JobSpec::GLOBAL_KEY`] (so one subtask does the
+    /// window's work).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key_by: String,
     /// Stateless steps every record takes in the source task, in order,
     /// after the filters and before it is routed by its key (see
@@ -735,6 +739,16 @@ fn yes() -> bool {
 }
 
 impl JobSpec {
+    /// The key of every record of a job without `key_by` (a global
+    /// window).
+    pub const GLOBAL_KEY: crate::Key = crate::Key::Int(0);
+
+    /// Whether records are not grouped by a field: a global window, all of
+    /// them under [`JobSpec::GLOBAL_KEY`].
+    pub fn is_global(&self) -> bool {
+        self.key_by.is_empty()
+    }
+
     /// Upper bound of the test knob `inject_processing_delay_us` (a task
     /// sleeps this long per batch and notices a cancel only between sleeps).
     pub const MAX_PROCESSING_DELAY_US: u64 = 100_000;
@@ -902,7 +916,7 @@ impl JobSpec {
                 if *keys == 0 {
                     return bad("source.keys must be at least 1".into());
                 }
-                if self.key_by != "app_id" {
+                if !self.is_global() && self.key_by != "app_id" {
                     return bad(format!(
                         "key_by: the generator produces the fields app_id and value, not {:?}",
                         self.key_by
@@ -970,8 +984,8 @@ impl JobSpec {
 
     fn validate_rest(&self) -> Result<(), CoreError> {
         let bad = |m: String| Err(CoreError::InvalidSpec(m));
-        if self.key_by.is_empty() {
-            return bad("key_by must name a field".into());
+        if self.is_global() && self.window.is_none() {
+            return bad("key_by must name a field (only a windowed job may leave it out: one global window over all records)".into());
         }
         let c = &self.checkpoint;
         if c.interval_ms == Some(0) {
@@ -1234,12 +1248,29 @@ mod tests {
             "sessions",
             "top_n",
             "interval_join",
+            "global_window",
         ];
         for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             JobSpec::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
+    }
+
+    /// A global window: no `key_by`, every record under one key; a job
+    /// without a window must group by a field.
+    #[test]
+    fn only_a_windowed_job_may_leave_key_by_out() {
+        let unkeyed = PV.replace(r#""key_by":"app_id","#, "");
+        let e = JobSpec::from_json(&unkeyed).unwrap_err().to_string();
+        assert!(e.contains("key_by must name a field"), "{e}");
+        let window = r#""event_time":{"field":"ts"},"window":{"type":"tumbling","size_ms":1000},"aggregate""#;
+        let global = JobSpec::from_json(&unkeyed.replace(r#""aggregate""#, window)).unwrap();
+        assert!(global.is_global());
+        // It stays without key_by when stored.
+        let stored = serde_json::to_string(&global).unwrap();
+        assert!(!stored.contains("key_by"), "{stored}");
+        assert!(!JobSpec::from_json(&PV).unwrap().is_global());
     }
 
     #[test]

@@ -190,6 +190,8 @@ impl FileReader {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
         let obj = v.as_object().ok_or("not a JSON object")?;
         let key = match obj.get(&self.key_field) {
+            // A global window: one key for every record.
+            _ if self.key_field.is_empty() => JobSpec::GLOBAL_KEY,
             Some(serde_json::Value::String(s)) => Key::Str(s.as_str().into()),
             Some(serde_json::Value::Number(n)) if n.is_i64() => Key::Int(n.as_i64().unwrap()),
             Some(_) => {

@@ -15,7 +15,9 @@ use crossbeam_channel::Receiver;
 use cutpoint_core::metadata::SourceOffset;
 use cutpoint_core::spec::SourceSpec;
 use cutpoint_core::stage::KeyedStage;
-use cutpoint_core::{now_millis, CheckpointId, JobId, KeyGroupRange, Record, SubtaskState, TaskId};
+use cutpoint_core::{
+    now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
+};
 use cutpoint_state::snapshot::{self, ConfirmedFiles, LocalDirs};
 use cutpoint_state::{RocksStore, StateError};
 
@@ -87,6 +89,9 @@ impl SourceTask {
                 .add(buf.len() as u64, Some(reader.offset().offset));
             if !steps.is_empty() {
                 steps.apply(&mut buf);
+            }
+            if spec.is_global() {
+                buf.iter_mut().for_each(|r| r.key = JobSpec::GLOBAL_KEY);
             }
             time.before_send(&buf, &mut self.exchange, &self.counters)?;
             let turn = if buf.is_empty() {
