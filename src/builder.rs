@@ -132,7 +132,8 @@ impl JobBuilder {
 
     /// Aggregates per key and event-time window: tumbling, sliding or
     /// session (needs [`JobBuilder::event_time`] and a count, sum, min,
-    /// max, avg, count-distinct or top-n).
+    /// max, avg, count-distinct or top-n). Without
+    /// [`JobBuilder::key_by`], a global window over all records.
     pub fn window(mut self, window: WindowSpec) -> Self {
         self.window = Some(window);
         self
