@@ -308,6 +308,16 @@ pub enum AggregateSpec {
         lower_ms: i64,
         upper_ms: i64,
     },
+    /// A window join of two inputs (Flink's
+    /// `join(…).where(…).equalTo(…).window(…)`): records of source
+    /// `right_source` are the right input, every other source's the left;
+    /// when a key's window fires, each pair of a left and a right record
+    /// of that key in it emits `[start, end, l.field, r.field]` (any
+    /// values). Needs a `window` (tumbling, sliding or session; event or
+    /// processing time) without allowed lateness; a record for a window
+    /// that fired is late (dropped, counted). The key's latest window
+    /// result (the job's final state): `[start, end, pairs]`.
+    WindowJoin { right_source: u32, field: String },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
     /// carry the key and the value of `field` (any value; 1 per event if
@@ -352,7 +362,9 @@ impl AggregateSpec {
     pub fn is_join(&self) -> bool {
         matches!(
             self,
-            AggregateSpec::Join { .. } | AggregateSpec::IntervalJoin { .. }
+            AggregateSpec::Join { .. }
+                | AggregateSpec::IntervalJoin { .. }
+                | AggregateSpec::WindowJoin { .. }
         )
     }
 
@@ -362,7 +374,8 @@ impl AggregateSpec {
             AggregateSpec::Join {
                 dimension_source, ..
             } => Some(dimension_source),
-            AggregateSpec::IntervalJoin { right_source, .. } => Some(right_source),
+            AggregateSpec::IntervalJoin { right_source, .. }
+            | AggregateSpec::WindowJoin { right_source, .. } => Some(right_source),
             _ => None,
         }
     }
@@ -381,6 +394,7 @@ impl AggregateSpec {
             AggregateSpec::Avg { .. } => "avg",
             AggregateSpec::TopN { .. } => "top_n",
             AggregateSpec::IntervalJoin { .. } => "interval_join",
+            AggregateSpec::WindowJoin { .. } => "window_join",
         }
     }
 
@@ -399,7 +413,8 @@ impl AggregateSpec {
             | AggregateSpec::Max { field }
             | AggregateSpec::Avg { field }
             | AggregateSpec::TopN { field, .. }
-            | AggregateSpec::IntervalJoin { field, .. } => Some(field),
+            | AggregateSpec::IntervalJoin { field, .. }
+            | AggregateSpec::WindowJoin { field, .. } => Some(field),
         }
     }
 
@@ -413,6 +428,7 @@ impl AggregateSpec {
             | AggregateSpec::Dedup { .. }
             | AggregateSpec::Join { .. }
             | AggregateSpec::IntervalJoin { .. }
+            | AggregateSpec::WindowJoin { .. }
             | AggregateSpec::Process { .. } => ValueKind::Any,
             AggregateSpec::Count
             | AggregateSpec::Sum { .. }
@@ -436,6 +452,7 @@ impl AggregateSpec {
                 | AggregateSpec::Avg { .. }
                 | AggregateSpec::TopN { .. }
                 | AggregateSpec::IntervalJoin { .. }
+                | AggregateSpec::WindowJoin { .. }
                 | AggregateSpec::Process { .. }
         )
     }
@@ -832,6 +849,9 @@ impl JobSpec {
 
     /// What is wrong with the job's interval join, if anything.
     fn interval_join_problem(&self) -> Option<String> {
+        if let AggregateSpec::WindowJoin { right_source, .. } = self.aggregate {
+            return self.window_join_problem(right_source);
+        }
         let AggregateSpec::IntervalJoin {
             right_source,
             lower_ms,
@@ -864,6 +884,19 @@ impl JobSpec {
         None
     }
 
+    fn window_join_problem(&self, right_source: u32) -> Option<String> {
+        if right_source as usize >= self.sources().count() || self.union.is_empty() {
+            return Some("aggregate.right_source must name one of two or more sources (0 = source, 1.. = union)".into());
+        }
+        match &self.window {
+            None => Some("aggregate: a window_join needs a window (it joins the records of each key and window)".into()),
+            Some(w) if w.allowed_lateness() != 0 => Some(
+                "window: a window_join takes no allowed_lateness (a late record would fire the window's pairs again)".into(),
+            ),
+            Some(_) => None,
+        }
+    }
+
     /// What is wrong with the job's window, if anything.
     fn window_problem(&self) -> Option<String> {
         if let AggregateSpec::TopN { n, .. } = self.aggregate {
@@ -891,9 +924,10 @@ impl JobSpec {
                 | AggregateSpec::Avg { .. }
                 | AggregateSpec::CountDistinct { .. }
                 | AggregateSpec::TopN { .. }
+                | AggregateSpec::WindowJoin { .. }
         ) {
             return Some(format!(
-                "window: a {} is not windowed yet (count, sum, min, max, avg, count_distinct or top_n are)",
+                "window: a {} is not windowed yet (count, sum, min, max, avg, count_distinct, top_n or window_join are)",
                 self.aggregate.name()
             ));
         }

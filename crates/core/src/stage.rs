@@ -132,7 +132,9 @@ impl JobSpec {
                 AggregateSpec::Process { .. } => AggregateKind::Process,
                 AggregateSpec::Avg { .. } => AggregateKind::Avg,
                 // Windowed only (validated).
-                AggregateSpec::TopN { .. } => AggregateKind::Window,
+                AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => {
+                    AggregateKind::Window
+                }
                 AggregateSpec::IntervalJoin { .. } => AggregateKind::IntervalJoin,
             },
             forward: None,

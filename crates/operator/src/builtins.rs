@@ -546,6 +546,7 @@ pub fn builtin(
             AggregateSpec::Avg { .. } => WindowFunction::Avg,
             AggregateSpec::CountDistinct { .. } => WindowFunction::CountDistinct,
             AggregateSpec::TopN { n, .. } => WindowFunction::TopN(*n),
+            AggregateSpec::WindowJoin { .. } => WindowFunction::Join,
             other => {
                 return Err(OperatorError::User(format!(
                     "a {} is not windowed",
@@ -572,9 +573,9 @@ pub fn builtin(
         AggregateSpec::IntervalJoin {
             lower_ms, upper_ms, ..
         } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
-        AggregateSpec::TopN { .. } => Err(OperatorError::User(
-            "aggregate: top_n needs a window".into(),
-        )),
+        AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => Err(
+            OperatorError::User(format!("aggregate: {} needs a window", aggregate.name())),
+        ),
         AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),
     }
 }

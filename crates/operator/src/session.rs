@@ -28,7 +28,7 @@ use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
-use crate::builtins::WithResult;
+use crate::builtins::{Input, WithResult};
 use crate::window::{domain, emit_result, record_time, Acc, WindowFunction};
 use crate::{KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
@@ -117,7 +117,7 @@ impl SessionAggregate {
 }
 
 impl KeyedProcessFunction for SessionAggregate {
-    type In = Record;
+    type In = (Input, Record);
     type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
@@ -134,12 +134,12 @@ impl KeyedProcessFunction for SessionAggregate {
 
     fn process(
         &mut self,
-        record: Record,
+        (input, record): (Input, Record),
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
         let (ts, watermark) = record_time(self.domain, &record, ctx)?;
-        let single = self.function.single(&record)?;
+        let single = self.function.single(input, &record)?;
         self.spec.assign(ts, &mut self.own);
         let Some(&own) = self.own.first() else {
             self.late += 1; // its window would end past the end of time
@@ -230,7 +230,7 @@ mod tests {
         };
         KeyedOperator::new(
             SessionAggregate::new(spec, f),
-            |r: &Record| r.key.clone(),
+            |(_, r): &(Input, Record)| r.key.clone(),
             MAXP,
         )
         .unwrap()
@@ -238,7 +238,7 @@ mod tests {
 
     fn feed(op: &mut KeyedOperator<SessionAggregate>, key: i64, v: i64, ts: i64) -> Vec<String> {
         let mut out = Vec::new();
-        op.process(Record::int(Key::Int(key), v).at(ts), &mut out)
+        op.process((Input::First, Record::int(Key::Int(key), v).at(ts)), &mut out)
             .unwrap();
         out.iter().map(|(k, v)| format!("{k}:{v}")).collect()
     }

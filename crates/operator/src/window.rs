@@ -1,12 +1,15 @@
 //! The JSON spec's tumbling and sliding event-time windows
 //! ([`WindowAggregate`]): a [`WindowFunction`] (count, sum, min, max, avg,
-//! count-distinct, top-n) per key and window, built like Flink's
+//! count-distinct, top-n, or a window join of two inputs) per key and
+//! window, built like Flink's
 //! `WindowOperator` from typed state and event-time timers. Session
 //! windows, which merge, are [`crate::session`]'s, on the same functions.
 //!
 //! Per key and window (the namespace: [`Window::encode`]) one value state
 //! holds the accumulator ([`Acc`]: numbers, or a count-distinct's values,
-//! all of them in the one state value, or a top-n's n values; named after
+//! all of them in the one state value, or a top-n's n values, or a join's
+//! values of each input — its pairs, `[start, end, l, r]` each, are the
+//! updates when the window fires; named after
 //! the function and the window, so a restore into another shape is
 //! refused); a timer at the window's last millisecond emits
 //! `[start, end, result]`, one at its cleanup time (the same, without
@@ -28,7 +31,7 @@ use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
-use crate::builtins::WithResult;
+use crate::builtins::{Input, WithResult};
 use crate::{integer, KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
 /// What a window computes.
@@ -44,6 +47,10 @@ pub enum WindowFunction {
     CountDistinct,
     /// The `n` largest integers, largest first, repeats kept.
     TopN(u32),
+    /// A window join: every pair of a left and a right value, each its
+    /// own update `[start, end, l, r]` (the result kept: the number of
+    /// pairs).
+    Join,
 }
 
 /// A window's accumulator.
@@ -54,6 +61,8 @@ pub(crate) enum Acc {
     /// Count-distinct: the distinct values, ascending; top-n: at most n
     /// values, largest first.
     Values(Vec<Value>),
+    /// A window join: the values of each input, in arrival order.
+    Sides { left: Vec<Value>, right: Vec<Value> },
 }
 
 impl WindowFunction {
@@ -66,6 +75,7 @@ impl WindowFunction {
             WindowFunction::Avg => "avg".into(),
             WindowFunction::CountDistinct => "count_distinct".into(),
             WindowFunction::TopN(n) => format!("top {n}"),
+            WindowFunction::Join => "join".into(),
         }
     }
 
@@ -83,8 +93,9 @@ impl WindowFunction {
         )
     }
 
-    /// The accumulator of one record.
-    pub(crate) fn single(self, record: &Record) -> Result<Acc, OperatorError> {
+    /// The accumulator of one record of `input` (a join's side; the
+    /// others have one input).
+    pub(crate) fn single(self, input: Input, record: &Record) -> Result<Acc, OperatorError> {
         Ok(match self {
             WindowFunction::Count => Acc::Num { a: 1, b: 0 },
             WindowFunction::Avg => Acc::Num {
@@ -97,6 +108,19 @@ impl WindowFunction {
             },
             WindowFunction::CountDistinct => Acc::Values(vec![record.value.clone()]),
             WindowFunction::TopN(_) => Acc::Values(vec![Value::Int(integer(record)?)]),
+            WindowFunction::Join => {
+                let value = vec![record.value.clone()];
+                match input {
+                    Input::First => Acc::Sides {
+                        left: value,
+                        right: Vec::new(),
+                    },
+                    Input::Second => Acc::Sides {
+                        left: Vec::new(),
+                        right: value,
+                    },
+                }
+            }
         })
     }
 
@@ -116,6 +140,20 @@ impl WindowFunction {
                 })
             }
             (Acc::Values(x), Acc::Values(y)) => Ok(Acc::Values(self.merge_values(x, y))),
+            (
+                Acc::Sides {
+                    mut left,
+                    mut right,
+                },
+                Acc::Sides {
+                    left: l2,
+                    right: r2,
+                },
+            ) => {
+                left.extend(l2);
+                right.extend(r2);
+                Ok(Acc::Sides { left, right })
+            }
             _ => Err(OperatorError::User(format!(
                 "a {} window's accumulator is of another function",
                 self.name()
@@ -153,6 +191,7 @@ impl WindowFunction {
             (_, Acc::Num { a, .. }) => Value::Int(*a),
             (WindowFunction::CountDistinct, Acc::Values(v)) => Value::Int(v.len() as i64),
             (_, Acc::Values(v)) => Value::list(v.iter().cloned()),
+            (_, Acc::Sides { left, right }) => Value::Int((left.len() * right.len()) as i64),
         }
     }
 }
@@ -192,8 +231,9 @@ pub(crate) fn domain(spec: &WindowSpec) -> TimeDomain {
 }
 
 /// A window's result, `[start, end, result]`, also kept as the key's
-/// latest result (`last`, in the default namespace); the namespace is
-/// `w`'s afterwards.
+/// latest result (`last`, in the default namespace); a join's updates are
+/// its pairs, `[start, end, l, r]` each. The namespace is `w`'s
+/// afterwards.
 pub(crate) fn emit_result(
     function: WindowFunction,
     last: &StateDescriptor,
@@ -206,7 +246,19 @@ pub(crate) fn emit_result(
     ctx.set_namespace(&[]);
     ctx.set_value(last, &result)?;
     ctx.set_namespace(&w.encode());
-    out.push((ctx.current_key().clone(), result));
+    let key = ctx.current_key();
+    match acc {
+        Acc::Sides { left, right } => {
+            let (start, end) = (Value::Int(w.start), Value::Int(w.end));
+            for l in left {
+                for r in right {
+                    let pair = [start.clone(), end.clone(), l.clone(), r.clone()];
+                    out.push((key.clone(), Value::list(pair)));
+                }
+            }
+        }
+        _ => out.push((key.clone(), result)),
+    }
     Ok(())
 }
 
@@ -243,7 +295,7 @@ impl WindowAggregate {
 }
 
 impl KeyedProcessFunction for WindowAggregate {
-    type In = Record;
+    type In = (Input, Record);
     type Out = (Key, Value);
 
     fn states(&self) -> Vec<StateDescriptor> {
@@ -260,12 +312,12 @@ impl KeyedProcessFunction for WindowAggregate {
 
     fn process(
         &mut self,
-        record: Record,
+        (input, record): (Input, Record),
         ctx: &mut KeyedContext<'_>,
         out: &mut Vec<(Key, Value)>,
     ) -> Result<(), OperatorError> {
         let (ts, watermark) = record_time(self.domain, &record, ctx)?;
-        let single = self.function.single(&record)?;
+        let single = self.function.single(input, &record)?;
         let mut windows = std::mem::take(&mut self.windows);
         self.spec.assign(ts, &mut windows);
         let mut counted = false;
@@ -336,6 +388,7 @@ impl WithResult for WindowAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builtins::RecordOperator;
     use crate::tests::stored_states;
     use crate::KeyedOperator;
 
@@ -344,7 +397,7 @@ mod tests {
     fn op(spec: WindowSpec, f: WindowFunction) -> KeyedOperator<WindowAggregate> {
         KeyedOperator::new(
             WindowAggregate::new(spec, f),
-            |r: &Record| r.key.clone(),
+            |(_, r): &(Input, Record)| r.key.clone(),
             MAXP,
         )
         .unwrap()
@@ -360,7 +413,7 @@ mod tests {
 
     fn feed(op: &mut KeyedOperator<WindowAggregate>, key: i64, v: i64, ts: i64) -> Vec<String> {
         let mut out = Vec::new();
-        op.process(Record::int(Key::Int(key), v).at(ts), &mut out)
+        op.process((Input::First, Record::int(Key::Int(key), v).at(ts)), &mut out)
             .unwrap();
         out.iter().map(|(k, v)| format!("{k}:{v}")).collect()
     }
@@ -457,11 +510,47 @@ mod tests {
         assert_eq!(advance(&mut max, 9), ["9/1:[0,10,9]"]);
     }
 
+    /// A window join: when a key's window fires, each pair of its left and
+    /// right values is one update; a window with one side only emits
+    /// nothing; a record for a fired window is late; nothing is left.
+    #[test]
+    fn a_window_join_emits_each_pair_of_a_window_once() {
+        let mut op = op(tumbling(10, 0), WindowFunction::Join);
+        let mut side = |input, key, v: i64, ts| {
+            let mut out = Vec::new();
+            op.process((input, Record::int(Key::Int(key), v).at(ts)), &mut out)
+                .unwrap();
+            assert!(out.is_empty());
+        };
+        side(Input::First, 1, 10, 2);
+        side(Input::Second, 1, 20, 4);
+        side(Input::First, 1, 11, 9);
+        side(Input::Second, 2, 30, 5); // key 2 has no left value
+        side(Input::Second, 1, 21, 12); // the next window, no left value
+        assert_eq!(
+            advance(&mut op, 19),
+            ["9/1:[0,10,10,20]", "9/1:[0,10,11,20]"]
+        );
+        assert_eq!(op.function.late_records(), 0);
+        feed(&mut op, 1, 12, 3);
+        assert_eq!(op.function.late_records(), 1);
+        assert_eq!(op.timers().unwrap().len(), 0);
+        assert_eq!(stored_states(&mut op), ["window_last"]);
+        // The kept result: the number of pairs of each key's last window.
+        let mut results = RecordOperator::results(&op).unwrap();
+        results.sort();
+        let last = |s, e, n| Value::list([Value::Int(s), Value::Int(e), Value::Int(n)]);
+        assert_eq!(
+            results,
+            [(Key::Int(1), last(10, 20, 0)), (Key::Int(2), last(0, 10, 0))]
+        );
+    }
+
     #[test]
     fn a_record_without_an_event_time_is_an_error_that_names_its_key() {
         let mut op = op(tumbling(10, 0), WindowFunction::Count);
         let e = op
-            .process(Record::int(Key::Int(3), 1), &mut Vec::new())
+            .process((Input::First, Record::int(Key::Int(3), 1)), &mut Vec::new())
             .unwrap_err();
         assert!(e.to_string().contains("key 3"), "{e}");
     }
@@ -479,7 +568,7 @@ mod tests {
         let mut op = op(spec, WindowFunction::Count);
         for i in 0..2_000 {
             // No event time needed; a few ms of wall clock pass.
-            op.process(Record::int(Key::Int(i % 3), 1), &mut Vec::new())
+            op.process((Input::First, Record::int(Key::Int(i % 3), 1)), &mut Vec::new())
                 .unwrap();
         }
         assert_eq!(op.timers().unwrap().len(), 0, "no event-time timer");
