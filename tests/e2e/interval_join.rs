@@ -8,6 +8,12 @@
 //! parallelism (aligned) emits exactly the pairs with a record after the
 //! checkpoint's source offsets: those of records before it were emitted
 //! before it, and their buffered records are in its state.
+//!
+//! The window join on the same two streams (tumbling windows of
+//! [`WINDOW`] ms): every pair of a left and a right record of one key and
+//! window exactly once after a failure (aligned and unaligned); a restore
+//! of an early checkpoint at another parallelism emits exactly the pairs
+//! of the windows that had not fired by its watermarks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -107,6 +113,23 @@ fn assert_pairs(got: &Pairs, want: &Pairs) {
 }
 
 fn spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &str) -> String {
+    let interval = format!(
+        r#""aggregate":{{"type":"interval_join","right_source":1,"field":"amount",
+            "lower_ms":{LOWER},"upper_ms":{UPPER}}}"#
+    );
+    join_spec(&interval, job, mode, parallelism, sink, extra)
+}
+
+/// A job joining the two sources with `join` (the aggregate, and a
+/// window if it has one).
+fn join_spec(
+    join: &str,
+    job: &str,
+    mode: &str,
+    parallelism: u32,
+    sink: (&str, &Path),
+    extra: &str,
+) -> String {
     let (sink, out) = sink;
     let slow = match mode {
         "unaligned" => r#","inject_processing_delay_us":1500"#,
@@ -121,9 +144,7 @@ fn spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &st
     format!(
         r#"{{"job_id":"{job}","parallelism":{parallelism},
             "source":{},"union":[{}],
-            "key_by":"app_id",
-            "aggregate":{{"type":"interval_join","right_source":1,"field":"amount",
-                "lower_ms":{LOWER},"upper_ms":{UPPER}}},
+            "key_by":"app_id",{join},
             "event_time":{{"field":"ts","max_out_of_orderness_ms":3000,"watermark_interval_ms":10}},
             "sink":{{"type":"{sink}","dir":{out:?}}},
             "checkpoint":{{"interval_ms":100,"retention":100,"mode":"{mode}"}}{slow}{extra}}}"#,
@@ -229,4 +250,86 @@ fn every_pair_once_after_sigkill_and_restores_of_latest_and_an_older_id() {
         .expect("the oldest checkpoint");
     let later = pairs(|l, r| !before(&m, l) || !before(&m, r));
     assert_pairs(&committed(&older), &later);
+}
+
+/// The window join's windows.
+const WINDOW: i64 = 20;
+
+fn window_join_spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &str) -> String {
+    let join = format!(
+        r#""aggregate":{{"type":"window_join","right_source":1,"field":"amount"}},
+            "window":{{"type":"tumbling","size_ms":{WINDOW}}}"#
+    );
+    join_spec(&join, job, mode, parallelism, sink, extra)
+}
+
+/// `(key, window start, window end, l.amount, r.amount)` → how many
+/// times, for every pair of a left and a right event of one key and
+/// tumbling window; `keep(key, end)` says which windows count.
+fn window_pairs(keep: impl Fn(&Key, i64) -> bool) -> Pairs {
+    let by_window = |seed, first| {
+        let mut w: BTreeMap<(Key, i64), Vec<i64>> = BTreeMap::new();
+        for e in events(seed, first) {
+            let start = e.ts.div_euclid(WINDOW) * WINDOW;
+            w.entry((e.key, start)).or_default().push(e.amount);
+        }
+        w
+    };
+    let right = by_window(RIGHT_SEED, 2);
+    let mut out = Pairs::new();
+    for ((key, start), left) in by_window(LEFT_SEED, 0) {
+        let end = start + WINDOW;
+        let Some(right) = right.get(&(key.clone(), start)) else {
+            continue;
+        };
+        if !keep(&key, end) {
+            continue;
+        }
+        for l in &left {
+            for r in right {
+                *out.entry((key.clone(), start, end, *l, *r)).or_insert(0) += 1;
+            }
+        }
+    }
+    out
+}
+
+async fn window_join_failure(job: &str, mode: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("first");
+    let failing = r#","inject_failure":{"subtask":1,"after_records":40000,"after_completed_checkpoint":true}"#;
+    let first = window_join_spec(job, mode, 2, ("transactional_file", &out), failing);
+    let o = run(first, dir.path(), None, "w1").await;
+    assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
+    let want = window_pairs(|_, _| true);
+    assert!(want.len() > 50_000, "{} pairs", want.len());
+    assert_pairs(&committed(&out), &want);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_join_every_pair_once_after_a_failure_unaligned() {
+    window_join_failure("window-join-unaligned", "unaligned").await;
+}
+
+/// After the failure, an early checkpoint restored at parallelism 3 into a
+/// new folder (a plain file sink): exactly the pairs of the windows that
+/// had not fired by its watermarks, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_join_every_pair_once_after_a_failure_and_a_rescale_aligned() {
+    let job = "window-join-aligned";
+    let dir = window_join_failure(job, "exactly_once").await;
+    let (m, owners) = crate::windows::early_checkpoint(dir.path(), job).await;
+    let out = dir.path().join("rescaled");
+    let restored = run(
+        window_join_spec(job, "exactly_once", 3, ("file", &out), ""),
+        dir.path(),
+        Some(RestoreFrom::Checkpoint(m.checkpoint_id)),
+        "w2",
+    )
+    .await;
+    assert_eq!(restored.restored_from, vec![m.checkpoint_id]);
+    let later = window_pairs(|k, end| !crate::windows::fired_before(&owners, k, end));
+    assert!(!later.is_empty());
+    assert_pairs(&committed(&out), &later);
 }

@@ -230,7 +230,7 @@ fn spec(c: &Case, job: &str, parallelism: u32, out: (&str, &Path), extra: &str) 
 
 /// A checkpoint a quarter into the run, with each first-stage subtask's
 /// key groups and watermark.
-async fn early_checkpoint(
+pub(crate) async fn early_checkpoint(
     dir: &Path,
     job: &str,
 ) -> (CheckpointMetadata, Vec<(KeyGroupRange, i64)>) {
@@ -251,7 +251,7 @@ async fn early_checkpoint(
 
 /// Whether window `(key, _, end)` fired before the checkpoint: its old
 /// subtask's watermark had passed its last millisecond.
-fn fired_before(owners: &[(KeyGroupRange, i64)], key: &Key, end: i64) -> bool {
+pub(crate) fn fired_before(owners: &[(KeyGroupRange, i64)], key: &Key, end: i64) -> bool {
     let group = keygroup::key_group(key.stable_hash(), MAXP);
     let (_, w) = owners
         .iter()
