@@ -271,6 +271,28 @@ mod tests {
         assert_eq!(stored_states(&mut op), ["window_last", "window_last"]);
     }
 
+    /// A session-window join: merged sessions hold both inputs' values;
+    /// the merged session's pairs are emitted once, when it fires.
+    #[test]
+    fn a_session_window_join_pairs_the_values_of_merged_sessions() {
+        let mut op = op(10, 0, WindowFunction::Join);
+        let mut side = |input, v: i64, ts| {
+            let mut out = Vec::new();
+            op.process((input, Record::int(Key::Int(1), v).at(ts)), &mut out)
+                .unwrap();
+            assert!(out.is_empty());
+        };
+        // Left 1 at 0, right 2 at 22, then left 3 at 13 bridges them.
+        side(Input::First, 1, 0);
+        side(Input::Second, 2, 22);
+        side(Input::First, 3, 13);
+        assert_eq!(
+            advance(&mut op, 100),
+            ["31/1:[0,32,1,2]", "31/1:[0,32,3,2]"]
+        );
+        assert_eq!(stored_states(&mut op), ["window_last"]);
+    }
+
     #[test]
     fn a_late_record_is_dropped_and_leaves_the_sessions_as_they_were() {
         let mut op = op(10, 0, WindowFunction::Sum);
