@@ -282,13 +282,13 @@ mod tests {
                 .unwrap();
             assert!(out.is_empty());
         };
-        // Left 1 at 0, right 2 at 22, then left 3 at 13 bridges them.
-        side(Input::First, 1, 0);
+        // Left 1 at 5, right 2 at 22, then left 3 at 13 bridges them.
+        side(Input::First, 1, 5);
         side(Input::Second, 2, 22);
         side(Input::First, 3, 13);
         assert_eq!(
             advance(&mut op, 100),
-            ["31/1:[0,32,1,2]", "31/1:[0,32,3,2]"]
+            ["31/1:[5,32,1,2]", "31/1:[5,32,3,2]"]
         );
         assert_eq!(stored_states(&mut op), ["window_last"]);
     }
