@@ -17,7 +17,8 @@ positive_data_acceptance still holds every other rule to account:
   max, avg, count_distinct or top_n, a top_n only with a window, a sliding
   window's slide_ms at most its size_ms and at least a hundredth of it, an
   interval join with event_time, without a window, its lower_ms at most
-  its upper_ms, a join (either) names one of two or more sources, so is every filter field with a
+  its upper_ms, a window join with a window without allowed lateness, a
+  join (any) names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
   once; stage ids unique and not source,
@@ -125,13 +126,17 @@ def _sources(spec):
         if not isinstance(spec.get("event_time"), dict):
             spec["event_time"] = {"field": "ts"}
         spec.pop("window", None)
+    if agg.get("type") == "window_join":
+        if not spec.get("union"):
+            spec["union"] = [{"type": "generator", "events": 100, "keys": 10}]
+        agg = dict(agg, right_source=min(int(agg["right_source"]), len(spec["union"])))
     sources = [spec["source"], *spec.get("union", [])]
     fields = ("value", "app_id", "user_id", "amount")
     if any(s.get("type") == "generator" for s in sources) and (
         "key_by" in spec or "window" not in spec
     ):
         spec["key_by"] = "app_id"
-        typed = ("sum", "top_n", "interval_join", *TYPED)
+        typed = ("sum", "top_n", "interval_join", "window_join", *TYPED)
         if agg.get("type") in typed and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
         if isinstance(spec.get("event_time"), dict):
@@ -144,11 +149,13 @@ def _sources(spec):
             spec.pop("window", None)
         for s in sources:
             s.pop("disorder_ms", None)
-    windowed = ("count", "sum", "min", "max", "avg", "count_distinct", "top_n")
+    windowed = ("count", "sum", "min", "max", "avg", "count_distinct", "top_n", "window_join")
     if "window" in spec and agg.get("type") not in windowed:
         agg = {"type": "count"}
-    if "window" not in spec and agg.get("type") == "top_n":
+    if "window" not in spec and agg.get("type") in ("top_n", "window_join"):
         agg = {"type": "count"}
+    if agg.get("type") == "window_join":
+        spec["window"] = dict(spec["window"], allowed_lateness_ms=0)
     w = spec.get("window")
     if isinstance(w, dict) and w.get("type") == "sliding":
         # slide_ms <= size_ms, and at most 100 windows per record.

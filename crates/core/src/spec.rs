@@ -1283,12 +1283,38 @@ mod tests {
             "top_n",
             "interval_join",
             "global_window",
+            "window_join",
         ];
         for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             JobSpec::from_json(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
+    }
+
+    /// A window join needs two sources and a window without lateness.
+    #[test]
+    fn a_window_join_needs_two_sources_and_a_window_without_lateness() {
+        let spec = |union: &str, window: &str| {
+            let join = r#"{"type":"window_join","right_source":1,"field":"amount"}"#;
+            JobSpec::from_json(&PV.replace(
+                r#""aggregate":{"type":"count"}"#,
+                &format!(r#"{union}"event_time":{{"field":"ts"}},"aggregate":{join}{window}"#),
+            ))
+            .map_err(|e| e.to_string())
+        };
+        let union = r#""union":[{"type":"generator","events":5,"keys":2}],"#;
+        let tumbling = r#","window":{"type":"tumbling","size_ms":100}"#;
+        let s = spec(union, tumbling).unwrap();
+        assert!(s.aggregate.is_join());
+        assert_eq!(s.aggregate.second_input(), Some(1));
+        let e = spec("", tumbling).unwrap_err();
+        assert!(e.contains("right_source"), "{e}");
+        let e = spec(union, "").unwrap_err();
+        assert!(e.contains("window_join needs a window"), "{e}");
+        let late = r#","window":{"type":"tumbling","size_ms":100,"allowed_lateness_ms":5}"#;
+        let e = spec(union, late).unwrap_err();
+        assert!(e.contains("allowed_lateness"), "{e}");
     }
 
     /// A global window: no `key_by`, every record under one key; a job
