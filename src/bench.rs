@@ -159,6 +159,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard.into(),
+        late_sink: None,
         checkpoint: CheckpointConfig {
             interval_ms: (variant != Variant::None).then_some(interval_ms),
             retention: 1,

@@ -48,6 +48,7 @@ pub async fn run(
         aggregate: AggregateSpec::Count,
         stages: Vec::new(),
         sink: SinkSpec::Discard.into(),
+        late_sink: None,
         checkpoint: CheckpointConfig {
             interval_ms: Some(1000),
             ..Default::default()

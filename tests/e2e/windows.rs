@@ -439,7 +439,8 @@ async fn with_late_records_each_window_is_committed_at_most_once_unaligned() {
 /// One partition (so which lines are late does not depend on how two
 /// partitions interleave): line `j` has event time `j`, except a few very
 /// late ones 50 s back, long after their windows fired. They are left out
-/// of every window, also when a restore replays them.
+/// of every window, also when a restore replays them, and go to the late
+/// side output (a two-phase-commit sink) exactly once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn very_late_lines_are_left_out_also_after_a_restore() {
     const LINES: i64 = 100_000;
@@ -456,6 +457,7 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
         .collect();
     std::fs::write(&input, text).unwrap();
     let out = dir.path().join("out");
+    let late_out = dir.path().join("late");
     let spec = format!(
         r#"{{"job_id":"late-lines","parallelism":2,
             "source":{{"type":"files","paths":[{input:?}]}},
@@ -463,6 +465,7 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
             "event_time":{{"field":"t","watermark_interval_ms":1}},
             "window":{{"type":"tumbling","size_ms":1000}},
             "sink":{{"type":"transactional_file","dir":{out:?}}},
+            "late_sink":{{"type":"transactional_file","dir":{late_out:?}}},
             "checkpoint":{{"interval_ms":50,"retention":100}},
             "inject_processing_delay_us":3000,
             "inject_failure":{{"subtask":0,"after_records":35000,"after_completed_checkpoint":true}}}}"#
@@ -478,6 +481,21 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
     }
     let want: Windows = want.into_iter().map(|(w, n)| (w, Value::Int(n))).collect();
     assert_each_window_once(&committed(&out), &want);
+    // The side output: every late line exactly once, `[t, 1]` under its key.
+    let mut want_late = BTreeMap::new();
+    for j in (0..LINES).filter(|j| late(*j)) {
+        *want_late.entry((Key::Int(j % 10), j - 50_000, 1)).or_insert(0) += 1;
+    }
+    let mut got_late = BTreeMap::new();
+    let output = cutpoint_runtime::sink::read_output(&late_out).unwrap();
+    for (key, values) in output.updates {
+        for v in values {
+            let Value::List(l) = &v else { panic!("{key}: {v}") };
+            let [t, n] = l.as_slice() else { panic!("{key}: {v}") };
+            *got_late.entry((key.clone(), int(t), int(n))).or_insert(0) += 1;
+        }
+    }
+    assert_same_entries("late lines", &got_late, &want_late);
 }
 
 /// The binary killed with SIGKILL after a few checkpoints, then restored

@@ -62,6 +62,12 @@ pub struct JobSpec {
     /// get every update (fan-out).
     #[serde(default)]
     pub sink: Sinks,
+    /// The side output for late records (Flink's `sideOutputLateData`):
+    /// each record the first keyed stage drops as late (a window's or a
+    /// join's) goes here as `(key, [ts, value])`; absent: late records are
+    /// dropped (and counted either way). Needs `event_time`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_sink: Option<SinkSpec>,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
@@ -832,6 +838,9 @@ impl JobSpec {
         if let Some(p) = self.sink.problem() {
             return bad(p);
         }
+        if let Some(p) = self.late_sink_problem() {
+            return bad(p);
+        }
         if let Some(p) = self.event_time.as_ref().and_then(|t| t.problem()) {
             return bad(p);
         }
@@ -882,6 +891,35 @@ impl JobSpec {
             ));
         }
         None
+    }
+
+    /// The late sink's index among the job's sinks (after `sink`'s): what
+    /// its transactions record
+    /// ([`crate::metadata::PendingTransaction::sink`]).
+    pub fn late_sink_index(&self) -> u32 {
+        self.sink.len() as u32
+    }
+
+    /// Whether any sink, the late one too, takes part in two-phase commit.
+    pub fn any_transactional_sink(&self) -> bool {
+        let late = matches!(self.late_sink, Some(SinkSpec::TransactionalFile { .. }));
+        late || self.sink.any_transactional()
+    }
+
+    fn late_sink_problem(&self) -> Option<String> {
+        let late = self.late_sink.as_ref()?;
+        if self.event_time.is_none() {
+            return Some("late_sink needs event_time (only event time has late records)".into());
+        }
+        let clash = self.sink.iter().find(|s| match (s, late) {
+            (SinkSpec::Stdout, SinkSpec::Stdout) => true,
+            (
+                SinkSpec::File { dir } | SinkSpec::TransactionalFile { dir },
+                SinkSpec::File { dir: d } | SinkSpec::TransactionalFile { dir: d },
+            ) => lexical(dir) == lexical(d),
+            _ => false,
+        });
+        clash.map(|s| format!("late_sink: it and sink {} write to the same place", s.kind()))
     }
 
     fn window_join_problem(&self, right_source: u32) -> Option<String> {
@@ -1098,7 +1136,7 @@ impl JobSpec {
     /// restore after a late failure would replay (Flink's checkpoints after
     /// tasks finish). Jobs with external tasks end without one.
     pub fn takes_final_checkpoint(&self) -> bool {
-        self.sink.any_transactional()
+        self.any_transactional_sink()
             && self.checkpoint.interval_ms.is_some()
             && self.external_tasks.is_empty()
     }

@@ -122,6 +122,8 @@ pub trait RecordOperator: Send {
     fn timer_prefixes(&self, key_group: u16) -> Vec<[u8; 4]>;
     /// Timers waiting, and records dropped as late so far.
     fn time_stats(&self) -> (usize, u64);
+    /// Moves the records dropped as late since the last call to `out`.
+    fn take_late(&mut self, out: &mut Vec<Record>);
 }
 
 /// A function whose per-key result is one value state (what a job's final
@@ -218,6 +220,10 @@ impl<F: WithResult> RecordOperator for KeyedOperator<F> {
         let services = [self.timers(), self.processing_timers()];
         let pending = services.into_iter().flatten().map(|t| t.len()).sum();
         (pending, self.function.late_records())
+    }
+
+    fn take_late(&mut self, out: &mut Vec<Record>) {
+        self.function.take_late(out)
     }
 }
 

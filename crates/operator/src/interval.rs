@@ -26,6 +26,7 @@ use cutpoint_core::{Key, Record, Value};
 use cutpoint_state::layout::StateDescriptor;
 
 use crate::builtins::{Input, WithResult};
+use crate::late::LateRecords;
 use crate::{KeyedContext, KeyedProcessFunction, OperatorError};
 
 const LEFT: &[u8] = b"L";
@@ -43,7 +44,7 @@ pub struct IntervalJoin {
     left: StateDescriptor,
     right: StateDescriptor,
     pairs: StateDescriptor,
-    late: u64,
+    late: LateRecords,
 }
 
 impl IntervalJoin {
@@ -60,7 +61,7 @@ impl IntervalJoin {
             left: StateDescriptor::map(&name("left")),
             right: StateDescriptor::map(&name("right")),
             pairs: StateDescriptor::value("interval_pairs"),
-            late: 0,
+            late: LateRecords::default(),
         }
     }
 
@@ -172,7 +173,7 @@ impl KeyedProcessFunction for IntervalJoin {
         let watermark = ctx.current_watermark().unwrap_or(i64::MIN);
         let b = self.bucket(ts);
         let Some(cleanup) = self.cleanup(input, b).filter(|_| ts > watermark) else {
-            self.late += 1;
+            self.late.push(record);
             return Ok(());
         };
         ctx.set_namespace(&[]);
@@ -213,7 +214,11 @@ impl KeyedProcessFunction for IntervalJoin {
     }
 
     fn late_records(&self) -> u64 {
-        self.late
+        self.late.count()
+    }
+
+    fn take_late(&mut self, out: &mut Vec<Record>) {
+        self.late.take(out)
     }
 }
 

@@ -157,6 +157,10 @@ pub trait KeyedProcessFunction: Send {
     fn late_records(&self) -> u64 {
         0
     }
+
+    /// Moves the records it dropped as late since the last call to `out`
+    /// (for the job's side output); none by default.
+    fn take_late(&mut self, _out: &mut Vec<Record>) {}
 }
 
 /// Typed state and timers of the current key (and namespace).
@@ -526,6 +530,7 @@ impl<F: KeyedProcessFunction> KeyedOperator<F> {
 pub mod builtins;
 pub mod functions;
 pub mod interval;
+pub mod late;
 pub mod session;
 pub mod stateless;
 pub mod timers;

@@ -29,6 +29,7 @@ use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::builtins::{Input, WithResult};
+use crate::late::LateRecords;
 use crate::window::{domain, emit_result, record_time, Acc, WindowFunction};
 use crate::{KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
@@ -56,7 +57,7 @@ pub struct SessionAggregate {
     function: WindowFunction,
     sessions: StateDescriptor,
     last: StateDescriptor,
-    late: u64,
+    late: LateRecords,
     /// Reused: the record's own window; the key's session windows.
     own: Vec<Window>,
     windows: Vec<Window>,
@@ -73,7 +74,7 @@ impl SessionAggregate {
             function,
             sessions: StateDescriptor::value(&function.state_name("session_windows", &spec)),
             last: StateDescriptor::value("window_last"),
-            late: 0,
+            late: LateRecords::default(),
             own: Vec::new(),
             windows: Vec::new(),
         }
@@ -142,7 +143,7 @@ impl KeyedProcessFunction for SessionAggregate {
         let single = self.function.single(input, &record)?;
         self.spec.assign(ts, &mut self.own);
         let Some(&own) = self.own.first() else {
-            self.late += 1; // its window would end past the end of time
+            self.late.push(record); // its window would end past the end of time
             return Ok(());
         };
         let mut sessions = self.load(ctx)?;
@@ -150,7 +151,7 @@ impl KeyedProcessFunction for SessionAggregate {
         self.windows.extend(sessions.iter().map(Session::window));
         let (merged, range) = merge_session(&self.windows, own);
         if self.spec.cleanup_time(&merged) <= watermark {
-            self.late += 1;
+            self.late.push(record);
             return Ok(());
         }
         let unchanged = range.len() == 1 && self.windows[range.start] == merged;
@@ -202,7 +203,11 @@ impl KeyedProcessFunction for SessionAggregate {
     }
 
     fn late_records(&self) -> u64 {
-        self.late
+        self.late.count()
+    }
+
+    fn take_late(&mut self, out: &mut Vec<Record>) {
+        self.late.take(out)
     }
 }
 

@@ -32,6 +32,7 @@ use cutpoint_state::layout::StateDescriptor;
 use serde::{Deserialize, Serialize};
 
 use crate::builtins::{Input, WithResult};
+use crate::late::LateRecords;
 use crate::{integer, KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
 /// What a window computes.
@@ -269,7 +270,7 @@ pub struct WindowAggregate {
     function: WindowFunction,
     acc: StateDescriptor,
     last: StateDescriptor,
-    late: u64,
+    late: LateRecords,
     /// Reused: the windows of the current record.
     windows: Vec<Window>,
 }
@@ -288,7 +289,7 @@ impl WindowAggregate {
             // and top-n keep values).
             acc: StateDescriptor::value(&name).with_codec_version(2),
             last: StateDescriptor::value("window_last"),
-            late: 0,
+            late: LateRecords::default(),
             windows: Vec::new(),
         }
     }
@@ -348,7 +349,7 @@ impl KeyedProcessFunction for WindowAggregate {
         }
         self.windows = windows;
         if !counted {
-            self.late += 1;
+            self.late.push(record);
         }
         Ok(())
     }
@@ -373,7 +374,11 @@ impl KeyedProcessFunction for WindowAggregate {
     }
 
     fn late_records(&self) -> u64 {
-        self.late
+        self.late.count()
+    }
+
+    fn take_late(&mut self, out: &mut Vec<Record>) {
+        self.late.take(out)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The sending side of a hash exchange, and where a keyed task's updates
-//! go ([`Output`]: the chained sink, or the exchange to the next stage).
+//! go ([`Output`]: the chained sink, or the exchange to the next stage —
+//! [`Downstream`] — and the late records' sink).
 //!
 //! What carries the messages is a [`Transport`]: in-process bounded
 //! channels today ([`LocalTransport`]); a network transport to tasks in
@@ -148,8 +149,9 @@ impl Exchange {
     }
 }
 
-/// Where a keyed task's updates `(key, new value)` go.
-pub(crate) enum Output {
+/// Where a keyed task's updates `(key, new value)` go (besides its late
+/// records, [`Output`]).
+pub(crate) enum Downstream {
     /// The chained sink (the last stage).
     Sink(Sink),
     /// The next stage, each update made a record of it by `forward`,
@@ -163,15 +165,15 @@ pub(crate) enum Output {
     },
 }
 
-impl Output {
+impl Downstream {
     /// An update at event time `ts` (the time of the record or timer that
     /// caused it; [`Record::NO_TIME`] without event time): the next stage
     /// gets it at that time, a sink writes key and value.
     #[inline]
     pub(crate) fn emit(&mut self, key: &Key, value: &Value, ts: i64) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(s) => s.emit(key, value),
-            Output::Next {
+            Downstream::Sink(s) => s.emit(key, value),
+            Downstream::Next {
                 exchange,
                 forward,
                 steps,
@@ -191,23 +193,23 @@ impl Output {
         }
     }
 
-    /// [`Output::emit`] of an integer (the integer table's hot path: no
+    /// [`Downstream::emit`] of an integer (the integer table's hot path: no
     /// `Value` is built for the discard sink; measured on PV).
     #[inline]
     pub(crate) fn emit_int(&mut self, key: &Key, value: i64, ts: i64) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(Sink::Discard) => Ok(()),
+            Downstream::Sink(Sink::Discard) => Ok(()),
             _ => self.emit(key, &Value::Int(value), ts),
         }
     }
 
     /// When the task has no input ready (before it waits): what the
     /// exchange batched goes now (a sink buffers on its own); a busy task
-    /// flushes after [`LINGER`] ([`Output::flush_if_lingering`]).
+    /// flushes after [`LINGER`] ([`Downstream::flush_if_lingering`]).
     pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(_) => Ok(()),
-            Output::Next { exchange, .. } => exchange.flush(),
+            Downstream::Sink(_) => Ok(()),
+            Downstream::Next { exchange, .. } => exchange.flush(),
         }
     }
 
@@ -216,7 +218,7 @@ impl Output {
     /// sends its updates promptly).
     pub(crate) fn flush_if_lingering(&mut self, now: Instant) -> Result<(), RuntimeError> {
         match self {
-            Output::Next { exchange, .. } if now >= exchange.flushed_at + LINGER => {
+            Downstream::Next { exchange, .. } if now >= exchange.flushed_at + LINGER => {
                 exchange.flush()
             }
             _ => Ok(()),
@@ -227,8 +229,8 @@ impl Output {
     /// pending transactions are returned), the exchange forwards `b`.
     pub(crate) fn snapshot(&mut self, b: Barrier) -> Result<Vec<PendingTransaction>, RuntimeError> {
         match self {
-            Output::Sink(s) => s.snapshot(b.id),
-            Output::Next { exchange, .. } => exchange.barrier(b).map(|()| Vec::new()),
+            Downstream::Sink(s) => s.snapshot(b.id),
+            Downstream::Next { exchange, .. } => exchange.barrier(b).map(|()| Vec::new()),
         }
     }
 
@@ -236,23 +238,117 @@ impl Output {
     /// stage, after the updates before it; a sink has no use for it.
     pub(crate) fn time(&mut self, signal: TimeSignal) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(_) => Ok(()),
-            Output::Next { exchange, .. } => exchange.time(signal),
+            Downstream::Sink(_) => Ok(()),
+            Downstream::Next { exchange, .. } => exchange.time(signal),
         }
     }
 
     pub(crate) fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(s) => s.checkpoint_complete(id),
-            Output::Next { .. } => Ok(()),
+            Downstream::Sink(s) => s.checkpoint_complete(id),
+            Downstream::Next { .. } => Ok(()),
         }
     }
 
     /// Every input ended and every snapshot succeeded.
     pub(crate) fn finish(&mut self) -> Result<(), RuntimeError> {
         match self {
-            Output::Sink(s) => s.finish(),
-            Output::Next { exchange, .. } => exchange.end(),
+            Downstream::Sink(s) => s.finish(),
+            Downstream::Next { exchange, .. } => exchange.end(),
+        }
+    }
+}
+
+/// A keyed task's outputs: its updates [`Downstream`], and the records
+/// its operator drops as late to the job's `late_sink` (the first keyed
+/// stage's subtasks only; dropped without one). The late sink takes part
+/// in checkpoints like the others: its transactions carry the job's
+/// [`cutpoint_core::JobSpec::late_sink_index`].
+pub(crate) struct Output {
+    to: Downstream,
+    late: Option<(Sink, u32)>,
+    /// Reused: the late records taken from the operator.
+    late_records: Vec<Record>,
+}
+
+impl From<Downstream> for Output {
+    fn from(to: Downstream) -> Self {
+        Self {
+            to,
+            late: None,
+            late_records: Vec::new(),
+        }
+    }
+}
+
+impl Output {
+    /// With `late` as the late records' sink, its transactions carrying
+    /// `index`.
+    pub(crate) fn with_late_sink(mut self, late: Option<Sink>, index: u32) -> Self {
+        self.late = late.map(|s| (s, index));
+        self
+    }
+
+    #[inline]
+    pub(crate) fn emit(&mut self, key: &Key, value: &Value, ts: i64) -> Result<(), RuntimeError> {
+        self.to.emit(key, value, ts)
+    }
+
+    #[inline]
+    pub(crate) fn emit_int(&mut self, key: &Key, value: i64, ts: i64) -> Result<(), RuntimeError> {
+        self.to.emit_int(key, value, ts)
+    }
+
+    /// The records the operator dropped as late (`take` moves them here):
+    /// each `(key, [ts, value])` to the late sink, if the job has one.
+    pub(crate) fn late(&mut self, take: impl FnOnce(&mut Vec<Record>)) -> Result<(), RuntimeError> {
+        take(&mut self.late_records);
+        let Some((sink, _)) = &mut self.late else {
+            self.late_records.clear();
+            return Ok(());
+        };
+        for r in self.late_records.drain(..) {
+            sink.emit(&r.key, &Value::list([Value::Int(r.ts), r.value]))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<(), RuntimeError> {
+        self.to.flush()
+    }
+
+    pub(crate) fn flush_if_lingering(&mut self, now: Instant) -> Result<(), RuntimeError> {
+        self.to.flush_if_lingering(now)
+    }
+
+    /// [`Downstream::snapshot`], and the late sink pre-commits too.
+    pub(crate) fn snapshot(&mut self, b: Barrier) -> Result<Vec<PendingTransaction>, RuntimeError> {
+        let mut pending = self.to.snapshot(b)?;
+        if let Some((sink, index)) = &mut self.late {
+            let late = sink.snapshot(b.id)?;
+            pending.extend(late.into_iter().map(|t| PendingTransaction { sink: *index, ..t }));
+        }
+        Ok(pending)
+    }
+
+    pub(crate) fn time(&mut self, signal: TimeSignal) -> Result<(), RuntimeError> {
+        self.to.time(signal)
+    }
+
+    pub(crate) fn checkpoint_complete(&mut self, id: CheckpointId) -> Result<(), RuntimeError> {
+        self.to.checkpoint_complete(id)?;
+        match &mut self.late {
+            Some((sink, _)) => sink.checkpoint_complete(id),
+            None => Ok(()),
+        }
+    }
+
+    /// Every input ended and every snapshot succeeded.
+    pub(crate) fn finish(&mut self) -> Result<(), RuntimeError> {
+        self.to.finish()?;
+        match &mut self.late {
+            Some((sink, _)) => sink.finish(),
+            None => Ok(()),
         }
     }
 }
@@ -277,12 +373,12 @@ mod tests {
             rekey: Rekey::Key,
             aggregate: StageAggregate::Sum,
         };
-        let mut out = Output::Next {
+        let mut out = Output::from(Downstream::Next {
             exchange,
             forward,
             steps: Steps::default(),
             updates: Vec::new(),
-        };
+        });
         out.emit(&Key::Int(7), &Value::Int(3), Record::NO_TIME)
             .unwrap();
         out.flush_if_lingering(start + LINGER / 2).unwrap();
@@ -325,7 +421,7 @@ mod tests {
                 Record::new(Key::Int(tens), r.value)
             })),
         ]);
-        let mut out = Output::Next {
+        let mut out = Output::from(Downstream::Next {
             exchange: Exchange::new(Box::new(local), 128),
             forward: Forward {
                 rekey: Rekey::Key,
@@ -333,7 +429,7 @@ mod tests {
             },
             steps,
             updates: Vec::new(),
-        };
+        });
         for (k, v) in [(1, 5), (2, 12), (3, 31)] {
             out.emit(&Key::Int(k), &Value::Int(v), Record::NO_TIME)
                 .unwrap();

@@ -81,7 +81,7 @@ impl KeyedState {
                         out.emit(&k, &v, ts)?;
                     }
                 }
-                Ok(())
+                out.late(|late| op.take_late(late))
             }
         }
     }

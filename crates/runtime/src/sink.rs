@@ -116,6 +116,20 @@ impl SinkRecovery {
         }
     }
 
+    /// What the sinks before index `n` recover (the job's `sink` list,
+    /// without the late sink's transactions).
+    pub fn below(&self, n: u32) -> Self {
+        Self {
+            adopted: self
+                .adopted
+                .iter()
+                .filter(|(_, t)| t.sink < n)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// What sink `sink` of a fan-out recovers: its own transactions.
     pub fn for_sink(&self, sink: u32) -> Self {
         Self {

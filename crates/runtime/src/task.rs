@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use cutpoint_core::metadata::SourceOffset;
 use cutpoint_core::spec::SourceSpec;
-use cutpoint_core::stage::KeyedStage;
+use cutpoint_core::stage::{KeyedStage, FIRST_STAGE};
 use cutpoint_core::{
     now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
 };
@@ -23,7 +23,7 @@ use cutpoint_state::{RocksStore, StateError};
 
 use crate::channel::BATCH_SIZE;
 use crate::context::{TaskContext, TaskCounters};
-use crate::exchange::{Exchange, Output};
+use crate::exchange::{Downstream, Exchange, Output};
 use crate::gate::InputGate;
 use crate::keyed::{input_of, KeyedState};
 use crate::running::{Budget, Running};
@@ -245,29 +245,39 @@ pub(crate) struct AggregateTask {
 
 impl AggregateTask {
     /// The sink (last stage; it recovers its transactions from the
-    /// restored state) or the exchange to the next stage.
+    /// restored state) or the exchange to the next stage, and (first
+    /// stage) the late records' sink.
     fn output(&mut self) -> Result<Output, RuntimeError> {
         let ctx = &self.ctx;
-        let Some(forward) = self.stage.forward else {
-            let recovery = SinkRecovery::for_subtask(
-                self.task.subtask.0,
-                self.stage.parallelism,
-                &self.restore,
-                ctx.staging_in_use.clone(),
-            );
-            let sink = Sink::open_all(&ctx.spec.sink, self.task.subtask.0, &recovery)?;
-            return Ok(Output::Sink(sink));
+        let recovery = SinkRecovery::for_subtask(
+            self.task.subtask.0,
+            self.stage.parallelism,
+            &self.restore,
+            ctx.staging_in_use.clone(),
+        );
+        let index = ctx.spec.late_sink_index();
+        let late = match &ctx.spec.late_sink {
+            Some(spec) if self.stage.id.as_str() == FIRST_STAGE => {
+                let late = recovery.for_sink(index);
+                Some(Sink::open(spec, self.task.subtask.0, &late)?)
+            }
+            _ => None,
         };
-        let exchange = self.next.take().ok_or_else(|| {
-            RuntimeError::Internal(format!("{}: no exchange to the next stage", self.task))
-        })?;
-        let steps = ctx.functions.steps(&self.stage.forward_transforms)?;
-        Ok(Output::Next {
-            exchange,
-            forward,
-            steps,
-            updates: Vec::new(),
-        })
+        let to = match self.stage.forward {
+            None => {
+                let main = recovery.below(index);
+                Downstream::Sink(Sink::open_all(&ctx.spec.sink, self.task.subtask.0, &main)?)
+            }
+            Some(forward) => Downstream::Next {
+                exchange: self.next.take().ok_or_else(|| {
+                    RuntimeError::Internal(format!("{}: no exchange to the next stage", self.task))
+                })?,
+                forward,
+                steps: ctx.functions.steps(&self.stage.forward_transforms)?,
+                updates: Vec::new(),
+            },
+        };
+        Ok(Output::from(to).with_late_sink(late, index))
     }
 
     /// Typed state restores only into an operator that declares the same

@@ -370,7 +370,7 @@ impl Runner {
     /// them when any metadata cannot be read.
     pub(super) async fn staging_in_use(&self) -> Result<StagingInUse, JobError> {
         let mut handles = BTreeSet::new();
-        if !self.spec.sink.any_transactional() {
+        if !self.spec.any_transactional_sink() {
             return Ok(StagingInUse::Only(handles));
         }
         let mut add = |m: &CheckpointMetadata| {
