@@ -21,7 +21,8 @@ positive_data_acceptance still holds every other rule to account:
   join (any) names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
-  once; stage ids unique and not source,
+  once, a late_sink only with event_time, in a folder of its own and not
+  stdout; stage ids unique and not source,
   agg, sink or an external task, ignoring case; the stage right after a join
   or a window neither groups by a value bucket nor sums, their updates
   being lists). A `process` aggregate names a
@@ -163,6 +164,11 @@ def _sources(spec):
         slide = min(max(w["slide_ms"], -(-size // 100)), size)
         spec["window"] = dict(w, slide_ms=slide)
     spec["aggregate"] = agg
+    if "late_sink" in spec:
+        # Needs event time; its own folder, stdout once.
+        late = spec["late_sink"]
+        if "event_time" not in spec or (isinstance(late, dict) and late.get("type") == "stdout"):
+            spec.pop("late_sink")
     if "window" not in spec and not spec.get("key_by"):
         # Only a windowed job may leave key_by out (a global window).
         spec["key_by"] = "app_id"
@@ -205,6 +211,9 @@ def _stages(spec):
 
 def _settings(spec):
     _cap(spec, "parallelism", hi=2)
+    late = spec.get("late_sink")
+    if isinstance(late, dict) and "dir" in late:
+        spec["late_sink"] = dict(late, dir=os.path.join(WORK, "late", str(spec["job_id"])))
     if "max_parallelism" in spec:
         _cap(spec, "max_parallelism", lo=spec.get("parallelism", 2))
     sink = spec.get("sink")
