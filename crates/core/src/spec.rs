@@ -1330,6 +1330,25 @@ mod tests {
         }
     }
 
+    /// The late side output needs event time and a place of its own.
+    #[test]
+    fn a_late_sink_needs_event_time_and_its_own_folder() {
+        let spec = |extra: &str| {
+            let sinks = r#""sink":{"type":"transactional_file","dir":"out"},"#;
+            JobSpec::from_json(&PV.replace(r#""key_by""#, &format!(r#"{sinks}{extra}"key_by""#)))
+                .map_err(|e| e.to_string())
+        };
+        let time = r#""event_time":{"field":"ts"},"#;
+        let late = |dir: &str| format!(r#""late_sink":{{"type":"file","dir":"{dir}"}},"#);
+        let s = spec(&format!("{time}{}", late("late"))).unwrap();
+        assert_eq!(s.late_sink_index(), 1);
+        assert!(s.any_transactional_sink());
+        let e = spec(&late("late")).unwrap_err();
+        assert!(e.contains("late_sink needs event_time"), "{e}");
+        let e = spec(&format!("{time}{}", late("./out"))).unwrap_err();
+        assert!(e.contains("same place"), "{e}");
+    }
+
     /// A window join needs two sources and a window without lateness.
     #[test]
     fn a_window_join_needs_two_sources_and_a_window_without_lateness() {
