@@ -105,6 +105,10 @@ enum Shape {
     /// its own (`l.ts - 100 <= r.ts <= l.ts + 100`; buffers in map state
     /// expired by timers), then the pairs counted per app.
     IntervalJoin,
+    /// The same two sources window-joined per app and tumbling window
+    /// (both inputs' values in each window's state, every pair emitted
+    /// when it fires), then the pairs counted per app.
+    WindowJoin,
 }
 
 /// The window shape: the generator's disorder (also the watermark's
@@ -139,6 +143,7 @@ impl Shape {
             Shape::Windows => "windows",
             Shape::Sessions => "sessions",
             Shape::IntervalJoin => "interval_join",
+            Shape::WindowJoin => "window_join",
         }
     }
 
@@ -153,6 +158,7 @@ impl Shape {
                 | Shape::Windows
                 | Shape::Sessions
                 | Shape::IntervalJoin
+                | Shape::WindowJoin
         )
     }
 
@@ -200,6 +206,10 @@ impl Shape {
             Shape::IntervalJoin => (
                 json!({"type": "interval_join", "right_source": 1, "field": "amount",
                     "lower_ms": -JOIN_BOUND_MS, "upper_ms": JOIN_BOUND_MS}),
+                json!([{"id": "pairs", "key_by": {"type": "key"}, "aggregate": count}]),
+            ),
+            Shape::WindowJoin => (
+                json!({"type": "window_join", "right_source": 1, "field": "amount"}),
                 json!([{"id": "pairs", "key_by": {"type": "key"}, "aggregate": count}]),
             ),
         }
@@ -267,7 +277,33 @@ impl Shape {
                 times.into_iter().map(sessions).collect()
             }
             Shape::IntervalJoin => Self::pairs(keys),
+            Shape::WindowJoin => Self::window_pairs(keys),
         }
+    }
+
+    /// The window join's pairs per app, computed plainly: per app and
+    /// window, the left events times the right events.
+    fn window_pairs(keys: u64) -> Vec<i64> {
+        use cutpoint_runtime::source::{generator_app_id, generator_range, generator_ts};
+        let mut n: std::collections::HashMap<(usize, i64), (i64, i64)> = Default::default();
+        for p in 0..2 {
+            let (start, end) = generator_range(EVENTS, 2, p);
+            for i in start..end {
+                let app = generator_app_id(SEED, keys, i) as usize;
+                let ts = generator_ts(SEED, WINDOW_DISORDER, i, i - start);
+                n.entry((app, ts.div_euclid(WINDOW_MS))).or_default().0 += 1;
+            }
+        }
+        for i in 0..RIGHT_EVENTS {
+            let app = generator_app_id(RIGHT_SEED, keys, i) as usize;
+            let ts = generator_ts(RIGHT_SEED, WINDOW_DISORDER, i, i);
+            n.entry((app, ts.div_euclid(WINDOW_MS))).or_default().1 += 1;
+        }
+        let mut pairs = vec![0i64; keys as usize];
+        for ((app, _), (l, r)) in n {
+            pairs[app] += l * r;
+        }
+        pairs
     }
 
     /// The interval join's pairs per app, computed plainly: each app's
@@ -558,10 +594,18 @@ fn draw_shape(seed: u64, cycle: u64) -> Shape {
     // cycle in 14 of the rest each).
     let mut sessions = ChaCha8Rng::seed_from_u64(seed ^ 0x5E55_1045_5EED_0019);
     sessions.set_stream(cycle);
-    match (shape, sessions.gen_range(0..14)) {
+    let shape = match (shape, sessions.gen_range(0..14)) {
         (Shape::Windows, _) => shape,
         (_, 0) => Shape::Sessions,
         (_, 1) => Shape::IntervalJoin,
+        _ => shape,
+    };
+    // The window join on a fourth stream (1 cycle in 12 of the rest).
+    let mut joins = ChaCha8Rng::seed_from_u64(seed ^ 0x3017_0D00_5EED_0020);
+    joins.set_stream(cycle);
+    match (shape, joins.gen_range(0..12)) {
+        (Shape::Windows | Shape::Sessions | Shape::IntervalJoin, _) => shape,
+        (_, 0) => Shape::WindowJoin,
         _ => shape,
     }
 }
@@ -989,7 +1033,7 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
     }
     if matches!(
         p.shape,
-        Shape::Windows | Shape::Sessions | Shape::IntervalJoin
+        Shape::Windows | Shape::Sessions | Shape::IntervalJoin | Shape::WindowJoin
     ) {
         spec["source"]["disorder_ms"] = json!(WINDOW_DISORDER);
         spec["event_time"] = json!({"field": "ts", "max_out_of_orderness_ms": WINDOW_DISORDER,
@@ -998,6 +1042,12 @@ fn spec_json(p: &Plan, out: &Path) -> serde_json::Value {
             Shape::Windows => spec["window"] = json!({"type": "tumbling", "size_ms": WINDOW_MS}),
             Shape::Sessions => {
                 spec["window"] = json!({"type": "session", "gap_ms": SESSION_GAP_MS})
+            }
+            Shape::WindowJoin => {
+                spec["window"] = json!({"type": "tumbling", "size_ms": WINDOW_MS});
+                spec["union"] = json!([{"type": "generator", "partitions": 1,
+                    "events": RIGHT_EVENTS, "keys": p.keys(), "users": USERS, "seed": RIGHT_SEED,
+                    "rate_per_s": RATE / 2, "disorder_ms": WINDOW_DISORDER}]);
             }
             _ => {
                 spec["union"] = json!([{"type": "generator", "partitions": 1,
@@ -1282,7 +1332,7 @@ mod tests {
         assert_eq!(names.len(), failpoint::ALL.len());
         assert_eq!(kinds.len(), 9);
         let shapes: std::collections::BTreeSet<_> = (0..64).map(|c| plan(123, c).shape).collect();
-        assert_eq!(shapes.len(), 9, "every job form is run");
+        assert_eq!(shapes.len(), 10, "every job form is run");
         let typed_budgeted = |c| plan(123, c).shape.typed() && plan(123, c).budget;
         assert!(
             (0..64).any(typed_budgeted),
@@ -1316,6 +1366,9 @@ mod tests {
         // an event per app every 2 s).
         let pairs: i64 = Shape::IntervalJoin.truth(KEYS).iter().sum();
         assert!((20_000..80_000).contains(&pairs), "{pairs} pairs");
+        // Per app about 0.5 left and 0.25 right events per 500 ms window.
+        let pairs: i64 = Shape::WindowJoin.truth(KEYS).iter().sum();
+        assert!((50_000..200_000).contains(&pairs), "{pairs} window pairs");
         let dims = Shape::dimensions(KEYS);
         assert!(dims
             .iter()

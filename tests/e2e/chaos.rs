@@ -96,6 +96,7 @@ fn fifty_seeded_chaos_cycles_leave_exact_results_and_no_leaked_files() {
         "windows",
         "sessions",
         "interval_join",
+        "window_join",
     ] {
         assert!(
             summary["shapes"][shape].as_u64().unwrap_or(0) > 0,
