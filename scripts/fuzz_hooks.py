@@ -21,8 +21,8 @@ positive_data_acceptance still holds every other rule to account:
   join (any) names one of two or more sources, so is every filter field with a
   generator and its value an integer, a string filter value compares with
   eq or ne; each file sink of a sink list in its own folder, stdout listed
-  once, a late_sink only with event_time, in a folder of its own and not
-  stdout; stage ids unique and not source,
+  once, a late_sink only with an event-time window or an interval join,
+  in a folder of its own and not stdout; stage ids unique and not source,
   agg, sink or an external task, ignoring case; the stage right after a join
   or a window neither groups by a value bucket nor sums, their updates
   being lists). A `process` aggregate names a
@@ -133,10 +133,9 @@ def _sources(spec):
         agg = dict(agg, right_source=min(int(agg["right_source"]), len(spec["union"])))
     sources = [spec["source"], *spec.get("union", [])]
     fields = ("value", "app_id", "user_id", "amount")
-    if any(s.get("type") == "generator" for s in sources) and (
-        "key_by" in spec or "window" not in spec
-    ):
-        spec["key_by"] = "app_id"
+    if any(s.get("type") == "generator" for s in sources):
+        if "key_by" in spec or "window" not in spec:
+            spec["key_by"] = "app_id"
         typed = ("sum", "top_n", "interval_join", "window_join", *TYPED)
         if agg.get("type") in typed and agg.get("field") not in fields:
             agg = dict(agg, field="user_id")
@@ -165,9 +164,13 @@ def _sources(spec):
         spec["window"] = dict(w, slide_ms=slide)
     spec["aggregate"] = agg
     if "late_sink" in spec:
-        # Needs event time; its own folder, stdout once.
+        # Only where records can be late (an event-time window or an
+        # interval join); its own folder, stdout once.
         late = spec["late_sink"]
-        if "event_time" not in spec or (isinstance(late, dict) and late.get("type") == "stdout"):
+        w = spec.get("window")
+        event_window = isinstance(w, dict) and w.get("time", "event") == "event"
+        can_be_late = "event_time" in spec and (event_window or agg.get("type") == "interval_join")
+        if not can_be_late or (isinstance(late, dict) and late.get("type") == "stdout"):
             spec.pop("late_sink")
     if "window" not in spec and not spec.get("key_by"):
         # Only a windowed job may leave key_by out (a global window).

@@ -152,7 +152,7 @@ pub async fn run(variant: Option<Variant>, quick: bool, interval_ms: u64) -> Res
         },
         union: Vec::new(),
         filter: Vec::new(),
-        key_by: "app_id".into(),
+        key_by: Some("app_id".into()),
         transforms: Vec::new(),
         event_time: None,
         window: None,

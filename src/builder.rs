@@ -221,7 +221,7 @@ impl JobBuilder {
             "source": self.source,
             "filter": self.filters,
             "transforms": self.transforms,
-            "key_by": self.key_by,
+            "key_by": (!self.key_by.is_empty()).then_some(&self.key_by),
             "aggregate": aggregate,
             "sink": sink,
         });

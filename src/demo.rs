@@ -41,7 +41,7 @@ pub async fn run(
         },
         union: Vec::new(),
         filter: Vec::new(),
-        key_by: "app_id".into(),
+        key_by: Some("app_id".into()),
         transforms: Vec::new(),
         event_time: None,
         window: None,

@@ -523,7 +523,7 @@ fn draw_fault(seed: u64, cycle: u64, rng: &mut ChaCha8Rng) -> Fault {
         match slot % 8 {
             0 => Fault::Kill { after_ms },
             1 => Fault::TaskPanic,
-            2 => store_fault(&mut rng),
+            2 => store_fault(rng),
             3 => Fault::UnreadableMetadata { after_ms },
             4 => Fault::ReusedWorkDir { after_ms },
             5 => Fault::TransientMetadataGet {

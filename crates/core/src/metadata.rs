@@ -50,7 +50,8 @@ pub struct PendingTransaction {
     /// The sink's handle for it (a staging file name).
     pub handle: String,
     /// Which of the job's sinks it belongs to (its index in the spec's
-    /// `sink` list; 0, and absent in the JSON, for the first or only one).
+    /// `sink` list; 0, and absent in the JSON, for the first or only one;
+    /// [`crate::JobSpec::late_sink_index`] for the late records' sink).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub sink: u32,
 }

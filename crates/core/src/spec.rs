@@ -35,8 +35,8 @@ pub struct JobSpec {
     /// it out: a global window (Flink's `windowAll`), every record in one
     /// group with the key [`JobSpec::GLOBAL_KEY`] (so one subtask does the
     /// window's work).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub key_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<String>,
     /// Stateless steps every record takes in the source task, in order,
     /// after the filters and before it is routed by its key (see
     /// [`Transform`]).
@@ -46,10 +46,11 @@ pub struct JobSpec {
     /// [`crate::time`]); absent: records have no event time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_time: Option<crate::time::EventTimeSpec>,
-    /// Aggregates per key and event-time window instead of per key (see
-    /// [`crate::window`]); needs `event_time` and a count, sum, min, max,
-    /// avg, count-distinct or top-n. Each window's result is an update
-    /// `[start, end, result]`.
+    /// Aggregates per key and window instead of per key (see
+    /// [`crate::window`]); needs `event_time` (unless of processing time)
+    /// and a count, sum, min, max, avg, count-distinct, top-n or window
+    /// join. Each window's result is an update `[start, end, result]` (a
+    /// window join's: one `[start, end, l, r]` per pair).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<crate::window::WindowSpec>,
     pub aggregate: AggregateSpec,
@@ -363,8 +364,9 @@ impl AggregateSpec {
     /// The longest state TTL of a join: a year.
     pub const MAX_STATE_TTL_MS: u64 = 365 * 24 * 3_600_000;
 
-    /// Whether it is a join of two inputs (the regular or the interval
-    /// join): updates are lists; transforms do not run before it.
+    /// Whether it is a join of two inputs (the regular, the interval or
+    /// the window join): updates are lists; transforms do not run before
+    /// it.
     pub fn is_join(&self) -> bool {
         matches!(
             self,
@@ -769,7 +771,7 @@ impl JobSpec {
     /// Whether records are not grouped by a field: a global window, all of
     /// them under [`JobSpec::GLOBAL_KEY`].
     pub fn is_global(&self) -> bool {
-        self.key_by.is_empty()
+        self.key_by.is_none()
     }
 
     /// Upper bound of the test knob `inject_processing_delay_us` (a task
@@ -856,7 +858,7 @@ impl JobSpec {
         self.validate_rest()
     }
 
-    /// What is wrong with the job's interval join, if anything.
+    /// What is wrong with the job's interval or window join, if anything.
     fn interval_join_problem(&self) -> Option<String> {
         if let AggregateSpec::WindowJoin { right_source, .. } = self.aggregate {
             return self.window_join_problem(right_source);
@@ -893,11 +895,12 @@ impl JobSpec {
         None
     }
 
-    /// The late sink's index among the job's sinks (after `sink`'s): what
-    /// its transactions record
-    /// ([`crate::metadata::PendingTransaction::sink`]).
+    /// What the late sink's transactions record as their sink
+    /// ([`crate::metadata::PendingTransaction::sink`]): past every index
+    /// `sink` can have, so it stays the same when the sink list changes
+    /// between a checkpoint and a restore.
     pub fn late_sink_index(&self) -> u32 {
-        self.sink.len() as u32
+        Sinks::MAX as u32
     }
 
     /// Whether any sink, the late one too, takes part in two-phase commit.
@@ -908,8 +911,10 @@ impl JobSpec {
 
     fn late_sink_problem(&self) -> Option<String> {
         let late = self.late_sink.as_ref()?;
-        if self.event_time.is_none() {
-            return Some("late_sink needs event_time (only event time has late records)".into());
+        let event_window = self.window.is_some_and(|w| w.time().is_event());
+        let interval = matches!(self.aggregate, AggregateSpec::IntervalJoin { .. });
+        if self.event_time.is_none() || !(event_window || interval) {
+            return Some("late_sink: nothing of this job is ever late (only an event-time window or an interval join drops late records)".into());
         }
         let clash = self.sink.iter().find(|s| match (s, late) {
             (SinkSpec::Stdout, SinkSpec::Stdout) => true,
@@ -988,10 +993,9 @@ impl JobSpec {
                 if *keys == 0 {
                     return bad("source.keys must be at least 1".into());
                 }
-                if !self.is_global() && self.key_by != "app_id" {
+                if let Some(k) = self.key_by.as_ref().filter(|k| *k != "app_id") {
                     return bad(format!(
-                        "key_by: the generator produces the fields app_id and value, not {:?}",
-                        self.key_by
+                        "key_by: the generator produces the fields app_id and value, not {k:?}"
                     ));
                 }
                 if *users == 0 {
@@ -1056,8 +1060,12 @@ impl JobSpec {
 
     fn validate_rest(&self) -> Result<(), CoreError> {
         let bad = |m: String| Err(CoreError::InvalidSpec(m));
-        if self.is_global() && self.window.is_none() {
-            return bad("key_by must name a field (only a windowed job may leave it out: one global window over all records)".into());
+        match &self.key_by {
+            Some(k) if k.is_empty() => return bad("key_by must name a field".into()),
+            None if self.window.is_none() => {
+                return bad("key_by must name a field (only a windowed job may leave it out: one global window over all records)".into());
+            }
+            _ => {}
         }
         let c = &self.checkpoint;
         if c.interval_ms == Some(0) {
@@ -1131,7 +1139,8 @@ impl JobSpec {
 
     /// Whether the job ends with a final checkpoint: sources that read all
     /// their input wait until a checkpoint taken after that completed, and
-    /// only then end their streams. Taken when the sink is two-phase-commit
+    /// only then end their streams. Taken when a sink (the late sink too)
+    /// is two-phase-commit
     /// and checkpoints are periodic, so a sink never commits output that a
     /// restore after a late failure would replay (Flink's checkpoints after
     /// tasks finish). Jobs with external tasks end without one.
@@ -1330,21 +1339,24 @@ mod tests {
         }
     }
 
-    /// The late side output needs event time and a place of its own.
+    /// The late side output needs something that can be late and a place
+    /// of its own.
     #[test]
-    fn a_late_sink_needs_event_time_and_its_own_folder() {
+    fn a_late_sink_needs_late_records_and_its_own_folder() {
         let spec = |extra: &str| {
             let sinks = r#""sink":{"type":"transactional_file","dir":"out"},"#;
             JobSpec::from_json(&PV.replace(r#""key_by""#, &format!(r#"{sinks}{extra}"key_by""#)))
                 .map_err(|e| e.to_string())
         };
-        let time = r#""event_time":{"field":"ts"},"#;
+        let time = r#""event_time":{"field":"ts"},"window":{"type":"tumbling","size_ms":100},"#;
         let late = |dir: &str| format!(r#""late_sink":{{"type":"file","dir":"{dir}"}},"#);
         let s = spec(&format!("{time}{}", late("late"))).unwrap();
-        assert_eq!(s.late_sink_index(), 1);
+        assert_eq!(s.late_sink_index(), Sinks::MAX as u32);
         assert!(s.any_transactional_sink());
-        let e = spec(&late("late")).unwrap_err();
-        assert!(e.contains("late_sink needs event_time"), "{e}");
+        for never_late in ["", r#""event_time":{"field":"ts"},"#] {
+            let e = spec(&format!("{never_late}{}", late("late"))).unwrap_err();
+            assert!(e.contains("nothing of this job is ever late"), "{e}");
+        }
         let e = spec(&format!("{time}{}", late("./out"))).unwrap_err();
         assert!(e.contains("same place"), "{e}");
     }
@@ -1388,6 +1400,9 @@ mod tests {
         let stored = serde_json::to_string(&global).unwrap();
         assert!(!stored.contains("key_by"), "{stored}");
         assert!(!JobSpec::from_json(&PV).unwrap().is_global());
+        let empty = PV.replace(r#""key_by":"app_id""#, r#""key_by":"""#);
+        let e = JobSpec::from_json(&empty.replace(r#""aggregate""#, window)).unwrap_err();
+        assert!(e.to_string().contains("key_by must name a field"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (a `MapState` of the values seen and a `ValueState` count per key),
 //! dedup (a `ValueState` of the kept value per key), min, max, avg, and
 //! the keyed two-input join ([`Join`]: a `ValueState` of the count and the
-//! latest dimension, records told apart by their [`Input`]).
+//! latest dimension, records told apart by their [`Input`]; with a state
+//! TTL, the row expires after its last write).
 //!
 //! The runtime runs them through [`RecordOperator`], the object-safe face
 //! of a [`KeyedOperator`] over the runtime's records (`key`, a [`Value`])
@@ -498,7 +499,9 @@ impl KeyedProcessFunction for Join {
             .value::<JoinRow>(&self.row)?
             .unwrap_or(JoinRow(0, Value::Null));
         match input {
-            Input::Second if dimension != record.value => {
+            // With a TTL every record refreshes the row, the same
+            // dimension too.
+            Input::Second if dimension != record.value || self.row.ttl.is_some() => {
                 ctx.set_value(&self.row, &JoinRow(count, record.value))?;
             }
             Input::Second => {}
@@ -820,16 +823,20 @@ mod tests {
         op.process(Input::Second, dim(1, "games"), &mut out)
             .unwrap();
         op.process(Input::Second, dim(2, "news"), &mut out).unwrap();
+        op.process(Input::Second, dim(3, "docs"), &mut out).unwrap();
         op.set_time(1_050).unwrap();
-        // Key 1's row written again: it lives until 1_150.
+        // Key 1's row written again by a click, key 2's by the same
+        // dimension again: they live until 1_150.
         op.process(Input::First, click(1), &mut out).unwrap();
-        // Key 2's row (written at 1_000) is gone at 1_100; key 1's is not.
+        op.process(Input::Second, dim(2, "news"), &mut out).unwrap();
+        // Key 3's row (written at 1_000) is gone at 1_100; 1's and 2's not.
         op.set_time(1_120).unwrap();
         op.process(Input::First, click(1), &mut out).unwrap();
         op.process(Input::First, click(2), &mut out).unwrap();
-        // Both rows were written at 1_120: gone at 1_220.
+        op.process(Input::First, click(3), &mut out).unwrap();
+        // The rows were written at 1_120: gone at 1_220.
         op.set_time(1_219).unwrap();
-        assert_eq!(op.results().unwrap().len(), 2);
+        assert_eq!(op.results().unwrap().len(), 3);
         op.set_time(1_220).unwrap();
         assert_eq!(op.results().unwrap(), []);
         op.process(Input::First, click(1), &mut out).unwrap();
@@ -839,7 +846,8 @@ mod tests {
             [
                 (Key::Int(1), row(1, "games".into())),
                 (Key::Int(1), row(2, "games".into())),
-                (Key::Int(2), row(1, Value::Null)),
+                (Key::Int(2), row(1, "news".into())),
+                (Key::Int(3), row(1, Value::Null)),
                 (Key::Int(1), row(1, Value::Null)),
             ]
         );

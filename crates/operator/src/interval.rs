@@ -15,8 +15,8 @@
 //! once the watermark passed it no state and no timer of its records
 //! remains.
 //!
-//! A record at or behind its key's watermark is late: dropped and counted
-//! (as Flink's). This makes the output exact whatever the timing: a pair
+//! A record at or behind its key's watermark is late: dropped, counted and
+//! kept for the late side output (as Flink's). This makes the output exact whatever the timing: a pair
 //! whose first record was removed before the second came has a late
 //! second record (the watermark passed the first's cleanup time, which is
 //! at or after the second's time). The buffers and timers are keyed

@@ -13,7 +13,7 @@
 //! of the sessions it replaces and registers the merged one's, so a
 //! session that merged away never fires. A record whose merged session is
 //! past its cleanup time is late: dropped (the sessions are left as they
-//! were) and counted. Within the allowed lateness, a record that changes a
+//! were), counted and kept for the late side output. Within the allowed lateness, a record that changes a
 //! fired session emits its updated result at once.
 //!
 //! Once the watermark passes a session's cleanup time no state and no

@@ -17,7 +17,8 @@
 //! passed a window's cleanup time no state and no timer of it remains. A
 //! record for a window past its cleanup time is late: left out (a record
 //! left out of every window it falls in is counted,
-//! [`KeyedProcessFunction::late_records`]). A record for a window that
+//! [`KeyedProcessFunction::late_records`], and kept for the job's late
+//! side output, [`KeyedProcessFunction::take_late`]). A record for a window that
 //! fired but is not yet cleaned up (allowed lateness) updates it and emits
 //! the updated result at once. Each key's latest result is also kept in
 //! the default namespace (the job's final state).
@@ -540,7 +541,7 @@ mod tests {
         feed(&mut op, 1, 12, 3);
         assert_eq!(op.function.late_records(), 1);
         assert_eq!(op.timers().unwrap().len(), 0);
-        assert_eq!(stored_states(&mut op), ["window_last"]);
+        assert_eq!(stored_states(&mut op), ["window_last", "window_last"]);
         // The kept result: the number of pairs of each key's last window.
         let mut results = RecordOperator::results(&op).unwrap();
         results.sort();

@@ -189,7 +189,13 @@ impl Restore {
                         ));
                     }
                 }
-                if !s.pending_transactions.is_empty() && s.task.operator != result {
+                // The last stage's, and the first stage's late sink's.
+                let late = spec.late_sink_index();
+                let first = s.task.operator.as_str() == cutpoint_core::stage::FIRST_STAGE;
+                let ours = |t: &cutpoint_core::metadata::PendingTransaction| {
+                    s.task.operator == result || (first && t.sink == late)
+                };
+                if !s.pending_transactions.iter().all(ours) {
                     // Its output would never be committed by this job.
                     return bad(format!(
                         "has sink transactions of {}, which no longer feeds the sink (stages were added after it): restore it into a job whose last stage is {:?}",

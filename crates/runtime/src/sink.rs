@@ -10,7 +10,9 @@
 //!
 //! A job may have several sinks (`Sink::Fanout`): each gets every update;
 //! a transaction records its sink's index, and a restore hands each sink
-//! only its own ([`SinkRecovery::for_sink`]).
+//! only its own ([`SinkRecovery::for_sink`]). The late records' sink
+//! (`late_sink`, opened by the first keyed stage) is one more, its
+//! transactions carrying `JobSpec::late_sink_index`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Stdout, Write};

@@ -372,7 +372,7 @@ pub fn open_reader(
                 reader: BufReader::with_capacity(256 * 1024, file),
                 offset,
                 bad_records,
-                key_field: spec.key_by.clone(),
+                key_field: spec.key_by.clone().unwrap_or_default(),
                 value_field,
                 time_field: spec.event_time.as_ref().map(|t| t.field.clone()),
                 policy: *on_bad_line,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use cutpoint_core::metadata::SourceOffset;
-use cutpoint_core::spec::SourceSpec;
+use cutpoint_core::spec::{SinkSpec, SourceSpec};
 use cutpoint_core::stage::{KeyedStage, FIRST_STAGE};
 use cutpoint_core::{
     now_millis, CheckpointId, JobId, JobSpec, KeyGroupRange, Record, SubtaskState, TaskId,
@@ -87,11 +87,17 @@ impl SourceTask {
             records += buf.len() as u64;
             self.counters
                 .add(buf.len() as u64, Some(reader.offset().offset));
+            // A global window: every record under one key, the one the
+            // steps see too (whatever the source), and kept after them.
+            let global = spec.is_global();
+            if global {
+                buf.iter_mut().for_each(|r| r.key = JobSpec::GLOBAL_KEY);
+            }
             if !steps.is_empty() {
                 steps.apply(&mut buf);
-            }
-            if spec.is_global() {
-                buf.iter_mut().for_each(|r| r.key = JobSpec::GLOBAL_KEY);
+                if global {
+                    buf.iter_mut().for_each(|r| r.key = JobSpec::GLOBAL_KEY);
+                }
             }
             time.before_send(&buf, &mut self.exchange, &self.counters)?;
             let turn = if buf.is_empty() {
@@ -256,13 +262,22 @@ impl AggregateTask {
             ctx.staging_in_use.clone(),
         );
         let index = ctx.spec.late_sink_index();
+        let late_recovery = recovery.for_sink(index);
         let late = match &ctx.spec.late_sink {
             Some(spec) if self.stage.id.as_str() == FIRST_STAGE => {
-                let late = recovery.for_sink(index);
-                Some(Sink::open(spec, self.task.subtask.0, &late)?)
+                Some(Sink::open(spec, self.task.subtask.0, &late_recovery)?)
             }
             _ => None,
         };
+        let transactional = matches!(ctx.spec.late_sink, Some(SinkSpec::TransactionalFile { .. }));
+        if !late_recovery.adopted.is_empty() && !transactional {
+            // As when a job's sink is replaced: nothing here commits them.
+            tracing::warn!(
+                task = %self.task,
+                transactions = late_recovery.adopted.len(),
+                "the restored checkpoint has pre-committed late-sink transactions, but the job has no transactional late_sink: they are not committed (restore with the late_sink as when the checkpoint was taken)"
+            );
+        }
         let to = match self.stage.forward {
             None => {
                 let main = recovery.below(index);

@@ -19,7 +19,7 @@ use cutpoint_state::channel::upload_channel_state;
 use cutpoint_state::snapshot::{
     shared_files, upload_snapshot, ConfirmedFiles, SnapshotTarget, UploadedSnapshot,
 };
-use cutpoint_state::{RocksStore, StateError};
+use cutpoint_state::{FrozenDelta, RocksStore, StateError};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::TaskContext;
@@ -146,13 +146,13 @@ impl Worker {
         }
     }
 
-    fn snapshot(&mut self, job: SnapshotJob) -> Result<(), StateError> {
+    fn snapshot(&mut self, mut job: SnapshotJob) -> Result<(), StateError> {
         let started = Instant::now();
         let id = job.barrier.id;
         self.use_base(job.barrier.reuse);
         let token = self.ctx.aborts.token(id);
         let entries = job.delta.len();
-        match job.delta {
+        match std::mem::replace(&mut job.delta, Delta::Counts(FrozenDelta::default())) {
             Delta::Counts(d) => self.store.apply(d)?,
             Delta::Typed(d) => self.store.apply_entries(&d)?,
         };
