@@ -255,7 +255,13 @@ fn every_pair_once_after_sigkill_and_restores_of_latest_and_an_older_id() {
 /// The window join's windows.
 const WINDOW: i64 = 20;
 
-fn window_join_spec(job: &str, mode: &str, parallelism: u32, sink: (&str, &Path), extra: &str) -> String {
+fn window_join_spec(
+    job: &str,
+    mode: &str,
+    parallelism: u32,
+    sink: (&str, &Path),
+    extra: &str,
+) -> String {
     let join = format!(
         r#""aggregate":{{"type":"window_join","right_source":1,"field":"amount"}},
             "window":{{"type":"tumbling","size_ms":{WINDOW}}}"#

@@ -443,6 +443,20 @@ async fn with_late_records_each_window_is_committed_at_most_once_unaligned() {
 /// side output (a two-phase-commit sink) exactly once each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn very_late_lines_are_left_out_also_after_a_restore() {
+    very_late_lines("late-lines", "").await;
+}
+
+/// The same with a second stage counting each key's windows: the late
+/// sink's transactions are the first stage's, the others the second's;
+/// the restore after the failure commits both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn very_late_lines_go_to_the_late_sink_of_a_job_with_stages() {
+    let stage =
+        r#","stages":[{"id":"windows","key_by":{"type":"key"},"aggregate":{"type":"count"}}]"#;
+    very_late_lines("late-lines-stages", stage).await;
+}
+
+async fn very_late_lines(job: &str, stages: &str) {
     const LINES: i64 = 100_000;
     // Dense after the failure point, so some are replayed right after the
     // restore, before the source's first watermark.
@@ -459,7 +473,7 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
     let out = dir.path().join("out");
     let late_out = dir.path().join("late");
     let spec = format!(
-        r#"{{"job_id":"late-lines","parallelism":2,
+        r#"{{"job_id":"{job}","parallelism":2,
             "source":{{"type":"files","paths":[{input:?}]}},
             "key_by":"k","aggregate":{{"type":"count"}},
             "event_time":{{"field":"t","watermark_interval_ms":1}},
@@ -468,7 +482,7 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
             "late_sink":{{"type":"transactional_file","dir":{late_out:?}}},
             "checkpoint":{{"interval_ms":50,"retention":100}},
             "inject_processing_delay_us":3000,
-            "inject_failure":{{"subtask":0,"after_records":35000,"after_completed_checkpoint":true}}}}"#
+            "inject_failure":{{"subtask":0,"after_records":35000,"after_completed_checkpoint":true}}{stages}}}"#
     );
     let o = run(spec, dir.path(), None, "w").await;
     assert_eq!(o.restarts, 1, "{o:?}");
@@ -480,18 +494,42 @@ async fn very_late_lines_are_left_out_also_after_a_restore() {
             .or_insert(0) += 1;
     }
     let want: Windows = want.into_iter().map(|(w, n)| (w, Value::Int(n))).collect();
-    assert_each_window_once(&committed(&out), &want);
+    if stages.is_empty() {
+        assert_each_window_once(&committed(&out), &want);
+    } else {
+        // Each key's windows counted: its updates are 1, 2, …, n once.
+        let mut per_key: BTreeMap<Key, i64> = BTreeMap::new();
+        want.keys()
+            .for_each(|(k, _, _)| *per_key.entry(k.clone()).or_default() += 1);
+        let output = cutpoint_runtime::sink::read_output(&out).unwrap();
+        let got: BTreeMap<Key, Vec<i64>> = output
+            .updates
+            .into_iter()
+            .map(|(k, v)| (k, v.iter().map(int).collect()))
+            .collect();
+        let want: BTreeMap<Key, Vec<i64>> = per_key
+            .into_iter()
+            .map(|(k, n)| (k, (1..=n).collect()))
+            .collect();
+        assert_same_entries("window counts", &got, &want);
+    }
     // The side output: every late line exactly once, `[t, 1]` under its key.
     let mut want_late = BTreeMap::new();
     for j in (0..LINES).filter(|j| late(*j)) {
-        *want_late.entry((Key::Int(j % 10), j - 50_000, 1)).or_insert(0) += 1;
+        *want_late
+            .entry((Key::Int(j % 10), j - 50_000, 1))
+            .or_insert(0) += 1;
     }
     let mut got_late = BTreeMap::new();
     let output = cutpoint_runtime::sink::read_output(&late_out).unwrap();
     for (key, values) in output.updates {
         for v in values {
-            let Value::List(l) = &v else { panic!("{key}: {v}") };
-            let [t, n] = l.as_slice() else { panic!("{key}: {v}") };
+            let Value::List(l) = &v else {
+                panic!("{key}: {v}")
+            };
+            let [t, n] = l.as_slice() else {
+                panic!("{key}: {v}")
+            };
             *got_late.entry((key.clone(), int(t), int(n))).or_insert(0) += 1;
         }
     }

@@ -924,7 +924,12 @@ impl JobSpec {
             ) => lexical(dir) == lexical(d),
             _ => false,
         });
-        clash.map(|s| format!("late_sink: it and sink {} write to the same place", s.kind()))
+        clash.map(|s| {
+            format!(
+                "late_sink: it and sink {} write to the same place",
+                s.kind()
+            )
+        })
     }
 
     fn window_join_problem(&self, right_source: u32) -> Option<String> {
@@ -1532,7 +1537,12 @@ mod tests {
         assert!(e.contains("dimension_source"), "{e}");
         let out_of_range = joined.replace(r#""dimension_source":1"#, r#""dimension_source":2"#);
         assert!(JobSpec::from_json(&out_of_range).is_err());
-        let ttl = |t: &str| joined.replace(r#""field":"app_id""#, &format!(r#""field":"app_id","state_ttl_ms":{t}"#));
+        let ttl = |t: &str| {
+            joined.replace(
+                r#""field":"app_id""#,
+                &format!(r#""field":"app_id","state_ttl_ms":{t}"#),
+            )
+        };
         assert!(JobSpec::from_json(&ttl("60000")).is_ok());
         for wrong in ["0", "31536000001"] {
             let e = JobSpec::from_json(&ttl(wrong)).unwrap_err().to_string();

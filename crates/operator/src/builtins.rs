@@ -582,9 +582,9 @@ pub fn builtin(
         AggregateSpec::IntervalJoin {
             lower_ms, upper_ms, ..
         } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
-        AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => Err(
-            OperatorError::User(format!("aggregate: {} needs a window", aggregate.name())),
-        ),
+        AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => Err(OperatorError::User(
+            format!("aggregate: {} needs a window", aggregate.name()),
+        )),
         AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),
     }
 }

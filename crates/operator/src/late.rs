@@ -42,7 +42,10 @@ mod tests {
         let mut out = Vec::new();
         late.take(&mut out);
         late.take(&mut out);
-        assert_eq!(out, [Record::int(Key::Int(1), 10), Record::int(Key::Int(2), 20)]);
+        assert_eq!(
+            out,
+            [Record::int(Key::Int(1), 10), Record::int(Key::Int(2), 20)]
+        );
         assert_eq!(late.count(), 2);
     }
 }

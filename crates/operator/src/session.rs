@@ -243,8 +243,11 @@ mod tests {
 
     fn feed(op: &mut KeyedOperator<SessionAggregate>, key: i64, v: i64, ts: i64) -> Vec<String> {
         let mut out = Vec::new();
-        op.process((Input::First, Record::int(Key::Int(key), v).at(ts)), &mut out)
-            .unwrap();
+        op.process(
+            (Input::First, Record::int(Key::Int(key), v).at(ts)),
+            &mut out,
+        )
+        .unwrap();
         out.iter().map(|(k, v)| format!("{k}:{v}")).collect()
     }
 

@@ -419,8 +419,11 @@ mod tests {
 
     fn feed(op: &mut KeyedOperator<WindowAggregate>, key: i64, v: i64, ts: i64) -> Vec<String> {
         let mut out = Vec::new();
-        op.process((Input::First, Record::int(Key::Int(key), v).at(ts)), &mut out)
-            .unwrap();
+        op.process(
+            (Input::First, Record::int(Key::Int(key), v).at(ts)),
+            &mut out,
+        )
+        .unwrap();
         out.iter().map(|(k, v)| format!("{k}:{v}")).collect()
     }
 
@@ -548,7 +551,10 @@ mod tests {
         let last = |s, e, n| Value::list([Value::Int(s), Value::Int(e), Value::Int(n)]);
         assert_eq!(
             results,
-            [(Key::Int(1), last(10, 20, 0)), (Key::Int(2), last(0, 10, 0))]
+            [
+                (Key::Int(1), last(10, 20, 0)),
+                (Key::Int(2), last(0, 10, 0))
+            ]
         );
     }
 
@@ -574,8 +580,11 @@ mod tests {
         let mut op = op(spec, WindowFunction::Count);
         for i in 0..2_000 {
             // No event time needed; a few ms of wall clock pass.
-            op.process((Input::First, Record::int(Key::Int(i % 3), 1)), &mut Vec::new())
-                .unwrap();
+            op.process(
+                (Input::First, Record::int(Key::Int(i % 3), 1)),
+                &mut Vec::new(),
+            )
+            .unwrap();
         }
         assert_eq!(op.timers().unwrap().len(), 0, "no event-time timer");
         assert!(op.processing_timers().unwrap().len() >= 3);

@@ -326,7 +326,10 @@ impl Output {
         let mut pending = self.to.snapshot(b)?;
         if let Some((sink, index)) = &mut self.late {
             let late = sink.snapshot(b.id)?;
-            pending.extend(late.into_iter().map(|t| PendingTransaction { sink: *index, ..t }));
+            pending.extend(
+                late.into_iter()
+                    .map(|t| PendingTransaction { sink: *index, ..t }),
+            );
         }
         Ok(pending)
     }
