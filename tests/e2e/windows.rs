@@ -497,7 +497,8 @@ async fn very_late_lines(job: &str, stages: &str) {
     if stages.is_empty() {
         assert_each_window_once(&committed(&out), &want);
     } else {
-        // Each key's windows counted: its updates are 1, 2, …, n once.
+        // Each key's windows counted: its updates are 1, 2, …, n once
+        // (in the order of the files read, not of time).
         let mut per_key: BTreeMap<Key, i64> = BTreeMap::new();
         want.keys()
             .for_each(|(k, _, _)| *per_key.entry(k.clone()).or_default() += 1);
@@ -505,7 +506,11 @@ async fn very_late_lines(job: &str, stages: &str) {
         let got: BTreeMap<Key, Vec<i64>> = output
             .updates
             .into_iter()
-            .map(|(k, v)| (k, v.iter().map(int).collect()))
+            .map(|(k, v)| {
+                let mut n: Vec<i64> = v.iter().map(int).collect();
+                n.sort();
+                (k, n)
+            })
             .collect();
         let want: BTreeMap<Key, Vec<i64>> = per_key
             .into_iter()
