@@ -53,6 +53,21 @@ impl Program {
         self
     }
 
+    /// Registers a full window function (see
+    /// [`Functions::window_function`]) for jobs whose aggregate is
+    /// `{"type": "process_window", "function": name}`.
+    pub fn window_function(
+        mut self,
+        name: &str,
+        f: impl Fn(&cutpoint_core::Key, &cutpoint_core::window::Window, &[Value]) -> Value
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.functions = self.functions.window_function(name, f);
+        self
+    }
+
     /// Registers the stateless steps of `steps` (see [`Functions::map`]
     /// and its siblings), for jobs that name them, e.g. in a stage's
     /// `transforms`: `program.steps(|f| f.map("first_letter", …))`.

@@ -325,6 +325,18 @@ pub enum AggregateSpec {
     /// that fired is late (dropped, counted). The key's latest window
     /// result (the job's final state): `[start, end, pairs]`.
     WindowJoin { right_source: u32, field: String },
+    /// A full window function written in Rust and registered by the
+    /// program that runs the job (Flink's `ProcessWindowFunction`; see
+    /// `cutpoint::Program::window_function`): each key's window buffers
+    /// its records' values of `field` (any value; 1 per event if absent)
+    /// in arrival order, and when it fires the function gets the key, the
+    /// window and every value; what it returns is the window's result.
+    /// Windowed only.
+    ProcessWindow {
+        function: crate::FunctionName,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
     /// A keyed process function written in Rust and registered by the
     /// program that runs the job (see `cutpoint::Program`): the records
     /// carry the key and the value of `field` (any value; 1 per event if
@@ -403,6 +415,7 @@ impl AggregateSpec {
             AggregateSpec::TopN { .. } => "top_n",
             AggregateSpec::IntervalJoin { .. } => "interval_join",
             AggregateSpec::WindowJoin { .. } => "window_join",
+            AggregateSpec::ProcessWindow { .. } => "process_window",
         }
     }
 
@@ -412,7 +425,9 @@ impl AggregateSpec {
     pub fn value_field(&self) -> Option<&str> {
         match self {
             AggregateSpec::Count => None,
-            AggregateSpec::Process { field, .. } => field.as_deref(),
+            AggregateSpec::Process { field, .. } | AggregateSpec::ProcessWindow { field, .. } => {
+                field.as_deref()
+            }
             AggregateSpec::Sum { field }
             | AggregateSpec::Join { field, .. }
             | AggregateSpec::CountDistinct { field }
@@ -437,6 +452,7 @@ impl AggregateSpec {
             | AggregateSpec::Join { .. }
             | AggregateSpec::IntervalJoin { .. }
             | AggregateSpec::WindowJoin { .. }
+            | AggregateSpec::ProcessWindow { .. }
             | AggregateSpec::Process { .. } => ValueKind::Any,
             AggregateSpec::Count
             | AggregateSpec::Sum { .. }
@@ -461,6 +477,7 @@ impl AggregateSpec {
                 | AggregateSpec::TopN { .. }
                 | AggregateSpec::IntervalJoin { .. }
                 | AggregateSpec::WindowJoin { .. }
+                | AggregateSpec::ProcessWindow { .. }
                 | AggregateSpec::Process { .. }
         )
     }
@@ -947,6 +964,9 @@ impl JobSpec {
 
     /// What is wrong with the job's window, if anything.
     fn window_problem(&self) -> Option<String> {
+        if matches!(self.aggregate, AggregateSpec::ProcessWindow { .. }) && self.window.is_none() {
+            return Some("aggregate: process_window needs a window (its function runs over each window's values)".into());
+        }
         if let AggregateSpec::TopN { n, .. } = self.aggregate {
             if self.window.is_none() {
                 return Some("aggregate: top_n needs a window (it keeps the n largest values per key and window)".into());
@@ -973,9 +993,10 @@ impl JobSpec {
                 | AggregateSpec::CountDistinct { .. }
                 | AggregateSpec::TopN { .. }
                 | AggregateSpec::WindowJoin { .. }
+                | AggregateSpec::ProcessWindow { .. }
         ) {
             return Some(format!(
-                "window: a {} is not windowed yet (count, sum, min, max, avg, count_distinct, top_n or window_join are)",
+                "window: a {} is not windowed yet (count, sum, min, max, avg, count_distinct, top_n, window_join or process_window are)",
                 self.aggregate.name()
             ));
         }

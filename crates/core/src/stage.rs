@@ -132,9 +132,9 @@ impl JobSpec {
                 AggregateSpec::Process { .. } => AggregateKind::Process,
                 AggregateSpec::Avg { .. } => AggregateKind::Avg,
                 // Windowed only (validated).
-                AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => {
-                    AggregateKind::Window
-                }
+                AggregateSpec::TopN { .. }
+                | AggregateSpec::WindowJoin { .. }
+                | AggregateSpec::ProcessWindow { .. } => AggregateKind::Window,
                 AggregateSpec::IntervalJoin { .. } => AggregateKind::IntervalJoin,
             },
             forward: None,

@@ -556,6 +556,7 @@ pub fn builtin(
             AggregateSpec::CountDistinct { .. } => WindowFunction::CountDistinct,
             AggregateSpec::TopN { n, .. } => WindowFunction::TopN(*n),
             AggregateSpec::WindowJoin { .. } => WindowFunction::Join,
+            AggregateSpec::ProcessWindow { .. } => WindowFunction::Collect,
             other => {
                 return Err(OperatorError::User(format!(
                     "a {} is not windowed",
@@ -563,9 +564,13 @@ pub fn builtin(
                 )))
             }
         };
+        let process = match aggregate {
+            AggregateSpec::ProcessWindow { function, .. } => Some(functions.window(function)?),
+            _ => None,
+        };
         return match w.is_merging() {
-            true => boxed(SessionAggregate::new(*w, function), p),
-            false => boxed(WindowAggregate::new(*w, function), p),
+            true => boxed(SessionAggregate::new(*w, function).with_process(process), p),
+            false => boxed(WindowAggregate::new(*w, function).with_process(process), p),
         };
     }
     match aggregate {
@@ -582,7 +587,9 @@ pub fn builtin(
         AggregateSpec::IntervalJoin {
             lower_ms, upper_ms, ..
         } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
-        AggregateSpec::TopN { .. } | AggregateSpec::WindowJoin { .. } => Err(OperatorError::User(
+        AggregateSpec::TopN { .. }
+        | AggregateSpec::WindowJoin { .. }
+        | AggregateSpec::ProcessWindow { .. } => Err(OperatorError::User(
             format!("aggregate: {} needs a window", aggregate.name()),
         )),
         AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),

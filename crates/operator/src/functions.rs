@@ -3,8 +3,11 @@
 //! them: `"aggregate": {"type": "process", "function": "fraud_detector"}`;
 //! and its stateless steps ([`Step`]: map, filter, flat map), which a
 //! spec's `"transforms": [{"flat_map": "words"}]` runs in the source task
-//! (and a stage's `transforms` on the updates of the stage before).
-//! Keyed functions and steps share one namespace: a name means one thing.
+//! (and a stage's `transforms` on the updates of the stage before); and
+//! full window functions ([`WindowFn`]), which a spec's
+//! `"aggregate": {"type": "process_window", "function": "median"}` runs
+//! over each window's values. Keyed functions, steps and window functions
+//! share one namespace: a name means one thing.
 //!
 //! A registry is a value the program hands to the coordinator, the server
 //! and the CLI (no global): the stock `cutpoint` binary registers none,
@@ -16,9 +19,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use cutpoint_core::spec::{AggregateSpec, Transform};
-use cutpoint_core::{FunctionName, JobSpec, Key, Record};
+use cutpoint_core::window::Window;
+use cutpoint_core::{FunctionName, JobSpec, Key, Record, Value};
 
 use crate::builtins::{FromRecord, RecordOperator, WithResult};
+use crate::window::WindowFn;
 use crate::stateless::{Step, Steps};
 use crate::{KeyedOperator, OperatorError};
 
@@ -31,6 +36,7 @@ type Factory = Arc<dyn Fn(u32) -> Result<Box<dyn RecordOperator>, OperatorError>
 pub struct Functions {
     by_name: Arc<BTreeMap<FunctionName, Factory>>,
     steps: Arc<BTreeMap<FunctionName, Step>>,
+    windows: Arc<BTreeMap<FunctionName, WindowFn>>,
 }
 
 impl Functions {
@@ -76,6 +82,37 @@ impl Functions {
         self.step(name, Step::FlatMap(Arc::new(f)))
     }
 
+    /// Registers a full window function (Flink's
+    /// `ProcessWindowFunction`: the key, the window and every value in it,
+    /// in arrival order, to the window's result) as `name`. Panics as
+    /// [`Functions::register`] does.
+    pub fn window_function(
+        mut self,
+        name: &str,
+        f: impl Fn(&Key, &Window, &[Value]) -> Value + Send + Sync + 'static,
+    ) -> Self {
+        let name = self.free_name(name);
+        Arc::make_mut(&mut self.windows).insert(name, Arc::new(f));
+        self
+    }
+
+    /// The window function registered as `name`.
+    pub fn window(&self, name: &FunctionName) -> Result<WindowFn, OperatorError> {
+        if let Some(f) = self.windows.get(name) {
+            return Ok(f.clone());
+        }
+        let registered = match (self.by_name.contains_key(name), self.steps.get(name)) {
+            (true, _) => KEYED,
+            (false, Some(step)) => step.kind(),
+            (false, None) => return Err(self.unknown(name)),
+        };
+        Err(OperatorError::StepKind {
+            name: name.to_string(),
+            registered,
+            used: WINDOW,
+        })
+    }
+
     fn step(mut self, name: &str, step: Step) -> Self {
         let name = self.free_name(name);
         Arc::make_mut(&mut self.steps).insert(name, step);
@@ -87,7 +124,9 @@ impl Functions {
     fn free_name(&self, name: &str) -> FunctionName {
         let name = FunctionName::new(name).unwrap_or_else(|e| panic!("Functions::register: {e}"));
         assert!(
-            !self.by_name.contains_key(&name) && !self.steps.contains_key(&name),
+            !self.by_name.contains_key(&name)
+                && !self.steps.contains_key(&name)
+                && !self.windows.contains_key(&name),
             "Functions::register: {name} is registered twice"
         );
         name
@@ -95,7 +134,12 @@ impl Functions {
 
     /// The registered names (keyed functions and steps), in order.
     pub fn names(&self) -> Vec<&FunctionName> {
-        let mut names: Vec<_> = self.by_name.keys().chain(self.steps.keys()).collect();
+        let mut names: Vec<_> = self
+            .by_name
+            .keys()
+            .chain(self.steps.keys())
+            .chain(self.windows.keys())
+            .collect();
         names.sort();
         names
     }
@@ -154,6 +198,7 @@ impl Functions {
         }
         match &spec.aggregate {
             AggregateSpec::Process { function, .. } => self.make(function, 128).map(|_| ()),
+            AggregateSpec::ProcessWindow { function, .. } => self.window(function).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -167,7 +212,7 @@ impl Functions {
 
     /// The registered names, for an error message.
     fn registered(&self) -> String {
-        if self.by_name.is_empty() && self.steps.is_empty() {
+        if self.names().is_empty() {
             return "none (functions run in a Rust program that registers them; see examples/fraud_detection.rs)".into();
         }
         self.names()
@@ -186,6 +231,8 @@ impl fmt::Debug for Functions {
 
 /// What a keyed function is called in an error naming a kind.
 const KEYED: &str = "keyed process function";
+/// What a full window function is called there.
+const WINDOW: &str = "window function";
 
 #[cfg(test)]
 mod tests {

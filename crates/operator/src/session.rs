@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::builtins::{Input, WithResult};
 use crate::late::LateRecords;
-use crate::window::{domain, emit_result, record_time, Acc, WindowFunction};
+use crate::window::{domain, emit_result, record_time, Acc, WindowFn, WindowFunction};
 use crate::{KeyedContext, KeyedProcessFunction, OperatorError, TimeDomain};
 
 /// One open session of a key.
@@ -58,6 +58,8 @@ pub struct SessionAggregate {
     sessions: StateDescriptor,
     last: StateDescriptor,
     late: LateRecords,
+    /// A full window function over the collected values.
+    process: Option<WindowFn>,
     /// Reused: the record's own window; the key's session windows.
     own: Vec<Window>,
     windows: Vec<Window>,
@@ -75,9 +77,17 @@ impl SessionAggregate {
             sessions: StateDescriptor::value(&function.state_name("session_windows", &spec)),
             last: StateDescriptor::value("window_last"),
             late: LateRecords::default(),
+            process: None,
             own: Vec::new(),
             windows: Vec::new(),
         }
+    }
+
+    /// With `f` run over each session's values when it fires (the
+    /// function should be [`WindowFunction::Collect`]).
+    pub fn with_process(mut self, f: Option<WindowFn>) -> Self {
+        self.process = f;
+        self
     }
 
     fn load(&self, ctx: &mut KeyedContext<'_>) -> Result<Vec<Session>, OperatorError> {
@@ -175,7 +185,8 @@ impl KeyedProcessFunction for SessionAggregate {
         }
         if merged.max_timestamp() <= watermark {
             // Fired already, within the allowed lateness: update now.
-            emit_result(self.function, &self.last, &merged, &session.acc, ctx, out)?;
+            let how = (self.function, self.process.as_ref());
+            emit_result(how, &self.last, &merged, &session.acc, ctx, out)?;
         }
         Ok(())
     }
@@ -193,7 +204,8 @@ impl KeyedProcessFunction for SessionAggregate {
             return Ok(()); // merged away (its timers were deleted then)
         };
         if time == w.max_timestamp() {
-            emit_result(self.function, &self.last, &w, &sessions[at].acc, ctx, out)?;
+            let how = (self.function, self.process.as_ref());
+            emit_result(how, &self.last, &w, &sessions[at].acc, ctx, out)?;
         }
         if time == self.spec.cleanup_time(&w) {
             sessions.remove(at);

@@ -53,7 +53,14 @@ pub enum WindowFunction {
     /// own update `[start, end, l, r]` (the result kept: the number of
     /// pairs).
     Join,
+    /// Every value, in arrival order (a full window function's input,
+    /// [`WindowFn`]; without one, the list is the result).
+    Collect,
 }
+
+/// A full window function (Flink's `ProcessWindowFunction`): the key, the
+/// window and every value in it, in arrival order, to the window's result.
+pub type WindowFn = std::sync::Arc<dyn Fn(&Key, &Window, &[Value]) -> Value + Send + Sync>;
 
 /// A window's accumulator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +85,7 @@ impl WindowFunction {
             WindowFunction::CountDistinct => "count_distinct".into(),
             WindowFunction::TopN(n) => format!("top {n}"),
             WindowFunction::Join => "join".into(),
+            WindowFunction::Collect => "collect".into(),
         }
     }
 
@@ -108,7 +116,9 @@ impl WindowFunction {
                 a: integer(record)?,
                 b: 0,
             },
-            WindowFunction::CountDistinct => Acc::Values(vec![record.value.clone()]),
+            WindowFunction::CountDistinct | WindowFunction::Collect => {
+                Acc::Values(vec![record.value.clone()])
+            }
             WindowFunction::TopN(_) => Acc::Values(vec![Value::Int(integer(record)?)]),
             WindowFunction::Join => {
                 let value = vec![record.value.clone()];
@@ -163,8 +173,13 @@ impl WindowFunction {
         }
     }
 
-    /// Count-distinct: the sorted union; top-n: the n largest of both.
-    fn merge_values(self, x: Vec<Value>, y: Vec<Value>) -> Vec<Value> {
+    /// Count-distinct: the sorted union; top-n: the n largest of both;
+    /// collect: `x`'s then `y`'s.
+    fn merge_values(self, mut x: Vec<Value>, y: Vec<Value>) -> Vec<Value> {
+        if self == WindowFunction::Collect {
+            x.extend(y);
+            return x;
+        }
         let (mut big, small) = if x.len() >= y.len() { (x, y) } else { (y, x) };
         match self {
             WindowFunction::TopN(n) => {
@@ -232,19 +247,24 @@ pub(crate) fn domain(spec: &WindowSpec) -> TimeDomain {
     }
 }
 
-/// A window's result, `[start, end, result]`, also kept as the key's
+/// A window's result, `[start, end, result]` (`process`'s of the values,
+/// if the window has a full window function), also kept as the key's
 /// latest result (`last`, in the default namespace); a join's updates are
 /// its pairs, `[start, end, l, r]` each. The namespace is `w`'s
 /// afterwards.
 pub(crate) fn emit_result(
-    function: WindowFunction,
+    (function, process): (WindowFunction, Option<&WindowFn>),
     last: &StateDescriptor,
     w: &Window,
     acc: &Acc,
     ctx: &mut KeyedContext<'_>,
     out: &mut Vec<(Key, Value)>,
 ) -> Result<(), OperatorError> {
-    let result = Value::list([Value::Int(w.start), Value::Int(w.end), function.result(acc)]);
+    let value = match (process, acc) {
+        (Some(f), Acc::Values(v)) => f(ctx.current_key(), w, v),
+        _ => function.result(acc),
+    };
+    let result = Value::list([Value::Int(w.start), Value::Int(w.end), value]);
     ctx.set_namespace(&[]);
     ctx.set_value(last, &result)?;
     ctx.set_namespace(&w.encode());
@@ -272,6 +292,8 @@ pub struct WindowAggregate {
     acc: StateDescriptor,
     last: StateDescriptor,
     late: LateRecords,
+    /// A full window function over the collected values.
+    process: Option<WindowFn>,
     /// Reused: the windows of the current record.
     windows: Vec<Window>,
 }
@@ -291,8 +313,16 @@ impl WindowAggregate {
             acc: StateDescriptor::value(&name).with_codec_version(2),
             last: StateDescriptor::value("window_last"),
             late: LateRecords::default(),
+            process: None,
             windows: Vec::new(),
         }
+    }
+
+    /// With `f` run over each window's values when it fires (the function
+    /// should be [`WindowFunction::Collect`]).
+    pub fn with_process(mut self, f: Option<WindowFn>) -> Self {
+        self.process = f;
+        self
     }
 }
 
@@ -337,7 +367,8 @@ impl KeyedProcessFunction for WindowAggregate {
             ctx.set_value(&self.acc, &acc)?;
             if w.max_timestamp() <= watermark {
                 // Fired already, within the allowed lateness: update now.
-                emit_result(self.function, &self.last, w, &acc, ctx, out)?;
+                let how = (self.function, self.process.as_ref());
+                emit_result(how, &self.last, w, &acc, ctx, out)?;
             } else if first {
                 ctx.register(self.domain, w.max_timestamp())?;
             }
@@ -365,7 +396,8 @@ impl KeyedProcessFunction for WindowAggregate {
             .ok_or_else(|| OperatorError::User("a window timer without its window".into()))?;
         if time == w.max_timestamp() {
             if let Some(acc) = ctx.value::<Acc>(&self.acc)? {
-                emit_result(self.function, &self.last, &w, &acc, ctx, out)?;
+                let how = (self.function, self.process.as_ref());
+                emit_result(how, &self.last, &w, &acc, ctx, out)?;
             }
         }
         if time == self.spec.cleanup_time(&w) {
@@ -556,6 +588,42 @@ mod tests {
                 (Key::Int(2), last(0, 10, 0))
             ]
         );
+    }
+
+    /// A full window function gets the key, the window and every value in
+    /// it in arrival order when it fires; what it returns is the result.
+    #[test]
+    fn a_full_window_function_runs_over_every_value_of_the_window() {
+        let f: WindowFn = std::sync::Arc::new(|key, w, values| {
+            let spread = values.iter().map(|v| v.as_int().unwrap());
+            let spread = spread.clone().max().unwrap() - spread.min().unwrap();
+            let first = values[0].clone();
+            let key = match key {
+                Key::Int(k) => Value::Int(*k),
+                Key::Str(s) => Value::Str(s.clone()),
+            };
+            Value::list([key, Value::Int(w.end - w.start), first, Value::Int(spread)])
+        });
+        let spec = tumbling(10, 0);
+        let mut op = KeyedOperator::new(
+            WindowAggregate::new(spec, WindowFunction::Collect).with_process(Some(f)),
+            |(_, r): &(Input, Record)| r.key.clone(),
+            MAXP,
+        )
+        .unwrap();
+        for (v, ts) in [(5, 1), (3, 9), (8, 5), (4, 12)] {
+            assert!(feed(&mut op, 7, v, ts).is_empty());
+        }
+        assert_eq!(
+            advance(&mut op, 100),
+            ["9/7:[0,10,[7,10,5,5]]", "19/7:[10,20,[7,10,4,0]]"]
+        );
+        assert_eq!(stored_states(&mut op), ["window_last"]);
+        // Without a function the values are the result.
+        let mut collect = self::op(spec, WindowFunction::Collect);
+        feed(&mut collect, 1, 2, 3);
+        feed(&mut collect, 1, 1, 4);
+        assert_eq!(advance(&mut collect, 9), ["9/1:[0,10,[2,1]]"]);
     }
 
     #[test]
