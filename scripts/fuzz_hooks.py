@@ -27,7 +27,8 @@ positive_data_acceptance still holds every other rule to account:
   or a window neither groups by a value bucket nor sums, their updates
   being lists). A `process` aggregate names a
   function of the serving program; this server (the stock binary) has none
-  and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count;
+  and answers 400 (tested in tests/e2e/fraud.rs), so it becomes a count
+  (a `process_window` too);
   `transforms` (the job's and a stage's) name steps of the serving program
   too, so they are dropped. Test
   knobs are dropped: this server runs as in production, without
@@ -111,7 +112,7 @@ def _sources(spec):
     if isinstance(spec.get("union"), list):
         spec["union"] = [_source(s) for s in spec["union"][:1]]
     agg = spec.get("aggregate") or {}
-    if agg.get("type") == "process":
+    if agg.get("type") in ("process", "process_window"):
         agg = {"type": "count"}
     spec.pop("transforms", None)
     if agg.get("type") == "join":

@@ -59,12 +59,23 @@ pub(crate) async fn run(
     restore_from: Option<RestoreFrom>,
     work: &str,
 ) -> JobOutcome {
+    run_with(Default::default(), spec, dir, restore_from, work).await
+}
+
+/// [`run`] in a program that registered `functions`.
+pub(crate) async fn run_with(
+    functions: cutpoint_operator::Functions,
+    spec: String,
+    dir: &Path,
+    restore_from: Option<RestoreFrom>,
+    work: &str,
+) -> JobOutcome {
     spawn_job(JobConfig {
         spec: JobSpec::from_json(&spec).expect("valid spec"),
         storage: storage_at(dir.join("chk").to_str().unwrap()),
         restore_from,
         local_dir: dir.join(work),
-        functions: Default::default(),
+        functions,
     })
     .join()
     .await

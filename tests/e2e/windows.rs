@@ -1,8 +1,9 @@
 //! Event-time windows through whole jobs, each compared with windows
 //! computed plainly here from the input: out-of-order events (the
 //! generator's `disorder_ms`, within the watermark's bound), a tumbling
-//! count, a sliding sum, a sliding top-3 and session counts per key, and
-//! a global tumbling count (no `key_by`), into a two-phase-commit sink. After a failure (aligned and unaligned) every
+//! count, a sliding sum, a sliding top-3, session counts and the median
+//! by a full window function per key, and a global tumbling count (no
+//! `key_by`), into a two-phase-commit sink. After a failure (aligned and unaligned) every
 //! window's result is committed exactly once; a restore of an early
 //! checkpoint at another parallelism emits exactly the windows that had
 //! not fired by the checkpoint's watermark, each once; so do a SIGKILL and
@@ -18,7 +19,8 @@ use cutpoint_runtime::source::{generator_amount, generator_app_id, generator_ran
 
 use crate::common::*;
 use crate::event_time::metadata;
-use crate::stages::run;
+use crate::stages::{run, run_with};
+use cutpoint_operator::Functions;
 
 const EVENTS: u64 = 300_000;
 const KEYS: u64 = 20;
@@ -191,6 +193,8 @@ struct Case {
     mode: &'static str,
     /// The field records are grouped by; empty: a global window.
     key_by: &'static str,
+    /// The functions the program running the job registered.
+    functions: fn() -> Functions,
     /// The input's disorder and the watermark's bound: with the bound well
     /// above the disorder no record is late, and windows whose records all
     /// came before a checkpoint often fire only after it (so only their
@@ -280,7 +284,7 @@ async fn failure_and_rescale(c: Case) {
         r#","inject_failure":{{"subtask":{subtask},"after_records":60000,"after_completed_checkpoint":true}}"#
     );
     let first = spec(&c, c.job, 2, ("transactional_file", &out), &failing);
-    let o = run(first, dir.path(), None, "w1").await;
+    let o = run_with((c.functions)(), first, dir.path(), None, "w1").await;
     assert_eq!(o.restarts, 1, "the injected failure happened: {o:?}");
     check(expect, &committed(&out), &want);
 
@@ -290,7 +294,8 @@ async fn failure_and_rescale(c: Case) {
     // its old subtask's watermark.
     let (m, owners) = early_checkpoint(dir.path(), c.job).await;
     let out = dir.path().join("rescaled");
-    let restored = run(
+    let restored = run_with(
+        (c.functions)(),
         spec(&c, c.job, 3, ("file", &out), ""),
         dir.path(),
         Some(RestoreFrom::Checkpoint(m.checkpoint_id)),
@@ -311,6 +316,7 @@ fn tumbling_count(job: &'static str, mode: &'static str) -> Case {
         job,
         mode,
         key_by: "app_id",
+        functions: Functions::new,
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"tumbling","size_ms":1000}"#.into(),
@@ -324,6 +330,7 @@ fn sliding_sum(job: &'static str, mode: &'static str) -> Case {
         job,
         mode,
         key_by: "app_id",
+        functions: Functions::new,
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"sliding","size_ms":2000,"slide_ms":500}"#.into(),
@@ -337,12 +344,46 @@ fn sliding_top3(job: &'static str, mode: &'static str) -> Case {
         job,
         mode,
         key_by: "app_id",
+        functions: Functions::new,
         disorder: 300,
         bound: 3_000,
         window: r#"{"type":"sliding","size_ms":2000,"slide_ms":500}"#.into(),
         aggregate: r#"{"type":"top_n","field":"amount","n":3}"#,
         want: top3,
     }
+}
+
+/// The upper median of each key's amounts per tumbling second, by a full
+/// window function the program registered.
+fn median(job: &'static str, mode: &'static str) -> Case {
+    Case {
+        functions: || {
+            Functions::new().window_function("median", |_, _, values| {
+                let mut v: Vec<i64> = values.iter().map(int).collect();
+                v.sort();
+                Value::Int(v[v.len() / 2])
+            })
+        },
+        aggregate: r#"{"type":"process_window","function":"median","field":"amount"}"#,
+        want: medians,
+        ..tumbling_count(job, mode)
+    }
+}
+
+/// The upper median of each key's amounts per tumbling second.
+fn medians(disorder: u64) -> Windows {
+    let mut w: BTreeMap<_, Vec<i64>> = BTreeMap::new();
+    for (key, ts, i) in events(disorder) {
+        let s = ts.div_euclid(1000) * 1000;
+        w.entry((key, s, s + 1000))
+            .or_default()
+            .push(generator_amount(SEED, i) as i64);
+    }
+    let median = |mut v: Vec<i64>| {
+        v.sort();
+        Value::Int(v[v.len() / 2])
+    };
+    w.into_iter().map(|(w, v)| (w, median(v))).collect()
 }
 
 /// A tumbling count of every record (no `key_by`): one window per second.
@@ -362,6 +403,7 @@ fn session_count(job: &'static str, mode: &'static str) -> Case {
         job,
         mode,
         key_by: "app_id",
+        functions: Functions::new,
         disorder: 300,
         bound: 3_000,
         window: format!(r#"{{"type":"session","gap_ms":{GAP}}}"#),
@@ -390,6 +432,16 @@ async fn global_windows_count_every_record_once_after_a_failure_and_a_rescale_al
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_windows_count_every_record_once_after_a_failure_and_a_rescale_unaligned() {
     failure_and_rescale(global_count("global-unaligned", "unaligned")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_function_each_window_once_after_a_failure_and_a_rescale_aligned() {
+    failure_and_rescale(median("median-aligned", "exactly_once")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_function_each_window_once_after_a_failure_and_a_rescale_unaligned() {
+    failure_and_rescale(median("median-unaligned", "unaligned")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
