@@ -1452,6 +1452,10 @@ mod tests {
         assert!(e.contains("aggregate.n"), "{e}");
         let e = spec(r#"{"type":"dedup","field":"user_id"}"#, session).unwrap_err();
         assert!(e.contains("dedup is not windowed"), "{e}");
+        let process = r#"{"type":"process_window","function":"median","field":"amount"}"#;
+        assert!(spec(process, session).is_ok());
+        let e = spec(process, "").unwrap_err();
+        assert!(e.contains("process_window needs a window"), "{e}");
         // Processing time needs no event time, and has no lateness.
         let processing = r#","window":{"type":"tumbling","size_ms":500,"time":"processing"}"#;
         let plain = |agg: &str, window: &str| {

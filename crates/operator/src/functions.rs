@@ -278,6 +278,31 @@ mod tests {
     }
 
     #[test]
+    fn window_functions_resolve_by_name_and_kind() {
+        let functions = Functions::new()
+            .map("m", |r| r)
+            .window_function("n", |_, _, values| Value::Int(values.len() as i64));
+        let f = functions.window(&name("n")).unwrap();
+        let w = Window { start: 0, end: 10 };
+        assert_eq!(f(&Key::Int(1), &w, &[Value::Null, Value::Null]), Value::Int(2));
+        let err = functions.window(&name("m")).err().unwrap().to_string();
+        assert!(err.contains("registered as a map, not a window function"), "{err}");
+        let err = functions.window(&name("x")).err().unwrap().to_string();
+        assert!(err.contains("no function \"x\"") && err.contains("m, n"), "{err}");
+        let spec = |f: &str| {
+            JobSpec::from_json(&format!(
+                r#"{{"job_id":"j","source":{{"type":"generator","events":10,"keys":3}},
+                    "key_by":"app_id","event_time":{{"field":"ts"}},
+                    "window":{{"type":"tumbling","size_ms":100}},
+                    "aggregate":{{"type":"process_window","function":"{f}"}}}}"#
+            ))
+            .unwrap()
+        };
+        functions.check(&spec("n")).unwrap();
+        assert!(functions.check(&spec("m")).is_err());
+    }
+
+    #[test]
     fn a_jobs_check_covers_every_stages_steps() {
         let spec = |stage_steps: &str| {
             JobSpec::from_json(&format!(
