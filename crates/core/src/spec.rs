@@ -1357,6 +1357,7 @@ mod tests {
             "interval_join",
             "global_window",
             "window_join",
+            "processing_time",
         ];
         for name in names {
             let path = format!("{}/../../examples/{name}.json", env!("CARGO_MANIFEST_DIR"));
