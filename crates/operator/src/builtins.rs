@@ -589,9 +589,10 @@ pub fn builtin(
         } => boxed(IntervalJoin::new(*lower_ms, *upper_ms), p),
         AggregateSpec::TopN { .. }
         | AggregateSpec::WindowJoin { .. }
-        | AggregateSpec::ProcessWindow { .. } => Err(OperatorError::User(
-            format!("aggregate: {} needs a window", aggregate.name()),
-        )),
+        | AggregateSpec::ProcessWindow { .. } => Err(OperatorError::User(format!(
+            "aggregate: {} needs a window",
+            aggregate.name()
+        ))),
         AggregateSpec::Count | AggregateSpec::Sum { .. } => Ok(None),
     }
 }

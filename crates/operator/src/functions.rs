@@ -23,8 +23,8 @@ use cutpoint_core::window::Window;
 use cutpoint_core::{FunctionName, JobSpec, Key, Record, Value};
 
 use crate::builtins::{FromRecord, RecordOperator, WithResult};
-use crate::window::WindowFn;
 use crate::stateless::{Step, Steps};
+use crate::window::WindowFn;
 use crate::{KeyedOperator, OperatorError};
 
 /// Makes one subtask's operator (given the job's max parallelism).
@@ -284,11 +284,20 @@ mod tests {
             .window_function("n", |_, _, values| Value::Int(values.len() as i64));
         let f = functions.window(&name("n")).unwrap();
         let w = Window { start: 0, end: 10 };
-        assert_eq!(f(&Key::Int(1), &w, &[Value::Null, Value::Null]), Value::Int(2));
+        assert_eq!(
+            f(&Key::Int(1), &w, &[Value::Null, Value::Null]),
+            Value::Int(2)
+        );
         let err = functions.window(&name("m")).err().unwrap().to_string();
-        assert!(err.contains("registered as a map, not a window function"), "{err}");
+        assert!(
+            err.contains("registered as a map, not a window function"),
+            "{err}"
+        );
         let err = functions.window(&name("x")).err().unwrap().to_string();
-        assert!(err.contains("no function \"x\"") && err.contains("m, n"), "{err}");
+        assert!(
+            err.contains("no function \"x\"") && err.contains("m, n"),
+            "{err}"
+        );
         let spec = |f: &str| {
             JobSpec::from_json(&format!(
                 r#"{{"job_id":"j","source":{{"type":"generator","events":10,"keys":3}},
